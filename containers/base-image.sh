@@ -20,5 +20,5 @@ trap 'rm -rf "$root"' EXIT
 debootstrap --variant=minbase --include=openssh-server,python3,supervisor,procps \
   bookworm "$root" "$MIRROR" >"$root.log" 2>&1 || { tail -n 20 "$root.log"; exit 1; }
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root".log
-tar -C "$root" -c . | docker import - "$TAG" >/dev/null
+tar -C "$root" -c . | docker import --change "LABEL deployctl.made=base" - "$TAG" >/dev/null
 echo "base image $TAG built"

@@ -1,0 +1,233 @@
+"""The Docker side of the test fleet: build the node image, create, start, inspect and remove the nodes.
+
+The nodes are described by containers/compose.yaml; this module reads the part
+of it the fleet uses and drives the Docker SDK directly, so no compose binary
+is needed. Only this module imports the docker SDK.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from deployctl.config import _load_yaml
+from deployctl.errors import ConfigError, DeployctlError, DockerUnavailableError
+
+_PORT = re.compile(r"^127\.0\.0\.1:(\d{1,5}):(\d{1,5})$")
+IMAGE_LABEL = "deployctl.context"
+MADE_LABEL = "deployctl.made"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of the compose file: container name, hostname, published ports (host -> container)."""
+
+    service: str
+    container: str
+    hostname: str
+    ports: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    """The compose file's project: name, image tag, build folder, network, nodes."""
+
+    project: str
+    image: str
+    context: Path
+    network: str
+    nodes: tuple[NodeSpec, ...]
+
+
+@dataclass(frozen=True)
+class NodeFiles:
+    """What `up` installs into a node before it starts: host key, authorized key, control token."""
+
+    host_key: bytes
+    host_pub: str
+    authorized_key: str
+    token: str
+
+
+def load_spec(path: Path) -> FleetSpec:
+    """Read containers/compose.yaml; ConfigError on anything outside the subset the fleet uses."""
+    doc = _load_yaml(path)
+    name = path.name
+    if not isinstance(doc, dict) or not isinstance(doc.get("services"), dict) or not doc["services"]:
+        raise ConfigError(f"{name}: services: should be a non-empty mapping")
+    project = doc.get("name")
+    if not isinstance(project, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", project):
+        raise ConfigError(f"{name}: name: should be a lowercase project name")
+    images, nodes = set(), []
+    for svc, body in doc["services"].items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"{name}: services/{svc}: should be a mapping")
+        images.add(body.get("image"))
+        ports = []
+        for i, spec in enumerate(body.get("ports") or []):
+            m = _PORT.match(str(spec))
+            if not m:
+                raise ConfigError(f"{name}: services/{svc}/ports/{i}: should be '127.0.0.1:HOST:CONTAINER'")
+            ports.append((int(m.group(1)), int(m.group(2))))
+        nodes.append(NodeSpec(svc, f"{project}-{svc}", str(body.get("hostname", svc)), tuple(ports)))
+    if len(images) != 1 or not isinstance(next(iter(images)), str):
+        raise ConfigError(f"{name}: services: every node should name the same image")
+    return FleetSpec(project, images.pop(), path.parent, f"{project}-net", tuple(nodes))
+
+
+def client():
+    """Return a Docker SDK client; DockerUnavailableError, saying how to start one, if none answers."""
+    import docker
+
+    try:
+        c = docker.from_env(timeout=120)
+        c.ping()
+        return c
+    except Exception as exc:  # the SDK raises several unrelated types here
+        raise DockerUnavailableError(
+            f"no Docker engine reachable ({type(exc).__name__}): start one with `bash scripts/dockerd.sh start` "
+            "(installs Debian's docker.io if needed) or `sudo systemctl start docker`"
+        ) from None
+
+
+def context_hash(context: Path) -> str:
+    """Return a sha256 over the build folder's files, so a changed Dockerfile means a rebuild."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in context.rglob("*") if p.is_file()):
+        h.update(f.relative_to(context).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def ensure_image(dc, spec: FleetSpec) -> str:
+    """Build the node image unless one built from the same folder exists; return its id."""
+    import docker
+
+    want = context_hash(spec.context)
+    try:
+        img = dc.images.get(spec.image)
+        if img.labels.get(IMAGE_LABEL) == want:
+            return img.id
+    except docker.errors.ImageNotFound:
+        pass
+    base = subprocess.run(["bash", str(spec.context / "base-image.sh")], capture_output=True, text=True)
+    if base.returncode != 0:
+        raise DeployctlError(f"base image: {(base.stderr or base.stdout).strip().splitlines()[-1:]}")
+    try:
+        img, _ = dc.images.build(
+            path=str(spec.context), tag=spec.image, labels={IMAGE_LABEL: want, MADE_LABEL: "node"}, rm=True,
+            forcerm=True,
+        )
+    except docker.errors.BuildError as exc:
+        raise DeployctlError(f"node image build failed: {exc.msg}") from None
+    return img.id
+
+
+def _config_label(image_id: str, node: NodeSpec, files: NodeFiles) -> str:
+    h = hashlib.sha256()
+    for part in (image_id, repr(node), files.host_pub, files.authorized_key, files.token):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()
+
+
+def _files_tar(files: NodeFiles) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path, data, mode in (
+            ("etc/ssh/ssh_host_ed25519_key", files.host_key, 0o600),
+            ("etc/ssh/ssh_host_ed25519_key.pub", files.host_pub.encode() + b"\n", 0o644),
+            ("root/.ssh/authorized_keys", files.authorized_key.encode() + b"\n", 0o600),
+            ("opt/router/state/token", files.token.encode() + b"\n", 0o600),
+        ):
+            info = tarfile.TarInfo(path)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _network(dc, spec: FleetSpec):
+    import docker
+
+    try:
+        return dc.networks.get(spec.network)
+    except docker.errors.NotFound:
+        return dc.networks.create(spec.network, driver="bridge", labels={"deployctl.fleet": spec.project})
+
+
+def start_node(dc, spec: FleetSpec, node: NodeSpec, image_id: str, files: NodeFiles) -> str:
+    """Make `node` run with `files` installed: keep a matching container, else replace it.
+
+    Returns what was done: "kept", "started" or "created".
+    """
+    import docker
+
+    label = _config_label(image_id, node, files)
+    try:
+        old = dc.containers.get(node.container)
+        if old.labels.get("deployctl.config") == label:
+            if old.status != "running":
+                old.start()
+                return "started"
+            return "kept"
+        old.remove(force=True)  # a leftover from another run, image or keys: replace it
+    except docker.errors.NotFound:
+        pass
+    _network(dc, spec)
+    c = dc.containers.create(
+        image_id, name=node.container, hostname=node.hostname, detach=True, network=spec.network,
+        ports={f"{cport}/tcp": ("127.0.0.1", hport) for hport, cport in node.ports},
+        labels={"deployctl.fleet": spec.project, "deployctl.node": node.service, "deployctl.config": label},
+        mem_limit="256m", init=True,
+    )
+    c.put_archive("/", _files_tar(files))
+    try:
+        c.start()
+    except docker.errors.APIError as exc:
+        c.remove(force=True)
+        raise DeployctlError(f"{node.service}: container did not start: {exc.explanation}") from None
+    return "created"
+
+
+def down(dc, spec: FleetSpec, keep_images: bool) -> list[str]:
+    """Remove the fleet's containers and network (and the images it built unless `keep_images`); idempotent."""
+    import docker
+
+    removed = []
+    for c in dc.containers.list(all=True, filters={"label": f"deployctl.fleet={spec.project}"}):
+        c.remove(force=True)
+        removed.append(c.name)
+    for net in dc.networks.list(names=[spec.network]):
+        net.remove()
+        removed.append(f"network {net.name}")
+    if not keep_images:
+        for img in dc.images.list(filters={"label": MADE_LABEL}):
+            for tag in img.tags or [img.id]:
+                try:
+                    dc.images.remove(tag, force=True)
+                    removed.append(f"image {tag}")
+                except docker.errors.ImageNotFound:
+                    pass
+    return removed
+
+
+def states(dc, spec: FleetSpec) -> dict[str, str]:
+    """Return each node's container status ("running", "exited", ... or "absent")."""
+    found = {
+        c.labels.get("deployctl.node"): c.status
+        for c in dc.containers.list(all=True, filters={"label": f"deployctl.fleet={spec.project}"})
+    }
+    return {n.service: found.get(n.service, "absent") for n in spec.nodes}
+
+
+def container(dc, spec: FleetSpec, node: str):
+    """Return the container of `node` (for fault tests and log dumps); DeployctlError if absent."""
+    import docker
+
+    try:
+        return dc.containers.get(f"{spec.project}-{node}")
+    except docker.errors.NotFound:
+        raise DeployctlError(f"{node}: no container {spec.project}-{node}: run `deployctl fleet up`") from None

@@ -1,0 +1,247 @@
+"""SSH to every node: one connection per node, opened in parallel, reused by every phase of a command.
+
+Only this module imports fabric and paramiko. Failures are values: every call
+finishes every node and returns one NodeResult per node, never stopping at the
+first error. Host keys are pinned: the controller's known_hosts is the only
+source, and a missing or different key is refused (Fabric's Connection would
+auto-add it; we replace that policy before connecting).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Protocol
+
+# Faster ciphers first: AES-GCM needs no separate MAC pass in Python.
+_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
+_CHUNK = 1 << 18
+
+
+@dataclass
+class NodeResult:
+    """The outcome of one remote action on one node: exit code and output, or why it never ran."""
+
+    node: str
+    exit_code: int | None = None
+    stdout: bytes = b""
+    stderr: bytes = b""
+    error: str | None = None  # set when the command could not run or finish (connection, timeout)
+    host_key_refused: bool = False
+    elapsed: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.exit_code == 0
+
+    def reason(self) -> str:
+        """Return a one-line reason for a failed result."""
+        if self.error:
+            return self.error
+        lines = (self.stderr or self.stdout).decode(errors="replace").strip().splitlines()
+        return f"exit {self.exit_code}: {lines[-1] if lines else 'no output'}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where to reach one node over SSH."""
+
+    name: str
+    host: str
+    port: int
+    user: str
+
+
+@dataclass(frozen=True)
+class Call:
+    """One remote command for one node: the rendered command line and optional stdin bytes."""
+
+    command: str
+    stdin: bytes | None = None
+    timeout: float = 60.0
+
+
+class Executor(Protocol):
+    """The seam rollout and api code use; unit tests give a fake."""
+
+    def run(self, calls: dict[str, Call]) -> dict[str, NodeResult]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class SSHFleet:
+    """Pinned-key SSH connections to a set of nodes; use as a context manager so they always close."""
+
+    targets: list[Target]
+    client_key: Path
+    known_hosts: Path
+    connect_timeout: float = 5.0
+    parallel: int = 8
+    _conns: dict = field(default_factory=dict)
+    _failed: dict = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max(1, self.parallel), thread_name_prefix="ssh")
+        self._by_name = {t.name: t for t in self.targets}
+
+    def __enter__(self) -> "SSHFleet":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def connect(self, names: Iterable[str] | None = None) -> dict[str, NodeResult]:
+        """Open (or reuse) a connection to each named node; return a NodeResult per node."""
+        names = list(names or self._by_name)
+        return dict(zip(names, self._pool.map(self._connect_one, names)))
+
+    def _connect_one(self, name: str) -> NodeResult:
+        start = time.monotonic()
+        res = NodeResult(name)
+        try:
+            self._connection(name)
+            res.exit_code = 0
+        except _ConnectFailed as exc:
+            res.error, res.host_key_refused = exc.reason, exc.host_key
+        res.elapsed = time.monotonic() - start
+        return res
+
+    def _connection(self, name: str):
+        with self._lock:
+            conn = self._conns.get(name)
+            if name in self._failed:
+                raise self._failed[name]
+        if conn is not None and conn.is_connected:
+            return conn
+        try:
+            conn = self._open(self._by_name[name])
+        except _ConnectFailed as exc:
+            with self._lock:
+                self._failed[name] = exc  # one attempt per command: no reconnect storms
+            raise
+        with self._lock:
+            self._conns[name] = conn
+        return conn
+
+    def _open(self, t: Target):
+        import paramiko
+        from fabric import Config, Connection
+
+        conn = Connection(
+            t.host, user=t.user, port=t.port, connect_timeout=self.connect_timeout,
+            config=Config(overrides={"load_ssh_configs": False}),
+            connect_kwargs={
+                "key_filename": str(self.client_key), "look_for_keys": False, "allow_agent": False,
+                "banner_timeout": self.connect_timeout, "auth_timeout": self.connect_timeout,
+                "disabled_algorithms": {"ciphers": ["aes128-cbc", "aes192-cbc", "aes256-cbc", "3des-cbc"]},
+            },
+        )
+        # Fabric's Connection installs AutoAddPolicy: replace it, and trust only our known_hosts.
+        conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        conn.client.load_host_keys(str(self.known_hosts))
+        try:
+            conn.open()
+        except paramiko.BadHostKeyException as exc:
+            raise _ConnectFailed(
+                f"host key mismatch at {t.host}:{t.port}: got {exc.key.get_name()} "
+                f"{_fp(exc.key)}, pinned {_fp(exc.expected_key)}; refusing to connect", host_key=True
+            ) from None
+        except paramiko.SSHException as exc:
+            host_key = "not found in known_hosts" in str(exc)
+            msg = f"no pinned host key for {t.host}:{t.port}; refusing to connect" if host_key else f"ssh: {exc}"
+            raise _ConnectFailed(msg, host_key=host_key) from None
+        except (OSError, socket.timeout, EOFError) as exc:
+            raise _ConnectFailed(f"unreachable at {t.host}:{t.port}: {exc.__class__.__name__}: {exc}") from None
+        conn.transport.set_keepalive(5)
+        return conn
+
+    def run(self, calls: dict[str, Call]) -> dict[str, NodeResult]:
+        """Run each node's Call in parallel on its connection; return one NodeResult per node."""
+        names = list(calls)
+        return dict(zip(names, self._pool.map(lambda n: self._run_one(n, calls[n]), names)))
+
+    def run_all(self, make: Callable[[str], Call], names: Iterable[str] | None = None) -> dict[str, NodeResult]:
+        """Run `make(node)` on each named node (all by default)."""
+        return self.run({n: make(n) for n in (names or self._by_name)})
+
+    def _run_one(self, name: str, call: Call) -> NodeResult:
+        start = time.monotonic()
+        res = NodeResult(name)
+        try:
+            conn = self._connection(name)
+            res.exit_code, res.stdout, res.stderr = _exec(conn.transport, call)
+        except _ConnectFailed as exc:
+            res.error, res.host_key_refused = exc.reason, exc.host_key
+        except socket.timeout:
+            res.error = f"timed out after {call.timeout:g}s"
+            self._drop(name)
+        except Exception as exc:  # paramiko raises many kinds on a dropped connection
+            res.error = f"connection lost: {exc.__class__.__name__}: {exc}".rstrip(": ")
+            self._drop(name)
+        res.elapsed = time.monotonic() - start
+        return res
+
+    def _drop(self, name: str) -> None:
+        with self._lock:
+            conn = self._conns.pop(name, None)
+            self._failed[name] = _ConnectFailed("connection lost earlier in this command")
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        """Close every connection and the worker pool; safe to call twice."""
+        with self._lock:
+            conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            conn.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _ConnectFailed(Exception):
+    def __init__(self, reason: str, host_key: bool = False):
+        super().__init__(reason)
+        self.reason, self.host_key = reason, host_key
+
+
+def _fp(key) -> str:
+    return key.fingerprint if hasattr(key, "fingerprint") else key.get_base64()[:16]
+
+
+def _exec(transport, call: Call) -> tuple[int, bytes, bytes]:
+    """Run one command on an open transport; stream stdin; return (exit code, stdout, stderr)."""
+    deadline = time.monotonic() + call.timeout
+    chan = transport.open_session(timeout=call.timeout)
+    try:
+        chan.settimeout(call.timeout)
+        chan.exec_command(call.command)
+        if call.stdin is not None:
+            view = memoryview(call.stdin)
+            for i in range(0, len(view), _CHUNK):
+                chan.sendall(view[i : i + _CHUNK])
+                if time.monotonic() > deadline:
+                    raise socket.timeout()
+        chan.shutdown_write()
+        out = _read_all(chan.recv, deadline)
+        err = _read_all(chan.recv_stderr, deadline)
+        if not chan.status_event.wait(max(0.0, deadline - time.monotonic())):
+            raise socket.timeout()
+        return chan.recv_exit_status(), out, err
+    finally:
+        chan.close()
+
+
+def _read_all(recv, deadline: float) -> bytes:
+    parts = []
+    while True:
+        if time.monotonic() > deadline:
+            raise socket.timeout()
+        chunk = recv(1 << 16)
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)

@@ -1,0 +1,96 @@
+"""HTTP client for each node's router: health, gate, halt and resume, all nodes in parallel.
+
+Reaches routers only at their published 127.0.0.1 ports from the inventory. The
+control token goes in a header, never on a command line or in a log line.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+from deployctl.config import Node
+
+TOKEN_HEADER = "X-Deployctl-Token"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One router's answer: HTTP status and JSON body, or why there was none (status 0)."""
+
+    node: str
+    status: int
+    body: dict
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+    def reason(self) -> str:
+        if self.error:
+            return self.error
+        return f"HTTP {self.status}: {self.body.get('error', 'no reason given')}"
+
+
+def request(node: Node, method: str, path: str, body: dict | None = None, token: str | None = None,
+            timeout: float = 2.0) -> Answer:
+    """Send one request to `node`'s router; never raises, a failure is an Answer with status 0."""
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers[TOKEN_HEADER] = token
+    conn = http.client.HTTPConnection(node.host, node.router_port, timeout=timeout)
+    try:
+        conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read(1 << 20)
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            return Answer(node.name, resp.status, {}, f"HTTP {resp.status}: answer is not JSON")
+        return Answer(node.name, resp.status, doc if isinstance(doc, dict) else {})
+    except (OSError, http.client.HTTPException) as exc:
+        return Answer(node.name, 0, {}, f"router unreachable at {node.host}:{node.router_port}: {exc}")
+    finally:
+        conn.close()
+
+
+def each(nodes: list[Node], fn: Callable[[Node], Answer]) -> dict[str, Answer]:
+    """Run `fn` on every node in parallel; return node name -> Answer."""
+    with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+        return dict(zip((n.name for n in nodes), pool.map(fn, nodes)))
+
+
+def health(nodes: list[Node], path: str = "/health", timeout: float = 2.0) -> dict[str, Answer]:
+    return each(nodes, lambda n: request(n, "GET", path, timeout=timeout))
+
+
+def control(nodes: list[Node], action: str, token: str, body: dict | None = None,
+            timeout: float = 2.0) -> dict[str, Answer]:
+    """POST /control/<action> to every node with the token."""
+    return each(nodes, lambda n: request(n, "POST", f"/control/{action}", body or {}, token, timeout))
+
+
+def open_gate(nodes: list[Node], digest: str, token: str) -> dict[str, Answer]:
+    return control(nodes, "gate", token, {"action": "open", "digest": digest})
+
+
+def close_gate(nodes: list[Node], token: str) -> dict[str, Answer]:
+    return control(nodes, "gate", token, {"action": "close"})
+
+
+def wait_running(nodes: list[Node], digest: str, deadline_s: float, path: str = "/health") -> dict[str, Answer]:
+    """Poll each node's health until it reports `digest` or the deadline passes; return the last answers."""
+    def one(node: Node) -> Answer:
+        end = time.monotonic() + deadline_s
+        while True:
+            ans = request(node, "GET", path, timeout=min(2.0, deadline_s))
+            if (ans.ok and ans.body.get("digest") == digest) or time.monotonic() >= end:
+                return ans
+            time.sleep(0.02)
+
+    return each(nodes, one)

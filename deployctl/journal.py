@@ -1,0 +1,174 @@
+"""The controller's append-only journal and the fleet deploy lock.
+
+Journal: one JSON object per line, appended with O_APPEND and fsync'd before the
+phase it announces starts, never rewritten. Lock: created atomically with
+O_EXCL (never check-then-write), holding who, where, which process and since when.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from deployctl.errors import DeployctlError, LockHeldError
+
+SECRET_KEYS = {"token", "password", "secret"}
+
+
+def actor() -> str:
+    """Return who is acting: user@host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def entry(action: str, **fields) -> dict:
+    """Return a journal entry with who and when filled in; secret-looking keys are refused."""
+    leaked = SECRET_KEYS & set(fields)
+    if leaked:
+        raise DeployctlError(f"journal: refusing to record secret field(s) {sorted(leaked)}")
+    return {"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "who": actor(), "action": action, **fields}
+
+
+def encode(record: dict) -> bytes:
+    """Return the record as one canonical JSON line."""
+    return (json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n").encode()
+
+
+@dataclass(frozen=True)
+class Journal:
+    """The controller's journal file."""
+
+    path: Path
+
+    def append(self, record: dict) -> dict:
+        """Append and fsync one record; return it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, encode(record))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return record
+
+    def read(self) -> Iterator[dict]:
+        """Yield every record, oldest first; a damaged line is yielded as {"action": "unreadable"}."""
+        try:
+            lines = self.path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return
+        for i, line in enumerate(lines, 1):
+            try:
+                rec = json.loads(line)
+                yield rec if isinstance(rec, dict) else {"action": "unreadable", "line": i}
+            except ValueError:
+                yield {"action": "unreadable", "line": i}
+
+    def last_good(self) -> str | None:
+        """Return the digest the fleet last ran as a whole (last successful rollout, rollback or recover)."""
+        good = None
+        for rec in self.read():
+            if rec.get("action") in ("rollout", "rollback", "recover") and rec.get("phase") == "done" \
+                    and rec.get("outcome") == "ok":
+                good = rec.get("digest")
+        return good
+
+    def known_digests(self) -> set[str]:
+        """Return every digest the whole fleet has run (completed rollouts, rollbacks, recoveries)."""
+        return {rec["digest"] for rec in self.read() if rec.get("phase") == "done" and rec.get("outcome") == "ok"
+                and isinstance(rec.get("digest"), str)}
+
+    def interrupted(self) -> dict | None:
+        """Return the start record of the last rollout/rollback that never reached "done", if any."""
+        open_run = None
+        for rec in self.read():
+            if rec.get("phase") == "start":
+                open_run = rec
+            elif rec.get("phase") == "done" and open_run and rec.get("run") == open_run.get("run"):
+                open_run = None
+        return open_run
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """Who holds the deploy lock, since when, and whether the holder is gone."""
+
+    holder: str
+    pid: int
+    since: float
+    command: str
+    stale: bool
+
+    def describe(self) -> str:
+        age = int(time.time() - self.since)
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.since))
+        state = "stale: its process is gone" if self.stale else "held"
+        return f"deploy lock {state}: {self.holder} (pid {self.pid}) running '{self.command}' since {when} ({age}s ago)"
+
+
+@dataclass(frozen=True)
+class Lock:
+    """The fleet deploy lock file."""
+
+    path: Path
+
+    def info(self) -> LockInfo | None:
+        """Return the current holder, or None when the lock is free."""
+        try:
+            doc = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return LockInfo("unknown (damaged lock file)", 0, self.path.stat().st_mtime, "?", True)
+        holder, pid = str(doc.get("holder", "?")), int(doc.get("pid", 0))
+        return LockInfo(holder, pid, float(doc.get("since", 0)), str(doc.get("command", "?")),
+                        _stale(holder, pid))
+
+    def acquire(self, command: str, break_stale: bool = False) -> LockInfo | None:
+        """Take the lock atomically; LockHeldError naming the holder if taken. Returns a broken stale lock's info."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        broken = None
+        held = self.info()
+        if held and held.stale and break_stale:
+            self.path.unlink(missing_ok=True)
+            broken = held
+        body = json.dumps({"holder": actor(), "pid": os.getpid(), "since": time.time(), "command": command})
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            held = self.info()
+            hint = " (use --break-lock to take it over)" if held and held.stale else ""
+            raise LockHeldError((held.describe() if held else "deploy lock held") + hint) from None
+        with os.fdopen(fd, "w") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        return broken
+
+    def release(self) -> None:
+        """Drop the lock if this process holds it."""
+        held = self.info()
+        if held and held.pid == os.getpid() and held.holder == actor():
+            self.path.unlink(missing_ok=True)
+
+
+def _stale(holder: str, pid: int) -> bool:
+    """A lock is stale when its holder ran on this host and that process is gone."""
+    if holder.rsplit("@", 1)[-1] != socket.gethostname() or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+        return False
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False

@@ -1,0 +1,231 @@
+"""Node-side half of deployctl: run as `python3 -I -c <this file> OP ARGS...` over SSH.
+
+Standard library only; never imported by the controller (commands.py sends its
+source text). Every op prints one JSON object on stdout, or one JSON error on
+stderr with exit 1. It is not installed on the node: what runs is always the
+controller's own copy, so the two cannot drift apart.
+"""
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import tarfile
+
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+PART = re.compile(r"^[A-Za-z0-9._+-]+$")
+
+
+class Refused(Exception):
+    pass
+
+
+def out(obj):
+    sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
+
+
+def hashes(folder):
+    """Return {relpath: sha256} of every regular file under folder; anything else is reported."""
+    files, odd = {}, []
+    for base, dirs, names in os.walk(folder):
+        dirs.sort()
+        for n in names + [d for d in dirs if os.path.islink(os.path.join(base, d))]:
+            p = os.path.join(base, n)
+            rel = os.path.relpath(p, folder).replace(os.sep, "/")
+            if os.path.islink(p) or not os.path.isfile(p):
+                odd.append(rel)
+                continue
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            files[rel] = h.hexdigest()
+    return files, sorted(odd)
+
+
+def digest_of(files):
+    text = "".join("%s  %s\n" % (files[p], p) for p in sorted(files, key=lambda s: s.encode()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def release_dir(root, digest):
+    if not HEX64.match(digest):
+        raise Refused("bad digest %r" % digest)
+    return os.path.join(root, "releases", digest)
+
+
+def current_name(root):
+    try:
+        target = os.readlink(os.path.join(root, "current"))
+    except OSError:
+        return None
+    name = os.path.basename(target.rstrip("/"))
+    return name if HEX64.match(name) else "?" + target
+
+
+def op_probe(root):
+    rel = os.path.join(root, "releases")
+    names = sorted(n for n in os.listdir(rel) if HEX64.match(n)) if os.path.isdir(rel) else []
+    st = os.statvfs(root if os.path.isdir(root) else "/")
+    out({"current": current_name(root), "releases": names, "free": st.f_bavail * st.f_frsize,
+         "halted": os.path.exists(os.path.join(root, "state", "halted")), "root": os.path.isdir(root)})
+
+
+def safe_members(tar):
+    """Yield (relpath, member) for files/ entries; refuse anything unsafe, the whole archive at once."""
+    seen, found = set(), []
+    for m in tar.getmembers():
+        name = m.name
+        parts = name.split("/")
+        if name in seen:
+            raise Refused("duplicate member %r" % name)
+        seen.add(name)
+        if name.startswith("/") or ".." in parts or any(p in ("", ".") for p in parts[:-1]):
+            raise Refused("member %r escapes the release" % name)
+        if not (m.isreg() or m.isdir()):
+            raise Refused("member %r is not a regular file or folder" % name)
+        if name in ("manifest.json", "manifest.sig") or (m.isdir() and name in ("files", "files/")):
+            continue
+        if parts[0] != "files" or len(parts) < 2 or not all(PART.match(p) for p in parts[1:] if p):
+            raise Refused("unexpected member %r" % name)
+        found.append(("/".join(p for p in parts[1:] if p), m))
+    return found
+
+
+def op_stage(root, digest):
+    final = release_dir(root, digest)
+    data = sys.stdin.buffer.read()
+    stage = os.path.join(root, "releases", ".stage-%s-%d" % (digest[:12], os.getpid()))
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            members = safe_members(tar)
+            os.makedirs(stage, mode=0o755)
+            for rel, m in members:
+                path = os.path.join(stage, rel)
+                if m.isdir():
+                    os.makedirs(path, mode=0o755, exist_ok=True)
+                    continue
+                os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+                with open(path, "wb") as f:
+                    f.write(tar.extractfile(m).read())
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.chmod(path, 0o644)
+        files, odd = hashes(stage)
+        got = digest_of(files)
+        if odd or got != digest:
+            raise Refused("staged files hash to %s, expected %s" % (got, digest))
+        reused = os.path.isdir(final) and hashes(final) == (files, [])
+        if not reused:
+            if os.path.lexists(final):
+                shutil.rmtree(final) if os.path.isdir(final) else os.unlink(final)
+            os.rename(stage, final)
+            fsync_dir(os.path.dirname(final))
+        out({"digest": got, "files": len(files), "reused": reused})
+    except tarfile.TarError as exc:
+        raise Refused("not a valid artifact tar: %s" % exc)
+    except OSError as exc:
+        raise Refused(("disk full: " if exc.errno == 28 else "") + "%s" % exc)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def op_hashes(root, digest="current"):
+    folder = os.path.join(root, "current") if digest == "current" else release_dir(root, digest)
+    if not os.path.isdir(folder):
+        raise Refused("no release at %s" % folder)
+    files, odd = hashes(folder)
+    out({"current": current_name(root), "files": files, "odd": odd,
+         "halted": os.path.exists(os.path.join(root, "state", "halted"))})
+
+
+def op_switch(root, digest):
+    target = release_dir(root, digest)
+    if not os.path.isdir(target):
+        raise Refused("release %s is not on this node" % digest[:12])
+    previous = current_name(root)
+    tmp = os.path.join(root, ".current-%d" % os.getpid())
+    os.symlink(os.path.join("releases", digest), tmp)
+    os.replace(tmp, os.path.join(root, "current"))  # rename(2): always one release or the other
+    fsync_dir(root)
+    out({"previous": previous, "current": digest})
+
+
+def op_prune(root, keep, *protect):
+    rel = os.path.join(root, "releases")
+    keep_set = set(protect) | {current_name(root)}
+    names = sorted((n for n in os.listdir(rel) if HEX64.match(n)),
+                   key=lambda n: os.stat(os.path.join(rel, n)).st_mtime, reverse=True)
+    removed = []
+    for n in names:
+        if n in keep_set:
+            continue
+        if len(keep_set & set(names)) < int(keep):
+            keep_set.add(n)
+            continue
+        shutil.rmtree(os.path.join(rel, n))
+        removed.append(n)
+    for n in os.listdir(rel):
+        if n.startswith(".stage-"):
+            shutil.rmtree(os.path.join(rel, n), ignore_errors=True)
+    out({"removed": removed})
+
+
+def op_journal(root):
+    line = sys.stdin.buffer.read()
+    json.loads(line)
+    path = os.path.join(root, "state", "journal.jsonl")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line.rstrip(b"\n") + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    out({"appended": len(line)})
+
+
+def op_halt(root):
+    """Persist the halt flag even when the router process is down, so it starts halted."""
+    state = os.path.join(root, "state")
+    tmp = os.path.join(state, ".halted-%d" % os.getpid())
+    with open(tmp, "w") as f:
+        f.write("halted by deployctl\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(state, "halted"))
+    fsync_dir(state)
+    out({"halted": True})
+
+
+OPS = {"probe": op_probe, "stage": op_stage, "hashes": op_hashes, "switch": op_switch,
+       "prune": op_prune, "journal": op_journal, "halt": op_halt}
+
+
+def main(argv):
+    if len(argv) < 2 or argv[0] not in OPS:
+        raise Refused("usage: OP ROOT ARGS...")
+    if not os.path.isabs(argv[1]):
+        raise Refused("root must be absolute")
+    OPS[argv[0]](*argv[1:])
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except Refused as exc:
+        sys.stderr.write(json.dumps({"error": str(exc)}) + "\n")
+        sys.exit(1)
+    except Exception as exc:  # a node-side surprise is still one line for the controller
+        sys.stderr.write(json.dumps({"error": "%s: %s" % (type(exc).__name__, exc)}) + "\n")
+        sys.exit(1)

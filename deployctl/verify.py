@@ -1,0 +1,114 @@
+"""Pure verification: the expected release against what each node has on disk and is running."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from deployctl.errors import ExitCode
+from deployctl.artifact import digest_of
+
+
+@dataclass(frozen=True)
+class NodeObservation:
+    """What was read back from one node: disk files (or why not) and its router's health (or why not)."""
+
+    node: str
+    files: dict[str, str] | None = None
+    odd: tuple[str, ...] = ()
+    disk_error: str | None = None
+    current: str | None = None
+    health: dict | None = None
+    health_error: str | None = None
+    unreachable: bool = False  # SSH or HTTP could not reach the node at all
+
+
+@dataclass(frozen=True)
+class NodeVerdict:
+    """One node's verdict against the expected digest."""
+
+    node: str
+    disk_digest: str | None
+    running_digest: str | None
+    gate: str
+    halted: bool | None
+    disk_ok: bool
+    running_ok: bool
+    reachable: bool
+    drift: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.reachable and self.disk_ok and self.running_ok
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """The whole fleet's verdict; `ok` only when every inventory node matches on disk and running."""
+
+    expected: str | None
+    nodes: tuple[NodeVerdict, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        return self.expected is not None and bool(self.nodes) and all(n.ok for n in self.nodes)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.ok:
+            return ExitCode.OK
+        if any(not n.reachable for n in self.nodes) and all(n.disk_ok and n.running_ok for n in self.nodes
+                                                             if n.reachable):
+            return ExitCode.UNREACHABLE
+        return ExitCode.MISMATCH
+
+    def to_dict(self) -> dict:
+        """Return the documented --json shape."""
+        return {
+            "ok": self.ok, "expected": self.expected, "exit_code": int(self.exit_code),
+            "nodes": [
+                {"node": n.node, "ok": n.ok, "reachable": n.reachable, "disk_digest": n.disk_digest,
+                 "running_digest": n.running_digest, "disk_ok": n.disk_ok, "running_ok": n.running_ok,
+                 "gate": n.gate, "halted": n.halted, "drift": list(n.drift), "problems": list(n.problems)}
+                for n in self.nodes
+            ],
+        }
+
+
+def drift(expected: dict[str, str], actual: dict[str, str], odd: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Name every file that differs: changed, missing, added, or not a regular file."""
+    out = [f"changed: {p}" for p in sorted(expected) if p in actual and actual[p] != expected[p]]
+    out += [f"missing: {p}" for p in sorted(expected) if p not in actual]
+    out += [f"added: {p}" for p in sorted(actual) if p not in expected]
+    out += [f"not a regular file: {p}" for p in odd]
+    return tuple(out)
+
+
+def judge(obs: NodeObservation, expected: str | None, manifest: dict[str, str] | None) -> NodeVerdict:
+    """Return the verdict for one node; unreadable or unknown state never counts as a match."""
+    problems: list[str] = []
+    disk = digest_of(obs.files) if obs.files is not None else None
+    if obs.disk_error:
+        problems.append(f"disk: {obs.disk_error}")
+    disk_ok = disk is not None and disk == expected and not obs.odd
+    files_drift = drift(manifest, obs.files, obs.odd) if (manifest and obs.files is not None and not disk_ok) else ()
+    if disk is not None and not disk_ok:
+        problems.append(f"disk digest {disk[:12]} != expected {(expected or '?')[:12]}")
+    h = obs.health or {}
+    running = h.get("digest") if isinstance(h.get("digest"), str) else None
+    if obs.health_error:
+        problems.append(f"router: {obs.health_error}")
+    elif running != expected:
+        problems.append(f"running digest {(running or '?')[:12]} != expected {(expected or '?')[:12]}")
+    gate = h.get("gate") if h.get("gate") in ("open", "closed") else "unknown"
+    halted = h.get("halted") if isinstance(h.get("halted"), bool) else None
+    return NodeVerdict(
+        obs.node, disk, running, gate, halted, disk_ok, running is not None and running == expected,
+        reachable=not obs.unreachable, drift=files_drift, problems=tuple(problems),
+    )
+
+
+def report(observations: list[NodeObservation], expected: str | None,
+           manifest: dict[str, str] | None = None) -> VerifyReport:
+    """Judge every node against `expected` (None: nothing to compare with, so nothing matches)."""
+    return VerifyReport(expected, tuple(judge(o, expected, manifest) for o in observations))
