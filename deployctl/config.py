@@ -29,7 +29,6 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 @dataclass(frozen=True)
 class Node:
     """One node: where to reach it over SSH and where its router listens."""
-
     name: str
     host: str
     ssh_port: int
@@ -40,7 +39,6 @@ class Node:
 @dataclass(frozen=True)
 class Inventory:
     """The fleet: every node, plus how to connect to them."""
-
     fleet: str
     nodes: tuple[Node, ...]
     connect_timeout: float
@@ -51,7 +49,6 @@ class Inventory:
 @dataclass(frozen=True)
 class Service:
     """How the supervisor restarts and stops the service, and where it reports health."""
-
     restart: tuple[str, ...]
     stop: tuple[str, ...]
     health_path: str
@@ -60,7 +57,6 @@ class Service:
 @dataclass(frozen=True)
 class Timeouts:
     """Seconds allowed to connect, to run one remote command, and for a node to turn healthy."""
-
     connect: float
     command: float
     health: float
@@ -69,7 +65,6 @@ class Timeouts:
 @dataclass(frozen=True)
 class Playbook:
     """What to deploy (source folder), where (install root), and how to run and check it."""
-
     name: str
     source: Path
     install_root: str
@@ -141,20 +136,26 @@ def _load_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{label}: not valid UTF-8") from None
-    loader = StrictLoader(text, label)
     try:
-        return loader.get_single_data()
+        loader = StrictLoader(text, label)
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        problem = " ".join(str(exc.problem or exc.context or "invalid").split())
+        problem = str(exc.problem or exc.context)
+        if problem.startswith("but ") and exc.context:  # PyYAML splits "expected X" / "but found Y"
+            problem = f"{exc.context} {problem}"
         where = f"line {mark.line + 1}: " if mark else ""
-        raise ConfigError(f"{label}: {where}invalid YAML: {problem}") from None
+        raise ConfigError(f"{label}: {where}invalid YAML: {' '.join(problem.split())}") from None
+    except yaml.reader.ReaderError as exc:
+        raise ConfigError(f"{label}: invalid YAML: character #x{exc.character:04x} at offset {exc.position} "
+                          "is not allowed") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{label}: invalid YAML: {' '.join(str(exc).split())}") from None
     except RecursionError:
         raise ConfigError(f"{label}: invalid YAML: nested too deeply") from None
-    finally:
-        loader.dispose()
 
 
 # A check takes (value, path) and returns the value to keep, or raises _Invalid.
@@ -206,10 +207,8 @@ def _integer(low: int, high: int | None = None) -> Check:
     def check(value: Any, path: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise _Invalid(path, "should be an integer")
-        if high is not None and not low <= value <= high:
-            raise _Invalid(path, f"should be between {low} and {high}")
-        if value < low:
-            raise _Invalid(path, f"should be at least {low}")
+        if value < low or (high is not None and value > high):
+            raise _Invalid(path, f"should be between {low} and {high}" if high is not None else f"should be at least {low}")
         return value
     return check
 
@@ -217,10 +216,7 @@ def _integer(low: int, high: int | None = None) -> Check:
 def _seconds(value: Any, path: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _Invalid(path, "should be a number")
-    try:
-        seconds = float(value)
-    except OverflowError:
-        seconds = math.inf
+    seconds = float(value) if abs(value) < 1e300 else math.inf  # float() of a huge int overflows
     if not math.isfinite(seconds):
         raise _Invalid(path, "should be a finite number")
     if seconds <= 0:
@@ -238,22 +234,18 @@ def _argv(value: Any, path: str) -> tuple[str, ...]:
 
 
 def _is_host(text: str) -> bool:
-    if ":" in text and re.fullmatch(r"[0-9A-Fa-f:.]+", text):
-        candidate: Callable[[str], Any] = ipaddress.IPv6Address
-    elif re.fullmatch(r"[0-9.]+", text):  # all-numeric labels must form a real IPv4 address
-        candidate = ipaddress.IPv4Address
-    else:
-        return bool(_HOSTNAME_RE.fullmatch(text))
-    try:
-        candidate(text)
-    except ValueError:
-        return False
-    return True
+    # All-numeric dotted text must be a real IPv4 address, not a hostname; no IPv6 zone ids ("%eth0").
+    if re.fullmatch(r"[0-9.]+", text) or (":" in text and re.fullmatch(r"[0-9A-Fa-f:.]+", text)):
+        try:
+            return bool(ipaddress.ip_address(text))
+        except ValueError:
+            return False
+    return bool(_HOSTNAME_RE.fullmatch(text))
 
 
 def _is_root(text: str) -> bool:
-    parts = text.split("/")
-    return bool(_ROOT_RE.fullmatch(text)) and text != "/" and posixpath.normpath(text) == text and ".." not in parts
+    return (bool(_ROOT_RE.fullmatch(text)) and text != "/" and posixpath.normpath(text) == text
+            and ".." not in text.split("/"))
 
 
 _name = _string(NAME_RE.fullmatch, f"a name matching ^{NAME_RE.pattern}$")
@@ -264,40 +256,20 @@ _install_root = _string(_is_root, "an absolute normalized path of [A-Za-z0-9._/-
 _health_path = _string(_URL_PATH_RE.fullmatch, "a URL path starting with '/'")
 _source = _string(lambda s: s and not _CONTROL_RE.search(s), "a folder path")
 
-_SSH = _mapping({
-    "user": (_user, False, "root"),
-    "connect_timeout": (_seconds, False, 5.0),
-    "parallel": (_integer(1, 256), False, 8),
-})
-_NODE = _mapping({
-    "name": (_name, True, None),
-    "host": (_host, True, None),
-    "ssh_port": (_port, False, 22),
-    "router_port": (_port, True, None),
-    "user": (_user, False, None),  # None: the ssh section's user
-})
-_INVENTORY = _mapping({
-    "fleet": (_name, True, None),
-    "ssh": (_SSH, False, _SSH({}, "ssh")),
-    "nodes": (_list_of(_NODE), True, None),
-})
-_TIMEOUTS = _mapping({
-    "connect": (_seconds, False, 5.0),
-    "command": (_seconds, False, 60.0),
-    "health": (_seconds, False, 20.0),
-}, Timeouts)
+_SSH = _mapping({"user": (_user, False, "root"), "connect_timeout": (_seconds, False, 5.0),
+                 "parallel": (_integer(1, 256), False, 8)})
+_NODE = _mapping({"name": (_name, True, None), "host": (_host, True, None), "ssh_port": (_port, False, 22),
+                  "router_port": (_port, True, None), "user": (_user, False, None)})  # user None: ssh's user
+_INVENTORY = _mapping({"fleet": (_name, True, None), "ssh": (_SSH, False, _SSH({}, "ssh")),
+                       "nodes": (_list_of(_NODE), True, None)})
+_SERVICE = _mapping({"restart": (_argv, True, None), "stop": (_argv, True, None),
+                     "health_path": (_health_path, True, None)}, Service)
+_TIMEOUTS = _mapping({"connect": (_seconds, False, 5.0), "command": (_seconds, False, 60.0),
+                      "health": (_seconds, False, 20.0)}, Timeouts)
 _PLAYBOOK = _mapping({
-    "name": (_name, True, None),
-    "source": (_source, True, None),
-    "install_root": (_install_root, True, None),
-    "keep_releases": (_integer(2), True, None),
-    "service": (_mapping({
-        "restart": (_argv, True, None),
-        "stop": (_argv, True, None),
-        "health_path": (_health_path, True, None),
-    }, Service), True, None),
-    "timeouts": (_TIMEOUTS, False, _TIMEOUTS({}, "timeouts")),
-    "min_free_mb": (_integer(0), False, 64),
+    "name": (_name, True, None), "source": (_source, True, None), "install_root": (_install_root, True, None),
+    "keep_releases": (_integer(2), True, None), "service": (_SERVICE, True, None),
+    "timeouts": (_TIMEOUTS, False, _TIMEOUTS({}, "timeouts")), "min_free_mb": (_integer(0), False, 64),
 })
 
 

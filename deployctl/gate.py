@@ -26,6 +26,9 @@ class Answer:
     status: int
     body: dict
     error: str | None = None
+    # Nothing listens (refused, or reset by Docker's port proxy): the router is not
+    # running, so it takes no orders either. A timeout is never "down".
+    down: bool = False
 
     @property
     def ok(self) -> bool:
@@ -53,6 +56,9 @@ def request(node: Node, method: str, path: str, body: dict | None = None, token:
         except ValueError:
             return Answer(node.name, resp.status, {}, f"HTTP {resp.status}: answer is not JSON")
         return Answer(node.name, resp.status, doc if isinstance(doc, dict) else {})
+    except ConnectionError as exc:
+        return Answer(node.name, 0, {}, f"router not running at {node.host}:{node.router_port} ({exc.__class__.__name__})",
+                      down=True)
     except (OSError, http.client.HTTPException) as exc:
         return Answer(node.name, 0, {}, f"router unreachable at {node.host}:{node.router_port}: {exc}")
     finally:

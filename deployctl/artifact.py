@@ -1,0 +1,398 @@
+"""Release artifacts: a reproducible, signed tarball of a source folder, and its strict, in-memory reader.
+
+Tar layout: ``manifest.json`` (canonical JSON: name, version, digest, path -> sha256 and size), then
+``manifest.sig`` (hex ed25519 signature of manifest.json), then ``files/<relpath>``. The digest is the
+release digest of docs/node-layout.md. Only local files are touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import stat
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from deployctl.config import NAME_RE
+from deployctl.errors import ArtifactError
+
+MAX_BYTES = 512 * 1024 * 1024
+PRIVATE_KEY_FILE = "signing_ed25519"
+PUBLIC_KEY_FILE = "signing_ed25519.pub"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX128 = re.compile(rb"[0-9a-f]{128}")
+_PART = re.compile(r"[A-Za-z0-9._-]{1,255}")
+_VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._+-]{0,63}")
+_MANIFEST_KEYS = ("digest", "files", "format", "name", "sizes", "version")
+_KINDS = {tarfile.SYMTYPE: "a symlink", tarfile.LNKTYPE: "a hard link", tarfile.CHRTYPE: "a device",
+          tarfile.BLKTYPE: "a device", tarfile.FIFOTYPE: "a FIFO"}
+# What hostile bytes can make tarfile raise besides TarError.
+_TAR_ERRORS = (tarfile.TarError, EOFError, ValueError, OverflowError, UnicodeError)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A built or loaded (and verified) release tarball."""
+
+    path: Path
+    name: str
+    version: str
+    digest: str
+    files: dict[str, str]
+    sizes: dict[str, int]
+    manifest_bytes: bytes
+    signature: str
+
+    def payload(self) -> bytes:
+        """Return the tarball's bytes for upload; ArtifactError if the file is unreadable or has changed."""
+        data = _read_capped(self.path)
+        again = _parse(data, self.path, None)
+        if (again.manifest_bytes, again.signature) != (self.manifest_bytes, self.signature):
+            raise _err(self.path.name, "changed since it was loaded")
+        return data
+
+
+def _err(label: str, problem: str) -> ArtifactError:
+    return ArtifactError(f"{label}: {problem}")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _valid_relpath(rel: str) -> bool:
+    return all(_PART.fullmatch(p) and p not in (".", "..") for p in rel.split("/"))
+
+
+def _parents(rel: str) -> list[str]:
+    parts = rel.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _canonical(doc: Any) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def digest_of(files: Mapping[str, str]) -> str:
+    """Return the release digest (sha256 of `sha256sum` text, paths in UTF-8 byte order) of {relpath: sha256hex}.
+
+    Raises ArtifactError for a path sha256sum would escape (newline, backslash) or a malformed sha256.
+    """
+    for rel, sha in files.items():
+        if not isinstance(rel, str) or not rel or "\n" in rel or "\\" in rel or "\r" in rel:
+            raise ArtifactError(f"cannot digest path {_show(rel)}")
+        if not isinstance(sha, str) or not _HEX64.fullmatch(sha):
+            raise ArtifactError(f"cannot digest {_show(rel)}: sha256 should be 64 lowercase hex digits")
+    try:
+        order = sorted(files, key=lambda rel: rel.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ArtifactError("cannot digest a path that is not valid UTF-8") from None
+    text = "".join(f"{files[rel]}  {rel}\n" for rel in order)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def generate_signing_key(dir: Path) -> tuple[Path, Path]:  # noqa: A002 - the documented parameter name
+    """Write a new ed25519 key pair into `dir` and return (private, public) paths; ArtifactError if one exists."""
+    private, public = Path(dir) / PRIVATE_KEY_FILE, Path(dir) / PUBLIC_KEY_FILE
+    if private.exists() or public.exists():
+        raise ArtifactError(f"{private}: a signing key already exists; refusing to replace it")
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    try:
+        Path(dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(pem)
+        public.write_text(raw.hex() + "\n", encoding="ascii")
+    except OSError as exc:
+        raise ArtifactError(f"{dir}: cannot write signing key ({exc.strerror or exc})") from None
+    return private, public
+
+
+def _private_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        key = None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ArtifactError(f"{Path(path).name}: not an unencrypted PEM PKCS8 ed25519 private key")
+    return key
+
+
+def _public_key(path: Path) -> Ed25519PublicKey:
+    try:
+        text = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not re.fullmatch(rb"[0-9a-f]{64}", text):
+        raise ArtifactError(f"{Path(path).name}: not a hex-encoded ed25519 public key")
+    return Ed25519PublicKey.from_public_bytes(bytes.fromhex(text.decode("ascii")))
+
+
+def _collect(source: Path) -> dict[str, bytes]:
+    """Read every regular file under source into {relpath: bytes}, skipping __pycache__ and *.pyc."""
+    out: dict[str, bytes] = {}
+    total = [0]
+
+    def walk(folder: str, prefix: str) -> None:
+        for entry in os.scandir(folder):
+            rel, mode = prefix + entry.name, entry.stat(follow_symlinks=False).st_mode
+            if stat.S_ISLNK(mode):
+                raise ArtifactError(f"{source}: {_show(rel)} is a symlink")
+            if stat.S_ISDIR(mode) and entry.name != "__pycache__":
+                walk(entry.path, rel + "/")
+            elif stat.S_ISREG(mode) and not entry.name.endswith(".pyc"):
+                if not _valid_relpath(rel):
+                    raise ArtifactError(f"{source}: {_show(rel)} has a name outside [A-Za-z0-9._-]")
+                out[rel] = Path(entry.path).read_bytes()
+                total[0] += len(out[rel])
+                if total[0] > MAX_BYTES:
+                    raise ArtifactError(f"{source}: files exceed {MAX_BYTES >> 20} MiB")
+            elif not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                raise ArtifactError(f"{source}: {_show(rel)} is not a regular file or folder")
+
+    if not source.is_dir():
+        raise ArtifactError(f"{source}: not a folder")
+    try:
+        walk(str(source), "")
+    except OSError as exc:
+        raise ArtifactError(f"{source}: cannot read {exc.filename} ({exc.strerror or exc})") from None
+    if not out:
+        raise ArtifactError(f"{source}: no files to package")
+    return out
+
+
+def _version(source: Path, contents: Mapping[str, bytes]) -> str:
+    if "router.json" in contents:
+        try:
+            version = json.loads(contents["router.json"].decode("utf-8")).get("version")
+        except (ValueError, UnicodeDecodeError, AttributeError, RecursionError):
+            raise ArtifactError(f"{source}: router.json should be a JSON object with a \"version\" string") from None
+        where = "router.json version"
+    elif "VERSION" in contents:
+        version, where = contents["VERSION"].decode("utf-8", "replace").strip(), "VERSION"
+    else:
+        raise ArtifactError(f"{source}: no router.json or VERSION file to take the version from")
+    if not isinstance(version, str):
+        raise ArtifactError(f"{source}: {where} should be a string")
+    if not _VERSION_RE.fullmatch(version):
+        raise ArtifactError(f"{source}: {where} should match ^{_VERSION_RE.pattern}$, got {_show(version)}")
+    return version
+
+
+def _pack(manifest_bytes: bytes, signature: str, contents: Mapping[str, bytes]) -> bytes:
+    dirs = {"files"} | {"files/" + d for rel in contents for d in _parents(rel)}
+    body = [(d, None) for d in dirs] + [("files/" + rel, data) for rel, data in contents.items()]
+    body.sort(key=lambda entry: [p.encode("utf-8") for p in entry[0].split("/")])  # parents first
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in [("manifest.json", manifest_bytes), ("manifest.sig", signature.encode())] + body:
+            info = tarfile.TarInfo(name)
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            if data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.mode, info.size = 0o644, len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def build(source: Path, out_dir: Path, name: str, signing_key: Path) -> Artifact:
+    """Package `source` into a signed, byte-reproducible `<out_dir>/<name>-<version>-<digest12>.tar`.
+
+    Returns the Artifact; raises ArtifactError for a bad name, key, source file (symlink, special file,
+    odd name) or a missing version, and when the tarball cannot be written.
+    """
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise ArtifactError(f"artifact name {_show(name)} should match ^{NAME_RE.pattern}$")
+    key, source = _private_key(signing_key), Path(source)
+    contents = _collect(source)
+    version = _version(source, contents)
+    files = {rel: hashlib.sha256(data).hexdigest() for rel, data in contents.items()}
+    sizes = {rel: len(data) for rel, data in contents.items()}
+    digest = digest_of(files)
+    manifest_bytes = _canonical({"format": 1, "name": name, "version": version, "digest": digest,
+                                 "files": files, "sizes": sizes})
+    signature = key.sign(manifest_bytes).hex()
+    data = _pack(manifest_bytes, signature, contents)
+    path = Path(out_dir) / f"{name}-{version}-{digest[:12]}.tar"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ArtifactError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    return Artifact(path, name, version, digest, files, sizes, manifest_bytes, signature)
+
+
+def _member_path(name: str, label: str) -> str | None:
+    """Return a member's path under files/ ('' for files/ itself), None for manifest.*; ArtifactError if unsafe."""
+    parts = name.split("/")
+    if name.startswith("/"):
+        raise _err(label, f"member {_show(name)} is an absolute path")
+    if ".." in parts:
+        raise _err(label, f"member {_show(name)} escapes the release")
+    if name in ("manifest.json", "manifest.sig"):
+        return None
+    if parts[0] != "files":
+        raise _err(label, f"member {_show(name)} is outside manifest.json, manifest.sig and files/")
+    rel = "/".join(parts[1:])
+    if len(parts) > 1 and not _valid_relpath(rel):
+        raise _err(label, f"member {_show(name)} is not a valid path")
+    return rel
+
+
+def _check_member(m: tarfile.TarInfo, label: str) -> None:
+    rel, shown = _member_path(m.name, label), _show(m.name)
+    if m.type in _KINDS or m.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE):
+        raise _err(label, f"member {shown} is {_KINDS.get(m.type, 'not a regular file or folder')}")
+    is_dir = m.type == tarfile.DIRTYPE
+    if (rel is None and is_dir) or (rel == "" and not is_dir):
+        raise _err(label, f"member {shown} should be a {'folder' if rel == '' else 'regular file'}")
+    expected = (0o755 if is_dir else 0o644, 0, 0, "", "", 0)
+    if (m.mode, m.uid, m.gid, m.uname, m.gname, m.mtime) != expected:
+        raise _err(label, f"member {shown} has mode {oct(m.mode)}, owner {m.uid}:{m.gid} "
+                          f"{m.uname!r}:{m.gname!r}, mtime {m.mtime}; expected {oct(expected[0])}, 0:0 '':'', 0")
+    if set(m.pax_headers) - {"path"}:
+        raise _err(label, f"member {shown} has unsupported extended headers {sorted(m.pax_headers)}")
+
+
+def _read_members(data: bytes, label: str) -> dict[str, bytes | None]:
+    """Return {member name: bytes, or None for a folder} in archive order, after checking every member."""
+    found: dict[str, bytes | None] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for m in iter(tar.next, None):
+                _check_member(m, label)
+                if m.name in found:
+                    raise _err(label, f"duplicate member {_show(m.name)}")
+                content = None
+                if m.isreg():
+                    content = tar.extractfile(m).read()  # type: ignore[union-attr]
+                    if len(content) != m.size:
+                        raise _err(label, f"member {_show(m.name)} is truncated")
+                found[m.name] = content
+            end = tar.offset
+    except _TAR_ERRORS as exc:
+        raise _err(label, f"not a valid tar archive ({' '.join(str(exc).split()) or type(exc).__name__})") from None
+    rest = data[end:]
+    if len(rest) < 1024 or rest.strip(b"\0"):  # tarfile stops quietly at a cut header or at junk
+        raise _err(label, "truncated, or data follows the end of the archive")
+    return found
+
+
+def _parse_signature(raw: bytes | None, label: str) -> str:
+    if raw is None:
+        raise _err(label, "manifest.sig missing (the artifact is unsigned)")
+    if not _HEX128.fullmatch(raw):
+        raise _err(label, "manifest.sig should be 128 lowercase hex digits")
+    return raw.decode("ascii")
+
+
+def _parse_manifest(raw: bytes, label: str) -> dict[str, Any]:
+    """Return the validated manifest; ArtifactError for bad JSON, shape, types, digest or non-canonical bytes."""
+    def bad(problem: str) -> ArtifactError:
+        return _err(label, f"manifest.json: {problem}")
+
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise bad("not valid JSON") from None
+    if not isinstance(doc, dict) or tuple(sorted(doc)) != _MANIFEST_KEYS:
+        raise bad(f"should be an object with exactly the keys {', '.join(_MANIFEST_KEYS)}")
+    if type(doc["format"]) is not int or doc["format"] != 1:
+        raise bad("format should be 1")
+    for key, pattern in (("name", NAME_RE), ("version", _VERSION_RE), ("digest", _HEX64)):
+        if not isinstance(doc[key], str) or not pattern.fullmatch(doc[key]):
+            raise bad(f"{key} should match ^{pattern.pattern}$")
+    files, sizes = doc["files"], doc["sizes"]
+    if not isinstance(files, dict) or not files:
+        raise bad("files should be a non-empty object")
+    for rel, sha in files.items():
+        if not _valid_relpath(rel) or not isinstance(sha, str) or not _HEX64.fullmatch(sha):
+            raise bad(f"files: {_show(rel)} should be a valid path with a 64-hex-digit sha256")
+        if any(parent in files for parent in _parents(rel)):
+            raise bad(f"files: {_show(rel)} is inside another file")
+    if not isinstance(sizes, dict) or set(sizes) != set(files):
+        raise bad("sizes should have exactly the paths of files")
+    if any(type(n) is not int or n < 0 for n in sizes.values()):
+        raise bad("sizes should be integers >= 0")
+    if digest_of(files) != doc["digest"]:
+        raise bad("digest does not match its files")
+    if _canonical(doc) != raw:
+        raise bad("not canonical JSON")
+    return doc
+
+
+def _check_contents(manifest: Mapping[str, Any], found: Mapping[str, bytes | None], label: str) -> None:
+    files = {n[6:]: data for n, data in found.items() if n.startswith("files/") and data is not None}
+    dirs = {n[6:] for n, data in found.items() if n.startswith("files/") and data is None}
+    listed = manifest["files"]
+    for rel in sorted(set(listed) - set(files)):
+        raise _err(label, f"file {_show(rel)} is listed in the manifest but missing")
+    for rel in sorted(set(files) - set(listed)):
+        raise _err(label, f"file {_show(rel)} is not listed in the manifest")
+    for rel, data in files.items():
+        if len(data) != manifest["sizes"][rel] or hashlib.sha256(data).hexdigest() != listed[rel]:
+            raise _err(label, f"file {_show(rel)} does not match its size and sha256 in the manifest")
+    for rel in sorted(dirs - {p for f in listed for p in _parents(f)}):
+        raise _err(label, f"folder {_show(rel)} holds no listed file")
+
+
+def _parse(data: bytes, path: Path, verifier: Ed25519PublicKey | None) -> Artifact:
+    label = path.name
+    found = _read_members(data, label)
+    if next(iter(found), None) != "manifest.json":
+        raise _err(label, "manifest.json should be the first member" if "manifest.json" in found
+                   else "manifest.json missing")
+    manifest_bytes = found["manifest.json"] or b""
+    signature = _parse_signature(found.get("manifest.sig"), label)
+    if verifier is not None:
+        try:
+            verifier.verify(bytes.fromhex(signature), manifest_bytes)
+        except InvalidSignature:
+            raise _err(label, "bad signature: manifest.json is not signed by the trusted key") from None
+    manifest = _parse_manifest(manifest_bytes, label)
+    _check_contents(manifest, found, label)
+    return Artifact(path, manifest["name"], manifest["version"], manifest["digest"], manifest["files"],
+                    manifest["sizes"], manifest_bytes, signature)
+
+
+def _read_capped(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if len(data) > MAX_BYTES:
+        raise _err(Path(path).name, f"larger than {MAX_BYTES >> 20} MiB")
+    return data
+
+
+def load(path: Path, public_key: Path | None) -> Artifact:
+    """Read and verify the tarball at `path` in memory (nothing is extracted) and return it.
+
+    `public_key` is the signing_ed25519.pub to check manifest.sig against; pass None explicitly to skip
+    that check. Raises ArtifactError, naming the file, for anything unsafe, malformed, unsigned or tampered.
+    """
+    path = Path(path)
+    verifier = None if public_key is None else _public_key(Path(public_key))
+    return _parse(_read_capped(path), path, verifier)

@@ -1,0 +1,366 @@
+"""Rollout and whole-fleet rollback: runs the rollout state machine over the real fleet.
+
+One SSH connection per node serves every phase. Every phase is journaled (and
+fsync'd) before it starts. Any failure on any node reverts the whole fleet to
+its previous release with the gate closed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from deployctl import artifact as artifact_mod, commands, gate, rollout as sm
+from deployctl.api import Context, observe, raise_for_unreachable
+from deployctl.commands import Probe
+from deployctl.errors import (DeployctlError, HaltedError, InconsistentError, RolledBackError, UsageError)
+from deployctl.executor import Call, NodeResult, SSHFleet
+from deployctl.journal import entry
+from deployctl import verify as verify_mod
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a rollout or rollback did: its final state, time per phase, and the final verify report."""
+
+    state: sm.State
+    timings: dict[str, float]
+    report: verify_mod.VerifyReport | None = None
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """One node's line of a dry-run plan."""
+
+    node: str
+    current: str | None
+    target: str
+    upload_bytes: int
+    note: str = ""
+
+
+def load_artifact(ctx: Context, path: Path) -> artifact_mod.Artifact:
+    """Load and check a signed artifact against the controller's pinned signing key."""
+    pub = ctx.state_dir / "keys" / "signing_ed25519.pub"
+    if not pub.exists():
+        raise UsageError(f"no signing key at {pub}: build the artifact with `deployctl build` first")
+    return artifact_mod.load(Path(path), pub)
+
+
+def _outcomes(results: dict[str, NodeResult], parse=None) -> dict[str, sm.Outcome]:
+    out = {}
+    for name, r in results.items():
+        if not r.ok:
+            out[name] = sm.Outcome(False, r.error or commands.agent_error(r.stderr))
+            continue
+        try:
+            if parse:
+                parse(name, r.stdout)
+            out[name] = sm.Outcome(True)
+        except DeployctlError as exc:
+            out[name] = sm.Outcome(False, str(exc))
+    return out
+
+
+class _Run:
+    """One rollout or rollback in progress: its id, journal, timings and SSH fleet."""
+
+    def __init__(self, ctx: Context, fleet: SSHFleet, action: str, digest: str):
+        self.ctx, self.fleet, self.action, self.digest = ctx, fleet, action, digest
+        self.id = uuid.uuid4().hex[:12]
+        self.timings: dict[str, float] = {}
+        self.names = [n.name for n in ctx.nodes]
+
+    def journal(self, phase: str, **fields) -> None:
+        self.ctx.journal.append(entry(self.action, run=self.id, phase=phase, digest=self.digest, **fields))
+
+    def phase(self, state: sm.State, work) -> sm.State:
+        """Journal the phase, run `work()` -> outcomes, fold them into the state, time it, emit events."""
+        self.journal(state.phase.value)
+        self.ctx.emit("phase", phase=state.phase.value, status="start")
+        start = time.monotonic()
+        outcomes, probes = work()
+        self.timings[state.phase.value] = time.monotonic() - start
+        for node, o in sorted(outcomes.items()):
+            self.ctx.emit("node", phase=state.phase.value, node=node, ok=o.ok, reason=o.reason)
+        nxt = sm.advance(state, outcomes, probes)
+        self.ctx.emit("phase", phase=state.phase.value, status="done", seconds=self.timings[state.phase.value],
+                      failures=[f.describe() for f in nxt.failures])
+        return nxt
+
+    def node_journal(self, record: dict) -> None:
+        """Append the run's outcome to every reachable node's own journal (best effort, reported)."""
+        line = json.dumps(record, sort_keys=True).encode()
+        res = self.fleet.run_all(lambda n: Call(commands.render(commands.journal_append(self.ctx.root)), line, 10))
+        missed = sorted(n for n, r in res.items() if not r.ok)
+        if missed:
+            self.ctx.emit("warning", message=f"node journal not written on: {', '.join(missed)}")
+
+
+def _preflight(run: _Run, size: int) -> tuple[dict[str, sm.Outcome], dict[str, Probe]]:
+    ctx = run.ctx
+    connected = run.fleet.connect()
+    raise_for_unreachable(connected, "preflight")
+    res = run.fleet.run_all(lambda n: Call(commands.render(commands.probe(ctx.root)), timeout=15))
+    probes: dict[str, Probe] = {}
+    outcomes = _outcomes(res, lambda n, out: probes.__setitem__(n, commands.parse_probe(out)))
+    for node, problem in sm.preflight_problems(probes, size, ctx.playbook.min_free_mb).items():
+        outcomes[node] = sm.Outcome(False, problem)
+    return outcomes, probes
+
+
+def _gate_results(answers: dict[str, gate.Answer], down_is_closed: bool = False) -> dict[str, sm.Outcome]:
+    """Outcomes of a gate request; for closing, a router that is not running counts as closed."""
+    return {n: sm.Outcome(a.ok or (down_is_closed and a.down), "" if a.ok else a.reason())
+            for n, a in answers.items()}
+
+
+def _switch_and_restart(run: _Run, targets: dict[str, str | None]) -> dict[str, sm.Outcome]:
+    ctx, svc = run.ctx, run.ctx.playbook.service
+    timeout = ctx.playbook.timeouts.command
+
+    def call(node: str) -> Call:
+        digest = targets[node]
+        argv = commands.switch_and_restart(ctx.root, digest, list(svc.restart)) if digest else list(svc.stop)
+        return Call(commands.render(argv), timeout=timeout)
+
+    return _outcomes(run.fleet.run_all(call, list(targets)))
+
+
+def _health(run: _Run, targets: dict[str, str | None]) -> dict[str, sm.Outcome]:
+    ctx = run.ctx
+    nodes = [n for n in ctx.nodes if targets.get(n.name)]
+    by_digest: dict[str, list] = {}
+    for n in nodes:
+        by_digest.setdefault(targets[n.name], []).append(n)
+    out = {n: sm.Outcome(True) for n, d in targets.items() if not d}
+    for digest, group in by_digest.items():
+        for name, ans in gate.wait_running(group, digest, ctx.playbook.timeouts.health,
+                                           ctx.playbook.service.health_path).items():
+            running = ans.body.get("digest") if ans.ok else None
+            ok = running == digest
+            out[name] = sm.Outcome(ok, "" if ok else (ans.reason() if not ans.ok else
+                                                      f"running {str(running)[:12]}, expected {digest[:12]}"))
+    return out
+
+
+def _halted_since(run: _Run, started: float) -> bool:
+    """A halt issued while this run works wins: look for one in the journal."""
+    for rec in reversed(list(run.ctx.journal.read())):
+        if rec.get("action") == "halt":
+            return True
+        if rec.get("run") == run.id and rec.get("phase") == "start":
+            return False
+    return False
+
+
+def _forward(run: _Run, art: artifact_mod.Artifact, payload: bytes) -> sm.State:
+    ctx, state = run.ctx, sm.State(tuple(run.names), art.digest)
+    timeout = ctx.playbook.timeouts.command
+    token = ctx.token()
+    started = time.monotonic()
+    steps = {
+        sm.Phase.PREFLIGHT: lambda: _preflight(run, len(payload)),
+        sm.Phase.CLOSE_GATE: lambda: (_gate_results(gate.close_gate(ctx.nodes, token), down_is_closed=True), None),
+        sm.Phase.STAGE: lambda: (_outcomes(
+            run.fleet.run_all(lambda n: Call(commands.render(commands.stage(ctx.root, art.digest)), payload, timeout)),
+            lambda n, out: _expect_digest(commands.parse_stage(out), art.digest)), None),
+        sm.Phase.SWITCH: lambda: (_switch_and_restart(run, {n: art.digest for n in run.names}), None),
+        sm.Phase.HEALTH: lambda: (_health(run, {n: art.digest for n in run.names}), None),
+        sm.Phase.OPEN_GATE: lambda: (_open_gate(run, art.digest), None),
+    }
+    while state.phase in steps:
+        if state.phase != sm.Phase.PREFLIGHT and _halted_since(run, started):
+            state = sm.abort(state, "fleet", "halted while the rollout ran")
+            break
+        state = run.phase(state, steps[state.phase])
+    return state
+
+
+def _expect_digest(got: str, want: str) -> None:
+    if got != want:
+        raise DeployctlError(f"node staged {got[:12]}, expected {want[:12]}")
+
+
+def _open_gate(run: _Run, digest: str) -> dict[str, sm.Outcome]:
+    """Open only after reading back every node on disk and running; any miss closes all again."""
+    ctx = run.ctx
+    report = verify_mod.report(observe(ctx, run.fleet), digest, None)
+    bad = {n.node: sm.Outcome(False, "; ".join(n.problems) or "mismatch") for n in report.nodes if not n.ok}
+    if bad:
+        return bad
+    answers = gate.open_gate(ctx.nodes, digest, ctx.token())
+    outcomes = _gate_results(answers)
+    if not all(o.ok for o in outcomes.values()):
+        gate.close_gate(ctx.nodes, ctx.token())
+    return outcomes
+
+
+def _revert(run: _Run, state: sm.State) -> sm.State:
+    targets = sm.revert_targets(state)
+    run.journal("revert", targets=targets)
+    run.ctx.emit("phase", phase="revert", status="start")
+    start = time.monotonic()
+    gate.close_gate(run.ctx.nodes, run.ctx.token())
+    outcomes = _switch_and_restart(run, targets)
+    ok_nodes = {n: d for n, d in targets.items() if outcomes[n].ok}
+    health = _health(run, ok_nodes)
+    merged = {n: (outcomes[n] if not outcomes[n].ok else health.get(n, sm.Outcome(True))) for n in targets}
+    run.timings["revert"] = time.monotonic() - start
+    state = sm.advance(state, {**{n: sm.Outcome(True) for n in state.nodes}, **merged})
+    run.ctx.emit("phase", phase="revert", status="done", seconds=run.timings["revert"],
+                 failures=[f.describe() for f in state.failures])
+    return state
+
+
+def _finish(run: _Run, state: sm.State, kind: str) -> RunResult:
+    """Journal the end of a run (controller and nodes) and raise if it did not reach DONE."""
+    if state.phase == sm.Phase.REVERT:
+        state = _revert(run, state)
+    outcome = {sm.Phase.DONE: "ok", sm.Phase.REVERTED: "rolled-back"}.get(state.phase, "inconsistent")
+    failures = [f.describe() for f in state.failures]
+    record = entry(run.action, run=run.id, phase="done", digest=run.digest, outcome=outcome, failures=failures,
+                   previous=state.previous, timings={k: round(v, 3) for k, v in run.timings.items()})
+    run.ctx.journal.append(record)
+    run.node_journal(record)
+    if state.phase == sm.Phase.DONE:
+        return RunResult(state, run.timings)
+    first = state.failures[0].describe() if state.failures else "aborted"
+    if any("halted" in f for f in failures):
+        raise HaltedError(f"{kind} aborted, fleet halted: {first}; gate stays closed")
+    if state.phase == sm.Phase.REVERTED:
+        raise RolledBackError(f"{kind} failed: {first}; every node is back on its previous release, gate closed")
+    raise InconsistentError(f"{kind} failed: {'; '.join(failures)}; the fleet may be mixed, gate closed: "
+                            "run `deployctl recover`")
+
+
+def _locked(ctx: Context, command: str, break_lock: bool):
+    """Take the deploy lock (journaling a broken stale one); return a context manager releasing it."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def held():
+        broken = ctx.lock.acquire(command, break_stale=break_lock)
+        if broken:
+            ctx.journal.append(entry("lock-broken", holder=broken.holder, pid=broken.pid, since=broken.since))
+        try:
+            yield
+        finally:
+            ctx.lock.release()
+
+    return held()
+
+
+def rollout(ctx: Context, artifact_path: Path, break_lock: bool = False) -> RunResult:
+    """Deploy the artifact to every node; return the RunResult, or raise naming the node and phase.
+
+    On any failure the fleet goes back to its previous release with the gate closed (RolledBackError).
+    """
+    art = load_artifact(ctx, artifact_path)
+    payload = art.payload()
+    _store_manifest(ctx, art)
+    with _locked(ctx, f"rollout {art.digest[:12]}", break_lock), ctx.ssh() as fleet:
+        run = _Run(ctx, fleet, "rollout", art.digest)
+        run.journal("start", version=art.version, artifact=art.path.name, nodes=run.names)
+        start = time.monotonic()
+        state = _forward(run, art, payload)
+        run.timings["total"] = time.monotonic() - start
+        result = _finish(run, state, "rollout")
+        _prune(run, protect=[art.digest] + [d for d in state.previous.values() if d])
+        return result
+
+
+def _store_manifest(ctx: Context, art: artifact_mod.Artifact) -> None:
+    folder = ctx.state_dir / "manifests"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{art.digest}.json").write_bytes(art.manifest_bytes)
+
+
+def _prune(run: _Run, protect: list[str]) -> None:
+    """Drop releases beyond keep_releases; the current, previous and last good are never pruned."""
+    last_good = run.ctx.journal.last_good()
+    keep = sorted(set(protect + ([last_good] if last_good else [])))
+    argv = commands.prune(run.ctx.root, run.ctx.playbook.keep_releases, keep)
+    res = run.fleet.run_all(lambda n: Call(commands.render(argv), timeout=30))
+    missed = sorted(n for n, r in res.items() if not r.ok)
+    if missed:
+        run.ctx.emit("warning", message=f"old releases not pruned on: {', '.join(missed)}")
+
+
+def plan(ctx: Context, target: str | None = None, artifact_path: Path | None = None) -> list[PlanRow]:
+    """Dry run: read each node's current release and say what a rollout/rollback would do; changes nothing."""
+    art = load_artifact(ctx, artifact_path) if artifact_path else None
+    digest = art.digest if art else target
+    size = len(art.payload()) if art else 0
+    with ctx.ssh() as fleet:
+        raise_for_unreachable(fleet.connect(), "plan")
+        res = fleet.run_all(lambda n: Call(commands.render(commands.probe(ctx.root)), timeout=15))
+    rows = []
+    for n in ctx.nodes:
+        r = res[n.name]
+        if not r.ok:
+            rows.append(PlanRow(n.name, None, digest or "?", 0, f"cannot probe: {r.error or r.reason()}"))
+            continue
+        p = commands.parse_probe(r.stdout)
+        have = digest in p.releases
+        note = "already current" if p.current == digest else ("" if have or art else "target release missing")
+        upload = 0 if not art else size
+        rows.append(PlanRow(n.name, p.current, digest or "?", upload, note))
+    return rows
+
+
+def rollback(ctx: Context, to: str | None = None, nodes: list[str] | None = None, force: bool = False,
+             break_lock: bool = False) -> RunResult:
+    """Switch the whole fleet (or, with force, the named nodes) to the previous release or `to`.
+
+    Checks first that the target exists on every node; refuses and names the node otherwise.
+    """
+    if nodes and not force:
+        raise UsageError("rolling back only some nodes leaves the fleet mixed: add --force if you mean it")
+    chosen = [n for n in ctx.nodes if not nodes or n.name in nodes]
+    unknown = sorted(set(nodes or []) - {n.name for n in ctx.nodes})
+    if unknown:
+        raise UsageError(f"--node: not in the inventory: {', '.join(unknown)}")
+    with _locked(ctx, "rollback", break_lock), ctx.ssh() as fleet:
+        raise_for_unreachable(fleet.connect(), "rollback preflight")
+        res = fleet.run_all(lambda n: Call(commands.render(commands.probe(ctx.root)), timeout=15))
+        probes = {n: commands.parse_probe(r.stdout) for n, r in res.items() if r.ok}
+        target = _rollback_target(ctx, probes, to)
+        missing = sorted(n.name for n in chosen if target not in probes.get(n.name, Probe(None, (), 0, False)).releases)
+        if missing:
+            raise UsageError(f"rollback refused, nothing changed: release {target[:12]} is not on {', '.join(missing)}")
+        run = _Run(ctx, fleet, "rollback", target)
+        run.names = [n.name for n in chosen]
+        run.journal("start", nodes=run.names, partial=bool(nodes))
+        start = time.monotonic()
+        state = sm.State(tuple(run.names), target, sm.Phase.SWITCH,
+                         previous={n: probes[n].current for n in run.names})
+        gate.close_gate(ctx.nodes, ctx.token())
+        for phase, work in ((sm.Phase.SWITCH, lambda: (_switch_and_restart(run, {n: target for n in run.names}), None)),
+                            (sm.Phase.HEALTH, lambda: (_health(run, {n: target for n in run.names}), None)),
+                            (sm.Phase.OPEN_GATE, lambda: (_open_gate(run, target), None))):
+            if state.phase != phase:
+                break
+            state = run.phase(state, work)
+        run.timings["total"] = time.monotonic() - start
+        return _finish(run, state, "rollback")
+
+
+def _rollback_target(ctx: Context, probes: dict[str, Probe], to: str | None) -> str:
+    """Return the release to go back to: `to` (if the fleet ever ran it) or the one before the current."""
+    known = ctx.journal.known_digests()
+    if to is not None:
+        if not commands.HEX64.match(to):
+            raise UsageError(f"--to: {to!r} is not a sha256 release digest")
+        if to not in known:
+            raise UsageError(f"rollback refused: the fleet never ran {to[:12]} (not in the journal)")
+        return to
+    currents = {p.current for p in probes.values()}
+    done = [r for r in ctx.journal.read() if r.get("phase") == "done" and r.get("outcome") == "ok"]
+    for rec in reversed(done):
+        if rec.get("digest") not in currents:
+            return rec["digest"]
+    raise UsageError("rollback refused, nothing changed: no previous release in the fleet's history")

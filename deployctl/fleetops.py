@@ -1,0 +1,124 @@
+"""`deployctl build` and `deployctl fleet up|down|status`: the artifact and the Docker-composed test fleet."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from deployctl import artifact as artifact_mod, commands, docker_fleet, gate, trust as trust_mod
+from deployctl.api import Context, wait_for
+from deployctl.errors import ConfigError, DeployctlError, UnreachableError
+from deployctl.executor import Call
+
+
+def build(ctx: Context, out_dir: Path | None = None, source: Path | None = None) -> artifact_mod.Artifact:
+    """Build the reproducible, signed artifact of the playbook's source; return it."""
+    keys = ctx.state_dir / "keys"
+    if not (keys / "signing_ed25519").exists():
+        keys.mkdir(parents=True, exist_ok=True, mode=0o700)
+        artifact_mod.generate_signing_key(keys)
+    out = Path(out_dir or Path.cwd() / "dist")
+    out.mkdir(parents=True, exist_ok=True)
+    art = artifact_mod.build(Path(source or ctx.playbook.source), out, ctx.playbook.name, keys / "signing_ed25519")
+    ctx.emit("built", artifact=str(art.path), digest=art.digest, version=art.version)
+    return art
+
+
+def _check_matches_inventory(ctx: Context, spec: docker_fleet.FleetSpec) -> None:
+    """The compose file and the inventory must describe the same nodes on the same ports."""
+    published = {n.service: dict((c, h) for h, c in n.ports) for n in spec.nodes}
+    for node in ctx.nodes:
+        ports = published.get(node.name)
+        if ports is None:
+            raise ConfigError(f"compose.yaml: services: no node {node.name!r} (it is in {ctx.inventory.path.name})")
+        if ports.get(22) != node.ssh_port or ports.get(8080) != node.router_port:
+            raise ConfigError(f"compose.yaml: services/{node.name}/ports: should publish 127.0.0.1:{node.ssh_port}:22 "
+                              f"and 127.0.0.1:{node.router_port}:8080 as {ctx.inventory.path.name} says")
+
+
+def _sshd_answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1) as s:
+            s.settimeout(2)
+            return s.recv(8).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def fleet_up(ctx: Context, compose: Path, timeout: float = 120) -> dict[str, str]:
+    """Build images if needed, start the nodes, install the first release, wait until all answer.
+
+    Idempotent: matching running nodes are kept as they are. Returns node -> what was done.
+    """
+    spec = docker_fleet.load_spec(compose)
+    _check_matches_inventory(ctx, spec)
+    dc = docker_fleet.client()
+    ctx.emit("step", message="node image")
+    image_id = docker_fleet.ensure_image(dc, spec)
+    t = ctx.trust
+    keys = trust_mod.ensure(t, [(n.name, n.host, n.ssh_port) for n in ctx.nodes])
+    client_pub, token = trust_mod.client_public_line(t), t.token()
+    done = {}
+    for node in spec.nodes:
+        if node.service not in keys:
+            continue
+        files = docker_fleet.NodeFiles(keys[node.service].private_openssh, keys[node.service].public_line,
+                                       client_pub, token)
+        done[node.service] = docker_fleet.start_node(dc, spec, node, image_id, files)
+        ctx.emit("node", phase="up", node=node.service, ok=True, reason=done[node.service])
+    slow = [n.name for n in ctx.nodes
+            if not wait_for(lambda n=n: _sshd_answers(n.host, n.ssh_port), timeout, 0.1)]
+    if slow:
+        raise UnreachableError(f"fleet up: sshd did not answer within {timeout:g}s on {', '.join(slow)}")
+    _install_first_release(ctx)
+    return done
+
+
+def _install_first_release(ctx: Context) -> None:
+    """Roll out the playbook's source unless every node already runs one same release."""
+    from deployctl import deploy
+
+    with ctx.ssh() as fleet:
+        res = fleet.run_all(lambda n: Call(commands.render(commands.probe(ctx.root)), timeout=15))
+    currents = {commands.parse_probe(r.stdout).current if r.ok else None for r in res.values()}
+    health = gate.health(ctx.nodes, ctx.playbook.service.health_path)
+    running = {a.body.get("digest") if a.ok else None for a in health.values()}
+    if len(currents) == 1 and None not in currents and running == currents:
+        ctx.emit("step", message=f"every node runs {next(iter(currents))[:12]}: nothing to install")
+        return
+    art = build(ctx)
+    ctx.emit("step", message=f"installing release {art.digest[:12]} on every node")
+    deploy.rollout(ctx, art.path)
+
+
+def fleet_down(ctx: Context, compose: Path, keep_images: bool = False) -> list[str]:
+    """Remove every container, the network and (unless keep_images) the images `up` made; idempotent."""
+    return docker_fleet.down(docker_fleet.client(), docker_fleet.load_spec(compose), keep_images)
+
+
+def fleet_status(ctx: Context, compose: Path) -> list[dict]:
+    """Return one row per node: container state, ports, sshd answering, router health."""
+    spec = docker_fleet.load_spec(compose)
+    states = docker_fleet.states(docker_fleet.client(), spec)
+    health = gate.health(ctx.nodes, ctx.playbook.service.health_path, timeout=1.0)
+    rows = []
+    for n in ctx.nodes:
+        h = health[n.name]
+        rows.append({
+            "node": n.name, "container": states.get(n.name, "absent"), "ssh": f"{n.host}:{n.ssh_port}",
+            "sshd": _sshd_answers(n.host, n.ssh_port), "router": f"{n.host}:{n.router_port}",
+            "digest": h.body.get("digest") if h.ok else None, "gate": h.body.get("gate") if h.ok else None,
+            "halted": h.body.get("halted") if h.ok else None, "problem": None if h.ok else h.reason(),
+        })
+    return rows
+
+
+def logs(compose: Path, node: str, lines: int = 50) -> str:
+    """Return the tail of a node's container, sshd and router logs (for failing tests)."""
+    spec = docker_fleet.load_spec(compose)
+    c = docker_fleet.container(docker_fleet.client(), spec, node)
+    code, out = c.exec_run(["sh", "-c", f"tail -n {int(lines)} /var/log/router.log /var/log/sshd.log"])
+    if code != 0:
+        raise DeployctlError(f"{node}: cannot read logs")
+    return out.decode(errors="replace")
+

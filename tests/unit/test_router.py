@@ -1,0 +1,542 @@
+"""Unit tests for fleet/router/router.py: pure functions and the Router object, no sockets."""
+
+import copy
+import hashlib
+import http.client
+import importlib.util
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+ROUTER_DIR = Path(__file__).resolve().parents[2] / "fleet" / "router"
+
+
+def _load_router():
+    """Import router.py by path; it is a deployed file, not a package module."""
+    spec = importlib.util.spec_from_file_location("fleet_router", ROUTER_DIR / "router.py")
+    module = importlib.util.module_from_spec(spec)
+    saved = sys.dont_write_bytecode
+    # The loader writes bytecode before the module body runs; a __pycache__ next to
+    # router.py would change the release digest of fleet/router.
+    sys.dont_write_bytecode = True
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.dont_write_bytecode = saved
+    return module
+
+
+router = _load_router()
+
+CONFIG = {
+    "service": "order-router", "version": "1.0.0", "max_child_qty": 100, "max_order_qty": 1000000,
+    "flags": {"price_improvement": False, "log_orders": False},
+}
+DIGEST = "ab" * 32
+
+
+def test_import_leaves_no_pycache_in_release_folder():
+    assert not (ROUTER_DIR / "__pycache__").exists()
+
+
+def test_shipped_router_json_is_valid_and_exact():
+    assert router.load_config(str(ROUTER_DIR / "router.json")) == CONFIG
+
+
+# ---------------------------------------------------------------- split_order
+
+@pytest.mark.parametrize(("quantity", "max_child", "expected"), [
+    (250, 100, [100, 100, 50]),
+    (100, 100, [100]),
+    (101, 100, [100, 1]),
+    (99, 100, [99]),
+    (1, 100, [1]),
+    (0, 100, []),
+    (7, 1, [1, 1, 1, 1, 1, 1, 1]),
+    (10, 3, [3, 3, 3, 1]),
+    (1000000, 100, [100] * 10000),
+])
+def test_split_order_table(quantity, max_child, expected):
+    assert router.split_order(quantity, max_child) == expected
+
+
+@pytest.mark.parametrize(("quantity", "max_child"), [(-1, 100), (5, 0), (5, -3)])
+def test_split_order_refuses_bad_input(quantity, max_child):
+    with pytest.raises(ValueError):
+        router.split_order(quantity, max_child)
+
+
+@settings(max_examples=300, deadline=None)
+@given(quantity=st.integers(1, 200000), max_child=st.integers(1, 1000))
+def test_split_order_properties(quantity, max_child):
+    parts = router.split_order(quantity, max_child)
+    assert sum(parts) == quantity
+    assert all(1 <= part <= max_child for part in parts)
+    assert len(parts) == math.ceil(quantity / max_child)
+
+
+# ---------------------------------------------------------------- config
+
+def _config_with(**changes):
+    config = copy.deepcopy(CONFIG)
+    for key, value in changes.items():
+        if value is ...:
+            del config[key]
+        else:
+            config[key] = value
+    return config
+
+
+def _flags_with(**changes):
+    flags = dict(CONFIG["flags"])
+    for key, value in changes.items():
+        if value is ...:
+            del flags[key]
+        else:
+            flags[key] = value
+    return _config_with(flags=flags)
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    (_flags_with(power_peg=True), "unknown flag 'power_peg' in router.json"),
+    (_flags_with(power_peg=False), "unknown flag 'power_peg' in router.json"),
+    (_flags_with(log_orders="yes"), "router.json: flags/log_orders: should be a boolean"),
+    (_flags_with(price_improvement=1), "router.json: flags/price_improvement: should be a boolean"),
+    (_flags_with(log_orders=...), "router.json: flags: missing flag 'log_orders'"),
+    (_config_with(max_child_qty="100"), "router.json: max_child_qty: should be an integer"),
+    (_config_with(max_child_qty=100.0), "router.json: max_child_qty: should be an integer"),
+    (_config_with(max_order_qty=True), "router.json: max_order_qty: should be an integer"),
+    (_config_with(version=1), "router.json: version: should be a string"),
+    (_config_with(service=None), "router.json: service: should be a string"),
+    (_config_with(flags=[]), "router.json: flags: should be an object"),
+    (_config_with(extra=1), "router.json: unknown key 'extra'"),
+    (_config_with(max_order_qty=...), "router.json: missing key 'max_order_qty'"),
+    (_config_with(max_child_qty=0), "router.json: max_child_qty: should be at least 1"),
+    (_config_with(version=""), "router.json: version: should not be empty"),
+    ([CONFIG], "router.json: should be an object"),
+])
+def test_validate_config_rejects(config, message):
+    with pytest.raises(router.ConfigError) as caught:
+        router.validate_config(config)
+    assert str(caught.value) == message
+
+
+def test_validate_config_accepts_the_reference_config():
+    assert router.validate_config(copy.deepcopy(CONFIG)) == CONFIG
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('{"service": "a", "service": "b"}', "router.json: invalid JSON: duplicate key 'service'"),
+    ('{"max_child_qty": NaN}', "router.json: invalid JSON: NaN is not JSON"),
+    ("{", "router.json: invalid JSON: Expecting property name enclosed in double quotes: "
+          "line 1 column 2 (char 1)"),
+])
+def test_load_config_rejects_bad_json(tmp_path, text, message):
+    path = tmp_path / "router.json"
+    path.write_text(text)
+    with pytest.raises(router.ConfigError) as caught:
+        router.load_config(str(path))
+    assert str(caught.value) == message
+
+
+def test_load_config_missing_file(tmp_path):
+    with pytest.raises(router.ConfigError) as caught:
+        router.load_config(str(tmp_path / "router.json"))
+    assert str(caught.value) == "cannot read router.json: No such file or directory"
+
+
+# ---------------------------------------------------------------- request validation
+
+GOOD_ORDER = {"id": "p-1", "symbol": "AAPL", "side": "buy", "quantity": 250, "limit_price": 10.5}
+
+
+def _order_with(**changes):
+    order = dict(GOOD_ORDER)
+    for key, value in changes.items():
+        if value is ...:
+            del order[key]
+        else:
+            order[key] = value
+    return order
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ([], "body: should be a JSON object"),
+    (_order_with(extra=1), "unknown field 'extra'"),
+    (_order_with(side=...), "missing field 'side'"),
+    (_order_with(id=""), "id: should be a string of 1-64 characters of [A-Za-z0-9._:-]"),
+    (_order_with(id="x" * 65), "id: should be a string of 1-64 characters of [A-Za-z0-9._:-]"),
+    (_order_with(id="a b"), "id: should be a string of 1-64 characters of [A-Za-z0-9._:-]"),
+    (_order_with(id="a\n"), "id: should be a string of 1-64 characters of [A-Za-z0-9._:-]"),
+    (_order_with(id=7), "id: should be a string of 1-64 characters of [A-Za-z0-9._:-]"),
+    (_order_with(symbol="aapl"), "symbol: should be a string of 1-12 characters of [A-Z0-9.]"),
+    (_order_with(symbol="A" * 13), "symbol: should be a string of 1-12 characters of [A-Z0-9.]"),
+    (_order_with(side="BUY"), 'side: should be "buy" or "sell"'),
+    (_order_with(side=["buy"]), 'side: should be "buy" or "sell"'),
+    (_order_with(quantity=True), "quantity: should be an integer"),
+    (_order_with(quantity=10.0), "quantity: should be an integer"),
+    (_order_with(quantity="10"), "quantity: should be an integer"),
+    (_order_with(quantity=0), "quantity: should be between 1 and 1000000"),
+    (_order_with(quantity=-5), "quantity: should be between 1 and 1000000"),
+    (_order_with(quantity=1000001), "quantity: should be between 1 and 1000000"),
+    (_order_with(limit_price=True), "limit_price: should be a number"),
+    (_order_with(limit_price="10"), "limit_price: should be a number"),
+    (_order_with(limit_price=0), "limit_price: should be a finite number above 0 and at most 1e9"),
+    (_order_with(limit_price=-1.5), "limit_price: should be a finite number above 0 and at most 1e9"),
+    (_order_with(limit_price=float("nan")), "limit_price: should be a finite number above 0 and at most 1e9"),
+    (_order_with(limit_price=float("inf")), "limit_price: should be a finite number above 0 and at most 1e9"),
+    (_order_with(limit_price=10 ** 400), "limit_price: should be a finite number above 0 and at most 1e9"),
+    (_order_with(limit_price=1e9 + 1), "limit_price: should be a finite number above 0 and at most 1e9"),
+])
+def test_validate_order_rejects(body, message):
+    with pytest.raises(router.BadRequest) as caught:
+        router.validate_order(body, 1000000)
+    assert caught.value.status == 400
+    assert caught.value.message == message
+
+
+@pytest.mark.parametrize("order", [
+    GOOD_ORDER,
+    _order_with(id="A.b_c:d-9" * 7 + "x", symbol="BRK.B", side="sell", quantity=1, limit_price=1e9),
+    _order_with(quantity=1000000, limit_price=1),
+])
+def test_validate_order_accepts(order):
+    assert router.validate_order(dict(order), 1000000) == order
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"action": "open"}, "missing field 'digest'"),
+    ({"action": "open", "digest": 5}, "digest: should be a string of 64 hex digits"),
+    ({"action": "opem"}, 'action: should be "open" or "close"'),
+    ({"digest": DIGEST}, "missing field 'action'"),
+    ({"action": "close", "force": True}, "unknown field 'force'"),
+    ("open", "body: should be a JSON object"),
+])
+def test_validate_gate_request_rejects(body, message):
+    with pytest.raises(router.BadRequest) as caught:
+        router.validate_gate_request(body)
+    assert caught.value.message == message
+
+
+def test_validate_gate_request_accepts():
+    assert router.validate_gate_request({"action": "open", "digest": DIGEST}) == ("open", DIGEST)
+    assert router.validate_gate_request({"action": "close"}) == ("close", None)
+    assert router.validate_gate_request({"action": "close", "digest": DIGEST}) == ("close", DIGEST)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    (b'{"a": 1}', {"a": 1}),
+    (b"[1, 2.5]", [1, 2.5]),
+])
+def test_parse_json_accepts(raw, expected):
+    assert router.parse_json(raw) == expected
+
+
+@pytest.mark.parametrize("raw", [b'{"a": 1, "a": 2}', b"[NaN]", b"[Infinity]", b"\xff", b"[" * 50000, b""])
+def test_parse_json_rejects(raw):
+    with pytest.raises(ValueError):
+        router.parse_json(raw)
+
+
+# ---------------------------------------------------------------- Router object
+
+def _router(state_dir, config=CONFIG):
+    return router.Router(copy.deepcopy(config), DIGEST, "/opt/router/releases/x", str(state_dir))
+
+
+def _status(call):
+    with pytest.raises(router.HttpError) as caught:
+        call()
+    return caught.value.status, caught.value.body()
+
+
+def test_router_starts_closed_and_refuses_orders(tmp_path):
+    service = _router(tmp_path)
+    assert service.health()["gate"] == "closed"
+    assert _status(lambda: service.place(dict(GOOD_ORDER))) == (503, {"error": "gate closed"})
+    assert service.health()["child_orders"] == 0
+
+
+def test_gate_opens_only_for_own_digest(tmp_path):
+    service = _router(tmp_path)
+    status, body = _status(lambda: service.set_gate("open", "cd" * 32))
+    assert (status, body) == (409, {"error": f"digest mismatch: this node runs {DIGEST}"})
+    assert service.health()["gate"] == "closed"
+    assert service.set_gate("open", DIGEST)["gate"] == "open"
+    assert service.set_gate("close", None)["gate"] == "closed"
+
+
+def test_order_splits_fills_and_counts(tmp_path):
+    service = _router(tmp_path)
+    service.set_gate("open", DIGEST)
+    result = service.place(dict(GOOD_ORDER))
+    assert result == {"id": "p-1", "quantity": 250, "filled": 250, "children": [
+        {"qty": 100, "price": 10.5}, {"qty": 100, "price": 10.5}, {"qty": 50, "price": 10.5}]}
+    health = service.health()
+    assert (health["orders"], health["child_orders"]) == (1, 3)
+
+
+def test_repeated_parent_id_routes_nothing_more(tmp_path):
+    service = _router(tmp_path)
+    service.set_gate("open", DIGEST)
+    service.place(dict(GOOD_ORDER))
+    assert _status(lambda: service.place(dict(GOOD_ORDER))) == (
+        409, {"error": "parent p-1 already fully routed"})
+    assert _status(lambda: service.place(_order_with(quantity=300))) == (
+        409, {"error": "parent p-1 already exists with quantity 250"})
+    assert service.book.get("p-1") == {"quantity": 250, "routed": 250, "filled": 250}
+
+
+class _HaltingVenue(router.SimulatedVenue):
+    """Halts its router right after the first child, as an operator would mid-order."""
+
+    def __init__(self, service):
+        super().__init__()
+        self.service = service
+
+    def execute(self, symbol, side, quantity, limit_price):
+        fill = super().execute(symbol, side, quantity, limit_price)
+        self.service.halt()
+        return fill
+
+
+def test_halt_mid_order_stops_the_next_child_and_resume_routes_the_rest(tmp_path):
+    service = _router(tmp_path)
+    service.venue = _HaltingVenue(service)
+    service.set_gate("open", DIGEST)
+    status, body = _status(lambda: service.place(dict(GOOD_ORDER)))
+    assert (status, body["error"], body["filled"]) == (503, "halted", 100)
+    assert body["children"] == [{"qty": 100, "price": 10.5}]
+    assert service.book.get("p-1")["routed"] == 100
+    assert (tmp_path / "halted").exists()
+    health = service.resume()
+    assert (health["halted"], health["gate"]) == (False, "closed")
+    assert not (tmp_path / "halted").exists()
+    service.venue = router.SimulatedVenue()
+    service.set_gate("open", DIGEST)
+    result = service.place(dict(GOOD_ORDER))
+    assert result["children"] == [{"qty": 100, "price": 10.5}, {"qty": 50, "price": 10.5}]
+    assert result["filled"] == 250
+
+
+def test_halt_survives_a_new_router_and_blocks_opening(tmp_path):
+    service = _router(tmp_path)
+    service.set_gate("open", DIGEST)
+    assert service.halt()["gate"] == "closed"
+    assert service.halt()["halted"] is True  # idempotent
+    reborn = _router(tmp_path)
+    assert reborn.health()["halted"] is True
+    assert _status(lambda: reborn.set_gate("open", DIGEST)) == (
+        409, {"error": "halted: resume before opening the gate"})
+    assert reborn.resume()["halted"] is False
+    assert reborn.resume()["gate"] == "closed"  # idempotent, and the gate stays closed
+
+
+def test_halt_file_placed_by_someone_else_closes_the_gate(tmp_path):
+    service = _router(tmp_path)
+    service.set_gate("open", DIGEST)
+    (tmp_path / "halted").write_text("")
+    assert _status(lambda: service.place(dict(GOOD_ORDER))) == (503, {"error": "halted"})
+    assert service.health()["gate"] == "closed"
+
+
+@pytest.mark.parametrize(("file_text", "presented", "expected"), [
+    (None, "t0k", "no token installed"),
+    ("  \n", "t0k", "no token installed"),
+    ("t0k\n", None, "missing token"),
+    ("t0k\n", "", "missing token"),
+    ("t0k\n", "t0K", "bad token"),
+    ("t0k\n", "t0k\n", "bad token"),
+    ("t0k\n", "t0k", None),
+])
+def test_check_token(tmp_path, file_text, presented, expected):
+    if file_text is not None:
+        (tmp_path / "token").write_text(file_text)
+    assert _router(tmp_path).check_token(presented) == expected
+
+
+def test_price_improvement_is_one_tick_better():
+    venue = router.SimulatedVenue(price_improvement=True)
+    assert venue.execute("X", "buy", 5, 10.5) == {"qty": 5, "price": 10.49}
+    assert venue.execute("X", "sell", 5, 10.5) == {"qty": 5, "price": 10.51}
+    assert venue.execute("X", "buy", 5, 0.01) == {"qty": 5, "price": 0.01}
+
+
+# ---------------------------------------------------------------- the invariant under threads
+
+class _SlowVenue(router.SimulatedVenue):
+    """Yields the GIL inside every fill, so concurrent requests interleave between children."""
+
+    def execute(self, symbol, side, quantity, limit_price):
+        time.sleep(0.0005)
+        return super().execute(symbol, side, quantity, limit_price)
+
+
+def _hammer(threads, work):
+    """Run work(i) in threads started together; return their results (exceptions re-raised)."""
+    barrier, results, errors = threading.Barrier(threads), [None] * threads, []
+
+    def run(index):
+        barrier.wait(timeout=10)
+        try:
+            results[index] = work(index)
+        except Exception as error:  # collected and re-raised in the main thread
+            errors.append(error)
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert not any(worker.is_alive() for worker in workers)
+    if errors:
+        raise errors[0]
+    return results
+
+
+def test_parent_book_never_routes_more_than_quantity_under_16_threads(tmp_path):
+    service = _router(tmp_path, _config_with(max_child_qty=3))
+    service.venue = _SlowVenue()
+    service.set_gate("open", DIGEST)
+    order = _order_with(quantity=1000)
+
+    def place(_index):
+        try:
+            return service.place(dict(order))["children"]
+        except router.HttpError as error:
+            assert error.status == 409
+            return []
+
+    results = _hammer(16, place)
+    routed = sum(child["qty"] for children in results for child in children)
+    assert routed == 1000
+    assert service.book.get("p-1") == {"quantity": 1000, "routed": 1000, "filled": 1000}
+    assert service.venue.executed == 1000
+    assert service.health()["child_orders"] == sum(len(children) for children in results)
+
+
+def test_parent_book_reserve_is_exact_under_16_threads():
+    book = router.ParentBook()
+    book.open("p", 5000)
+
+    def drain(_index):
+        total = 0
+        while granted := book.reserve("p", 7):
+            total += granted
+        return total
+
+    assert sum(_hammer(16, drain)) == 5000
+    assert book.get("p")["routed"] == 5000
+
+
+# ---------------------------------------------------------------- release digest
+
+def _sha256sum_digest(folder):
+    """The node's way: list regular files with find, sort by bytes, sha256sum them, hash the output."""
+    listing = subprocess.run(["find", ".", "-type", "f", "-printf", "%P\\n"], cwd=folder,
+                             capture_output=True, check=True, timeout=30).stdout
+    files = sorted(listing.decode("utf-8").splitlines(), key=lambda path: path.encode("utf-8"))
+    output = subprocess.run(["sha256sum", "--", *files], cwd=folder, capture_output=True, check=True,
+                            timeout=30).stdout
+    return files, hashlib.sha256(output).hexdigest()
+
+
+def test_release_digest_matches_sha256sum(tmp_path):
+    for relative, content in [("router.py", b"print(1)\n"), ("router.json", b"{}"), ("a.b", b"x"),
+                              ("a/b", b"y"), ("B", b""), ("sub dir/x y.txt", b"z" * 70000),
+                              ("z/deep/er/file.json", b"\x00\xff")]:
+        path = tmp_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    os.symlink("a.b", tmp_path / "link-to-a.b")  # not a regular file: sha256sum's list skips it too
+    files, expected = _sha256sum_digest(tmp_path)
+    assert router.release_files(str(tmp_path)) == files
+    assert files[:3] == ["B", "a.b", "a/b"]  # bytewise: '.' (0x2e) sorts before '/' (0x2f)
+    assert router.release_digest(str(tmp_path)) == expected
+
+
+def test_release_digest_of_the_shipped_folder_matches_sha256sum():
+    assert router.release_digest(str(ROUTER_DIR)) == _sha256sum_digest(ROUTER_DIR)[1]
+
+
+# ---------------------------------------------------------------- HTTP handler, without a socket
+
+def _handle(service, method, path, body=b"", headers=()):
+    """Run one request through router.Handler on in-memory streams; return (status, headers, JSON body)."""
+    handler = router.Handler.__new__(router.Handler)
+    handler.server = SimpleNamespace(router=service)
+    handler.client_address = ("10.0.0.9", 40000)
+    handler.command, handler.path, handler.request_version = method, path, "HTTP/1.0"
+    handler.requestline = f"{method} {path} HTTP/1.0"
+    head = "".join(f"{name}: {value}\r\n" for name, value in [("Content-Length", len(body)), *headers])
+    handler.headers = http.client.parse_headers(io.BytesIO(head.encode("latin-1") + b"\r\n"))
+    handler.rfile, handler.wfile = io.BytesIO(body), io.BytesIO()
+    getattr(handler, f"do_{method}")()
+    head, _, payload = handler.wfile.getvalue().partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    fields = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), fields, json.loads(payload)
+
+
+class _BrokenRouter:
+    """Stands in for Router: health always fails, as an unexpected bug would."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def health(self):
+        raise RuntimeError("boom")
+
+    def count(self, name, amount=1):
+        self.real.count(name, amount)
+
+
+def test_handler_turns_an_unexpected_exception_into_500(tmp_path, capsys):
+    service = _router(tmp_path)
+    assert _handle(_BrokenRouter(service), "GET", "/health")[::2] == (500, {"error": "internal error"})
+    status, _fields, body = _handle(service, "GET", "/health")
+    assert (status, body["errors"]) == (200, 1)
+    assert "router: internal error on GET /health: RuntimeError('boom')" in capsys.readouterr().err
+
+
+def test_handler_answers_json_with_404_and_405(tmp_path):
+    service = _router(tmp_path)
+    assert _handle(service, "GET", "/nope")[::2] == (404, {"error": "no such path /nope"})
+    status, fields, body = _handle(service, "DELETE", "/orders")
+    assert (status, fields["Allow"], body) == (405, "POST", {"error": "DELETE not allowed on /orders"})
+    assert fields["Content-Type"] == "application/json"
+
+
+def test_handler_control_needs_token_and_never_logs_it(tmp_path, capsys):
+    (tmp_path / "token").write_text("sekrit\n")
+    service = _router(tmp_path)
+    assert _handle(service, "POST", "/control/halt", b"{}", [("X-Deployctl-Token", "guess")])[::2] == (
+        401, {"error": "unauthorized"})
+    err = capsys.readouterr().err
+    assert err == "router: refused control request /control/halt from 10.0.0.9: bad token\n"
+    status, _fields, body = _handle(service, "POST", "/control/halt", b"", [("X-Deployctl-Token", "sekrit")])
+    assert (status, body["halted"]) == (200, True)
+    assert "sekrit" not in capsys.readouterr().err
+
+
+def test_handler_order_flow(tmp_path):
+    (tmp_path / "token").write_text("sekrit")
+    service = _router(tmp_path)
+    gate = json.dumps({"action": "open", "digest": DIGEST}).encode()
+    assert _handle(service, "POST", "/control/gate", gate, [("X-Deployctl-Token", "sekrit")])[2]["gate"] == "open"
+    status, _fields, body = _handle(service, "POST", "/orders", json.dumps(GOOD_ORDER).encode())
+    assert (status, body["filled"], len(body["children"])) == (200, 250, 3)
+    assert _handle(service, "POST", "/orders", b"{" + b" " * 70000 + b"}")[::2] == (
+        400, {"error": "body: larger than 65536 bytes"})
+    assert service.health()["rejected"] == 1

@@ -1,0 +1,282 @@
+"""Process tests for fleet/router/router.py: run it as the supervisor would and talk HTTP on 127.0.0.1.
+
+Every wait is bounded, and every process started here is stopped in fixture teardown.
+"""
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROUTER_DIR = Path(__file__).resolve().parents[2] / "fleet" / "router"
+TOKEN = "tok-4f1c9e2b7a"
+WRONG_TOKEN = "tok-wrong-0000"
+ORDER = {"id": "p-1", "symbol": "AAPL", "side": "buy", "quantity": 250, "limit_price": 10.5}
+HEALTH_KEYS = {"service", "version", "digest", "gate", "halted", "flags", "uptime_s", "orders", "child_orders",
+               "rejected", "errors", "pid", "release_dir"}
+
+
+def folder_digest(folder):
+    """The release digest of docs/node-layout.md, computed here independently of router.py."""
+    files = sorted((p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()),
+                   key=lambda path: path.encode("utf-8"))
+    text = "".join(f"{hashlib.sha256((folder / path).read_bytes()).hexdigest()}  {path}\n" for path in files)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def call(url, method="GET", body=None, raw=None, token=None, timeout=5):
+    """Send one request; return (status, parsed JSON body)."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if token is not None:
+        request.add_header("X-Deployctl-Token", token)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, payload, kind = response.status, response.read(), response.headers["Content-Type"]
+    except urllib.error.HTTPError as error:
+        status, payload, kind = error.code, error.read(), error.headers["Content-Type"]
+    assert kind == "application/json"
+    return status, json.loads(payload)
+
+
+class RouterProcess:
+    """router.py running from a release folder, with its stderr in a file."""
+
+    def __init__(self, release, state, log_path):
+        self.port, self.log_path = free_port(), log_path
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = open(log_path, "ab")
+        argv = [sys.executable, "-B", str(release / "router.py"), "--state-dir", str(state),
+                "--port", str(self.port), "--host", "127.0.0.1"]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=self._log)
+
+    def wait_ready(self, timeout=10):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"router exited {self.proc.returncode}: {self.log()}")
+            try:
+                return call(self.url + "/health", timeout=1)[1]
+            except OSError:
+                time.sleep(0.05)
+        pytest.fail(f"router not ready after {timeout}s: {self.log()}")
+
+    def log(self):
+        return self.log_path.read_text()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._log.close()
+
+    def health(self):
+        return call(self.url + "/health")[1]
+
+    def control(self, action, body=None, token=TOKEN):
+        return call(f"{self.url}/control/{action}", "POST", body=body if body is not None else {}, token=token)
+
+    def order(self, body=ORDER, raw=None):
+        return call(self.url + "/orders", "POST", body=body, raw=raw)
+
+
+@pytest.fixture
+def release(tmp_path):
+    """A release folder holding a copy of router.py and router.json, like /opt/router/releases/<digest>/."""
+    folder = tmp_path / "release"
+    folder.mkdir()
+    for name in ("router.py", "router.json"):
+        shutil.copy2(ROUTER_DIR / name, folder / name)
+    return folder
+
+
+@pytest.fixture
+def state(tmp_path):
+    folder = tmp_path / "state"
+    folder.mkdir()
+    token = folder / "token"
+    token.write_text(TOKEN + "\n")
+    token.chmod(0o600)
+    return folder
+
+
+@pytest.fixture
+def start(release, state, tmp_path):
+    """Start router processes (each ready to serve); all of them are stopped at teardown."""
+    started = []
+
+    def run():
+        process = RouterProcess(release, state, tmp_path / f"router-{len(started)}.log")
+        started.append(process)
+        process.wait_ready()
+        return process
+
+    yield run
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def node(start):
+    return start()
+
+
+def open_gate(node, release):
+    status, body = node.control("gate", {"action": "open", "digest": folder_digest(release)})
+    assert (status, body["gate"]) == (200, "open")
+
+
+def test_health_reports_the_digest_of_its_release_folder(node, release):
+    health = node.health()
+    assert set(health) == HEALTH_KEYS
+    assert health["digest"] == folder_digest(release)
+    assert (health["service"], health["version"]) == ("order-router", "1.0.0")
+    assert (health["gate"], health["halted"]) == ("closed", False)
+    assert health["flags"] == {"price_improvement": False, "log_orders": False}
+    assert (health["orders"], health["child_orders"], health["rejected"], health["errors"]) == (0, 0, 0, 0)
+    assert (health["pid"], health["release_dir"]) == (node.proc.pid, os.path.realpath(release))
+    assert isinstance(health["uptime_s"], float)
+
+
+def test_check_prints_digest_and_version(release):
+    result = subprocess.run([sys.executable, "-B", str(release / "router.py"), "--check"],
+                            capture_output=True, text=True, timeout=10)
+    assert result.returncode == 0
+    assert json.loads(result.stdout) == {"digest": folder_digest(release), "version": "1.0.0"}
+
+
+def test_orders_are_refused_while_the_gate_is_closed(node):
+    assert node.order() == (503, {"error": "gate closed"})
+    assert node.health()["child_orders"] == 0
+
+
+def test_gate_refuses_a_wrong_digest(node):
+    status, body = node.control("gate", {"action": "open", "digest": "0" * 64})
+    assert status == 409
+    assert body["error"].startswith("digest mismatch")
+    assert node.health()["gate"] == "closed"
+
+
+def test_right_digest_opens_the_gate_and_orders_route(node, release):
+    open_gate(node, release)
+    assert node.order() == (200, {"id": "p-1", "quantity": 250, "filled": 250, "children": [
+        {"qty": 100, "price": 10.5}, {"qty": 100, "price": 10.5}, {"qty": 50, "price": 10.5}]})
+    assert node.order() == (409, {"error": "parent p-1 already fully routed"})
+    health = node.health()
+    assert (health["orders"], health["child_orders"], health["rejected"]) == (1, 3, 1)
+    status, body = node.control("gate", {"action": "close"})
+    assert (status, body["gate"]) == (200, "closed")
+
+
+@pytest.mark.parametrize(("token", "reason"), [(None, "missing token"), (WRONG_TOKEN, "bad token")])
+def test_control_needs_the_token(node, token, reason):
+    assert node.control("halt", token=token) == (401, {"error": "unauthorized"})
+    assert node.control("gate", {"action": "close"}, token=token) == (401, {"error": "unauthorized"})
+    assert node.health()["halted"] is False
+    log = node.log()
+    assert f"router: refused control request /control/halt from 127.0.0.1: {reason}\n" in log
+    assert TOKEN not in log and WRONG_TOKEN not in log
+
+
+BAD_ORDERS = [
+    (b"not json", "body: malformed JSON"),
+    (b"[]", "body: should be a JSON object"),
+    (json.dumps({**ORDER, "quantity": True}).encode(), "quantity: should be an integer"),
+    (json.dumps({**ORDER, "quantity": 0}).encode(), "quantity: should be between 1 and 1000000"),
+    (json.dumps({k: v for k, v in ORDER.items() if k != "symbol"}).encode(), "missing field 'symbol'"),
+    (json.dumps({**ORDER, "power_peg": 1}).encode(), "unknown field 'power_peg'"),
+    (b'{"id": "p-2", "symbol": "X", "side": "buy", "quantity": 5, "limit_price": NaN}', "body: malformed JSON"),
+    (b"{" + b" " * (64 * 1024) + b"}", "body: larger than 65536 bytes"),
+]
+
+
+def test_malformed_orders_are_rejected_and_route_nothing(node, release):
+    open_gate(node, release)
+    for raw, message in BAD_ORDERS:
+        status, body = node.order(raw=raw)
+        assert status == 400, raw[:80]
+        assert body["error"].startswith(message), body
+    health = node.health()
+    assert (health["child_orders"], health["orders"], health["rejected"]) == (0, 0, len(BAD_ORDERS))
+
+
+def test_unknown_paths_and_methods(node):
+    assert node.health() and call(node.url + "/nope")[0] == 404
+    assert call(node.url + "/orders")[0] == 405
+    assert call(node.url + "/health", "POST", body={})[0] == 405
+    assert node.health()["errors"] == 0
+
+
+def test_halt_survives_a_restart(node, start, state, release):
+    open_gate(node, release)
+    status, body = node.control("halt")
+    assert (status, body["halted"], body["gate"]) == (200, True, "closed")
+    assert (state / "halted").exists()
+    node.stop()
+    reborn = start()
+    health = reborn.health()
+    assert (health["halted"], health["gate"]) == (True, "closed")
+    assert reborn.order() == (503, {"error": "halted"})
+    status, body = reborn.control("gate", {"action": "open", "digest": folder_digest(release)})
+    assert (status, body["error"]) == (409, "halted: resume before opening the gate")
+
+
+def test_resume_leaves_the_gate_closed(node, state, release):
+    open_gate(node, release)
+    node.control("halt")
+    status, body = node.control("resume")
+    assert (status, body["halted"], body["gate"]) == (200, False, "closed")
+    assert node.control("resume")[0] == 200  # idempotent
+    assert not (state / "halted").exists()
+    assert node.order() == (503, {"error": "gate closed"})
+
+
+def test_release_folder_stays_exactly_the_artifact(node, release):
+    open_gate(node, release)
+    node.order()
+    assert sorted(p.name for p in release.iterdir()) == ["router.json", "router.py"]
+    assert node.health()["digest"] == folder_digest(release)
+
+
+def test_unknown_flag_exits_2_naming_it(release, state):
+    config = json.loads((release / "router.json").read_text())
+    config["flags"]["power_peg"] = True
+    (release / "router.json").write_text(json.dumps(config))
+    result = subprocess.run([sys.executable, "-B", str(release / "router.py"), "--state-dir", str(state),
+                             "--port", str(free_port()), "--host", "127.0.0.1"],
+                            capture_output=True, text=True, timeout=10)
+    assert result.returncode == 2
+    assert result.stderr == "router: unknown flag 'power_peg' in router.json\n"
+
+
+def test_concurrent_orders_for_one_parent_never_route_more_than_its_quantity(node, release):
+    open_gate(node, release)
+    order = {**ORDER, "id": "p-race", "quantity": 5000}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(lambda _i: node.order(order), range(16)))
+    assert {status for status, _body in answers} <= {200, 409}
+    routed = sum(child["qty"] for status, body in answers if status == 200 for child in body["children"])
+    assert routed == 5000
+    assert node.health()["child_orders"] == 50
