@@ -29,7 +29,6 @@ MAX_BYTES = 512 * 1024 * 1024
 PRIVATE_KEY_FILE = "signing_ed25519"
 PUBLIC_KEY_FILE = "signing_ed25519.pub"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_HEX128 = re.compile(rb"[0-9a-f]{128}")
 _PART = re.compile(r"[A-Za-z0-9._-]{1,255}")
 _VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._+-]{0,63}")
 _MANIFEST_KEYS = ("digest", "files", "format", "name", "sizes", "version")
@@ -162,7 +161,7 @@ def _collect(source: Path) -> dict[str, bytes]:
                 out[rel] = Path(entry.path).read_bytes()
                 total[0] += len(out[rel])
                 if total[0] > MAX_BYTES:
-                    raise ArtifactError(f"{source}: files exceed {MAX_BYTES >> 20} MiB")
+                    raise ArtifactError(f"{source}: files exceed {MAX_BYTES} bytes")
             elif not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
                 raise ArtifactError(f"{source}: {_show(rel)} is not a regular file or folder")
 
@@ -299,14 +298,6 @@ def _read_members(data: bytes, label: str) -> dict[str, bytes | None]:
     return found
 
 
-def _parse_signature(raw: bytes | None, label: str) -> str:
-    if raw is None:
-        raise _err(label, "manifest.sig missing (the artifact is unsigned)")
-    if not _HEX128.fullmatch(raw):
-        raise _err(label, "manifest.sig should be 128 lowercase hex digits")
-    return raw.decode("ascii")
-
-
 def _parse_manifest(raw: bytes, label: str) -> dict[str, Any]:
     """Return the validated manifest; ArtifactError for bad JSON, shape, types, digest or non-canonical bytes."""
     def bad(problem: str) -> ArtifactError:
@@ -364,7 +355,12 @@ def _parse(data: bytes, path: Path, verifier: Ed25519PublicKey | None) -> Artifa
         raise _err(label, "manifest.json should be the first member" if "manifest.json" in found
                    else "manifest.json missing")
     manifest_bytes = found["manifest.json"] or b""
-    signature = _parse_signature(found.get("manifest.sig"), label)
+    raw_signature = found.get("manifest.sig")
+    if raw_signature is None:
+        raise _err(label, "manifest.sig missing (the artifact is unsigned)")
+    if not re.fullmatch(rb"[0-9a-f]{128}", raw_signature):
+        raise _err(label, "manifest.sig should be 128 lowercase hex digits")
+    signature = raw_signature.decode("ascii")
     if verifier is not None:
         try:
             verifier.verify(bytes.fromhex(signature), manifest_bytes)
@@ -377,13 +373,16 @@ def _parse(data: bytes, path: Path, verifier: Ed25519PublicKey | None) -> Artifa
 
 
 def _read_capped(path: Path) -> bytes:
+    too_big = _err(Path(path).name, f"larger than {MAX_BYTES} bytes")
     try:
         with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size > MAX_BYTES:
+                raise too_big
             data = f.read(MAX_BYTES + 1)
     except OSError as exc:
         raise ArtifactError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if len(data) > MAX_BYTES:
-        raise _err(Path(path).name, f"larger than {MAX_BYTES >> 20} MiB")
+    if len(data) > MAX_BYTES:  # grew while being read
+        raise too_big
     return data
 
 

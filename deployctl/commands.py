@@ -13,6 +13,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from deployctl.config import Service
 from deployctl.errors import DeployctlError
 
 AGENT = (Path(__file__).with_name("node_agent.py")).read_text()
@@ -31,7 +32,7 @@ def render(argv: list[str] | list[list[str]]) -> str:
 
 
 def _agent(op: str, root: str, *args: str) -> list[str]:
-    return ["python3", "-I", "-c", AGENT, op, root, *args]
+    return ["python3", "-I", "-S", "-c", AGENT, op, root, *args]
 
 
 def probe(root: str) -> list[str]:
@@ -46,12 +47,21 @@ def hashes(root: str, digest: str = "current") -> list[str]:
     return _agent("hashes", root, digest)
 
 
-def switch(root: str, digest: str) -> list[str]:
-    return _agent("switch", root, digest)
+def switch(root: str, digest: str, supervisor: tuple[str, str] | None = None) -> list[str]:
+    """Rename `current` to the release; with (socket, program), restart it through supervisord too."""
+    return _agent("switch", root, digest, *(supervisor or ()))
 
 
-def switch_and_restart(root: str, digest: str, restart: list[str]) -> list[list[str]]:
-    return [switch(root, digest), list(restart)]
+def stop(root: str, supervisor: tuple[str, str]) -> list[str]:
+    return _agent("stop", root, *supervisor)
+
+
+def activate(root: str, digest: str | None, service: Service) -> list[str] | list[list[str]]:
+    """Switch to `digest` and restart the service, or stop it when there is no release to go back to."""
+    sup = (service.supervisor.socket, service.supervisor.program) if service.supervisor else None
+    if digest is None:
+        return stop(root, sup) if sup else list(service.stop)
+    return switch(root, digest, sup) if sup else [switch(root, digest), list(service.restart)]
 
 
 def prune(root: str, keep: int, protect: list[str]) -> list[str]:

@@ -47,11 +47,23 @@ class Inventory:
 
 
 @dataclass(frozen=True)
+class Supervisor:
+    """A supervisord program, restarted by the node agent through supervisord's unix socket."""
+    program: str
+    socket: str
+
+
+@dataclass(frozen=True)
 class Service:
-    """How the supervisor restarts and stops the service, and where it reports health."""
-    restart: tuple[str, ...]
-    stop: tuple[str, ...]
+    """How the service is restarted and stopped, and where it reports health.
+
+    With `supervisor` set the node agent restarts it over supervisord's socket in
+    the same SSH command as the switch; otherwise `restart`/`stop` argv run.
+    """
+    restart: tuple[str, ...] | None
+    stop: tuple[str, ...] | None
     health_path: str
+    supervisor: Supervisor | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +141,7 @@ class StrictLoader(yaml.SafeLoader):
 
 def _load_yaml(path: Path) -> Any:
     """Parse one YAML file strictly; ConfigError (one line, with file and line) on any problem."""
+    path = Path(path)
     label = path.name
     try:
         text = path.read_bytes().decode("utf-8")
@@ -262,8 +275,20 @@ _NODE = _mapping({"name": (_name, True, None), "host": (_host, True, None), "ssh
                   "router_port": (_port, True, None), "user": (_user, False, None)})  # user None: ssh's user
 _INVENTORY = _mapping({"fleet": (_name, True, None), "ssh": (_SSH, False, _SSH({}, "ssh")),
                        "nodes": (_list_of(_NODE), True, None)})
-_SERVICE = _mapping({"restart": (_argv, True, None), "stop": (_argv, True, None),
-                     "health_path": (_health_path, True, None)}, Service)
+_SUPERVISOR = _mapping({"program": (_name, True, None),
+                        "socket": (_install_root, False, "/var/run/supervisor.sock")}, Supervisor)
+
+
+def _service(value: Any, path: str) -> Service:
+    service = _mapping({"restart": (_argv, False, None), "stop": (_argv, False, None),
+                        "health_path": (_health_path, True, None), "supervisor": (_SUPERVISOR, False, None)},
+                       Service)(value, path)
+    if service.supervisor is None and (service.restart is None or service.stop is None):
+        raise _Invalid(path, "needs `supervisor`, or both `restart` and `stop`")
+    return service
+
+
+_SERVICE = _service
 _TIMEOUTS = _mapping({"connect": (_seconds, False, 5.0), "command": (_seconds, False, 60.0),
                       "health": (_seconds, False, 20.0)}, Timeouts)
 _PLAYBOOK = _mapping({

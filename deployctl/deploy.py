@@ -119,13 +119,11 @@ def _gate_results(answers: dict[str, gate.Answer], down_is_closed: bool = False)
 
 
 def _switch_and_restart(run: _Run, targets: dict[str, str | None]) -> dict[str, sm.Outcome]:
-    ctx, svc = run.ctx, run.ctx.playbook.service
+    ctx = run.ctx
     timeout = ctx.playbook.timeouts.command
 
     def call(node: str) -> Call:
-        digest = targets[node]
-        argv = commands.switch_and_restart(ctx.root, digest, list(svc.restart)) if digest else list(svc.stop)
-        return Call(commands.render(argv), timeout=timeout)
+        return Call(commands.render(commands.activate(ctx.root, targets[node], ctx.playbook.service)), timeout=timeout)
 
     return _outcomes(run.fleet.run_all(call, list(targets)))
 

@@ -150,7 +150,45 @@ def op_hashes(root, digest="current"):
          "halted": os.path.exists(os.path.join(root, "state", "halted"))})
 
 
-def op_switch(root, digest):
+def supervisor(sock_path):
+    """An XML-RPC proxy to supervisord over its unix socket: no supervisorctl process to start."""
+    import http.client
+    import socket
+    import xmlrpc.client
+
+    class Conn(http.client.HTTPConnection):
+        def connect(self):
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.settimeout(30)
+            self.sock.connect(sock_path)
+
+    class Transport(xmlrpc.client.Transport):
+        def make_connection(self, host):
+            return Conn("localhost")
+
+    return xmlrpc.client.ServerProxy("http://localhost", transport=Transport()).supervisor
+
+
+def supervised(sock_path, program, start):
+    """Stop `program` (if running) and, if `start`, start it again; supervisor faults become Refused."""
+    import xmlrpc.client
+
+    rpc = supervisor(sock_path)
+    try:
+        try:
+            rpc.stopProcess(program, True)
+        except xmlrpc.client.Fault as exc:
+            if exc.faultCode != 70:  # NOT_RUNNING is fine: a first install, or a crashed router
+                raise
+        if start:
+            rpc.startProcess(program, True)
+    except xmlrpc.client.Fault as exc:
+        raise Refused("supervisor: %s %s: %s" % ("restart" if start else "stop", program, exc.faultString))
+    except OSError as exc:
+        raise Refused("supervisor unreachable at %s: %s" % (sock_path, exc))
+
+
+def op_switch(root, digest, sock_path=None, program=None):
     target = release_dir(root, digest)
     if not os.path.isdir(target):
         raise Refused("release %s is not on this node" % digest[:12])
@@ -159,7 +197,14 @@ def op_switch(root, digest):
     os.symlink(os.path.join("releases", digest), tmp)
     os.replace(tmp, os.path.join(root, "current"))  # rename(2): always one release or the other
     fsync_dir(root)
-    out({"previous": previous, "current": digest})
+    if program:
+        supervised(sock_path, program, start=True)
+    out({"previous": previous, "current": digest, "restarted": bool(program)})
+
+
+def op_stop(root, sock_path, program):
+    supervised(sock_path, program, start=False)
+    out({"stopped": program})
 
 
 def op_prune(root, keep, *protect):
@@ -209,7 +254,7 @@ def op_halt(root):
 
 
 OPS = {"probe": op_probe, "stage": op_stage, "hashes": op_hashes, "switch": op_switch,
-       "prune": op_prune, "journal": op_journal, "halt": op_halt}
+       "prune": op_prune, "journal": op_journal, "halt": op_halt, "stop": op_stop}
 
 
 def main(argv):

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install what deployctl needs on a Debian machine (root): debootstrap for the
+# local base image, and a virtualenv in .venv with deployctl and its test tools.
+# Idempotent; sourced by demo.sh and test.sh.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+if ! command -v debootstrap >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq debootstrap >/dev/null
+fi
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+stamp=.venv/.deployctl-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import deployctl.cli, fabric, paramiko, docker, hypothesis" 
+  touch "$stamp"
+fi
