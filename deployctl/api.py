@@ -94,31 +94,33 @@ def raise_for_unreachable(results: dict[str, NodeResult], what: str) -> None:
 
 # ---- verify ---------------------------------------------------------------------------------------
 
-def observe(ctx: Context, fleet: SSHFleet, nodes: list[Node] | None = None) -> list[verify_mod.NodeObservation]:
-    """Read back every node's files of `current` (over SSH) and its router's health (over HTTP), in parallel."""
-    nodes = nodes or ctx.nodes
+def observe(ctx: Context, fleet: SSHFleet, nodes: list[Node] | None = None,
+            health: Callable[[list[Node]], dict[str, gate.Answer]] | None = None) -> list[verify_mod.NodeObservation]:
+    """Read back every node's files of `current` (SSH) and its router's health (HTTP, or `health(nodes)`), in parallel."""
     from concurrent.futures import ThreadPoolExecutor
 
+    nodes = nodes or ctx.nodes
+    health = health or (lambda ns: gate.health(ns, ctx.playbook.service.health_path))
     with ThreadPoolExecutor(max_workers=1) as pool:
-        health_f = pool.submit(gate.health, nodes, ctx.playbook.service.health_path)
+        health_f = pool.submit(health, nodes)
         disk = fleet.run_all(lambda n: Call(commands.render(commands.hashes(ctx.root)),
                                             timeout=ctx.playbook.timeouts.command), [n.name for n in nodes])
-        health = health_f.result()
-    out = []
-    for n in nodes:
-        r, h = disk[n.name], health[n.name]
-        obs = dict(node=n.name, health=h.body if h.ok else None, health_error=None if h.ok else h.reason(),
-                   unreachable=bool(r.error) or h.status == 0)
-        if r.ok:
-            try:
-                parsed = commands.parse_hashes(r.stdout)
-                obs.update(files=parsed.files, odd=parsed.odd, current=parsed.current)
-            except DeployctlError as exc:
-                obs.update(disk_error=str(exc))
-        else:
-            obs.update(disk_error=r.error or commands.agent_error(r.stderr))
-        out.append(verify_mod.NodeObservation(**obs))
-    return out
+        answers = health_f.result()
+    return [_observation(n.name, disk[n.name], answers[n.name]) for n in nodes]
+
+
+def _observation(node: str, r: NodeResult, h: gate.Answer) -> verify_mod.NodeObservation:
+    obs = dict(node=node, health=h.body if h.ok else None, health_error=None if h.ok else h.reason(),
+               unreachable=bool(r.error) or h.status == 0)
+    if r.ok:
+        try:
+            parsed = commands.parse_hashes(r.stdout)
+            obs.update(files=parsed.files, odd=parsed.odd, current=parsed.current)
+        except DeployctlError as exc:
+            obs.update(disk_error=str(exc))
+    else:
+        obs.update(disk_error=r.error or commands.agent_error(r.stderr))
+    return verify_mod.NodeObservation(**obs)
 
 
 def manifest_for(ctx: Context, digest: str | None) -> dict[str, str] | None:

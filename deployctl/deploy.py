@@ -73,6 +73,7 @@ class _Run:
         self.id = uuid.uuid4().hex[:12]
         self.timings: dict[str, float] = {}
         self.names = [n.name for n in ctx.nodes]
+        self.observed: list | None = None  # read back after the switch, judged before the gate opens
 
     def journal(self, phase: str, **fields) -> None:
         self.ctx.journal.append(entry(self.action, run=self.id, phase=phase, digest=self.digest, **fields))
@@ -91,13 +92,21 @@ class _Run:
                       failures=[f.describe() for f in nxt.failures])
         return nxt
 
-    def node_journal(self, record: dict) -> None:
-        """Append the run's outcome to every reachable node's own journal (best effort, reported)."""
+    def node_journal(self, record: dict, protect: list[str] | None) -> None:
+        """Append the outcome to every node's own journal and, after a success, prune old releases (one call).
+
+        The current, previous and last good releases are never pruned. Best effort: misses are reported.
+        """
         line = json.dumps(record, sort_keys=True).encode()
-        res = self.fleet.run_all(lambda n: Call(commands.render(commands.journal_append(self.ctx.root)), line, 10))
+        argv = [commands.journal_append(self.ctx.root)]
+        if protect is not None:
+            last_good = self.ctx.journal.last_good()
+            keep = sorted(set(protect + ([last_good] if last_good else [])))
+            argv.append(commands.prune(self.ctx.root, self.ctx.playbook.keep_releases, keep))
+        res = self.fleet.run_all(lambda n: Call(commands.render(argv), line, 30), self.names)
         missed = sorted(n for n, r in res.items() if not r.ok)
         if missed:
-            self.ctx.emit("warning", message=f"node journal not written on: {', '.join(missed)}")
+            self.ctx.emit("warning", message=f"node journal or pruning failed on: {', '.join(missed)}")
 
 
 def _preflight(run: _Run, size: int) -> tuple[dict[str, sm.Outcome], dict[str, Probe]]:
@@ -167,7 +176,7 @@ def _forward(run: _Run, art: artifact_mod.Artifact, payload: bytes) -> sm.State:
             run.fleet.run_all(lambda n: Call(commands.render(commands.stage(ctx.root, art.digest)), payload, timeout)),
             lambda n, out: _expect_digest(commands.parse_stage(out), art.digest)), None),
         sm.Phase.SWITCH: lambda: (_switch_and_restart(run, {n: art.digest for n in run.names}), None),
-        sm.Phase.HEALTH: lambda: (_health(run, {n: art.digest for n in run.names}), None),
+        sm.Phase.HEALTH: lambda: (_settle(run, art.digest), None),
         sm.Phase.OPEN_GATE: lambda: (_open_gate(run, art.digest), None),
     }
     while state.phase in steps:
@@ -183,10 +192,20 @@ def _expect_digest(got: str, want: str) -> None:
         raise DeployctlError(f"node staged {got[:12]}, expected {want[:12]}")
 
 
-def _open_gate(run: _Run, digest: str) -> dict[str, sm.Outcome]:
-    """Open only after reading back every node on disk and running; any miss closes all again."""
+def _settle(run: _Run, digest: str) -> dict[str, sm.Outcome]:
+    """Wait until every router reports `digest` while re-hashing every node's files; keep what was seen."""
     ctx = run.ctx
-    report = verify_mod.report(observe(ctx, run.fleet), digest, None)
+    nodes = [n for n in ctx.nodes if n.name in run.names]
+    run.observed = observe(ctx, run.fleet, nodes, health=lambda nodes: gate.wait_running(
+        nodes, digest, ctx.playbook.timeouts.health, ctx.playbook.service.health_path))
+    report = verify_mod.report(run.observed, digest, None)
+    return {n.node: sm.Outcome(n.ok, "; ".join(n.problems) or "mismatch") for n in report.nodes}
+
+
+def _open_gate(run: _Run, digest: str) -> dict[str, sm.Outcome]:
+    """Open only when every node was read back matching, on disk and running; any refusal closes all again."""
+    ctx = run.ctx
+    report = verify_mod.report(run.observed or observe(ctx, run.fleet), digest, None)
     bad = {n.node: sm.Outcome(False, "; ".join(n.problems) or "mismatch") for n in report.nodes if not n.ok}
     if bad:
         return bad
@@ -223,7 +242,8 @@ def _finish(run: _Run, state: sm.State, kind: str) -> RunResult:
     record = entry(run.action, run=run.id, phase="done", digest=run.digest, outcome=outcome, failures=failures,
                    previous=state.previous, timings={k: round(v, 3) for k, v in run.timings.items()})
     run.ctx.journal.append(record)
-    run.node_journal(record)
+    protect = [run.digest] + [d for d in state.previous.values() if d] if state.phase == sm.Phase.DONE else None
+    run.node_journal(record, protect)
     if state.phase == sm.Phase.DONE:
         return RunResult(state, run.timings)
     first = state.failures[0].describe() if state.failures else "aborted"
@@ -266,26 +286,13 @@ def rollout(ctx: Context, artifact_path: Path, break_lock: bool = False) -> RunR
         start = time.monotonic()
         state = _forward(run, art, payload)
         run.timings["total"] = time.monotonic() - start
-        result = _finish(run, state, "rollout")
-        _prune(run, protect=[art.digest] + [d for d in state.previous.values() if d])
-        return result
+        return _finish(run, state, "rollout")
 
 
 def _store_manifest(ctx: Context, art: artifact_mod.Artifact) -> None:
     folder = ctx.state_dir / "manifests"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{art.digest}.json").write_bytes(art.manifest_bytes)
-
-
-def _prune(run: _Run, protect: list[str]) -> None:
-    """Drop releases beyond keep_releases; the current, previous and last good are never pruned."""
-    last_good = run.ctx.journal.last_good()
-    keep = sorted(set(protect + ([last_good] if last_good else [])))
-    argv = commands.prune(run.ctx.root, run.ctx.playbook.keep_releases, keep)
-    res = run.fleet.run_all(lambda n: Call(commands.render(argv), timeout=30))
-    missed = sorted(n for n, r in res.items() if not r.ok)
-    if missed:
-        run.ctx.emit("warning", message=f"old releases not pruned on: {', '.join(missed)}")
 
 
 def plan(ctx: Context, target: str | None = None, artifact_path: Path | None = None) -> list[PlanRow]:
@@ -337,14 +344,30 @@ def rollback(ctx: Context, to: str | None = None, nodes: list[str] | None = None
         state = sm.State(tuple(run.names), target, sm.Phase.SWITCH,
                          previous={n: probes[n].current for n in run.names})
         gate.close_gate(ctx.nodes, ctx.token())
+        keep_closed = _keep_closed_reason(nodes, probes)
         for phase, work in ((sm.Phase.SWITCH, lambda: (_switch_and_restart(run, {n: target for n in run.names}), None)),
-                            (sm.Phase.HEALTH, lambda: (_health(run, {n: target for n in run.names}), None)),
-                            (sm.Phase.OPEN_GATE, lambda: (_open_gate(run, target), None))):
+                            (sm.Phase.HEALTH, lambda: (_settle(run, target), None)),
+                            (sm.Phase.OPEN_GATE, lambda: (_open_gate_unless(run, target, keep_closed), None))):
             if state.phase != phase:
                 break
             state = run.phase(state, work)
         run.timings["total"] = time.monotonic() - start
         return _finish(run, state, "rollback")
+
+
+def _keep_closed_reason(partial: list[str] | None, probes: dict[str, Probe]) -> str | None:
+    """A partial rollback leaves the fleet mixed, and a halted fleet stays halted: the gate stays closed."""
+    if partial:
+        return "partial rollback: the fleet is mixed"
+    halted = sorted(n for n, p in probes.items() if p.halted)
+    return f"halted: {', '.join(halted)}" if halted else None
+
+
+def _open_gate_unless(run: _Run, digest: str, reason: str | None) -> dict[str, sm.Outcome]:
+    if reason is None:
+        return _open_gate(run, digest)
+    run.ctx.emit("warning", message=f"gate stays closed ({reason})")
+    return {n: sm.Outcome(True) for n in run.names}
 
 
 def _rollback_target(ctx: Context, probes: dict[str, Probe], to: str | None) -> str:

@@ -7,7 +7,6 @@ controller's own copy, so the two cannot drift apart.
 """
 
 import hashlib
-import io
 import json
 import os
 import re
@@ -82,49 +81,58 @@ def op_probe(root):
          "halted": os.path.exists(os.path.join(root, "state", "halted")), "root": os.path.isdir(root)})
 
 
-def safe_members(tar):
-    """Yield (relpath, member) for files/ entries; refuse anything unsafe, the whole archive at once."""
-    seen, found = set(), []
-    for m in tar.getmembers():
-        name = m.name
-        parts = name.split("/")
-        if name in seen:
-            raise Refused("duplicate member %r" % name)
-        seen.add(name)
-        if name.startswith("/") or ".." in parts or any(p in ("", ".") for p in parts[:-1]):
-            raise Refused("member %r escapes the release" % name)
-        if not (m.isreg() or m.isdir()):
-            raise Refused("member %r is not a regular file or folder" % name)
-        if name in ("manifest.json", "manifest.sig") or (m.isdir() and name in ("files", "files/")):
+def member_path(m, seen):
+    """Return the release-relative path of a files/ member, None for the manifest; refuse anything unsafe."""
+    name = m.name
+    parts = name.split("/")
+    if name in seen:
+        raise Refused("duplicate member %r" % name)
+    seen.add(name)
+    if name.startswith("/") or ".." in parts or any(p in ("", ".") for p in parts[:-1]):
+        raise Refused("member %r escapes the release" % name)
+    if not (m.isreg() or m.isdir()):
+        raise Refused("member %r is not a regular file or folder" % name)
+    if name in ("manifest.json", "manifest.sig") or (m.isdir() and name in ("files", "files/")):
+        return None
+    if parts[0] != "files" or len(parts) < 2 or not all(PART.match(p) for p in parts[1:] if p):
+        raise Refused("unexpected member %r" % name)
+    return "/".join(p for p in parts[1:] if p)
+
+
+def extract(tar, stage):
+    """Stream members into `stage`, hashing as they are written; return {relpath: sha256}."""
+    seen, files = set(), {}
+    for m in tar:
+        rel = member_path(m, seen)
+        if rel is None:
             continue
-        if parts[0] != "files" or len(parts) < 2 or not all(PART.match(p) for p in parts[1:] if p):
-            raise Refused("unexpected member %r" % name)
-        found.append(("/".join(p for p in parts[1:] if p), m))
-    return found
+        path = os.path.join(stage, rel)
+        if m.isdir():
+            os.makedirs(path, mode=0o755, exist_ok=True)
+            continue
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        src, h = tar.extractfile(m), hashlib.sha256()
+        with open(path, "wb") as f:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                h.update(block)
+                f.write(block)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(path, 0o644)
+        files[rel] = h.hexdigest()
+    return files
 
 
 def op_stage(root, digest):
+    """Receive the artifact tar on stdin into a fresh folder, check every file, then rename it into place."""
     final = release_dir(root, digest)
-    data = sys.stdin.buffer.read()
     stage = os.path.join(root, "releases", ".stage-%s-%d" % (digest[:12], os.getpid()))
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            members = safe_members(tar)
-            os.makedirs(stage, mode=0o755)
-            for rel, m in members:
-                path = os.path.join(stage, rel)
-                if m.isdir():
-                    os.makedirs(path, mode=0o755, exist_ok=True)
-                    continue
-                os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-                with open(path, "wb") as f:
-                    f.write(tar.extractfile(m).read())
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.chmod(path, 0o644)
-        files, odd = hashes(stage)
+        os.makedirs(stage, mode=0o755)
+        with tarfile.open(fileobj=sys.stdin.buffer, mode="r|", bufsize=1 << 20) as tar:
+            files = extract(tar, stage)
         got = digest_of(files)
-        if odd or got != digest:
+        if got != digest:
             raise Refused("staged files hash to %s, expected %s" % (got, digest))
         reused = os.path.isdir(final) and hashes(final) == (files, [])
         if not reused:
