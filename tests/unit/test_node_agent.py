@@ -181,6 +181,27 @@ def test_stage_replaces_a_tampered_copy(root):
     assert sorted(os.listdir(root / "releases")) == [DIGEST]
 
 
+def test_stage_a_real_built_artifact(root, tmp_path):
+    from deployctl.artifact import build, generate_signing_key
+
+    src = tmp_path / "src"
+    for rel, data in {**FILES, "router.json": b'{"name": "router", "version": "1.2.3"}\n'}.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    private, _ = generate_signing_key(tmp_path / "keys")
+    art = build(src, tmp_path / "dist", "router", private)
+    doc = answer(run(commands.stage(str(root), art.digest), art.payload()))
+    assert doc == {"digest": art.digest, "files": len(art.files), "reused": False}
+    release = root / "releases" / art.digest
+    assert {rel: sha(data) for rel, data in tree(release).items() if data != "dir"} == art.files
+
+
+def test_stage_large_file_spans_blocks(root):
+    big = {"blob.bin": os.urandom(3 * 2**20 + 17), "small.txt": b"x"}
+    answer(stage(root, make_tar(big), digest(big)))
+    assert (root / "releases" / digest(big) / "blob.bin").read_bytes() == big["blob.bin"]
+
+
 def _refusal_cases():
     good = make_tar()
     return [

@@ -1,0 +1,429 @@
+"""End-to-end checks of the fleet itself: SSH trust, router health and HTTP contract, halt, tokens, files.
+
+Every test talks to the eight real nodes only through their 127.0.0.1 ports
+(or `docker exec` through `node_exec` to read or break a node). The autouse
+`fleet` fixture in conftest.py brings the fleet back to the base release,
+running, not halted and with every gate open after each test.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import secrets
+import subprocess
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+from helpers import order, post_order, wait
+
+from deployctl import api, commands, gate, trust as trust_mod
+from deployctl.executor import Call, SSHFleet, Target
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = json.loads((ROOT / "fleet" / "router" / "router.json").read_text())
+MAX_CHILD = CONFIG["max_child_qty"]
+HEALTH_KEYS = {"service", "version", "digest", "gate", "halted", "flags", "uptime_s", "orders", "child_orders",
+               "rejected", "errors", "pid", "release_dir"}
+
+
+def _node(ctx: api.Context, name: str):
+    return next(n for n in ctx.nodes if n.name == name)
+
+
+def _health(node) -> dict:
+    ans = gate.request(node, "GET", "/health", timeout=5.0)
+    assert ans.status == 200, ans.reason()
+    return ans.body
+
+
+def _uid() -> str:
+    return f"e2e-{uuid.uuid4().hex[:16]}"
+
+
+def _post_raw(node, data: bytes, timeout: float = 5.0) -> tuple[int, dict]:
+    """POST raw bytes to /orders (gate.request only sends JSON it encodes itself); return (status, body)."""
+    conn = http.client.HTTPConnection(node.host, node.router_port, timeout=timeout)
+    try:
+        conn.request("POST", "/orders", body=data, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read(1 << 20))
+    finally:
+        conn.close()
+
+
+def _ssh(ctx: api.Context, name: str, argv, timeout: float = 30.0):
+    """Run one rendered command on one node over the fleet's pinned SSH; return its NodeResult."""
+    with ctx.ssh([_node(ctx, name)]) as f:
+        return f.run_all(lambda n: Call(commands.render(argv), timeout=timeout))[name]
+
+
+# ---- 1, 2: SSH with pinned host keys --------------------------------------------------------------
+
+def test_every_node_answers_ssh_with_its_pinned_key_and_its_own_hostname(ctx):
+    with ctx.ssh() as f:
+        res = f.connect()
+        assert sorted(res) == [f"node{i}" for i in range(1, 9)]
+        for name, r in res.items():
+            assert (r.ok, r.error, r.host_key_refused, r.exit_code) == (True, None, False, 0), name
+        names = f.run_all(lambda n: Call("hostname", timeout=10))
+    assert sorted(names) == sorted(res)
+    for name, r in names.items():
+        assert (r.error, r.exit_code, r.stderr) == (None, 0, b""), f"{name}: {r.reason()}"
+        assert r.stdout.decode().strip() == name
+
+
+def _known_hosts_line(port: int, public_line: str) -> str:
+    kind, blob = public_line.split()[:2]
+    return f"[127.0.0.1]:{port} {kind} {blob}\n"
+
+
+def test_a_wrong_or_missing_host_key_is_refused_and_nothing_is_added(ctx, tmp_path, node_exec):
+    real_kh = ctx.trust.known_hosts
+    user_kh = Path.home() / ".ssh" / "known_hosts"
+    real_before = real_kh.read_bytes()
+    user_before = user_kh.read_bytes() if user_kh.exists() else None
+    node1 = _node(ctx, "node1")
+    target = Target(node1.name, node1.host, node1.ssh_port, node1.user)
+    real_pub = ctx.trust.host_key_file("node1").with_name("node1_ed25519.pub").read_text().strip()
+    real_fp = trust_mod.fingerprint(real_pub)
+
+    bogus = trust_mod._new_keypair("bogus-node1")
+    wrong = tmp_path / "known_hosts_wrong"
+    wrong.write_text(_known_hosts_line(node1.ssh_port, bogus.public_line))
+    # node2's genuine key pinned for node1's address: a real fleet key, but the wrong node's.
+    other = tmp_path / "known_hosts_other"
+    node2_pub = ctx.trust.host_key_file("node2").with_name("node2_ed25519.pub").read_text().strip()
+    other.write_text(_known_hosts_line(node1.ssh_port, node2_pub))
+    for kh, pinned in ((wrong, bogus.public_line), (other, node2_pub)):
+        kh_before = kh.read_bytes()
+        with SSHFleet([target], ctx.trust.client_key, kh, connect_timeout=5, parallel=1) as f:
+            r = f.connect()["node1"]
+            ran = f.run_all(lambda n: Call("touch /tmp/e2e-should-not-run", timeout=10))["node1"]
+        assert r.host_key_refused is True and r.ok is False and r.exit_code is None
+        assert r.error == (f"host key mismatch at 127.0.0.1:{node1.ssh_port}: got ssh-ed25519 {real_fp}, "
+                           f"pinned {trust_mod.fingerprint(pinned)}; refusing to connect")
+        assert (ran.host_key_refused, ran.exit_code, ran.stdout) == (True, None, b"")
+        assert kh.read_bytes() == kh_before
+
+    empty = tmp_path / "known_hosts_empty"
+    empty.write_bytes(b"")
+    with SSHFleet([target], ctx.trust.client_key, empty, connect_timeout=5, parallel=1) as f:
+        r = f.connect()["node1"]
+    assert r.host_key_refused is True and r.ok is False
+    assert r.error == f"no pinned host key for 127.0.0.1:{node1.ssh_port}; refusing to connect"
+    assert empty.read_bytes() == b""
+
+    assert real_kh.read_bytes() == real_before
+    assert (user_kh.read_bytes() if user_kh.exists() else None) == user_before
+    assert node_exec("node1", "test ! -e /tmp/e2e-should-not-run")[0] == 0
+
+
+# ---- 3: health ------------------------------------------------------------------------------------
+
+def test_health_reports_the_base_release_on_every_node(ctx, base_release):
+    answers = api.gate_status(ctx)
+    assert sorted(answers) == sorted(n.name for n in ctx.nodes)
+    pids = set()
+    for name, a in answers.items():
+        assert a.status == 200, f"{name}: {a.reason()}"
+        b = a.body
+        assert set(b) == HEALTH_KEYS, name
+        assert (b["service"], b["version"], b["digest"]) == ("order-router", CONFIG["version"], base_release.digest)
+        assert base_release.version == CONFIG["version"]
+        assert (b["gate"], b["halted"], b["flags"]) == ("open", False, CONFIG["flags"])
+        assert b["release_dir"] == f"/opt/router/releases/{base_release.digest}"
+        assert isinstance(b["uptime_s"], float) and b["uptime_s"] >= 0
+        assert isinstance(b["pid"], int) and b["pid"] > 1
+        for counter in ("orders", "child_orders", "rejected", "errors"):
+            assert type(b[counter]) is int and b[counter] >= 0, (name, counter)
+        assert b["errors"] == 0, name
+        pids.add((name, b["pid"]))
+    assert len(pids) == 8
+
+
+# ---- 4: gate --------------------------------------------------------------------------------------
+
+def test_orders_are_refused_while_the_gate_is_closed_and_a_wrong_digest_keeps_it_closed(ctx, base_release):
+    token = ctx.token()
+    closed = api.gate_close(ctx)
+    assert {n: (a.status, a.body["gate"]) for n, a in closed.items()} == {n.name: (200, "closed") for n in ctx.nodes}
+
+    for node in ctx.nodes:
+        before = _health(node)
+        ans = post_order(node, order(_uid(), 250))
+        assert (ans.status, ans.body) == (503, {"error": "gate closed"}), node.name
+        after = _health(node)
+        assert (after["child_orders"], after["orders"]) == (before["child_orders"], before["orders"]), node.name
+
+    for node in ctx.nodes:
+        ans = gate.request(node, "POST", "/control/gate", {"action": "open", "digest": "0" * 64}, token)
+        assert (ans.status, ans.body) == (409, {"error": f"digest mismatch: this node runs {base_release.digest}"})
+        assert _health(node)["gate"] == "closed", node.name
+        ans = post_order(node, order(_uid(), 250))
+        assert (ans.status, ans.body) == (503, {"error": "gate closed"}), node.name
+
+    report = api.gate_open(ctx)
+    assert report.ok and report.expected == base_release.digest
+    for node in ctx.nodes:
+        assert _health(node)["gate"] == "open", node.name
+        before = _health(node)["child_orders"]
+        oid = _uid()
+        ans = post_order(node, order(oid, 250))
+        assert ans.status == 200, f"{node.name}: {ans.reason()}"
+        assert (ans.body["id"], ans.body["quantity"], ans.body["filled"]) == (oid, 250, 250)
+        assert [c["qty"] for c in ans.body["children"]] == [100, 100, 50]
+        assert all(c["qty"] <= MAX_CHILD and c["price"] == 10.5 for c in ans.body["children"])
+        assert _health(node)["child_orders"] - before == 3, node.name
+
+
+# ---- 5: concurrency -------------------------------------------------------------------------------
+
+def test_concurrent_orders_for_one_parent_never_route_more_than_its_quantity(ctx):
+    node = _node(ctx, "node4")
+    before = _health(node)
+    parent = order(_uid(), 1000)
+    threads_n = 20
+    barrier = threading.Barrier(threads_n, timeout=10)
+    answers: list = [None] * threads_n
+
+    def send(i: int) -> None:
+        barrier.wait()
+        answers[i] = post_order(node, parent, timeout=10)
+
+    threads = [threading.Thread(target=send, args=(i,), daemon=True) for i in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads)
+
+    statuses = sorted(a.status for a in answers)
+    assert set(statuses) <= {200, 409}, [(a.status, a.body) for a in answers]
+    accepted = [a for a in answers if a.status == 200]
+    assert accepted, "no request was accepted"
+    children = [c["qty"] for a in accepted for c in a.body["children"]]
+    assert sum(children) == 1000
+    assert all(0 < q <= MAX_CHILD for q in children)
+    assert len(children) == 10
+    for a in answers:
+        if a.status == 409:
+            assert a.body == {"error": f"parent {parent['id']} already fully routed"}
+    after = _health(node)
+    assert after["child_orders"] - before["child_orders"] == len(children)
+    assert after["orders"] - before["orders"] == len(accepted)
+    assert after["rejected"] - before["rejected"] == threads_n - len(accepted)
+    again = post_order(node, parent)
+    assert (again.status, again.body) == (409, {"error": f"parent {parent['id']} already fully routed"})
+
+
+# ---- 6: halt survives a restart --------------------------------------------------------------------
+
+def test_halt_survives_a_router_restart_and_resume_leaves_the_gate_closed(ctx, base_release, node_exec):
+    node, token = _node(ctx, "node3"), ctx.token()
+    old_pid = _health(node)["pid"]
+
+    ans = gate.request(node, "POST", "/control/halt", {}, token)
+    assert ans.status == 200, ans.reason()
+    assert (ans.body["halted"], ans.body["gate"]) == (True, "closed")
+    assert node_exec("node3", "test -f /opt/router/state/halted")[0] == 0
+
+    r = _ssh(ctx, "node3", ["supervisorctl", "restart", "router"])
+    assert r.ok, r.reason()
+    assert wait(lambda: (a := gate.request(node, "GET", "/health", timeout=1.0)).ok and a.body["pid"] != old_pid,
+                30), "router on node3 did not come back with a new pid"
+    h = _health(node)
+    assert h["pid"] != old_pid
+    assert (h["halted"], h["gate"], h["digest"]) == (True, "closed", base_release.digest)
+    ans = post_order(node, order(_uid(), 100))
+    assert (ans.status, ans.body) == (503, {"error": "halted"})
+    ans = gate.request(node, "POST", "/control/gate", {"action": "open", "digest": base_release.digest}, token)
+    assert (ans.status, ans.body) == (409, {"error": "halted: resume before opening the gate"})
+
+    ans = gate.request(node, "POST", "/control/resume", {}, token)
+    assert ans.status == 200, ans.reason()
+    assert (ans.body["halted"], ans.body["gate"], ans.body["pid"]) == (False, "closed", h["pid"])
+    assert node_exec("node3", "test -e /opt/router/state/halted")[0] == 1
+    ans = post_order(node, order(_uid(), 100))
+    assert (ans.status, ans.body) == (503, {"error": "gate closed"})
+
+
+# ---- 7: control token -----------------------------------------------------------------------------
+
+def test_control_without_a_good_token_is_refused_and_the_token_is_never_logged(ctx, node_exec):
+    node, token = _node(ctx, "node5"), ctx.token()
+    wrong = secrets.token_hex(32)
+    assert wrong != token
+    bodies = {"gate": {"action": "close"}, "halt": {}, "resume": {}}
+    for presented in (None, "", wrong):
+        for action, body in bodies.items():
+            ans = gate.request(node, "POST", f"/control/{action}", body, presented)
+            assert (ans.status, ans.body) == (401, {"error": "unauthorized"}), (action, presented == wrong)
+            h = _health(node)
+            assert (h["gate"], h["halted"]) == ("open", False), action
+    assert node_exec("node5", "test -e /opt/router/state/halted")[0] == 1
+
+    # Halted for real: an unauthenticated resume or gate open must not lift it.
+    assert gate.request(node, "POST", "/control/halt", {}, token).status == 200
+    for presented in (None, wrong):
+        ans = gate.request(node, "POST", "/control/resume", {}, presented)
+        assert (ans.status, ans.body) == (401, {"error": "unauthorized"})
+        ans = gate.request(node, "POST", "/control/gate", {"action": "open", "digest": _health(node)["digest"]},
+                           presented)
+        assert (ans.status, ans.body) == (401, {"error": "unauthorized"})
+        assert (_health(node)["halted"], _health(node)["gate"]) == (True, "closed")
+    assert gate.request(node, "POST", "/control/resume", {}, token).status == 200
+
+    code, log = node_exec("node5", "cat /var/log/router.log")
+    assert code == 0
+    # The refusals were logged, so the absence of the token below is meaningful.
+    assert "refused control request /control/halt from" in log and ": missing token" in log and ": bad token" in log
+    assert token not in log and wrong not in log
+    code, node_journal = node_exec("node5", "cat /opt/router/state/journal.jsonl")
+    assert code == 0 and token not in node_journal
+    assert token.encode() not in ctx.journal.path.read_bytes()
+
+
+# ---- 8: unknown flag ------------------------------------------------------------------------------
+
+_ADD_FLAG = ("import json, sys\n"
+             "p = sys.argv[1]\n"
+             "c = json.load(open(p))\n"
+             "c['flags']['power_peg'] = True\n"
+             "open(p, 'w').write(json.dumps(c))\n")
+
+
+def test_an_unknown_flag_fails_the_router_startup_check(ctx, base_release):
+    made = _ssh(ctx, "node2", ["mktemp", "-d", "/tmp/e2e-power-peg.XXXXXXXX"])
+    assert made.ok, made.reason()
+    tmp = made.stdout.decode().strip()
+    assert tmp.startswith("/tmp/e2e-power-peg.")
+    try:
+        r = _ssh(ctx, "node2", ["cp", "-a", "/opt/router/current/.", f"{tmp}/"])
+        assert r.ok, r.reason()
+        r = _ssh(ctx, "node2", ["python3", "-B", f"{tmp}/router.py", "--check"])
+        assert (r.exit_code, r.stderr) == (0, b""), r.reason()
+        assert json.loads(r.stdout) == {"digest": base_release.digest, "version": CONFIG["version"]}
+
+        r = _ssh(ctx, "node2", ["python3", "-c", _ADD_FLAG, f"{tmp}/router.json"])
+        assert r.ok, r.reason()
+        r = _ssh(ctx, "node2", ["python3", "-B", f"{tmp}/router.py", "--check"])
+        assert r.exit_code == 2, r.reason()
+        assert r.stdout == b""
+        assert r.stderr == b"router: unknown flag 'power_peg' in router.json\n"
+    finally:
+        r = _ssh(ctx, "node2", [["rm", "-rf", "--", tmp], ["test", "!", "-e", tmp]])
+    assert r.ok, r.reason()
+    r = _ssh(ctx, "node2", ["python3", "-B", "/opt/router/current/router.py", "--check"])
+    assert r.ok and json.loads(r.stdout)["digest"] == base_release.digest
+    assert _health(_node(ctx, "node2"))["digest"] == base_release.digest
+
+
+# ---- 9: malformed orders --------------------------------------------------------------------------
+
+_BASE = order("e2e-malformed", 250)
+_RANGE = f"quantity: should be between 1 and {CONFIG['max_order_qty']}"
+_PRICE = "limit_price: should be a finite number above 0 and at most 1e9"
+
+
+def _without(key: str) -> bytes:
+    return json.dumps({k: v for k, v in _BASE.items() if k != key}).encode()
+
+
+def _with(**kw) -> bytes:
+    return json.dumps({**_BASE, **kw}).encode()
+
+
+MALFORMED = [
+    ("not json", b"not json", "body: malformed JSON: Expecting value: line 1 column 1 (char 0)"),
+    ("empty", b"", "body: malformed JSON: Expecting value: line 1 column 1 (char 0)"),
+    ("array", json.dumps([_BASE]).encode(), "body: should be a JSON object"),
+    *[(f"missing {k}", _without(k), f"missing field {k!r}") for k in ("id", "symbol", "side", "quantity",
+                                                                      "limit_price")],
+    ("quantity 0", _with(quantity=0), _RANGE),
+    ("quantity negative", _with(quantity=-5), _RANGE),
+    ("quantity bool", _with(quantity=True), "quantity: should be an integer"),
+    ("quantity string", _with(quantity="250"), "quantity: should be an integer"),
+    ("quantity float", _with(quantity=250.0), "quantity: should be an integer"),
+    ("quantity absurd", _with(quantity=10**12), _RANGE),
+    ("limit_price 0", _with(limit_price=0), _PRICE),
+    ("limit_price negative", _with(limit_price=-1.5), _PRICE),
+    ("limit_price NaN string", _with(limit_price="NaN"), "limit_price: should be a number"),
+    ("limit_price NaN literal", b'{"id": "x", "symbol": "ACME", "side": "buy", "quantity": 1, "limit_price": NaN}',
+     "body: malformed JSON: NaN is not JSON"),
+    ("limit_price overflow", json.dumps(_BASE).replace("10.5", "1e400").encode(), _PRICE),
+    ("unknown field", _with(venue="dark"), "unknown field 'venue'"),
+    ("duplicate key", b'{"id": "a", "id": "b"}', "body: malformed JSON: duplicate key 'id'"),
+]
+
+
+def test_malformed_orders_get_400_naming_the_problem_and_route_nothing(ctx):
+    node = _node(ctx, "node6")
+    before = _health(node)
+    assert before["gate"] == "open"  # else every answer would be 503 before validation
+    for label, data, error in MALFORMED:
+        status, body = _post_raw(node, data)
+        assert (status, body) == (400, {"error": error}), label
+    after = _health(node)
+    assert (after["orders"], after["child_orders"]) == (before["orders"], before["child_orders"])
+    assert after["rejected"] - before["rejected"] == len(MALFORMED)
+    assert after["errors"] == before["errors"]
+    ok = post_order(node, order(_uid(), 100))
+    assert ok.status == 200 and ok.body["filled"] == 100  # the router still routes good orders
+
+
+# ---- 10: the fleet CLI ----------------------------------------------------------------------------
+
+def _cli(ctx: api.Context, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DEPLOYCTL_STATE": str(ctx.state_dir)}
+    return subprocess.run([str(ROOT / ".venv" / "bin" / "deployctl"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_fleet_status_lists_every_node_and_fleet_up_again_changes_nothing(ctx, base_release, docker_spec):
+    st = _cli(ctx, "fleet", "status", "--json", timeout=120)
+    assert st.returncode == 0, st.stderr
+    rows = json.loads(st.stdout)
+    assert [r["node"] for r in rows] == [f"node{i}" for i in range(1, 9)]
+    for i, r in enumerate(rows, 1):
+        assert r == {"node": f"node{i}", "container": "running", "ssh": f"127.0.0.1:{2200 + i}", "sshd": True,
+                     "router": f"127.0.0.1:{8100 + i}", "digest": base_release.digest, "gate": "open",
+                     "halted": False, "problem": None}
+
+    dc, spec = docker_spec
+    ids_before = {n.service: dc.containers.get(n.container).id for n in spec.nodes}
+    pids_before = {n.name: _health(n)["pid"] for n in ctx.nodes}
+    up = _cli(ctx, "fleet", "up", timeout=600)
+    assert up.returncode == 0, up.stderr
+    assert "nothing to install" in up.stderr
+    assert {n.service: dc.containers.get(n.container).id for n in spec.nodes} == ids_before
+    assert {n.name: _health(n)["pid"] for n in ctx.nodes} == pids_before
+    assert {n.name: _health(n)["digest"] for n in ctx.nodes} == {n.name: base_release.digest for n in ctx.nodes}
+
+
+# ---- 11: permissions on the nodes -----------------------------------------------------------------
+
+def test_node_secrets_and_release_files_have_tight_permissions(ctx, base_release, node_exec):
+    rel = f"/opt/router/releases/{base_release.digest}"
+    for node in ctx.nodes:
+        code, out = node_exec(node.name, "stat -c '%a %U %G %n' /opt/router/state/token /root/.ssh/authorized_keys "
+                                         "/opt/router/state /root/.ssh")
+        assert code == 0, out
+        assert out.splitlines() == ["600 root root /opt/router/state/token",
+                                    "600 root root /root/.ssh/authorized_keys",
+                                    "700 root root /opt/router/state",
+                                    "700 root root /root/.ssh"], node.name
+        code, out = node_exec(node.name, f"find {rel} -printf '%y %m %u %g %P\\n' | sort")
+        assert code == 0, out
+        assert out.splitlines() == ["d 755 root root ", "f 644 root root router.json",
+                                    "f 644 root root router.py"], node.name
+        # Nothing under the install root may be writable by others (a planted release or symlink).
+        code, out = node_exec(node.name, "find /opt/router -perm -o+w ! -type l")
+        assert (code, out) == (0, ""), node.name
+        code, out = node_exec(node.name, "readlink /opt/router/current")
+        assert out.strip() == f"releases/{base_release.digest}", node.name

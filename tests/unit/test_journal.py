@@ -1,0 +1,247 @@
+"""journal.py: the append-only journal and the fleet deploy lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from deployctl import journal
+from deployctl.errors import DeployctlError, ExitCode, LockHeldError
+from deployctl.journal import Journal, Lock, LockInfo, entry
+
+D1, D2, D3 = "1" * 64, "2" * 64, "3" * 64
+# Larger than any pid_max Linux allows (2**22), so no process can have it.
+DEAD_PID = 2**22 + 4321
+
+
+# --- journal ----------------------------------------------------------------------------------------------------
+
+def test_append_read_round_trip(tmp_path):
+    j = Journal(tmp_path / "state" / "journal.jsonl")
+    assert list(j.read()) == []
+    one = j.append({"action": "rollout", "phase": "start", "digest": D1, "nodes": ["n1", "n2"]})
+    two = j.append({"action": "halt", "outcome": "ok", "text": "ünïcode ✓"})
+    assert list(j.read()) == [one, two]
+    lines = j.path.read_bytes().splitlines()
+    assert lines == [journal.encode(one).rstrip(b"\n"), journal.encode(two).rstrip(b"\n")]
+    assert j.path.stat().st_mode & 0o777 == 0o600
+
+
+def test_encode_is_one_canonical_line():
+    assert journal.encode({"b": 1, "a": "x\ny"}) == b'{"a":"x\\ny","b":1}\n'
+
+
+records = st.dictionaries(st.text(max_size=8), st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                          max_size=4)
+
+
+@given(st.lists(records, min_size=1, max_size=6))
+@settings(max_examples=50, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_never_rewritten_prefix_property(tmp_path, batch):
+    path = tmp_path / f"j-{time.monotonic_ns()}.jsonl"
+    j = Journal(path)
+    before = b""
+    for rec in batch:
+        j.append(rec)
+        now = path.read_bytes()
+        assert now.startswith(before) and now[len(before):] == journal.encode(rec)
+        before = now
+    assert list(j.read()) == batch
+
+
+def test_entry_fills_who_and_when():
+    rec = entry("rollout", run="abc", digest=D1)
+    assert rec["action"] == "rollout" and rec["run"] == "abc" and rec["digest"] == D1
+    assert rec["who"] == journal.actor() and "@" in rec["who"]
+    assert time.strptime(rec["ts"], "%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.mark.parametrize("key", ["token", "password", "secret"])
+def test_entry_refuses_secret_keys(key):
+    with pytest.raises(DeployctlError) as info:
+        entry("gate-open", digest=D1, **{key: "hunter2"})
+    assert key in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: entry() refuses only the exact keys token/password/secret "
+                                       "(journal.py:21,35); 'secret-looking' keys such as Token or api_token pass")
+@pytest.mark.parametrize("key", ["Token", "api_token", "control_token", "ssh_password"])
+def test_entry_refuses_secret_looking_keys(key):
+    with pytest.raises(DeployctlError):
+        entry("gate-open", **{key: "hunter2"})
+
+
+def done(action, digest, outcome="ok", run="r"):
+    return {"action": action, "phase": "done", "digest": digest, "outcome": outcome, "run": run}
+
+
+def test_last_good(tmp_path):
+    j = Journal(tmp_path / "j.jsonl")
+    assert j.last_good() is None
+    j.append(done("rollout", D1))
+    j.append(done("rollout", D2, outcome="rolled-back"))
+    assert j.last_good() == D1
+    j.append(done("rollback", D3))
+    assert j.last_good() == D3
+    j.append(done("recover", D2))
+    assert j.last_good() == D2
+    j.append({"action": "gate-open", "digest": D1, "outcome": "ok"})  # not a run
+    j.append(done("something-else", D1))
+    assert j.last_good() == D2
+
+
+def test_known_digests(tmp_path):
+    j = Journal(tmp_path / "j.jsonl")
+    assert j.known_digests() == set()
+    j.append(done("rollout", D1))
+    j.append(done("rollout", D2, outcome="inconsistent"))
+    j.append(done("rollback", D3))
+    j.append({"action": "rollout", "phase": "start", "digest": D2})
+    j.append({"action": "rollout", "phase": "done", "outcome": "ok", "digest": None})
+    assert j.known_digests() == {D1, D3}
+
+
+def test_interrupted(tmp_path):
+    j = Journal(tmp_path / "j.jsonl")
+    assert j.interrupted() is None
+    start = {"action": "rollout", "phase": "start", "run": "r1", "digest": D1}
+    j.append(start)
+    j.append({"action": "rollout", "phase": "stage", "run": "r1", "digest": D1})
+    assert j.interrupted() == start
+    j.append(done("rollout", D1, run="r1"))
+    assert j.interrupted() is None
+    second = {"action": "rollback", "phase": "start", "run": "r2", "digest": D2}
+    j.append(second)
+    j.append(done("rollout", D2, run="someone-else"))  # another run's done does not close this one
+    assert j.interrupted() == second
+
+
+def test_unreadable_lines(tmp_path):
+    path = tmp_path / "j.jsonl"
+    j = Journal(path)
+    j.append(done("rollout", D1))
+    with open(path, "ab") as f:
+        f.write(b"{torn wri\n")
+        f.write(b"[1, 2]\n")
+        f.write(b"\xff\xfe not utf-8\n")
+        f.write(b'"just a string"\n')
+    j.append(done("rollback", D2))
+    got = list(j.read())
+    assert got == [done("rollout", D1), {"action": "unreadable", "line": 2}, {"action": "unreadable", "line": 3},
+                   {"action": "unreadable", "line": 4}, {"action": "unreadable", "line": 5}, done("rollback", D2)]
+    assert j.last_good() == D2
+    assert j.known_digests() == {D1, D2}
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: Journal.read catches only ValueError (journal.py:73), so a deeply "
+                                       "nested damaged line raises RecursionError instead of yielding 'unreadable'")
+def test_deeply_nested_line_is_unreadable(tmp_path):
+    path = tmp_path / "j.jsonl"
+    path.write_bytes(b"[" * 100_000 + b"\n")
+    assert list(Journal(path).read()) == [{"action": "unreadable", "line": 1}]
+
+
+# --- lock -------------------------------------------------------------------------------------------------------
+
+def test_lock_acquire_held_release(tmp_path):
+    lock = Lock(tmp_path / "state" / "deploy.lock")
+    assert lock.info() is None
+    assert lock.acquire("deployctl rollout") is None
+    info = lock.info()
+    assert (info.holder, info.pid, info.command, info.stale) == (journal.actor(), os.getpid(), "deployctl rollout",
+                                                                  False)
+    assert abs(info.since - time.time()) < 60
+    assert lock.path.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(LockHeldError) as held:
+        lock.acquire("deployctl rollback")
+    message = str(held.value)
+    assert journal.actor() in message and f"pid {os.getpid()}" in message and "since" in message
+    assert "deployctl rollout" in message and "--break-lock" not in message
+    assert held.value.exit_code == ExitCode.LOCKED
+    lock.release()
+    assert not lock.path.exists()
+    assert lock.acquire("again") is None
+    lock.release()
+
+
+def test_lock_held_by_live_process_is_not_broken(tmp_path):
+    lock = Lock(tmp_path / "deploy.lock")
+    lock.acquire("deployctl rollout")
+    with pytest.raises(LockHeldError):
+        lock.acquire("deployctl rollout", break_stale=True)
+    assert lock.info().pid == os.getpid()
+    lock.release()
+
+
+def _write_lock(path: Path, **doc) -> None:
+    path.write_text(json.dumps(doc))
+
+
+def test_release_leaves_someone_elses_lock(tmp_path):
+    lock = Lock(tmp_path / "deploy.lock")
+    _write_lock(lock.path, holder="ci@build-host", pid=1, since=time.time(), command="deployctl rollout")
+    lock.release()
+    assert lock.path.exists()
+
+
+def test_stale_lock_dead_pid_on_this_host(tmp_path):
+    lock = Lock(tmp_path / "deploy.lock")
+    since = time.time() - 3600
+    _write_lock(lock.path, holder=f"alice@{socket.gethostname()}", pid=DEAD_PID, since=since,
+                command="deployctl rollout")
+    info = lock.info()
+    assert info == LockInfo(f"alice@{socket.gethostname()}", DEAD_PID, since, "deployctl rollout", True)
+    with pytest.raises(LockHeldError) as held:
+        lock.acquire("deployctl rollback")
+    message = str(held.value)
+    assert "stale" in message and "--break-lock" in message and "since" in message and "alice@" in message
+    assert lock.info() == info  # refused: untouched
+    broken = lock.acquire("deployctl rollback", break_stale=True)
+    assert broken == info
+    now = lock.info()
+    assert (now.pid, now.command, now.stale) == (os.getpid(), "deployctl rollback", False)
+    lock.release()
+
+
+def test_lock_of_other_host_is_never_stale(tmp_path):
+    lock = Lock(tmp_path / "deploy.lock")
+    _write_lock(lock.path, holder="bob@some-other-host.invalid", pid=DEAD_PID, since=time.time(), command="x")
+    assert lock.info().stale is False
+    with pytest.raises(LockHeldError) as held:
+        lock.acquire("y", break_stale=True)
+    assert "--break-lock" not in str(held.value) and "bob@some-other-host.invalid" in str(held.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"{not json", b"\xff\xfe"])
+def test_damaged_lock_file(tmp_path, content):
+    lock = Lock(tmp_path / "deploy.lock")
+    lock.path.write_bytes(content)
+    info = lock.info()
+    assert info.holder == "unknown (damaged lock file)" and info.stale
+    with pytest.raises(LockHeldError) as held:
+        lock.acquire("deployctl rollout")
+    assert "damaged" in str(held.value) and "--break-lock" in str(held.value)
+    assert lock.acquire("deployctl rollout", break_stale=True) == info
+    assert lock.info().pid == os.getpid()
+    lock.release()
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: Lock.info trusts the JSON shape (journal.py:132-133): a lock file "
+                                       "holding a list, or a non-numeric pid/since, raises AttributeError/"
+                                       "ValueError/TypeError instead of being reported as damaged")
+@pytest.mark.parametrize("content", ["[]", '{"pid": "abc"}', '{"pid": null}', '{"since": "yesterday"}'])
+def test_lock_file_with_wrong_shape_is_damaged(tmp_path, content):
+    lock = Lock(tmp_path / "deploy.lock")
+    lock.path.write_text(content)
+    with pytest.raises(LockHeldError):
+        lock.acquire("deployctl rollout")
+    lock.acquire("deployctl rollout", break_stale=True)
+    assert lock.info().pid == os.getpid()

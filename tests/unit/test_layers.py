@@ -1,0 +1,136 @@
+"""STYLE.md's architecture, enforced on the source with `ast`: import direction, adapters, no bare assert."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "deployctl"
+
+LAYERS = {
+    "__init__": 1, "errors": 1, "config": 1,
+    "commands": 2, "verify": 2, "rollout": 2, "artifact": 2, "trust": 2, "node_agent": 2,
+    "executor": 3, "gate": 3, "journal": 3, "docker_fleet": 3,
+    "api": 4, "deploy": 4, "fleetops": 4,
+    "cli": 5, "__main__": 5,
+}
+
+# Same-layer imports that already exist; any other same-layer import is a violation.
+SAME_LAYER_ALLOWED = {
+    ("config", "errors"),      # config raises ConfigError
+    ("__main__", "cli"),       # `python -m deployctl` runs cli.main
+    ("rollout", "commands"),   # rollout takes commands.Probe
+    ("verify", "artifact"),    # verify uses artifact.digest_of
+    ("deploy", "api"),         # deploy uses api.Context, observe, raise_for_unreachable
+    ("fleetops", "api"),       # fleetops uses api.Context, wait_for
+    ("fleetops", "deploy"),    # inside a function
+}
+
+# Third-party packages and the only module allowed to import each.
+ADAPTERS = {"fabric": "executor", "paramiko": "executor", "docker": "docker_fleet", "typer": "cli", "rich": "cli"}
+
+
+def modules() -> dict[str, ast.Module]:
+    return {p.stem: ast.parse(p.read_text(), filename=str(p)) for p in sorted(PACKAGE.glob("*.py"))}
+
+
+def imports(tree: ast.Module, module: str) -> list[tuple[str, int]]:
+    """Every imported module name (absolute, dotted) with its line, including imports inside functions."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(a.name, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: from . import x / from .x import y
+                base = "deployctl" + (f".{node.module}" if node.module else "")
+            else:
+                base = node.module or ""
+            if base == "deployctl":
+                found += [(f"deployctl.{a.name}", node.lineno) for a in node.names]
+            else:
+                found.append((base, node.lineno))
+    return found
+
+
+def internal_edges() -> list[tuple[str, str, int]]:
+    edges = []
+    for name, tree in modules().items():
+        for target, line in imports(tree, name):
+            if target == "deployctl":
+                edges.append((name, "__init__", line))
+            elif target.startswith("deployctl."):
+                edges.append((name, target.split(".")[1], line))
+    return edges
+
+
+def test_every_module_has_a_layer():
+    assert sorted(modules()) == sorted(LAYERS), "a new module needs a layer in LAYERS (and in STYLE.md)"
+
+
+def test_imports_point_downward():
+    upward = [f"{src}.py:{line} imports {dst} (layer {LAYERS[src]} -> {LAYERS.get(dst)})"
+              for src, dst, line in internal_edges() if dst not in LAYERS or LAYERS[dst] > LAYERS[src]]
+    assert upward == []
+
+
+def test_same_layer_imports_only_where_they_already_are():
+    same = {(src, dst) for src, dst, _ in internal_edges() if src != dst and LAYERS.get(dst) == LAYERS[src]}
+    assert same - SAME_LAYER_ALLOWED == set()
+
+
+def test_no_import_cycles():
+    graph: dict[str, set[str]] = {}
+    for src, dst, _ in internal_edges():
+        graph.setdefault(src, set()).add(dst)
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for nxt in graph.get(start, ()):
+            if nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt})):
+                return True
+        return False
+
+    cycles = sorted(m for m in graph if m != "__init__" and reaches(m, m, {m}))
+    assert cycles == []
+
+
+def test_rollout_never_imports_executor():
+    assert [dst for src, dst, _ in internal_edges() if src == "rollout" and dst == "executor"] == []
+
+
+@pytest.mark.parametrize("package, owner", sorted(ADAPTERS.items()))
+def test_adapter_packages_only_in_their_module(package, owner):
+    users = sorted({f"{name}.py:{line}" for name, tree in modules().items()
+                    for target, line in imports(tree, name)
+                    if target.split(".")[0] == package and name != owner})
+    assert users == []
+
+
+@pytest.mark.parametrize("package, owner", [("fabric", "executor"), ("paramiko", "executor"),
+                                            ("docker", "docker_fleet")])
+def test_heavy_adapters_import_lazily(package, owner):
+    """STYLE.md 13: fabric, paramiko and docker are imported inside the functions that need them."""
+    tree = modules()[owner]
+    top = [target for stmt in tree.body if isinstance(stmt, (ast.Import, ast.ImportFrom))
+           for target, _ in imports(ast.Module(body=[stmt], type_ignores=[]), owner)]
+    assert [t for t in top if t.split(".")[0] == package] == []
+
+
+def test_node_agent_imports_only_stdlib():
+    names = {target.split(".")[0] for target, _ in imports(modules()["node_agent"], "node_agent")}
+    assert names and names <= set(sys.stdlib_module_names), names - set(sys.stdlib_module_names)
+
+
+def test_no_bare_assert_in_library():
+    asserts = [f"{name}.py:{node.lineno}" for name, tree in modules().items()
+               for node in ast.walk(tree) if isinstance(node, ast.Assert)]
+    assert asserts == []
+
+
+def test_checker_sees_relative_and_package_imports():
+    tree = ast.parse("from . import api\nfrom .errors import X\nfrom deployctl import cli, gate\n"
+                     "import deployctl.journal\ndef f():\n    import docker\n")
+    assert [t for t, _ in imports(tree, "x")] == ["deployctl.api", "deployctl.errors", "deployctl.cli",
+                                                  "deployctl.gate", "deployctl.journal", "docker"]
