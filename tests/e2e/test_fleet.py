@@ -286,6 +286,8 @@ def test_control_without_a_good_token_is_refused_and_the_token_is_never_logged(c
     assert token not in log and wrong not in log
     code, node_journal = node_exec("node5", "cat /opt/router/state/journal.jsonl")
     assert code == 0 and token not in node_journal
+    code, sshd_log = node_exec("node5", "cat /var/log/sshd.log")
+    assert code == 0 and token not in sshd_log
     assert token.encode() not in ctx.journal.path.read_bytes()
 
 
@@ -359,6 +361,17 @@ MALFORMED = [
     ("limit_price overflow", json.dumps(_BASE).replace("10.5", "1e400").encode(), _PRICE),
     ("unknown field", _with(venue="dark"), "unknown field 'venue'"),
     ("duplicate key", b'{"id": "a", "id": "b"}', "body: malformed JSON: duplicate key 'id'"),
+    ("Infinity literal", json.dumps(_BASE).replace("10.5", "Infinity").encode(),
+     "body: malformed JSON: Infinity is not JSON"),
+    ("limit_price above 1e9", _with(limit_price=1e9 + 1), _PRICE),
+    ("not UTF-8", b"\xff", "body: malformed JSON: 'utf-8' codec can't decode byte 0xff in position 0: "
+                           "invalid start byte"),
+    ("nested too deeply", b"[" * 30000 + b"]" * 30000, "body: malformed JSON: nested too deeply"),
+    ("too large", b" " * 70000, "body: larger than 65536 bytes"),
+    ("id too long", _with(id="a" * 65), "id: should be a string of 1-64 characters of [A-Za-z0-9._:-]"),
+    ("id null", _with(id=None), "id: should be a string of 1-64 characters of [A-Za-z0-9._:-]"),
+    ("symbol lowercase", _with(symbol="acme"), "symbol: should be a string of 1-12 characters of [A-Z0-9.]"),
+    ("side unknown", _with(side="hold"), 'side: should be "buy" or "sell"'),
 ]
 
 

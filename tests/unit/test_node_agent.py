@@ -412,7 +412,7 @@ def test_journal_refuses_non_json_and_keeps_file(root):
 
 
 @pytest.mark.xfail(strict=True, reason="BUG: op_journal accepts JSON spread over several lines and writes it "
-                                       "as-is (node_agent.py:231-236), breaking one-record-per-line")
+                                       "as-is (node_agent.py:238-244), breaking one-record-per-line")
 def test_journal_keeps_one_record_per_line(root):
     path = root / "state" / "journal.jsonl"
     proc = run(commands.journal_append(str(root)), b'{"a":\n 1}\n')

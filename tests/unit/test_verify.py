@@ -200,7 +200,7 @@ def test_to_dict_shape():
 
 
 @pytest.mark.xfail(strict=True, reason="BUG: judge() calls artifact.digest_of on node-reported paths "
-                                       "(verify.py:202), which raises ArtifactError (exit 2, usage) for a file "
+                                       "(verify.py:90), which raises ArtifactError (exit 2, usage) for a file "
                                        "name with a backslash or newline instead of reporting that node as drift")
 @pytest.mark.parametrize("name", ["evil\\name.py", "evil\nname.py"])
 def test_node_with_unhashable_file_name_is_a_mismatch(name):
