@@ -125,7 +125,13 @@ def verify(expect: Optional[str] = typer.Option(None, "--expect", help="Expected
                                                 "[default: the last successful rollout's]."),
            json_out: bool = JSON) -> None:
     """Check every node's files on disk and running process against the expected release (the pre-open gate)."""
-    report = api.verify(_ctx(json_out), expect)
+    from deployctl import deploy
+
+    ctx = _ctx(json_out)
+    warning = deploy.interrupted(ctx)
+    if warning:
+        err.print(f"[yellow]! {warning}[/]")
+    report = api.verify(ctx, expect)
     if json_out:
         _dump(report.to_dict())
     else:
@@ -173,6 +179,18 @@ def _previous_for_plan(ctx) -> str:
         if rec["digest"] != last:
             return rec["digest"]
     raise UsageError("rollback: no previous release in the fleet's history")
+
+
+@app.command()
+def recover(json_out: bool = JSON) -> None:
+    """After an interrupted rollout: bring every node to one release (the last good), gate closed."""
+    from deployctl import deploy
+
+    result = deploy.recover(_ctx(json_out))
+    if json_out:
+        return _dump({"ok": True, "action": "recover", "digest": result.state.target, "timings": result.timings})
+    out.print(f"[green]recovered[/]: every node runs {_short(result.state.target)}; gate closed "
+              "(run `deployctl gate open` when ready)")
 
 
 @gate_app.command("open")

@@ -17,7 +17,7 @@ from deployctl.config import Service
 from deployctl.errors import DeployctlError
 
 AGENT = (Path(__file__).with_name("node_agent.py")).read_text()
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
+HEX64 = re.compile(r"[0-9a-f]{64}\Z")  # use with .match: \Z, unlike $, refuses a trailing newline
 
 
 class NodeAnswerError(DeployctlError):
@@ -99,7 +99,7 @@ class Hashes:
 def _json(stdout: bytes, what: str) -> dict:
     try:
         doc = json.loads(stdout.decode().strip().splitlines()[0])
-    except (UnicodeDecodeError, ValueError, IndexError):
+    except (UnicodeDecodeError, ValueError, IndexError, RecursionError):
         raise NodeAnswerError(f"{what}: unreadable answer {stdout[:80]!r}") from None
     if not isinstance(doc, dict):
         raise NodeAnswerError(f"{what}: answer is not an object")
@@ -113,12 +113,19 @@ def _field(doc: dict, key: str, kind, what: str):
     return value
 
 
+def _optional_str(doc: dict, key: str, what: str) -> str | None:
+    value = doc.get(key)
+    if value is not None and not isinstance(value, str):
+        raise NodeAnswerError(f"{what}: answer field {key!r} of the wrong type")
+    return value
+
+
 def agent_error(stderr: bytes) -> str:
     """Return the one-line error a node agent printed, or the raw last line."""
     text = stderr.decode(errors="replace").strip()
     try:
         return str(json.loads(text.splitlines()[-1])["error"])
-    except (ValueError, KeyError, IndexError, TypeError):
+    except (ValueError, KeyError, IndexError, TypeError, RecursionError):
         return text.splitlines()[-1] if text else "no error text"
 
 
@@ -138,9 +145,11 @@ def parse_hashes(stdout: bytes) -> Hashes:
     files = _field(doc, "files", dict, "hashes")
     if not all(isinstance(k, str) and isinstance(v, str) and HEX64.match(v) for k, v in files.items()):
         raise NodeAnswerError("hashes: answer field 'files' is not a path -> sha256 map")
-    current = doc.get("current")
-    return Hashes(current if isinstance(current, str) else None, files, tuple(_field(doc, "odd", list, "hashes")),
-                  _field(doc, "halted", bool, "hashes"))
+    current = _optional_str(doc, "current", "hashes")
+    odd = _field(doc, "odd", list, "hashes")
+    if not all(isinstance(o, str) for o in odd):
+        raise NodeAnswerError("hashes: answer field 'odd' holds a non-string")
+    return Hashes(current, files, tuple(odd), _field(doc, "halted", bool, "hashes"))
 
 
 def parse_stage(stdout: bytes) -> str:
@@ -154,5 +163,7 @@ def parse_stage(stdout: bytes) -> str:
 def parse_switch(stdout: bytes) -> tuple[str | None, str]:
     """Return (previous, current) release names from a switch."""
     doc = _json(stdout, "switch")
-    previous = doc.get("previous")
-    return (previous if isinstance(previous, str) else None), _field(doc, "current", str, "switch")
+    current = _field(doc, "current", str, "switch")
+    if not HEX64.match(current):
+        raise NodeAnswerError("switch: answer field 'current' is not a sha256")
+    return _optional_str(doc, "previous", "switch"), current

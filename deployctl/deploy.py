@@ -7,6 +7,7 @@ its previous release with the gate closed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -279,6 +280,7 @@ def rollout(ctx: Context, artifact_path: Path, break_lock: bool = False) -> RunR
     """
     art = load_artifact(ctx, artifact_path)
     payload = art.payload()
+    _refuse_if_interrupted(ctx)
     _store_manifest(ctx, art)
     with _locked(ctx, f"rollout {art.digest[:12]}", break_lock), ctx.ssh() as fleet:
         run = _Run(ctx, fleet, "rollout", art.digest)
@@ -329,6 +331,7 @@ def rollback(ctx: Context, to: str | None = None, nodes: list[str] | None = None
     unknown = sorted(set(nodes or []) - {n.name for n in ctx.nodes})
     if unknown:
         raise UsageError(f"--node: not in the inventory: {', '.join(unknown)}")
+    _refuse_if_interrupted(ctx)
     with _locked(ctx, "rollback", break_lock), ctx.ssh() as fleet:
         raise_for_unreachable(fleet.connect(), "rollback preflight")
         res = fleet.run_all(lambda n: Call(commands.render(commands.probe(ctx.root)), timeout=15))
@@ -385,3 +388,60 @@ def _rollback_target(ctx: Context, probes: dict[str, Probe], to: str | None) -> 
         if rec.get("digest") not in currents:
             return rec["digest"]
     raise UsageError("rollback refused, nothing changed: no previous release in the fleet's history")
+
+
+def interrupted(ctx: Context) -> str | None:
+    """Describe an interrupted rollout/rollback (journal start without done, and its lock stale), if any."""
+    run = ctx.journal.interrupted()
+    held = ctx.lock.info()
+    if run is None or (held is not None and not held.stale):
+        return None
+    return (f"interrupted {run.get('action')} (run {run.get('run')}, {str(run.get('digest'))[:12]}, "
+            f"started {run.get('ts')} by {run.get('who')}): run `deployctl recover`")
+
+
+def _refuse_if_interrupted(ctx: Context) -> None:
+    message = interrupted(ctx)
+    if message:
+        raise InconsistentError(f"the fleet may be mixed after an {message}")
+
+
+def recover(ctx: Context) -> RunResult:
+    """Bring the fleet to one consistent release after an interrupted run, gate closed.
+
+    The target is the last release the whole fleet ran (from the journal), which must be on every
+    node; failing that, the release every node already has as `current`. Breaks only a stale lock.
+    """
+    with _locked(ctx, "recover", break_lock=True), ctx.ssh() as fleet:
+        raise_for_unreachable(fleet.connect(), "recover")
+        gate.close_gate(ctx.nodes, ctx.token())
+        res = fleet.run_all(lambda n: Call(commands.render(commands.probe(ctx.root)), timeout=15))
+        bad = {n: r for n, r in res.items() if not r.ok}
+        if bad:
+            raise InconsistentError("recover: cannot probe " + ", ".join(sorted(bad)))
+        probes = {n: commands.parse_probe(r.stdout) for n, r in res.items()}
+        target = _recover_target(ctx, probes)
+        run = _Run(ctx, fleet, "recover", target)
+        run.journal("start", interrupted=ctx.journal.interrupted())
+        state = sm.State(tuple(run.names), target, sm.Phase.SWITCH, previous={n: p.current for n, p in probes.items()})
+        for phase, work in ((sm.Phase.SWITCH, lambda: (_switch_and_restart(run, {n: target for n in run.names}), None)),
+                            (sm.Phase.HEALTH, lambda: (_settle(run, target), None)),
+                            (sm.Phase.OPEN_GATE, lambda: (_open_gate_unless(run, target, "recover"), None))):
+            if state.phase != phase:
+                break
+            state = run.phase(state, work)
+        if state.phase == sm.Phase.REVERT:  # a recovery that fails has nothing better to go back to
+            state = dataclasses.replace(state, phase=sm.Phase.REVERT_FAILED)
+        return _finish(run, state, "recover")
+
+
+def _recover_target(ctx: Context, probes: dict[str, Probe]) -> str:
+    last = ctx.journal.last_good()
+    if last and all(last in p.releases for p in probes.values()):
+        return last
+    currents = {p.current for p in probes.values()}
+    if len(currents) == 1 and None not in currents:
+        return currents.pop()
+    missing = sorted(n for n, p in probes.items() if last not in p.releases) if last else sorted(probes)
+    raise InconsistentError(f"recover: the last good release {str(last)[:12]} is not on {', '.join(missing)} and "
+                            "the nodes' current releases differ: roll out a release to the whole fleet")

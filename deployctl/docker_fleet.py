@@ -46,12 +46,13 @@ class FleetSpec:
 
 @dataclass(frozen=True)
 class NodeFiles:
-    """What `up` installs into a node before it starts: host key, authorized key, control token."""
+    """What `up` installs into a node before it starts: host key, authorized key, control token, signing key."""
 
     host_key: bytes
     host_pub: str
     authorized_key: str
     token: str
+    signing_pub: str
 
 
 def load_spec(path: Path) -> FleetSpec:
@@ -129,7 +130,7 @@ def ensure_image(dc, spec: FleetSpec) -> str:
 
 def _config_label(image_id: str, node: NodeSpec, files: NodeFiles) -> str:
     h = hashlib.sha256()
-    for part in (image_id, repr(node), files.host_pub, files.authorized_key, files.token):
+    for part in (image_id, repr(node), files.host_pub, files.authorized_key, files.token, files.signing_pub):
         h.update(part.encode() + b"\0")
     return h.hexdigest()
 
@@ -142,6 +143,7 @@ def _files_tar(files: NodeFiles) -> bytes:
             ("etc/ssh/ssh_host_ed25519_key.pub", files.host_pub.encode() + b"\n", 0o644),
             ("root/.ssh/authorized_keys", files.authorized_key.encode() + b"\n", 0o600),
             ("opt/router/state/token", files.token.encode() + b"\n", 0o600),
+            ("opt/router/state/signing.pub", files.signing_pub.encode() + b"\n", 0o644),
         ):
             info = tarfile.TarInfo(path)
             info.size, info.mode = len(data), mode

@@ -11,15 +11,21 @@ from deployctl.errors import ConfigError, DeployctlError, UnreachableError
 from deployctl.executor import Call
 
 
-def build(ctx: Context, out_dir: Path | None = None, source: Path | None = None) -> artifact_mod.Artifact:
-    """Build the reproducible, signed artifact of the playbook's source; return it."""
+def signing_key(ctx: Context) -> Path:
+    """Return the controller's artifact signing key, creating the pair on first use."""
     keys = ctx.state_dir / "keys"
-    if not (keys / "signing_ed25519").exists():
+    if not (keys / artifact_mod.PRIVATE_KEY_FILE).exists():
         keys.mkdir(parents=True, exist_ok=True, mode=0o700)
         artifact_mod.generate_signing_key(keys)
+    return keys / artifact_mod.PRIVATE_KEY_FILE
+
+
+def build(ctx: Context, out_dir: Path | None = None, source: Path | None = None) -> artifact_mod.Artifact:
+    """Build the reproducible, signed artifact of the playbook's source; return it."""
+    key = signing_key(ctx)
     out = Path(out_dir or Path.cwd() / "dist")
     out.mkdir(parents=True, exist_ok=True)
-    art = artifact_mod.build(Path(source or ctx.playbook.source), out, ctx.playbook.name, keys / "signing_ed25519")
+    art = artifact_mod.build(Path(source or ctx.playbook.source), out, ctx.playbook.name, key)
     ctx.emit("built", artifact=str(art.path), digest=art.digest, version=art.version)
     return art
 
@@ -58,12 +64,13 @@ def fleet_up(ctx: Context, compose: Path, timeout: float = 120) -> dict[str, str
     t = ctx.trust
     keys = trust_mod.ensure(t, [(n.name, n.host, n.ssh_port) for n in ctx.nodes])
     client_pub, token = trust_mod.client_public_line(t), t.token()
+    signing_pub = signing_key(ctx).with_name(artifact_mod.PUBLIC_KEY_FILE).read_text().strip()
     done = {}
     for node in spec.nodes:
         if node.service not in keys:
             continue
         files = docker_fleet.NodeFiles(keys[node.service].private_openssh, keys[node.service].public_line,
-                                       client_pub, token)
+                                       client_pub, token, signing_pub)
         done[node.service] = docker_fleet.start_node(dc, spec, node, image_id, files)
         ctx.emit("node", phase="up", node=node.service, ok=True, reason=done[node.service])
     slow = [n.name for n in ctx.nodes

@@ -18,7 +18,7 @@ from typing import Iterator
 
 from deployctl.errors import DeployctlError, LockHeldError
 
-SECRET_KEYS = {"token", "password", "secret"}
+SECRET_WORDS = ("token", "password", "secret", "passphrase")
 
 
 def actor() -> str:
@@ -32,7 +32,7 @@ def actor() -> str:
 
 def entry(action: str, **fields) -> dict:
     """Return a journal entry with who and when filled in; secret-looking keys are refused."""
-    leaked = SECRET_KEYS & set(fields)
+    leaked = {k for k in fields if any(w in k.lower() for w in SECRET_WORDS)}
     if leaked:
         raise DeployctlError(f"journal: refusing to record secret field(s) {sorted(leaked)}")
     return {"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "who": actor(), "action": action, **fields}
@@ -70,7 +70,7 @@ class Journal:
             try:
                 rec = json.loads(line)
                 yield rec if isinstance(rec, dict) else {"action": "unreadable", "line": i}
-            except ValueError:
+            except (ValueError, RecursionError):
                 yield {"action": "unreadable", "line": i}
 
     def last_good(self) -> str | None:
@@ -125,13 +125,17 @@ class Lock:
         """Return the current holder, or None when the lock is free."""
         try:
             doc = json.loads(self.path.read_text())
+            holder, pid, since = str(doc["holder"]), int(doc["pid"]), float(doc["since"])
+            command = str(doc.get("command", "?"))
         except FileNotFoundError:
             return None
-        except ValueError:
-            return LockInfo("unknown (damaged lock file)", 0, self.path.stat().st_mtime, "?", True)
-        holder, pid = str(doc.get("holder", "?")), int(doc.get("pid", 0))
-        return LockInfo(holder, pid, float(doc.get("since", 0)), str(doc.get("command", "?")),
-                        _stale(holder, pid))
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError, OSError):
+            try:
+                mtime = self.path.stat().st_mtime
+            except OSError:
+                return None
+            return LockInfo("unknown (damaged lock file)", 0, mtime, "?", True)
+        return LockInfo(holder, pid, since, command, _stale(holder, pid))
 
     def acquire(self, command: str, break_stale: bool = False) -> LockInfo | None:
         """Take the lock atomically; LockHeldError naming the holder if taken. Returns a broken stale lock's info."""

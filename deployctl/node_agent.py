@@ -14,7 +14,7 @@ import shutil
 import sys
 import tarfile
 
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
+HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 PART = re.compile(r"^[A-Za-z0-9._+-]+$")
 
 
@@ -81,6 +81,81 @@ def op_probe(root):
          "halted": os.path.exists(os.path.join(root, "state", "halted")), "root": os.path.isdir(root)})
 
 
+# Ed25519 signature check (RFC 8032, section 6): the node has no crypto library, and
+# checks the artifact's signature itself against the key pinned at `fleet up`.
+P = 2 ** 255 - 19
+L = 2 ** 252 + 27742317777372353535851937790883648493
+D = -121665 * pow(121666, P - 2, P) % P
+SQRT_M1 = pow(2, (P - 1) // 4, P)
+
+
+def _add(a, b):
+    x = (a[1] - a[0]) * (b[1] - b[0]) % P
+    y = (a[1] + a[0]) * (b[1] + b[0]) % P
+    c, d = 2 * a[3] * b[3] * D % P, 2 * a[2] * b[2] % P
+    e, f, g, h = y - x, d - c, d + c, y + x
+    return (e * f, g * h, f * g, e * h)
+
+
+def _mul(s, pt):
+    q = (0, 1, 1, 0)
+    while s > 0:
+        if s & 1:
+            q = _add(q, pt)
+        pt = _add(pt, pt)
+        s >>= 1
+    return q
+
+
+def _point(raw):
+    y = int.from_bytes(raw, "little")
+    sign, y = y >> 255, y & ((1 << 255) - 1)
+    if y >= P:
+        return None
+    x2 = (y * y - 1) * pow(D * y * y + 1, P - 2, P) % P
+    x = pow(x2, (P + 3) // 8, P)
+    if (x * x - x2) % P:
+        x = x * SQRT_M1 % P
+    if (x * x - x2) % P or (x == 0 and sign):
+        return None
+    if (x & 1) != sign:
+        x = P - x
+    return (x, y, 1, x * y % P)
+
+
+def ed25519_ok(public, msg, sig):
+    """True if `sig` is public's ed25519 signature of msg."""
+    if len(public) != 32 or len(sig) != 64:
+        return False
+    a, r = _point(public), _point(sig[:32])
+    s = int.from_bytes(sig[32:], "little")
+    if a is None or r is None or s >= L:
+        return False
+    h = int.from_bytes(hashlib.sha512(sig[:32] + public + msg).digest(), "little") % L
+    gy = 4 * pow(5, P - 2, P) % P
+    g = _point(gy.to_bytes(32, "little"))
+    left, right = _mul(s, g), _add(r, _mul(h, a))
+    return (left[0] * right[2] - right[0] * left[2]) % P == 0 and (left[1] * right[2] - right[1] * left[2]) % P == 0
+
+
+def check_signed(root, manifest, sig_hex, files, digest):
+    """Refuse unless the manifest is signed by the pinned key and names exactly the staged files."""
+    try:
+        with open(os.path.join(root, "state", "signing.pub")) as f:
+            public = bytes.fromhex(f.read().strip())
+        sig = bytes.fromhex(sig_hex.decode("ascii").strip())
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise Refused("no usable pinned signing key or signature on this node")
+    if not ed25519_ok(public, manifest, sig):
+        raise Refused("manifest signature does not verify with the pinned key")
+    try:
+        doc = json.loads(manifest)
+    except ValueError:
+        raise Refused("manifest is not JSON")
+    if not isinstance(doc, dict) or doc.get("digest") != digest or doc.get("files") != files:
+        raise Refused("signed manifest does not match the staged files")
+
+
 def member_path(m, seen):
     """Return the release-relative path of a files/ member, None for the manifest; refuse anything unsafe."""
     name = m.name
@@ -99,12 +174,17 @@ def member_path(m, seen):
     return "/".join(p for p in parts[1:] if p)
 
 
-def extract(tar, stage):
-    """Stream members into `stage`, hashing as they are written; return {relpath: sha256}."""
+def extract(tar, stage, meta):
+    """Stream members into `stage`, hashing as they are written; return {relpath: sha256}.
+
+    manifest.json and manifest.sig are kept in `meta` (they are small and come first).
+    """
     seen, files = set(), {}
     for m in tar:
         rel = member_path(m, seen)
         if rel is None:
+            if m.isreg():
+                meta[m.name] = tar.extractfile(m).read(1 << 20)
             continue
         path = os.path.join(stage, rel)
         if m.isdir():
@@ -129,11 +209,13 @@ def op_stage(root, digest):
     stage = os.path.join(root, "releases", ".stage-%s-%d" % (digest[:12], os.getpid()))
     try:
         os.makedirs(stage, mode=0o755)
+        meta = {}
         with tarfile.open(fileobj=sys.stdin.buffer, mode="r|", bufsize=1 << 20) as tar:
-            files = extract(tar, stage)
+            files = extract(tar, stage, meta)
         got = digest_of(files)
         if got != digest:
             raise Refused("staged files hash to %s, expected %s" % (got, digest))
+        check_signed(root, meta.get("manifest.json", b""), meta.get("manifest.sig", b""), files, digest)
         reused = os.path.isdir(final) and hashes(final) == (files, [])
         if not reused:
             if os.path.lexists(final):
@@ -236,8 +318,13 @@ def op_prune(root, keep, *protect):
 
 
 def op_journal(root):
-    line = sys.stdin.buffer.read()
-    json.loads(line)
+    try:
+        record = json.loads(sys.stdin.buffer.read())
+    except (ValueError, RecursionError):
+        raise Refused("journal record is not JSON")
+    if not isinstance(record, dict):
+        raise Refused("journal record is not an object")
+    line = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()  # one record, one line
     path = os.path.join(root, "state", "journal.jsonl")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:

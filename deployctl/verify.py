@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from deployctl.errors import ExitCode
 from deployctl.artifact import digest_of
+from deployctl.errors import ArtifactError
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,11 @@ def drift(expected: dict[str, str], actual: dict[str, str], odd: tuple[str, ...]
 def judge(obs: NodeObservation, expected: str | None, manifest: dict[str, str] | None) -> NodeVerdict:
     """Return the verdict for one node; unreadable or unknown state never counts as a match."""
     problems: list[str] = []
-    disk = digest_of(obs.files) if obs.files is not None else None
+    try:
+        disk = digest_of(obs.files) if obs.files is not None else None
+    except ArtifactError as exc:  # a file name no release can have: the disk cannot match
+        disk = "0" * 64
+        problems.append(f"disk: {exc}")
     if obs.disk_error:
         problems.append(f"disk: {obs.disk_error}")
     disk_ok = disk is not None and disk == expected and not obs.odd

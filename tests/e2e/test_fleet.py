@@ -78,6 +78,16 @@ def test_every_node_answers_ssh_with_its_pinned_key_and_its_own_hostname(ctx):
         assert r.stdout.decode().strip() == name
 
 
+@pytest.mark.xfail(strict=True, reason="BUG: executor._exec (deployctl/executor.py:230-231) reads all of stdout "
+                   "before any stderr; more stderr than paramiko's 2 MiB channel window stalls the command "
+                   "until its timeout (then the node is dropped for the rest of the command)")
+def test_a_command_with_a_lot_of_stderr_completes(ctx):
+    size = 3_000_000
+    with ctx.ssh([_node(ctx, "node7")]) as f:
+        r = f.run_all(lambda n: Call(f"head -c {size} /dev/zero >&2; echo done", timeout=10))["node7"]
+    assert (r.error, r.exit_code, r.stdout, len(r.stderr)) == (None, 0, b"done\n", size)
+
+
 def _known_hosts_line(port: int, public_line: str) -> str:
     kind, blob = public_line.split()[:2]
     return f"[127.0.0.1]:{port} {kind} {blob}\n"

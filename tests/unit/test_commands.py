@@ -304,29 +304,21 @@ def test_node_answer_error_is_a_deployctl_error():
     assert NodeAnswerError("x").exit_code == ExitCode.FAILED
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: parse_switch accepts a `current` that is not a sha256 "
-                                       "(commands.py:158); the agent only ever reports a validated digest")
 def test_parse_switch_refuses_non_hex_current():
     with pytest.raises(NodeAnswerError):
         commands.parse_switch(_with(GOOD_SWITCH, current="not-a-digest"))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: parse_switch turns a wrongly typed `previous` into None "
-                                       "(commands.py:157-158), i.e. 'no previous release' for revert")
 def test_parse_switch_refuses_wrong_type_previous():
     with pytest.raises(NodeAnswerError):
         commands.parse_switch(_with(GOOD_SWITCH, previous=5))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: parse_hashes turns a wrongly typed `current` into None "
-                                       "(commands.py:141-142) where parse_probe refuses it")
 def test_parse_hashes_refuses_wrong_type_current():
     with pytest.raises(NodeAnswerError):
         commands.parse_hashes(_with(GOOD_HASHES, current=5))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: parse_hashes accepts non-string `odd` entries "
-                                       "(commands.py:142: tuple(odd) is not checked)")
 def test_parse_hashes_refuses_non_string_odd():
     with pytest.raises(NodeAnswerError):
         commands.parse_hashes(_with(GOOD_HASHES, odd=[1, None]))
@@ -339,8 +331,6 @@ NEWLINE_DIGESTS = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: HEX64 = ^[0-9a-f]{64}$ used with .match accepts a trailing newline "
-                                       "(commands.py:20; `$` matches before a final \\n); use fullmatch or \\Z")
 @pytest.mark.parametrize("parser, out", NEWLINE_DIGESTS, ids=[n[0] for n in NEWLINE_DIGESTS])
 def test_parsers_refuse_digest_with_trailing_newline(parser, out):
     with pytest.raises(NodeAnswerError):
@@ -350,16 +340,12 @@ def test_parsers_refuse_digest_with_trailing_newline(parser, out):
 DEEP = b"[" * 100_000
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _json lets json's RecursionError escape on deeply nested "
-                                       "input (commands.py:101-102 catches only UnicodeDecodeError/ValueError/IndexError)")
 @pytest.mark.parametrize("parser", sorted(PARSERS))
 def test_parsers_refuse_deeply_nested_json(parser):
     with pytest.raises(NodeAnswerError):
         PARSERS[parser](DEEP)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: agent_error lets RecursionError escape on deeply nested "
-                                       "input (commands.py:120-121)")
 def test_agent_error_survives_deeply_nested_json():
     assert commands.agent_error(DEEP) == DEEP.decode()
 

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from deployctl import commands
 from deployctl.artifact import digest_of
 
@@ -28,6 +31,8 @@ FILES = {
     "empty.txt": b"",
 }
 OTHER = "f" * 64
+KEY = Ed25519PrivateKey.generate()
+PUB_HEX = KEY.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
 
 
 def sha(data: bytes) -> str:
@@ -46,6 +51,7 @@ def root(tmp_path: Path) -> Path:
     r = tmp_path / "opt-router"
     (r / "releases").mkdir(parents=True)
     (r / "state").mkdir()
+    (r / "state" / "signing.pub").write_text(PUB_HEX + "\n")  # what `fleet up` pins on every node
     return r
 
 
@@ -77,10 +83,17 @@ def member(name: str, data: bytes | None = None, type_: bytes = tarfile.REGTYPE,
     return (name, data, type_, linkname)
 
 
-def make_tar(files: dict[str, bytes] = FILES, extra: list[tuple] = (), dirs: bool = True) -> bytes:
-    """A tar laid out like an artifact: manifest.json, manifest.sig, files/<relpath> (parents first)."""
-    entries = [member("manifest.json", json.dumps({"files": {r: sha(d) for r, d in files.items()}}).encode()),
-               member("manifest.sig", b"c2lnbmF0dXJl")]
+def signed_manifest(files: dict[str, bytes], key=KEY, digest_value: str | None = None) -> tuple[bytes, bytes]:
+    hashes = {r: sha(d) for r, d in files.items()}
+    manifest = json.dumps({"digest": digest_value or digest_of(hashes), "files": hashes}, sort_keys=True).encode()
+    return manifest, key.sign(manifest).hex().encode()
+
+
+def make_tar(files: dict[str, bytes] = FILES, extra: list[tuple] = (), dirs: bool = True,
+             manifest: tuple[bytes, bytes] | None = None) -> bytes:
+    """A tar laid out like an artifact: signed manifest.json, manifest.sig, files/<relpath> (parents first)."""
+    body, sig = manifest or signed_manifest(files)
+    entries = [member("manifest.json", body), member("manifest.sig", sig)]
     if dirs:
         folders = {"files"} | {"files/" + "/".join(r.split("/")[:i]) for r in files for i in range(1, r.count("/") + 1)}
         entries += [member(d, None, tarfile.DIRTYPE) for d in sorted(folders)]
@@ -188,12 +201,39 @@ def test_stage_a_real_built_artifact(root, tmp_path):
     for rel, data in {**FILES, "router.json": b'{"name": "router", "version": "1.2.3"}\n'}.items():
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         (src / rel).write_bytes(data)
-    private, _ = generate_signing_key(tmp_path / "keys")
+    private, public = generate_signing_key(tmp_path / "keys")
+    (root / "state" / "signing.pub").write_text(public.read_text())
     art = build(src, tmp_path / "dist", "router", private)
     doc = answer(run(commands.stage(str(root), art.digest), art.payload()))
     assert doc == {"digest": art.digest, "files": len(art.files), "reused": False}
     release = root / "releases" / art.digest
     assert {rel: sha(data) for rel, data in tree(release).items() if data != "dir"} == art.files
+
+
+SIGNATURE_CASES = {
+    "signed by another key": (signed_manifest(FILES, Ed25519PrivateKey.generate()),
+                              "manifest signature does not verify with the pinned key"),
+    "signature of other bytes": ((signed_manifest(FILES)[0], signed_manifest({"x": b"y"})[1]),
+                                 "manifest signature does not verify with the pinned key"),
+    "manifest names other files": (signed_manifest({**FILES, "extra.py": b"1"}, digest_value=DIGEST),
+                                   "signed manifest does not match the staged files"),
+    "manifest names another digest": (signed_manifest(FILES, digest_value=OTHER),
+                                      "signed manifest does not match the staged files"),
+    "signature not hex": ((signed_manifest(FILES)[0], b"zz"), "no usable pinned signing key or signature on this node"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SIGNATURE_CASES))
+def test_stage_checks_the_signature_on_the_node(root, case):
+    manifest, message = SIGNATURE_CASES[case]
+    assert refusal(stage(root, make_tar(manifest=manifest))) == message
+    assert sorted(p.name for p in (root / "releases").iterdir()) == []
+
+
+def test_stage_refused_without_a_pinned_key(root):
+    (root / "state" / "signing.pub").unlink()
+    assert refusal(stage(root)) == "no usable pinned signing key or signature on this node"
+    assert list((root / "releases").iterdir()) == []
 
 
 def test_stage_large_file_spans_blocks(root):
@@ -411,8 +451,6 @@ def test_journal_refuses_non_json_and_keeps_file(root):
     assert path.read_bytes() == before
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: op_journal accepts JSON spread over several lines and writes it "
-                                       "as-is (node_agent.py:238-244), breaking one-record-per-line")
 def test_journal_keeps_one_record_per_line(root):
     path = root / "state" / "journal.jsonl"
     proc = run(commands.journal_append(str(root)), b'{"a":\n 1}\n')
@@ -429,7 +467,7 @@ def test_journal_keeps_one_record_per_line(root):
 def test_halt_writes_flag(root):
     assert answer(run(commands.halt(str(root)))) == {"halted": True}
     assert (root / "state" / "halted").is_file()
-    assert sorted(os.listdir(root / "state")) == ["halted"]  # no .halted-* temp left
+    assert sorted(os.listdir(root / "state")) == ["halted", "signing.pub"]  # no .halted-* temp left
     assert answer(run(commands.probe(str(root))))["halted"] is True
     assert answer(run(commands.halt(str(root)))) == {"halted": True}  # idempotent
 

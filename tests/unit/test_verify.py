@@ -199,9 +199,6 @@ def test_to_dict_shape():
     assert n2["drift"] == ["added: x"] and n2["ok"] is False
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: judge() calls artifact.digest_of on node-reported paths "
-                                       "(verify.py:90), which raises ArtifactError (exit 2, usage) for a file "
-                                       "name with a backslash or newline instead of reporting that node as drift")
 @pytest.mark.parametrize("name", ["evil\\name.py", "evil\nname.py"])
 def test_node_with_unhashable_file_name_is_a_mismatch(name):
     files = {**MANIFEST, name: sha("evil")}
