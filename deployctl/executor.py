@@ -227,13 +227,27 @@ def _exec(transport, call: Call) -> tuple[int, bytes, bytes]:
                 if time.monotonic() > deadline:
                     raise socket.timeout()
         chan.shutdown_write()
+        # Drain stderr beside stdout: paramiko reopens a stream's window only as it is read, so a
+        # command with megabytes of stderr would stall while we wait on stdout.
+        err_box: list = []
+        reader = threading.Thread(target=_collect, args=(chan.recv_stderr, deadline, err_box), daemon=True)
+        reader.start()
         out = _read_all(chan.recv, deadline)
-        err = _read_all(chan.recv_stderr, deadline)
+        reader.join(max(0.0, deadline - time.monotonic()))
+        if not err_box or isinstance(err_box[0], BaseException):
+            raise socket.timeout()
         if not chan.status_event.wait(max(0.0, deadline - time.monotonic())):
             raise socket.timeout()
-        return chan.recv_exit_status(), out, err
+        return chan.recv_exit_status(), out, err_box[0]
     finally:
         chan.close()
+
+
+def _collect(recv, deadline: float, box: list) -> None:
+    try:
+        box.append(_read_all(recv, deadline))
+    except BaseException as exc:  # reported to the caller through the box
+        box.append(exc)
 
 
 def _read_all(recv, deadline: float) -> bytes:

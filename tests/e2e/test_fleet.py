@@ -78,9 +78,6 @@ def test_every_node_answers_ssh_with_its_pinned_key_and_its_own_hostname(ctx):
         assert r.stdout.decode().strip() == name
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: executor._exec (deployctl/executor.py:230-231) reads all of stdout "
-                   "before any stderr; more stderr than paramiko's 2 MiB channel window stalls the command "
-                   "until its timeout (then the node is dropped for the rest of the command)")
 def test_a_command_with_a_lot_of_stderr_completes(ctx):
     size = 3_000_000
     with ctx.ssh([_node(ctx, "node7")]) as f:
