@@ -228,9 +228,10 @@ def _revert(run: _Run, state: sm.State) -> sm.State:
     health = _health(run, ok_nodes)
     merged = {n: (outcomes[n] if not outcomes[n].ok else health.get(n, sm.Outcome(True))) for n in targets}
     run.timings["revert"] = time.monotonic() - start
+    before = len(state.failures)
     state = sm.advance(state, {**{n: sm.Outcome(True) for n in state.nodes}, **merged})
     run.ctx.emit("phase", phase="revert", status="done", seconds=run.timings["revert"],
-                 failures=[f.describe() for f in state.failures])
+                 failures=[f.describe() for f in state.failures[before:]])
     return state
 
 

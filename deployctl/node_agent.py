@@ -265,13 +265,22 @@ def supervised(sock_path, program, start):
 
     rpc = supervisor(sock_path)
     try:
-        try:
-            rpc.stopProcess(program, True)
-        except xmlrpc.client.Fault as exc:
-            if exc.faultCode != 70:  # NOT_RUNNING is fine: a first install, or a crashed router
-                raise
-        if start:
-            rpc.startProcess(program, True)
+        for attempt in range(5):
+            try:
+                rpc.stopProcess(program, True)
+            except xmlrpc.client.Fault as exc:
+                if exc.faultCode != 70:  # NOT_RUNNING is fine: a first install, or a crashed router
+                    raise
+            if not start:
+                return
+            try:
+                rpc.startProcess(program, True)
+                return
+            except xmlrpc.client.Fault as exc:
+                # ALREADY_STARTED: supervisor's own retry (BACKOFF) started it between our stop and
+                # start, maybe from the old release: stop it again and start it ourselves.
+                if exc.faultCode != 60 or attempt == 4:
+                    raise
     except xmlrpc.client.Fault as exc:
         raise Refused("supervisor: %s %s: %s" % ("restart" if start else "stop", program, exc.faultString))
     except OSError as exc:
