@@ -160,14 +160,17 @@ def _network(dc, spec: FleetSpec):
         return dc.networks.create(spec.network, driver="bridge", labels={"deployctl.fleet": spec.project})
 
 
-def start_node(dc, spec: FleetSpec, node: NodeSpec, image_id: str, files: NodeFiles) -> str:
+def start_node(dc, spec: FleetSpec, node: NodeSpec, image_id: str, files: NodeFiles,
+               tmpfs: dict[str, str] | None = None) -> str:
     """Make `node` run with `files` installed: keep a matching container, else replace it.
 
-    Returns what was done: "kept", "started" or "created".
+    `tmpfs` (path -> mount options) is for fault tests, e.g. a small releases folder; it is part of
+    the container's identity, so a later plain `fleet up` replaces such a node. Returns what was
+    done: "kept", "started" or "created".
     """
     import docker
 
-    label = _config_label(image_id, node, files)
+    label = _config_label(image_id, node, files) + (":tmpfs=" + repr(sorted(tmpfs.items())) if tmpfs else "")
     try:
         old = dc.containers.get(node.container)
         if old.labels.get("deployctl.config") == label:
@@ -183,7 +186,7 @@ def start_node(dc, spec: FleetSpec, node: NodeSpec, image_id: str, files: NodeFi
         image_id, name=node.container, hostname=node.hostname, detach=True, network=spec.network,
         ports={f"{cport}/tcp": ("127.0.0.1", hport) for hport, cport in node.ports},
         labels={"deployctl.fleet": spec.project, "deployctl.node": node.service, "deployctl.config": label},
-        mem_limit="256m", init=True,
+        mem_limit="256m", init=True, tmpfs=tmpfs or {},
     )
     c.put_archive("/", _files_tar(files))
     try:

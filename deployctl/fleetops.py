@@ -61,24 +61,42 @@ def fleet_up(ctx: Context, compose: Path, timeout: float = 120) -> dict[str, str
     dc = docker_fleet.client()
     ctx.emit("step", message="node image")
     image_id = docker_fleet.ensure_image(dc, spec)
-    t = ctx.trust
-    keys = trust_mod.ensure(t, [(n.name, n.host, n.ssh_port) for n in ctx.nodes])
-    client_pub, token = trust_mod.client_public_line(t), t.token()
-    signing_pub = signing_key(ctx).with_name(artifact_mod.PUBLIC_KEY_FILE).read_text().strip()
+    files = _node_files(ctx)
     done = {}
     for node in spec.nodes:
-        if node.service not in keys:
-            continue
-        files = docker_fleet.NodeFiles(keys[node.service].private_openssh, keys[node.service].public_line,
-                                       client_pub, token, signing_pub)
-        done[node.service] = docker_fleet.start_node(dc, spec, node, image_id, files)
-        ctx.emit("node", phase="up", node=node.service, ok=True, reason=done[node.service])
+        if node.service in files:
+            done[node.service] = docker_fleet.start_node(dc, spec, node, image_id, files[node.service])
+            ctx.emit("node", phase="up", node=node.service, ok=True, reason=done[node.service])
     slow = [n.name for n in ctx.nodes
             if not wait_for(lambda n=n: _sshd_answers(n.host, n.ssh_port), timeout, 0.1)]
     if slow:
         raise UnreachableError(f"fleet up: sshd did not answer within {timeout:g}s on {', '.join(slow)}")
     _install_first_release(ctx)
     return done
+
+
+def _node_files(ctx: Context) -> dict[str, docker_fleet.NodeFiles]:
+    """Return what each inventory node gets installed: its host key, our client key, the token, the signing key."""
+    t = ctx.trust
+    keys = trust_mod.ensure(t, [(n.name, n.host, n.ssh_port) for n in ctx.nodes])
+    client_pub, token = trust_mod.client_public_line(t), t.token()
+    signing_pub = signing_key(ctx).with_name(artifact_mod.PUBLIC_KEY_FILE).read_text().strip()
+    return {name: docker_fleet.NodeFiles(k.private_openssh, k.public_line, client_pub, token, signing_pub)
+            for name, k in keys.items()}
+
+
+def replace_node(ctx: Context, compose: Path, name: str, tmpfs: dict[str, str]) -> None:
+    """Recreate one node with tmpfs mounts (fault tests: a small disk); it starts with no release.
+
+    A later `fleet_up` puts the ordinary node back.
+    """
+    spec = docker_fleet.load_spec(compose)
+    dc = docker_fleet.client()
+    node = next(n for n in spec.nodes if n.service == name)
+    docker_fleet.start_node(dc, spec, node, docker_fleet.ensure_image(dc, spec), _node_files(ctx)[name], tmpfs)
+    target = next(n for n in ctx.nodes if n.name == name)
+    if not wait_for(lambda: _sshd_answers(target.host, target.ssh_port), 60, 0.1):
+        raise UnreachableError(f"{name}: sshd did not answer after replacing the node")
 
 
 def _install_first_release(ctx: Context) -> None:

@@ -274,7 +274,7 @@ def supervised(sock_path, program, start):
             if not start:
                 return
             try:
-                rpc.startProcess(program, True)
+                rpc.startProcess(program, False)  # don't wait out startsecs: deployctl polls /health
                 return
             except xmlrpc.client.Fault as exc:
                 # ALREADY_STARTED: supervisor's own retry (BACKOFF) started it between our stop and
