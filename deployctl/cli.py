@@ -164,21 +164,9 @@ def rollback(all_nodes: bool = typer.Option(False, "--all", help="Every node (th
         raise UsageError("rollback: say --all, or --node NAME --force for a partial rollback")
     ctx = _ctx(json_out)
     if dry_run:
-        with ctx.ssh() as fleet:
-            del fleet
-        target = to or _previous_for_plan(ctx)
-        return _plan(deploy.plan(ctx, target=target), json_out)
+        return _plan(deploy.plan(ctx, to=to), json_out)
     result = deploy.rollback(ctx, to=to, nodes=node, force=force, break_lock=break_lock)
     _run_done("rollback", result, json_out)
-
-
-def _previous_for_plan(ctx) -> str:
-    done = [r for r in ctx.journal.read() if r.get("phase") == "done" and r.get("outcome") == "ok"]
-    last = done[-1]["digest"] if done else None
-    for rec in reversed(done):
-        if rec["digest"] != last:
-            return rec["digest"]
-    raise UsageError("rollback: no previous release in the fleet's history")
 
 
 @app.command()

@@ -298,25 +298,29 @@ def _store_manifest(ctx: Context, art: artifact_mod.Artifact) -> None:
     (folder / f"{art.digest}.json").write_bytes(art.manifest_bytes)
 
 
-def plan(ctx: Context, target: str | None = None, artifact_path: Path | None = None) -> list[PlanRow]:
-    """Dry run: read each node's current release and say what a rollout/rollback would do; changes nothing."""
+def plan(ctx: Context, artifact_path: Path | None = None, to: str | None = None) -> list[PlanRow]:
+    """Dry run of a rollout (artifact_path) or a rollback (to, default the previous release).
+
+    Reads each node's current release and says what would change; changes nothing.
+    """
     art = load_artifact(ctx, artifact_path) if artifact_path else None
-    digest = art.digest if art else target
-    size = len(art.payload()) if art else 0
+    if to is not None and not commands.HEX64.match(to):
+        raise UsageError(f"--to: {to!r} is not a sha256 release digest")
     with ctx.ssh() as fleet:
         raise_for_unreachable(fleet.connect(), "plan")
         res = fleet.run_all(lambda n: Call(commands.render(commands.probe(ctx.root)), timeout=15))
+    probes = {n: commands.parse_probe(r.stdout) for n, r in res.items() if r.ok}
+    digest = art.digest if art else _rollback_target(ctx, probes, to)
+    size = len(art.payload()) if art else 0
     rows = []
     for n in ctx.nodes:
-        r = res[n.name]
-        if not r.ok:
-            rows.append(PlanRow(n.name, None, digest or "?", 0, f"cannot probe: {r.error or r.reason()}"))
+        p = probes.get(n.name)
+        if p is None:
+            rows.append(PlanRow(n.name, None, digest, 0, f"cannot probe: {res[n.name].reason()}"))
             continue
-        p = commands.parse_probe(r.stdout)
-        have = digest in p.releases
-        note = "already current" if p.current == digest else ("" if have or art else "target release missing")
-        upload = 0 if not art else size
-        rows.append(PlanRow(n.name, p.current, digest or "?", upload, note))
+        missing = not art and digest not in p.releases
+        note = "already current" if p.current == digest else ("target release missing" if missing else "")
+        rows.append(PlanRow(n.name, p.current, digest, size, note))
     return rows
 
 
@@ -328,6 +332,8 @@ def rollback(ctx: Context, to: str | None = None, nodes: list[str] | None = None
     """
     if nodes and not force:
         raise UsageError("rolling back only some nodes leaves the fleet mixed: add --force if you mean it")
+    if to is not None and not commands.HEX64.match(to):
+        raise UsageError(f"--to: {to!r} is not a sha256 release digest")
     chosen = [n for n in ctx.nodes if not nodes or n.name in nodes]
     unknown = sorted(set(nodes or []) - {n.name for n in ctx.nodes})
     if unknown:
@@ -378,8 +384,6 @@ def _rollback_target(ctx: Context, probes: dict[str, Probe], to: str | None) -> 
     """Return the release to go back to: `to` (if the fleet ever ran it) or the one before the current."""
     known = ctx.journal.known_digests()
     if to is not None:
-        if not commands.HEX64.match(to):
-            raise UsageError(f"--to: {to!r} is not a sha256 release digest")
         if to not in known:
             raise UsageError(f"rollback refused: the fleet never ran {to[:12]} (not in the journal)")
         return to

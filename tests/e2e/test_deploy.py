@@ -135,7 +135,7 @@ def test_rollout_with_a_node_stopped_midway_leaves_the_previous_release_and_gate
 def test_rollback_all_returns_every_node_to_the_previous_release(ctx, base_release, make_release):
     v2 = make_release("2.3.0")
     deploy.rollout(ctx, v2.path)
-    plan = deploy.plan(ctx, target=base_release.digest)
+    plan = deploy.plan(ctx, to=base_release.digest)
     assert [(r.current, r.target) for r in plan] == [(v2.digest, base_release.digest)] * 8
     assert set(running(ctx).values()) == {v2.digest}  # the plan changed nothing
 
