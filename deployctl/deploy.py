@@ -75,6 +75,7 @@ class _Run:
         self.timings: dict[str, float] = {}
         self.names = [n.name for n in ctx.nodes]
         self.observed: list | None = None  # read back after the switch, judged before the gate opens
+        self.unreachable: dict[str, NodeResult] = {}  # nodes preflight could not reach
 
     def journal(self, phase: str, **fields) -> None:
         self.ctx.journal.append(entry(self.action, run=self.id, phase=phase, digest=self.digest, **fields))
@@ -112,9 +113,9 @@ class _Run:
 
 def _preflight(run: _Run, size: int) -> tuple[dict[str, sm.Outcome], dict[str, Probe]]:
     ctx = run.ctx
-    connected = run.fleet.connect()
-    raise_for_unreachable(connected, "preflight")
+    # Each worker connects and probes its node at once: no barrier between handshakes and the probe.
     res = run.fleet.run_all(lambda n: Call(commands.render(commands.probe(ctx.root)), timeout=15))
+    run.unreachable = {n: r for n, r in res.items() if r.error}
     probes: dict[str, Probe] = {}
     outcomes = _outcomes(res, lambda n, out: probes.__setitem__(n, commands.parse_probe(out)))
     for node, problem in sm.preflight_problems(probes, size, ctx.playbook.min_free_mb).items():
@@ -239,7 +240,9 @@ def _finish(run: _Run, state: sm.State, kind: str) -> RunResult:
     """Journal the end of a run (controller and nodes) and raise if it did not reach DONE."""
     if state.phase == sm.Phase.REVERT:
         state = _revert(run, state)
-    outcome = {sm.Phase.DONE: "ok", sm.Phase.REVERTED: "rolled-back"}.get(state.phase, "inconsistent")
+    refused = state.phase == sm.Phase.REVERTED and all(f.phase == sm.Phase.PREFLIGHT for f in state.failures)
+    outcome = {sm.Phase.DONE: "ok", sm.Phase.REVERTED: "refused" if refused else "rolled-back"}.get(
+        state.phase, "inconsistent")
     failures = [f.describe() for f in state.failures]
     record = entry(run.action, run=run.id, phase="done", digest=run.digest, outcome=outcome, failures=failures,
                    previous=state.previous, timings={k: round(v, 3) for k, v in run.timings.items()})
@@ -249,8 +252,12 @@ def _finish(run: _Run, state: sm.State, kind: str) -> RunResult:
     if state.phase == sm.Phase.DONE:
         return RunResult(state, run.timings)
     first = state.failures[0].describe() if state.failures else "aborted"
+    if refused and run.unreachable:
+        raise_for_unreachable(run.unreachable, f"{kind} refused in preflight, nothing changed")
     if any("halted" in f for f in failures):
         raise HaltedError(f"{kind} aborted, fleet halted: {first}; gate stays closed")
+    if refused:
+        raise DeployctlError(f"{kind} refused in preflight, nothing changed: {first}")
     if state.phase == sm.Phase.REVERTED:
         raise RolledBackError(f"{kind} failed: {first}; every node is back on its previous release, gate closed")
     raise InconsistentError(f"{kind} failed: {'; '.join(failures)}; the fleet may be mixed, gate closed: "
