@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from deployctl.config import Node
+from deployctl.journal import actor
 
 TOKEN_HEADER = "X-Deployctl-Token"
+ACTOR_HEADER = "X-Deployctl-Actor"
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ def request(node: Node, method: str, path: str, body: dict | None = None, token:
     headers = {"Content-Type": "application/json"}
     if token is not None:
         headers[TOKEN_HEADER] = token
+        headers[ACTOR_HEADER] = actor()
     conn = http.client.HTTPConnection(node.host, node.router_port, timeout=timeout)
     try:
         conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)

@@ -38,6 +38,8 @@ MAX_PRICE = 1e9
 MAX_BODY = 64 * 1024
 DRAIN_LIMIT = 1024 * 1024  # drain bigger bodies no further than this; past it, just close
 TOKEN_HEADER = "X-Deployctl-Token"
+ACTOR_HEADER = "X-Deployctl-Actor"  # who asked, for the node journal (not trusted for anything else)
+ACTOR_RE = re.compile(r"[A-Za-z0-9._@-]{1,128}")
 PRICE_TICK = 0.01
 TYPE_NAMES = {str: "a string", int: "an integer", dict: "an object", bool: "a boolean"}
 
@@ -422,6 +424,23 @@ class Router:
                 **self._counters, "pid": os.getpid(), "release_dir": self.release_dir,
             }
 
+    def journal(self, action, actor, health):
+        """Append one control action to the node's own journal (state/journal.jsonl), fsync'd."""
+        who = actor if isinstance(actor, str) and ACTOR_RE.fullmatch(actor) else "unknown"
+        record = {"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "who": who, "action": action,
+                  "source": "router", "digest": self.digest, "gate": health["gate"], "halted": health["halted"]}
+        line = (json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n").encode()
+        try:
+            fd = os.open(os.path.join(self.state_dir, "journal.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as error:
+            self.count("errors")
+            log(f"journal not written: {error.strerror}")
+
     def check_token(self, presented):
         """Return None if presented matches the installed token, else why the request is refused."""
         if not presented:
@@ -664,6 +683,7 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(401, "unauthorized")
         health = action(raw, reason)
         log(f"control {path} from {client}: gate {health['gate']}, halted {str(health['halted']).lower()}")
+        router.journal(path.rsplit("/", 1)[-1], self.headers.get(ACTOR_HEADER), health)
         return health
 
     def _post_gate(self):

@@ -27,6 +27,7 @@ SAME_LAYER_ALLOWED = {
     ("deploy", "api"),         # deploy uses api.Context, observe, raise_for_unreachable
     ("fleetops", "api"),       # fleetops uses api.Context, wait_for
     ("fleetops", "deploy"),    # inside a function
+    ("gate", "journal"),       # gate sends journal.actor() so nodes journal who asked
 }
 
 # Third-party packages and the only module allowed to import each.
