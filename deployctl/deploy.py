@@ -76,6 +76,7 @@ class _Run:
         self.names = [n.name for n in ctx.nodes]
         self.observed: list | None = None  # read back after the switch, judged before the gate opens
         self.unreachable: dict[str, NodeResult] = {}  # nodes preflight could not reach
+        self.outcomes = {n: "ok" for n in self.names}  # per node, for the journal: "ok" or its first failure
 
     def journal(self, phase: str, **fields) -> None:
         self.ctx.journal.append(entry(self.action, run=self.id, phase=phase, digest=self.digest, **fields))
@@ -89,6 +90,8 @@ class _Run:
         self.timings[state.phase.value] = time.monotonic() - start
         for node, o in sorted(outcomes.items()):
             self.ctx.emit("node", phase=state.phase.value, node=node, ok=o.ok, reason=o.reason)
+            if not o.ok and self.outcomes.get(node) == "ok":
+                self.outcomes[node] = f"failed in {state.phase.value}: {o.reason}"
         nxt = sm.advance(state, outcomes, probes)
         self.ctx.emit("phase", phase=state.phase.value, status="done", seconds=self.timings[state.phase.value],
                       failures=[f.describe() for f in nxt.failures])
@@ -244,8 +247,9 @@ def _finish(run: _Run, state: sm.State, kind: str) -> RunResult:
     outcome = {sm.Phase.DONE: "ok", sm.Phase.REVERTED: "refused" if refused else "rolled-back"}.get(
         state.phase, "inconsistent")
     failures = [f.describe() for f in state.failures]
+    nodes = {n: o for n, o in run.outcomes.items() if n in run.names}
     record = entry(run.action, run=run.id, phase="done", digest=run.digest, outcome=outcome, failures=failures,
-                   previous=state.previous, timings={k: round(v, 3) for k, v in run.timings.items()})
+                   nodes=nodes, previous=state.previous, timings={k: round(v, 3) for k, v in run.timings.items()})
     run.ctx.journal.append(record)
     protect = [run.digest] + [d for d in state.previous.values() if d] if state.phase == sm.Phase.DONE else None
     run.node_journal(record, protect)

@@ -29,3 +29,23 @@ def wait(predicate, seconds: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def fleet_view(ctx) -> dict[str, tuple]:
+    """Every node's (current release on disk, running digest, gate, halted), read back over SSH and HTTP.
+
+    An unreachable part reads as None, so a dead node shows up as (None, None, None, None).
+    """
+    from deployctl import commands
+    from deployctl.executor import Call
+
+    with ctx.ssh() as f:
+        probes = f.run_all(lambda n: Call(commands.render(commands.probe(ctx.root)), timeout=15))
+    health = gate.health(ctx.nodes)
+    view = {}
+    for n in ctx.nodes:
+        p, h = probes[n.name], health[n.name]
+        current = commands.parse_probe(p.stdout).current if p.ok else None
+        view[n.name] = (current, *((h.body.get("digest"), h.body.get("gate"), h.body.get("halted")) if h.ok
+                                   else (None, None, None)))
+    return view
