@@ -76,7 +76,7 @@ def _dump(doc) -> None:
 
 
 @app.command()
-def build(out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write the artifact [default: ./dist]."),
+def build(out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write the artifact (default: ./dist)."),
           json_out: bool = JSON) -> None:
     """Build the reproducible, signed release artifact of the playbook's source."""
     from deployctl import fleetops
@@ -105,9 +105,11 @@ def rollout(artifact: Path = typer.Argument(..., help="Artifact tarball from `de
 
 def _run_done(what: str, result, json_out: bool) -> None:
     if json_out:
-        _dump({"ok": True, "action": what, "digest": result.state.target, "timings": result.timings})
+        _dump({"ok": True, "action": what, "digest": result.state.target, "gate_open": result.gate_open,
+               "timings": result.timings})
     else:
-        out.print(f"[green]{what} done[/]: every node runs {_short(result.state.target)}, gate open "
+        gate_state = "gate open" if result.gate_open else "gate closed"
+        out.print(f"[green]{what} done[/]: every node runs {_short(result.state.target)}, {gate_state} "
                   f"({result.timings.get('total', 0):.2f}s)")
 
 
@@ -122,7 +124,7 @@ def _plan(rows, json_out: bool) -> None:
 
 @app.command()
 def verify(expect: Optional[str] = typer.Option(None, "--expect", help="Expected release digest "
-                                                "[default: the last successful rollout's]."),
+                                                "(default: the last successful rollout's)."),
            json_out: bool = JSON) -> None:
     """Check every node's files on disk and running process against the expected release (the pre-open gate)."""
     from deployctl import deploy
@@ -151,7 +153,7 @@ def _verify_table(report) -> None:
 
 @app.command()
 def rollback(all_nodes: bool = typer.Option(False, "--all", help="Every node (the only safe way)."),
-             to: Optional[str] = typer.Option(None, "--to", help="Release digest to go back to [default: previous]."),
+             to: Optional[str] = typer.Option(None, "--to", help="Release digest to go back to (default: previous)."),
              node: Optional[List[str]] = typer.Option(None, "--node", help="Only this node (needs --force)."),
              force: bool = typer.Option(False, "--force", help="Allow rolling back only some nodes."),
              dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan; change nothing."),
@@ -174,11 +176,7 @@ def recover(json_out: bool = JSON) -> None:
     """After an interrupted rollout: bring every node to one release (the last good), gate closed."""
     from deployctl import deploy
 
-    result = deploy.recover(_ctx(json_out))
-    if json_out:
-        return _dump({"ok": True, "action": "recover", "digest": result.state.target, "timings": result.timings})
-    out.print(f"[green]recovered[/]: every node runs {_short(result.state.target)}; gate closed "
-              "(run `deployctl gate open` when ready)")
+    _run_done("recover", deploy.recover(_ctx(json_out)), json_out)
 
 
 @gate_app.command("open")

@@ -29,7 +29,7 @@ class RunResult:
 
     state: sm.State
     timings: dict[str, float]
-    report: verify_mod.VerifyReport | None = None
+    gate_open: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,7 @@ class _Run:
         self.names = [n.name for n in ctx.nodes]
         self.observed: list | None = None  # read back after the switch, judged before the gate opens
         self.unreachable: dict[str, NodeResult] = {}  # nodes preflight could not reach
+        self.gate_opened = False
         self.outcomes = {n: "ok" for n in self.names}  # per node, for the journal: "ok" or its first failure
 
     def journal(self, phase: str, **fields) -> None:
@@ -216,7 +217,8 @@ def _open_gate(run: _Run, digest: str) -> dict[str, sm.Outcome]:
         return bad
     answers = gate.open_gate(ctx.nodes, digest, ctx.token())
     outcomes = _gate_results(answers)
-    if not all(o.ok for o in outcomes.values()):
+    run.gate_opened = all(o.ok for o in outcomes.values())
+    if not run.gate_opened:
         gate.close_gate(ctx.nodes, ctx.token())
     return outcomes
 
@@ -254,7 +256,7 @@ def _finish(run: _Run, state: sm.State, kind: str) -> RunResult:
     protect = [run.digest] + [d for d in state.previous.values() if d] if state.phase == sm.Phase.DONE else None
     run.node_journal(record, protect)
     if state.phase == sm.Phase.DONE:
-        return RunResult(state, run.timings)
+        return RunResult(state, run.timings, run.gate_opened)
     first = state.failures[0].describe() if state.failures else "aborted"
     if refused and run.unreachable:
         raise_for_unreachable(run.unreachable, f"{kind} refused in preflight, nothing changed")
