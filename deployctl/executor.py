@@ -9,6 +9,7 @@ auto-add it; we replace that policy before connecting).
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -17,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
-# Faster ciphers first: AES-GCM needs no separate MAC pass in Python.
-_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
+# paramiko logs failed handshakes with tracebacks; our results carry the reason instead.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
 _CHUNK = 1 << 18
 
 
@@ -154,7 +156,12 @@ class SSHFleet:
             ) from None
         except paramiko.SSHException as exc:
             host_key = "not found in known_hosts" in str(exc)
-            msg = f"no pinned host key for {t.host}:{t.port}; refusing to connect" if host_key else f"ssh: {exc}"
+            if host_key:
+                msg = f"no pinned host key for {t.host}:{t.port}; refusing to connect"
+            elif "banner" in str(exc) or "No existing session" in str(exc):
+                msg = f"no SSH answer at {t.host}:{t.port} within {self.connect_timeout:g}s"
+            else:
+                msg = f"ssh: {exc}"
             raise _ConnectFailed(msg, host_key=host_key) from None
         except (OSError, socket.timeout, EOFError) as exc:
             raise _ConnectFailed(f"unreachable at {t.host}:{t.port}: {exc.__class__.__name__}: {exc}") from None
@@ -168,7 +175,7 @@ class SSHFleet:
 
     def run_all(self, make: Callable[[str], Call], names: Iterable[str] | None = None) -> dict[str, NodeResult]:
         """Run `make(node)` on each named node (all by default)."""
-        return self.run({n: make(n) for n in (names or self._by_name)})
+        return self.run({n: make(n) for n in (self._by_name if names is None else names)})
 
     def _run_one(self, name: str, call: Call) -> NodeResult:
         start = time.monotonic()
@@ -220,13 +227,19 @@ def _exec(transport, call: Call) -> tuple[int, bytes, bytes]:
     try:
         chan.settimeout(call.timeout)
         chan.exec_command(call.command)
-        if call.stdin is not None:
-            view = memoryview(call.stdin)
-            for i in range(0, len(view), _CHUNK):
-                chan.sendall(view[i : i + _CHUNK])
-                if time.monotonic() > deadline:
-                    raise socket.timeout()
-        chan.shutdown_write()
+        try:
+            if call.stdin is not None:
+                view = memoryview(call.stdin)
+                for i in range(0, len(view), _CHUNK):
+                    chan.sendall(view[i : i + _CHUNK])
+                    if time.monotonic() > deadline:
+                        raise socket.timeout()
+            chan.shutdown_write()
+        except OSError as exc:
+            # The command stopped reading (it exited: disk full, a refusal): its own answer, read
+            # below, says why. If the connection itself is gone, the reads fail too.
+            if isinstance(exc, socket.timeout) or not transport.is_active():
+                raise
         # Drain stderr beside stdout: paramiko reopens a stream's window only as it is read, so a
         # command with megabytes of stderr would stall while we wait on stdout.
         err_box: list = []

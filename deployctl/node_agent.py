@@ -76,7 +76,8 @@ def current_name(root):
 def op_probe(root):
     rel = os.path.join(root, "releases")
     names = sorted(n for n in os.listdir(rel) if HEX64.match(n)) if os.path.isdir(rel) else []
-    st = os.statvfs(root if os.path.isdir(root) else "/")
+    # Free space where stage writes: releases/ may be its own filesystem.
+    st = os.statvfs(rel if os.path.isdir(rel) else root if os.path.isdir(root) else "/")
     out({"current": current_name(root), "releases": names, "free": st.f_bavail * st.f_frsize,
          "halted": os.path.exists(os.path.join(root, "state", "halted")), "root": os.path.isdir(root)})
 

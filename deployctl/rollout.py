@@ -103,7 +103,8 @@ def advance(state: State, results: dict[str, Outcome], probes: dict[str, Probe] 
 def abort(state: State, node: str, reason: str) -> State:
     """Stop a run from outside (halt seen, deadline passed): revert if anything may have switched."""
     failure = Failure(node, state.phase, reason)
-    next_phase = Phase.REVERT if state.switched or state.phase in MAY_HAVE_SWITCHED else Phase.REVERTED
+    # Only nodes recorded as (maybe) switched need reverting; between phases that set is exact.
+    next_phase = Phase.REVERT if state.switched else Phase.REVERTED
     return replace(state, phase=next_phase, failures=state.failures + (failure,))
 
 

@@ -143,7 +143,7 @@ def test_revert_missing_node_fails():
     (Phase.PREFLIGHT, Phase.REVERTED),
     (Phase.CLOSE_GATE, Phase.REVERTED),
     (Phase.STAGE, Phase.REVERTED),
-    (Phase.SWITCH, Phase.REVERT),
+    (Phase.SWITCH, Phase.REVERTED),  # between phases: the switch has not run, nothing to revert
     (Phase.HEALTH, Phase.REVERT),
     (Phase.OPEN_GATE, Phase.REVERT),
 ])
