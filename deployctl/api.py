@@ -94,15 +94,13 @@ def raise_for_unreachable(results: dict[str, NodeResult], what: str) -> None:
 
 # ---- verify ---------------------------------------------------------------------------------------
 
-def observe(ctx: Context, fleet: SSHFleet, nodes: list[Node] | None = None,
-            health: Callable[[list[Node]], dict[str, gate.Answer]] | None = None) -> list[verify_mod.NodeObservation]:
-    """Read back every node's files of `current` (SSH) and its router's health (HTTP, or `health(nodes)`), in parallel."""
+def observe(ctx: Context, fleet: SSHFleet, nodes: list[Node] | None = None) -> list[verify_mod.NodeObservation]:
+    """Read back every node's files of `current` (SSH) and its router's health (HTTP), in parallel."""
     from concurrent.futures import ThreadPoolExecutor
 
     nodes = nodes or ctx.nodes
-    health = health or (lambda ns: gate.health(ns, ctx.playbook.service.health_path))
     with ThreadPoolExecutor(max_workers=1) as pool:
-        health_f = pool.submit(health, nodes)
+        health_f = pool.submit(gate.health, nodes, ctx.playbook.service.health_path)
         disk = fleet.run_all(lambda n: Call(commands.render(commands.hashes(ctx.root)),
                                             timeout=ctx.playbook.timeouts.command), [n.name for n in nodes])
         answers = health_f.result()

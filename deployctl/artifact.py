@@ -14,7 +14,7 @@ import os
 import re
 import stat
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -50,14 +50,13 @@ class Artifact:
     sizes: dict[str, int]
     manifest_bytes: bytes
     signature: str
+    # The exact bytes that were built or checked: uploading these (not re-reading the file) means
+    # what reaches the nodes is what was verified, and the file is hashed once.
+    data: bytes = field(default=b"", repr=False, compare=False)
 
     def payload(self) -> bytes:
-        """Return the tarball's bytes for upload; ArtifactError if the file is unreadable or has changed."""
-        data = _read_capped(self.path)
-        again = _parse(data, self.path, None)
-        if (again.manifest_bytes, again.signature) != (self.manifest_bytes, self.signature):
-            raise _err(self.path.name, "changed since it was loaded")
-        return data
+        """Return the tarball's bytes for upload: the very bytes that were verified."""
+        return self.data
 
 
 def _err(label: str, problem: str) -> ArtifactError:
@@ -239,7 +238,7 @@ def build(source: Path, out_dir: Path, name: str, signing_key: Path) -> Artifact
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise ArtifactError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    return Artifact(path, name, version, digest, files, sizes, manifest_bytes, signature)
+    return Artifact(path, name, version, digest, files, sizes, manifest_bytes, signature, data)
 
 
 def _member_path(name: str, label: str) -> str | None:
@@ -369,7 +368,7 @@ def _parse(data: bytes, path: Path, verifier: Ed25519PublicKey | None) -> Artifa
     manifest = _parse_manifest(manifest_bytes, label)
     _check_contents(manifest, found, label)
     return Artifact(path, manifest["name"], manifest["version"], manifest["digest"], manifest["files"],
-                    manifest["sizes"], manifest_bytes, signature)
+                    manifest["sizes"], manifest_bytes, signature, data)
 
 
 def _read_capped(path: Path) -> bytes:
