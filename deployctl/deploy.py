@@ -19,7 +19,7 @@ from deployctl.api import Context, raise_for_unreachable
 from deployctl.commands import Probe
 from deployctl.errors import (DeployctlError, HaltedError, InconsistentError, RolledBackError, UsageError)
 from deployctl.executor import Call, NodeResult, SSHFleet
-from deployctl.journal import entry
+from deployctl.journal import encode, entry
 
 
 @dataclass(frozen=True)
@@ -96,21 +96,18 @@ class _Run:
                       failures=[f.describe() for f in nxt.failures])
         return nxt
 
-    def node_journal(self, record: dict, protect: list[str] | None) -> None:
-        """Append the outcome to every node's own journal and, after a success, prune old releases (one call).
+    def node_journal(self, record: dict) -> None:
+        """Append a failed run's outcome to every reachable node's own journal (best effort, reported).
 
-        The current, previous and last good releases are never pruned. Best effort: misses are reported.
+        A run that succeeds needs no extra round trip: each node journaled its switch in the switch
+        command, and each router journals the gate opening.
         """
         line = json.dumps(record, sort_keys=True).encode()
-        argv = [commands.journal_append(self.ctx.root)]
-        if protect is not None:
-            last_good = self.ctx.journal.last_good()
-            keep = sorted(set(protect + ([last_good] if last_good else [])))
-            argv.append(commands.prune(self.ctx.root, self.ctx.playbook.keep_releases, keep))
+        argv = commands.journal_append(self.ctx.root)
         res = self.fleet.run_all(lambda n: Call(commands.render(argv), line, 30), self.names)
         missed = sorted(n for n, r in res.items() if not r.ok)
         if missed:
-            self.ctx.emit("warning", message=f"node journal or pruning failed on: {', '.join(missed)}")
+            self.ctx.emit("warning", message=f"node journal not written on: {', '.join(missed)}")
 
 
 def _preflight(run: _Run, size: int) -> tuple[dict[str, sm.Outcome], dict[str, Probe]]:
@@ -136,7 +133,10 @@ def _switch_and_restart(run: _Run, targets: dict[str, str | None]) -> dict[str, 
     timeout = ctx.playbook.timeouts.command
 
     def call(node: str) -> Call:
-        return Call(commands.render(commands.activate(ctx.root, targets[node], ctx.playbook.service)), timeout=timeout)
+        # The node journals the switch itself, in the same command (its previous release added there).
+        record = encode(entry(run.action, run=run.id, phase="switch", digest=targets[node], node=node))
+        return Call(commands.render(commands.activate(ctx.root, targets[node], ctx.playbook.service)), record,
+                    timeout=timeout)
 
     return _outcomes(run.fleet.run_all(call, list(targets)))
 
@@ -177,7 +177,7 @@ def _forward(run: _Run, art: artifact_mod.Artifact, payload: bytes) -> sm.State:
         sm.Phase.PREFLIGHT: lambda: _preflight(run, len(payload)),
         sm.Phase.CLOSE_GATE: lambda: (_gate_results(gate.close_gate(ctx.nodes, token), down_is_closed=True), None),
         sm.Phase.STAGE: lambda: (_outcomes(
-            run.fleet.run_all(lambda n: Call(commands.render(commands.stage(ctx.root, art.digest)), payload, timeout)),
+            run.fleet.run_all(lambda n: Call(_stage_command(ctx, art.digest), payload, timeout)),
             lambda n, out: _expect_digest(commands.parse_stage(out), art.digest)), None),
         sm.Phase.SWITCH: lambda: (_switch_and_restart(run, {n: art.digest for n in run.names}), None),
         sm.Phase.HEALTH: lambda: (_settle(run, art.digest), None),
@@ -189,6 +189,15 @@ def _forward(run: _Run, art: artifact_mod.Artifact, payload: bytes) -> sm.State:
             break
         state = run.phase(state, steps[state.phase])
     return state
+
+
+def _stage_command(ctx: Context, digest: str) -> str:
+    """Stage the release, then prune old ones in the same command: beyond keep_releases, but never the
+    new one, the current one (the previous release after the switch) or the last good one."""
+    last_good = ctx.journal.last_good()
+    protect = sorted({digest} | ({last_good} if last_good else set()))
+    return commands.render([commands.stage(ctx.root, digest), commands.prune(ctx.root, ctx.playbook.keep_releases,
+                                                                             protect)])
 
 
 def _expect_digest(got: str, want: str) -> None:
@@ -248,8 +257,8 @@ def _finish(run: _Run, state: sm.State, kind: str) -> RunResult:
     record = entry(run.action, run=run.id, phase="done", digest=run.digest, outcome=outcome, failures=failures,
                    nodes=nodes, previous=state.previous, timings={k: round(v, 3) for k, v in run.timings.items()})
     run.ctx.journal.append(record)
-    protect = [run.digest] + [d for d in state.previous.values() if d] if state.phase == sm.Phase.DONE else None
-    run.node_journal(record, protect)
+    if state.phase != sm.Phase.DONE:
+        run.node_journal(record)
     if state.phase == sm.Phase.DONE:
         return RunResult(state, run.timings, run.gate_opened)
     first = state.failures[0].describe() if state.failures else "aborted"

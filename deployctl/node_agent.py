@@ -289,10 +289,14 @@ def supervised(sock_path, program, start):
 
 
 def op_switch(root, digest, sock_path=None, program=None):
+    """Switch `current` (and restart through supervisord); a journal record on stdin is appended first."""
     target = release_dir(root, digest)
+    record = read_record()
     if not os.path.isdir(target):
         raise Refused("release %s is not on this node" % digest[:12])
     previous = current_name(root)
+    if record is not None:
+        append_journal(root, dict(record, previous=previous))
     tmp = os.path.join(root, ".current-%d" % os.getpid())
     os.symlink(os.path.join("releases", digest), tmp)
     os.replace(tmp, os.path.join(root, "current"))  # rename(2): always one release or the other
@@ -319,7 +323,7 @@ def op_prune(root, keep, *protect):
         if len(keep_set & set(names)) < int(keep):
             keep_set.add(n)
             continue
-        shutil.rmtree(os.path.join(rel, n))
+        shutil.rmtree(os.path.join(rel, n), ignore_errors=True)  # pruning never fails a deploy
         removed.append(n)
     for n in os.listdir(rel):
         if n.startswith(".stage-"):
@@ -327,22 +331,36 @@ def op_prune(root, keep, *protect):
     out({"removed": removed})
 
 
-def op_journal(root):
+def read_record():
+    """Return the JSON object on stdin (a journal record), or None when stdin is empty."""
+    raw = sys.stdin.buffer.read()
+    if not raw.strip():
+        return None
     try:
-        record = json.loads(sys.stdin.buffer.read())
+        record = json.loads(raw)
     except (ValueError, RecursionError):
         raise Refused("journal record is not JSON")
     if not isinstance(record, dict):
         raise Refused("journal record is not an object")
+    return record
+
+
+def append_journal(root, record):
     line = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()  # one record, one line
-    path = os.path.join(root, "state", "journal.jsonl")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = os.open(os.path.join(root, "state", "journal.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        os.write(fd, line.rstrip(b"\n") + b"\n")
+        os.write(fd, line + b"\n")
         os.fsync(fd)
     finally:
         os.close(fd)
-    out({"appended": len(line)})
+    return len(line)
+
+
+def op_journal(root):
+    record = read_record()
+    if record is None:
+        raise Refused("journal record is not JSON")
+    out({"appended": append_journal(root, record)})
 
 
 def op_halt(root):
