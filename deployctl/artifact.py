@@ -16,11 +16,10 @@ import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+if TYPE_CHECKING:  # cryptography is imported where keys are used: `verify` never pays for it
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from deployctl.config import NAME_RE
 from deployctl.errors import ArtifactError
@@ -101,6 +100,9 @@ def digest_of(files: Mapping[str, str]) -> str:
 
 def generate_signing_key(dir: Path) -> tuple[Path, Path]:  # noqa: A002 - the documented parameter name
     """Write a new ed25519 key pair into `dir` and return (private, public) paths; ArtifactError if one exists."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     private, public = Path(dir) / PRIVATE_KEY_FILE, Path(dir) / PUBLIC_KEY_FILE
     if private.exists() or public.exists():
         raise ArtifactError(f"{private}: a signing key already exists; refusing to replace it")
@@ -121,6 +123,10 @@ def generate_signing_key(dir: Path) -> tuple[Path, Path]:  # noqa: A002 - the do
 
 
 def _private_key(path: Path) -> Ed25519PrivateKey:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except OSError as exc:
@@ -133,6 +139,8 @@ def _private_key(path: Path) -> Ed25519PrivateKey:
 
 
 def _public_key(path: Path) -> Ed25519PublicKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         text = Path(path).read_bytes().strip()
     except OSError as exc:
@@ -348,6 +356,8 @@ def _check_contents(manifest: Mapping[str, Any], found: Mapping[str, bytes | Non
 
 
 def _parse(data: bytes, path: Path, verifier: Ed25519PublicKey | None) -> Artifact:
+    from cryptography.exceptions import InvalidSignature
+
     label = path.name
     found = _read_members(data, label)
     if next(iter(found), None) != "manifest.json":

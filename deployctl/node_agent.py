@@ -10,9 +10,7 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import sys
-import tarfile
 
 HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 PART = re.compile(r"^[A-Za-z0-9._+-]+$")
@@ -206,6 +204,9 @@ def extract(tar, stage, meta):
 
 def op_stage(root, digest):
     """Receive the artifact tar on stdin into a fresh folder, check every file, then rename it into place."""
+    import shutil  # imported here: only stage and prune need them, and every op pays for startup
+    import tarfile
+
     final = release_dir(root, digest)
     stage = os.path.join(root, "releases", ".stage-%s-%d" % (digest[:12], os.getpid()))
     try:
@@ -312,6 +313,8 @@ def op_stop(root, sock_path, program):
 
 
 def op_prune(root, keep, *protect):
+    import shutil
+
     rel = os.path.join(root, "releases")
     keep_set = set(protect) | {current_name(root)}
     names = sorted((n for n in os.listdir(rel) if HEX64.match(n)),

@@ -16,6 +16,6 @@ fi
 stamp=.venv/.deployctl-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import deployctl.cli, fabric, paramiko, docker, hypothesis" 
+  .venv/bin/python -c "import deployctl.cli, paramiko, docker, hypothesis" 
   touch "$stamp"
 fi

@@ -31,7 +31,7 @@ SAME_LAYER_ALLOWED = {
 }
 
 # Third-party packages and the only module allowed to import each.
-ADAPTERS = {"fabric": "executor", "paramiko": "executor", "docker": "docker_fleet", "typer": "cli", "rich": "cli"}
+ADAPTERS = {"paramiko": "executor", "docker": "docker_fleet", "typer": "cli", "rich": "cli"}
 
 
 def modules() -> dict[str, ast.Module]:
@@ -109,10 +109,10 @@ def test_adapter_packages_only_in_their_module(package, owner):
     assert users == []
 
 
-@pytest.mark.parametrize("package, owner", [("fabric", "executor"), ("paramiko", "executor"),
+@pytest.mark.parametrize("package, owner", [("paramiko", "executor"),
                                             ("docker", "docker_fleet")])
 def test_heavy_adapters_import_lazily(package, owner):
-    """STYLE.md 13: fabric, paramiko and docker are imported inside the functions that need them."""
+    """STYLE.md 13: paramiko and docker are imported inside the functions that need them."""
     tree = modules()[owner]
     top = [target for stmt in tree.body if isinstance(stmt, (ast.Import, ast.ImportFrom))
            for target, _ in imports(ast.Module(body=[stmt], type_ignores=[]), owner)]
