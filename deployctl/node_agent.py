@@ -71,15 +71,6 @@ def current_name(root):
     return name if HEX64.match(name) else "?" + target
 
 
-def op_probe(root):
-    rel = os.path.join(root, "releases")
-    names = sorted(n for n in os.listdir(rel) if HEX64.match(n)) if os.path.isdir(rel) else []
-    # Free space where stage writes: releases/ may be its own filesystem.
-    st = os.statvfs(rel if os.path.isdir(rel) else root if os.path.isdir(root) else "/")
-    out({"current": current_name(root), "releases": names, "free": st.f_bavail * st.f_frsize,
-         "halted": os.path.exists(os.path.join(root, "state", "halted")), "root": os.path.isdir(root)})
-
-
 # Ed25519 signature check (RFC 8032, section 6): the node has no crypto library, and
 # checks the artifact's signature itself against the key pinned at `fleet up`.
 P = 2 ** 255 - 19
@@ -233,15 +224,6 @@ def op_stage(root, digest):
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def op_hashes(root, digest="current"):
-    folder = os.path.join(root, "current") if digest == "current" else release_dir(root, digest)
-    if not os.path.isdir(folder):
-        raise Refused("no release at %s" % folder)
-    files, odd = hashes(folder)
-    out({"current": current_name(root), "files": files, "odd": odd,
-         "halted": os.path.exists(os.path.join(root, "state", "halted"))})
-
-
 def supervisor(sock_path):
     """An XML-RPC proxy to supervisord over its unix socket: no supervisorctl process to start."""
     import http.client
@@ -379,7 +361,7 @@ def op_halt(root):
     out({"halted": True})
 
 
-OPS = {"probe": op_probe, "stage": op_stage, "hashes": op_hashes, "switch": op_switch,
+OPS = {"stage": op_stage, "switch": op_switch,
        "prune": op_prune, "journal": op_journal, "halt": op_halt, "stop": op_stop}
 
 

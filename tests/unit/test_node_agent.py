@@ -141,25 +141,39 @@ def stage(root: Path, data: bytes = None, want: str = DIGEST) -> subprocess.Comp
 
 # --- probe ------------------------------------------------------------------------------------------------------
 
+def sh(argv: list[str]) -> subprocess.CompletedProcess:
+    """Run one of the shell reads (probe, hashes) as a node would."""
+    assert argv[:2] == ["sh", "-c"]
+    return subprocess.run(argv, capture_output=True, timeout=60)
+
+
+def probe(root: Path) -> commands.Probe:
+    proc = sh(commands.probe(str(root)))
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
+    return commands.parse_probe(proc.stdout)
+
+
 def test_probe_empty_root(root):
-    doc = answer(run(commands.probe(str(root))))
-    assert set(doc) == {"current", "releases", "free", "halted", "root"}
-    assert (doc["current"], doc["releases"], doc["halted"], doc["root"]) == (None, [], False, True)
-    assert isinstance(doc["free"], int) and doc["free"] > 0
-    probe = commands.parse_probe(run(commands.probe(str(root))).stdout)
-    assert (probe.current, probe.releases, probe.halted) == (None, (), False)
+    got = probe(root)
+    assert (got.current, got.releases, got.halted) == (None, (), False) and got.free > 0
 
 
 def test_probe_missing_root(tmp_path):
-    doc = answer(run(commands.probe(str(tmp_path / "nothing-here"))))
-    assert (doc["current"], doc["releases"], doc["root"]) == (None, [], False)
+    assert probe(tmp_path / "nothing-here") == commands.Probe(None, (), 0, False)
 
 
 def test_probe_lists_only_digest_folders(root):
     (root / "releases" / DIGEST).mkdir()
     (root / "releases" / ".stage-abc-1").mkdir()
     (root / "releases" / "notes").mkdir()
-    assert answer(run(commands.probe(str(root))))["releases"] == [DIGEST]
+    assert probe(root).releases == (DIGEST,)
+
+
+def test_probe_root_with_shell_metacharacters_is_only_data(tmp_path):
+    odd = tmp_path / "r; touch pwned $(touch pwned2)"
+    (odd / "releases" / DIGEST).mkdir(parents=True)
+    assert probe(odd).releases == (DIGEST,)
+    assert not (tmp_path / "pwned").exists() and not list(tmp_path.glob("pwned*"))
 
 
 # --- stage ------------------------------------------------------------------------------------------------------
@@ -337,13 +351,18 @@ def test_switch_to_missing_release_on_fresh_node(root):
 
 # --- hashes -----------------------------------------------------------------------------------------------------
 
+def hashes(root: Path, digest: str = "current") -> commands.Hashes:
+    proc = sh(commands.hashes(str(root), digest))
+    assert proc.returncode == 0, proc.stderr
+    return commands.parse_hashes(proc.stdout)
+
+
 def test_hashes_of_current(root):
     answer(stage(root))
     answer(run(commands.switch(str(root), DIGEST)))
-    doc = answer(run(commands.hashes(str(root))))
-    assert doc == {"current": DIGEST, "files": {r: sha(d) for r, d in FILES.items()}, "odd": [], "halted": False}
-    parsed = commands.parse_hashes(run(commands.hashes(str(root))).stdout)
-    assert digest_of(parsed.files) == DIGEST
+    got = hashes(root)
+    assert got == commands.Hashes(DIGEST, {r: sha(d) for r, d in FILES.items()}, (), False)
+    assert digest_of(got.files) == DIGEST
 
 
 def test_hashes_reports_added_file_and_symlinks(root):
@@ -355,19 +374,27 @@ def test_hashes_reports_added_file_and_symlinks(root):
     (release / "dirlink").symlink_to("lib")
     (release / "dangling").symlink_to("nowhere")
     os.mkfifo(release / "pipe")
-    doc = answer(run(commands.hashes(str(root), DIGEST)))
-    assert doc["files"] == {**{r: sha(d) for r, d in FILES.items()}, "lib/added.py": sha(b"new\n")}
-    assert doc["odd"] == ["dangling", "dirlink", "link", "pipe"]
+    got = hashes(root, DIGEST)
+    assert got.files == {**{r: sha(d) for r, d in FILES.items()}, "lib/added.py": sha(b"new\n")}
+    assert got.odd == ("dangling", "dirlink", "link", "pipe")
+
+
+def test_hashes_reports_a_name_sha256sum_escapes_as_odd(root):
+    _release(root, A)
+    (root / "releases" / A / "bad\\name").write_bytes(b"x")
+    got = hashes(root, A)
+    assert "bad\\name" not in got.files and len(got.odd) == 1 and got.odd[0].startswith("(unprintable name)")
 
 
 def test_hashes_without_current_is_refused(root):
-    assert "no release" in refusal(run(commands.hashes(str(root))))
+    proc = sh(commands.hashes(str(root)))
+    assert proc.returncode == 1 and b"no release at" in proc.stderr and proc.stdout == b""
 
 
 def test_hashes_reports_halted(root):
     _release(root, A)
     (root / "state" / "halted").write_text("x")
-    assert answer(run(commands.hashes(str(root), A)))["halted"] is True
+    assert hashes(root, A).halted is True
 
 
 # --- prune ------------------------------------------------------------------------------------------------------
@@ -468,19 +495,19 @@ def test_halt_writes_flag(root):
     assert answer(run(commands.halt(str(root)))) == {"halted": True}
     assert (root / "state" / "halted").is_file()
     assert sorted(os.listdir(root / "state")) == ["halted", "signing.pub"]  # no .halted-* temp left
-    assert answer(run(commands.probe(str(root))))["halted"] is True
+    assert probe(root).halted is True
     assert answer(run(commands.halt(str(root)))) == {"halted": True}  # idempotent
 
 
 # --- usage ------------------------------------------------------------------------------------------------------
 
 def test_relative_root_refused():
-    assert "absolute" in refusal(run(commands.probe("relative/root")))
+    assert "absolute" in refusal(run(commands.halt("relative/root")))
 
 
 def test_unknown_op_refused(root):
-    argv = commands.probe(str(root))
-    argv[argv.index("probe")] = "format-disk"
+    argv = commands.halt(str(root))
+    argv[argv.index("halt")] = "format-disk"
     assert "usage" in refusal(run(argv))
 
 
