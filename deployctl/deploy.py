@@ -8,7 +8,6 @@ its previous release with the gate closed.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from deployctl.journal import encode, entry
 
 @dataclass(frozen=True)
 class RunResult:
-    """What a rollout or rollback did: its final state, time per phase, and the final verify report."""
+    """What a rollout, rollback or recover did: its final state, time per phase, whether the gate opened."""
 
     state: sm.State
     timings: dict[str, float]
@@ -76,6 +75,7 @@ class _Run:
         self.unreachable: dict[str, NodeResult] = {}  # nodes preflight could not reach
         self.gate_opened = False
         self.outcomes = {n: "ok" for n in self.names}  # per node, for the journal: "ok" or its first failure
+        self.journal_start = ctx.journal.size()  # where this run's records begin
 
     def journal(self, phase: str, **fields) -> None:
         self.ctx.journal.append(entry(self.action, run=self.id, phase=phase, digest=self.digest, **fields))
@@ -102,9 +102,8 @@ class _Run:
         A run that succeeds needs no extra round trip: each node journaled its switch in the switch
         command, and each router journals the gate opening.
         """
-        line = json.dumps(record, sort_keys=True).encode()
         argv = commands.journal_append(self.ctx.root)
-        res = self.fleet.run_all(lambda n: Call(commands.render(argv), line, 30), self.names)
+        res = self.fleet.run_all(lambda n: Call(commands.render(argv), encode(record), 30), self.names)
         missed = sorted(n for n, r in res.items() if not r.ok)
         if missed:
             self.ctx.emit("warning", message=f"node journal not written on: {', '.join(missed)}")
@@ -128,13 +127,13 @@ def _gate_results(answers: dict[str, gate.Answer], down_is_closed: bool = False)
             for n, a in answers.items()}
 
 
-def _switch_and_restart(run: _Run, targets: dict[str, str | None]) -> dict[str, sm.Outcome]:
+def _switch_and_restart(run: _Run, targets: dict[str, str | None], phase: str = "switch") -> dict[str, sm.Outcome]:
     ctx = run.ctx
     timeout = ctx.playbook.timeouts.command
 
     def call(node: str) -> Call:
         # The node journals the switch itself, in the same command (its previous release added there).
-        record = encode(entry(run.action, run=run.id, phase="switch", digest=targets[node], node=node))
+        record = encode(entry(run.action, run=run.id, phase=phase, digest=targets[node], node=node))
         return Call(commands.render(commands.activate(ctx.root, targets[node], ctx.playbook.service)), record,
                     timeout=timeout)
 
@@ -158,21 +157,15 @@ def _health(run: _Run, targets: dict[str, str | None]) -> dict[str, sm.Outcome]:
     return out
 
 
-def _halted_since(run: _Run, started: float) -> bool:
-    """A halt issued while this run works wins: look for one in the journal."""
-    for rec in reversed(list(run.ctx.journal.read())):
-        if rec.get("action") == "halt":
-            return True
-        if rec.get("run") == run.id and rec.get("phase") == "start":
-            return False
-    return False
+def _halted_since(run: _Run) -> bool:
+    """A halt issued while this run works wins: look for one journaled since the run started."""
+    return any(rec.get("action") == "halt" for rec in run.ctx.journal.read(since=run.journal_start))
 
 
 def _forward(run: _Run, art: artifact_mod.Artifact, payload: bytes) -> sm.State:
     ctx, state = run.ctx, sm.State(tuple(run.names), art.digest)
     timeout = ctx.playbook.timeouts.command
     token = ctx.token()
-    started = time.monotonic()
     steps = {
         sm.Phase.PREFLIGHT: lambda: _preflight(run, len(payload)),
         sm.Phase.CLOSE_GATE: lambda: (_gate_results(gate.close_gate(ctx.nodes, token), down_is_closed=True), None),
@@ -184,7 +177,7 @@ def _forward(run: _Run, art: artifact_mod.Artifact, payload: bytes) -> sm.State:
         sm.Phase.OPEN_GATE: lambda: (_open_gate(run, art.digest), None),
     }
     while state.phase in steps:
-        if state.phase != sm.Phase.PREFLIGHT and _halted_since(run, started):
+        if state.phase != sm.Phase.PREFLIGHT and _halted_since(run):
             state = sm.abort(state, "fleet", "halted while the rollout ran")
             break
         state = run.phase(state, steps[state.phase])
@@ -233,7 +226,7 @@ def _revert(run: _Run, state: sm.State) -> sm.State:
     run.ctx.emit("phase", phase="revert", status="start")
     start = time.monotonic()
     gate.close_gate(run.ctx.nodes, run.ctx.token())
-    outcomes = _switch_and_restart(run, targets)
+    outcomes = _switch_and_restart(run, targets, phase="revert")
     ok_nodes = {n: d for n, d in targets.items() if outcomes[n].ok}
     health = _health(run, ok_nodes)  # what went back must run again
     merged = {n: (outcomes[n] if not outcomes[n].ok else health.get(n, sm.Outcome(True))) for n in targets}

@@ -60,10 +60,20 @@ class Journal:
             os.close(fd)
         return record
 
-    def read(self) -> Iterator[dict]:
-        """Yield every record, oldest first; a damaged line is yielded as {"action": "unreadable"}."""
+    def size(self) -> int:
+        """Return the journal's length in bytes (0 when absent): an offset for `read(since=...)`."""
         try:
-            lines = self.path.read_bytes().splitlines()
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def read(self, since: int = 0) -> Iterator[dict]:
+        """Yield every record (from byte offset `since`), oldest first; a damaged line is yielded as
+        {"action": "unreadable"}."""
+        try:
+            with self.path.open("rb") as f:
+                f.seek(since)
+                lines = f.read().splitlines()
         except FileNotFoundError:
             return
         for i, line in enumerate(lines, 1):
