@@ -79,17 +79,9 @@ def make_release(ctx, tmp_path_factory):
 
 def _restore(ctx: api.Context, art) -> None:
     """Bring the fleet back to `art`, running, not halted, gate open; cheap when it already is."""
-    dc, spec = docker_fleet.client(), docker_fleet.load_spec(COMPOSE)
-    for node in spec.nodes:
-        c = docker_fleet.container(dc, spec, node.service)
-        c.reload()
-        if c.status == "paused":
-            c.unpause()
-        elif c.status != "running":
-            c.start()
-        if spec.network not in c.attrs["NetworkSettings"]["Networks"]:
-            dc.networks.get(spec.network).connect(c)
-    api.wait_for(lambda: all(fleetops._sshd_answers(n.host, n.ssh_port) for n in ctx.nodes), 60, 0.2)
+    from helpers import revive
+
+    revive(ctx, docker_fleet.client(), docker_fleet.load_spec(COMPOSE))
     ctx.lock.path.unlink(missing_ok=True)
     health = gate.health(ctx.nodes)
     if all(a.ok and a.body.get("digest") == art.digest and a.body.get("gate") == "open" and not a.body.get("halted")

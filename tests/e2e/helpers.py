@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from deployctl import gate
+from deployctl import api, docker_fleet, fleetops, gate
 
 
 def post_order(node, order: dict, timeout: float = 5.0) -> gate.Answer:
@@ -49,3 +49,17 @@ def fleet_view(ctx) -> dict[str, tuple]:
         view[n.name] = (current, *((h.body.get("digest"), h.body.get("gate"), h.body.get("halted")) if h.ok
                                    else (None, None, None)))
     return view
+
+
+def revive(ctx, dc, spec) -> bool:
+    """Every container running, unpaused and on the fleet network; return whether all sshd answer (bounded)."""
+    for n in spec.nodes:
+        c = docker_fleet.container(dc, spec, n.service)
+        c.reload()
+        if c.status == "paused":
+            c.unpause()
+        elif c.status != "running":
+            c.start()
+        if spec.network not in c.attrs["NetworkSettings"]["Networks"]:
+            dc.networks.get(spec.network).connect(c)
+    return api.wait_for(lambda: all(fleetops._sshd_answers(n.host, n.ssh_port) for n in ctx.nodes), 60, 0.2)

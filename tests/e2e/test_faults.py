@@ -21,7 +21,7 @@ import time
 from typing import Callable
 
 import pytest
-from helpers import fleet_view, in_background, order, post_order, wait
+from helpers import fleet_view, in_background, order, post_order, revive, wait
 from observer import observer  # noqa: F401 - a fixture, used by _every_fault_test
 
 from conftest import COMPOSE, ROOT
@@ -129,17 +129,7 @@ def on_base(base, gate_state: str) -> tuple:
 
 def _revive(ctx, docker_spec) -> None:
     """Every container running, unpaused and on the fleet network, sshd answering (bounded)."""
-    dc, spec = docker_spec
-    for n in spec.nodes:
-        c = docker_fleet.container(dc, spec, n.service)
-        c.reload()
-        if c.status == "paused":
-            c.unpause()
-        elif c.status != "running":
-            c.start()
-        if spec.network not in c.attrs["NetworkSettings"]["Networks"]:
-            dc.networks.get(spec.network).connect(c)
-    assert api.wait_for(lambda: all(fleetops._sshd_answers(n.host, n.ssh_port) for n in ctx.nodes), 60, 0.2)
+    assert revive(ctx, *docker_spec)
 
 
 @pytest.fixture(autouse=True)
