@@ -14,7 +14,7 @@ LAYERS = {
     "__init__": 1, "errors": 1, "config": 1,
     "commands": 2, "verify": 2, "rollout": 2, "artifact": 2, "trust": 2, "node_agent": 2,
     "executor": 3, "gate": 3, "journal": 3, "docker_fleet": 3,
-    "api": 4, "deploy": 4, "fleetops": 4,
+    "api": 4, "runner": 4, "deploy": 4, "fleetops": 4,
     "cli": 5, "__main__": 5,
 }
 
@@ -24,7 +24,9 @@ SAME_LAYER_ALLOWED = {
     ("__main__", "cli"),       # `python -m deployctl` runs cli.main
     ("rollout", "commands"),   # rollout takes commands.Probe
     ("verify", "artifact"),    # verify uses artifact.digest_of
-    ("deploy", "api"),         # deploy uses api.Context, observe, raise_for_unreachable
+    ("deploy", "api"),         # deploy uses api.Context, raise_for_unreachable
+    ("runner", "api"),         # runner uses api.Context, raise_for_unreachable
+    ("deploy", "runner"),      # deploy builds rollout, rollback and recover from runner's parts
     ("fleetops", "api"),       # fleetops uses api.Context, wait_for
     ("fleetops", "deploy"),    # inside a function
     ("gate", "journal"),       # gate sends journal.actor() so nodes journal who asked
