@@ -120,8 +120,14 @@ class SSHFleet:
             conn = self._conns.get(name)
             if name in self._failed:
                 raise self._failed[name]
-        if conn is not None and conn.get_transport() is not None and conn.get_transport().is_active():
-            return conn
+        if conn is not None:
+            transport = conn.get_transport()
+            if transport is not None and transport.is_active():
+                return conn
+            # Dropped between two phases: never reconnect within a command (the node may have
+            # restarted under us); that node fails from here on, and the run handles it.
+            self._drop(name)
+            raise self._failed[name]
         try:
             conn = self._open(self._by_name[name])
         except _ConnectFailed as exc:

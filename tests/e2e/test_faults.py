@@ -206,11 +206,11 @@ def test_a_node_down_before_the_rollout_is_refused_in_preflight_and_nothing_chan
 def test_an_ssh_session_cut_mid_transfer_rolls_back_and_leaves_no_partial_release(
         ctx, base_release, make_release, node_exec):
     """FAULTS 2 and 4: the partial upload is discarded; no switch; a clear error naming node and phase."""
-    big = make_release("2.0.0", {"blob.bin": BLOB})
+    # 24 MiB a node: the upload lasts far longer than the docker exec that cuts the session takes to land.
+    big = make_release("2.0.0", {"blob.bin": BLOB * 3})
     cuts: list = []
 
     def cut():  # `nott[y]` so pkill does not match the `sh -c` that runs it
-        time.sleep(0.05)
         cuts.append(node_exec("node3", "pkill -f 'sshd: root@nott[y]'"))
 
     hook = at_phase("stage", lambda: in_background(cut))
