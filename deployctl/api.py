@@ -244,7 +244,7 @@ def history(ctx: Context, limit: int | None = None) -> list[dict]:
 
 def status(ctx: Context) -> list[dict]:
     """Return one row per node: release on disk, running digest, gate, halt, errors, last deploy."""
-    last = next((r for r in reversed(history(ctx)) if r.get("phase") == "done"), None)
+    last = next((r for r in ctx.journal.newest_first() if r.get("phase") == "done"), None)
     with ctx.ssh() as fleet:
         observations = observe(ctx, fleet)
     rows = []

@@ -83,14 +83,27 @@ class Journal:
             except (ValueError, RecursionError):
                 yield {"action": "unreadable", "line": i}
 
+    def newest_first(self) -> Iterator[dict]:
+        """Yield records newest first, parsing only as far as the caller reads (the journal only grows)."""
+        try:
+            lines = self.path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return
+        for i in range(len(lines) - 1, -1, -1):
+            try:
+                rec = json.loads(lines[i])
+            except (ValueError, RecursionError):
+                continue
+            if isinstance(rec, dict):
+                yield rec
+
     def last_good(self) -> str | None:
         """Return the digest the fleet last ran as a whole (last successful rollout, rollback or recover)."""
-        good = None
-        for rec in self.read():
+        for rec in self.newest_first():
             if rec.get("action") in ("rollout", "rollback", "recover") and rec.get("phase") == "done" \
                     and rec.get("outcome") == "ok":
-                good = rec.get("digest")
-        return good
+                return rec.get("digest")
+        return None
 
     def known_digests(self) -> set[str]:
         """Return every digest the whole fleet has run (completed rollouts, rollbacks, recoveries)."""
@@ -98,14 +111,14 @@ class Journal:
                 and isinstance(rec.get("digest"), str)}
 
     def interrupted(self) -> dict | None:
-        """Return the start record of the last rollout/rollback that never reached "done", if any."""
-        open_run = None
-        for rec in self.read():
-            if rec.get("phase") == "start":
-                open_run = rec
-            elif rec.get("phase") == "done" and open_run and rec.get("run") == open_run.get("run"):
-                open_run = None
-        return open_run
+        """Return the start record of the last rollout/rollback/recover that never reached "done", if any."""
+        finished = set()
+        for rec in self.newest_first():
+            if rec.get("phase") == "done":
+                finished.add(rec.get("run"))
+            elif rec.get("phase") == "start":
+                return None if rec.get("run") in finished else rec
+        return None
 
 
 @dataclass(frozen=True)

@@ -238,3 +238,14 @@ def test_lock_file_with_wrong_shape_is_damaged(tmp_path, content):
         lock.acquire("deployctl rollout")
     lock.acquire("deployctl rollout", break_stale=True)
     assert lock.info().pid == os.getpid()
+
+
+def test_newest_first_yields_records_in_reverse_and_skips_damaged_lines(tmp_path):
+    j = Journal(tmp_path / "j.jsonl")
+    for i in range(3):
+        j.append({"action": "a", "n": i})
+    with open(j.path, "ab") as f:
+        f.write(b"{not json\n[1, 2]\n")
+    j.append({"action": "a", "n": 3})
+    assert [r["n"] for r in j.newest_first()] == [3, 2, 1, 0]
+    assert [r.get("n") for r in j.read() if r.get("action") == "a"] == [0, 1, 2, 3]
