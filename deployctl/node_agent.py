@@ -224,49 +224,66 @@ def op_stage(root, digest):
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def supervisor(sock_path):
-    """An XML-RPC proxy to supervisord over its unix socket: no supervisorctl process to start."""
-    import http.client
+class Fault(Exception):
+    def __init__(self, code, text):
+        Exception.__init__(self, text)
+        self.code, self.text = code, text
+
+
+def _xml(text):
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def rpc(sock_path, method, *params):
+    """Call supervisord's XML-RPC over its unix socket with a plain HTTP/1.0 request.
+
+    Importing http.client and xmlrpc.client would cost more than the call (about 17 ms of a
+    node's CPU, eight nodes at once); the request and the fault are small and fixed in shape.
+    """
     import socket
-    import xmlrpc.client
 
-    class Conn(http.client.HTTPConnection):
-        def connect(self):
-            self.sock = socket.socket(socket.AF_UNIX)
-            self.sock.settimeout(30)
-            self.sock.connect(sock_path)
-
-    class Transport(xmlrpc.client.Transport):
-        def make_connection(self, host):
-            return Conn("localhost")
-
-    return xmlrpc.client.ServerProxy("http://localhost", transport=Transport()).supervisor
+    args = "".join("<param><value>%s</value></param>" % (
+        "<boolean>%d</boolean>" % p if isinstance(p, bool) else "<string>%s</string>" % _xml(p)) for p in params)
+    body = ('<?xml version="1.0"?><methodCall><methodName>%s</methodName><params>%s</params></methodCall>'
+            % (method, args)).encode()
+    head = b"POST /RPC2 HTTP/1.0\r\nHost: localhost\r\nContent-Type: text/xml\r\nContent-Length: %d\r\n\r\n"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.settimeout(30)
+    try:
+        sock.connect(sock_path)
+        sock.sendall(head % len(body) + body)
+        reply = b"".join(iter(lambda: sock.recv(65536), b""))
+    finally:
+        sock.close()
+    code = re.search(rb"<name>faultCode</name>\s*<value>\s*<int>(-?\d+)</int>", reply)
+    if code:
+        text = re.search(rb"<name>faultString</name>\s*<value>\s*(?:<string>)?(.*?)(?:</string>)?\s*</value>", reply, re.S)
+        raise Fault(int(code.group(1)), text.group(1).decode("utf-8", "replace") if text else "")
+    if not reply.startswith(b"HTTP/") or b" 200 " not in reply.split(b"\r\n", 1)[0]:
+        raise OSError("unexpected answer %r" % reply[:60])
 
 
 def supervised(sock_path, program, start):
     """Stop `program` (if running) and, if `start`, start it again; supervisor faults become Refused."""
-    import xmlrpc.client
-
-    rpc = supervisor(sock_path)
     try:
         for attempt in range(5):
             try:
-                rpc.stopProcess(program, True)
-            except xmlrpc.client.Fault as exc:
-                if exc.faultCode != 70:  # NOT_RUNNING is fine: a first install, or a crashed router
+                rpc(sock_path, "supervisor.stopProcess", program, True)
+            except Fault as exc:
+                if exc.code != 70:  # NOT_RUNNING is fine: a first install, or a crashed router
                     raise
             if not start:
                 return
             try:
-                rpc.startProcess(program, False)  # don't wait out startsecs: deployctl polls /health
+                rpc(sock_path, "supervisor.startProcess", program, False)  # deployctl polls /health itself
                 return
-            except xmlrpc.client.Fault as exc:
+            except Fault as exc:
                 # ALREADY_STARTED: supervisor's own retry (BACKOFF) started it between our stop and
                 # start, maybe from the old release: stop it again and start it ourselves.
-                if exc.faultCode != 60 or attempt == 4:
+                if exc.code != 60 or attempt == 4:
                     raise
-    except xmlrpc.client.Fault as exc:
-        raise Refused("supervisor: %s %s: %s" % ("restart" if start else "stop", program, exc.faultString))
+    except Fault as exc:
+        raise Refused("supervisor: %s %s: %s" % ("restart" if start else "stop", program, exc.text))
     except OSError as exc:
         raise Refused("supervisor unreachable at %s: %s" % (sock_path, exc))
 
