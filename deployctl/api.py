@@ -34,7 +34,6 @@ class Context:
     playbook: Playbook
     state_dir: Path
     on_event: Event = _quiet
-    nodes_filter: tuple[str, ...] | None = None
     _token: str | None = field(default=None, repr=False)
 
     @property

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deployctl import artifact as artifact_mod, commands, gate, rollout as sm
-from deployctl.api import Context, raise_for_unreachable
+from deployctl.api import Context
 from deployctl.commands import Probe
 from deployctl.errors import DeployctlError, InconsistentError, UsageError
 from deployctl.executor import Call
-from deployctl.runner import (RunResult, _finish, _gate_results, _locked, _open_gate, _open_gate_unless, _outcomes,
-                              _refuse_if_interrupted, _Run, _settle, _switch_and_restart, interrupted, load_artifact)
+from deployctl.runner import (RunResult, _finish, _gate_results, _locked, _open_gate, _outcomes,
+                              _refuse_if_interrupted, _Run, _settle, _switch_and_restart, interrupted, load_artifact,
+                              probe_all, switch_phases)
 
 __all__ = ["PlanRow", "RunResult", "interrupted", "load_artifact", "plan", "recover", "rollback", "rollout"]
 
@@ -120,17 +121,12 @@ def plan(ctx: Context, artifact_path: Path | None = None, to: str | None = None)
     if to is not None and not commands.HEX64.match(to):
         raise UsageError(f"--to: {to!r} is not a sha256 release digest")
     with ctx.ssh() as fleet:
-        raise_for_unreachable(fleet.connect(), "plan")
-        res = fleet.run_all(lambda n: Call(commands.render(commands.probe(ctx.root)), timeout=15))
-    probes = {n: commands.parse_probe(r.stdout) for n, r in res.items() if r.ok}
+        probes = probe_all(ctx, fleet, "plan")
     digest = art.digest if art else _rollback_target(ctx, probes, to)
     size = len(art.payload()) if art else 0
     rows = []
     for n in ctx.nodes:
-        p = probes.get(n.name)
-        if p is None:
-            rows.append(PlanRow(n.name, None, digest, 0, f"cannot probe: {res[n.name].reason()}"))
-            continue
+        p = probes[n.name]
         missing = not art and digest not in p.releases
         note = "already current" if p.current == digest else ("target release missing" if missing else "")
         rows.append(PlanRow(n.name, p.current, digest, size, note))
@@ -153,11 +149,9 @@ def rollback(ctx: Context, to: str | None = None, nodes: list[str] | None = None
         raise UsageError(f"--node: not in the inventory: {', '.join(unknown)}")
     _refuse_if_interrupted(ctx)
     with _locked(ctx, "rollback", break_lock), ctx.ssh() as fleet:
-        raise_for_unreachable(fleet.connect(), "rollback preflight")
-        res = fleet.run_all(lambda n: Call(commands.render(commands.probe(ctx.root)), timeout=15))
-        probes = {n: commands.parse_probe(r.stdout) for n, r in res.items() if r.ok}
+        probes = probe_all(ctx, fleet, "rollback preflight")
         target = _rollback_target(ctx, probes, to)
-        missing = sorted(n.name for n in chosen if target not in probes.get(n.name, Probe(None, (), 0, False)).releases)
+        missing = sorted(n.name for n in chosen if target not in probes[n.name].releases)
         if missing:
             raise UsageError(f"rollback refused, nothing changed: release {target[:12]} is not on {', '.join(missing)}")
         run = _Run(ctx, fleet, "rollback", target)
@@ -167,13 +161,7 @@ def rollback(ctx: Context, to: str | None = None, nodes: list[str] | None = None
         state = sm.State(tuple(run.names), target, sm.Phase.SWITCH,
                          previous={n: probes[n].current for n in run.names})
         gate.close_gate(ctx.nodes, ctx.token())
-        keep_closed = _keep_closed_reason(nodes, probes)
-        for phase, work in ((sm.Phase.SWITCH, lambda: (_switch_and_restart(run, {n: target for n in run.names}), None)),
-                            (sm.Phase.HEALTH, lambda: (_settle(run, target), None)),
-                            (sm.Phase.OPEN_GATE, lambda: (_open_gate_unless(run, target, keep_closed), None))):
-            if state.phase != phase:
-                break
-            state = run.phase(state, work)
+        state = switch_phases(run, state, target, _keep_closed_reason(nodes, probes))
         run.timings["total"] = time.monotonic() - start
         return _finish(run, state, "rollback")
 
@@ -208,23 +196,13 @@ def recover(ctx: Context) -> RunResult:
     node; failing that, the release every node already has as `current`. Breaks only a stale lock.
     """
     with _locked(ctx, "recover", break_lock=True), ctx.ssh() as fleet:
-        raise_for_unreachable(fleet.connect(), "recover")
         gate.close_gate(ctx.nodes, ctx.token())
-        res = fleet.run_all(lambda n: Call(commands.render(commands.probe(ctx.root)), timeout=15))
-        bad = {n: r for n, r in res.items() if not r.ok}
-        if bad:
-            raise InconsistentError("recover: cannot probe " + ", ".join(sorted(bad)))
-        probes = {n: commands.parse_probe(r.stdout) for n, r in res.items()}
+        probes = probe_all(ctx, fleet, "recover")
         target = _recover_target(ctx, probes)
         run = _Run(ctx, fleet, "recover", target)
         run.journal("start", interrupted=ctx.journal.interrupted())
         state = sm.State(tuple(run.names), target, sm.Phase.SWITCH, previous={n: p.current for n, p in probes.items()})
-        for phase, work in ((sm.Phase.SWITCH, lambda: (_switch_and_restart(run, {n: target for n in run.names}), None)),
-                            (sm.Phase.HEALTH, lambda: (_settle(run, target), None)),
-                            (sm.Phase.OPEN_GATE, lambda: (_open_gate_unless(run, target, "recover"), None))):
-            if state.phase != phase:
-                break
-            state = run.phase(state, work)
+        state = switch_phases(run, state, target, "recover")
         if state.phase == sm.Phase.REVERT:  # a recovery that fails has nothing better to go back to
             state = dataclasses.replace(state, phase=sm.Phase.REVERT_FAILED)
         return _finish(run, state, "recover")

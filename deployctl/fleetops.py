@@ -5,10 +5,9 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from deployctl import artifact as artifact_mod, commands, docker_fleet, gate, trust as trust_mod
+from deployctl import artifact as artifact_mod, docker_fleet, gate, trust as trust_mod
 from deployctl.api import Context, wait_for
 from deployctl.errors import ConfigError, DeployctlError, UnreachableError
-from deployctl.executor import Call
 
 
 def signing_key(ctx: Context) -> Path:
@@ -103,9 +102,10 @@ def _install_first_release(ctx: Context) -> None:
     """Roll out the playbook's source unless every node already runs one same release."""
     from deployctl import deploy
 
+    from deployctl.runner import probe_all
+
     with ctx.ssh() as fleet:
-        res = fleet.run_all(lambda n: Call(commands.render(commands.probe(ctx.root)), timeout=15))
-    currents = {commands.parse_probe(r.stdout).current if r.ok else None for r in res.values()}
+        currents = {p.current for p in probe_all(ctx, fleet, "fleet up").values()}
     health = gate.health(ctx.nodes, ctx.playbook.service.health_path)
     running = {a.body.get("digest") if a.ok else None for a in health.values()}
     if len(currents) == 1 and None not in currents and running == currents:

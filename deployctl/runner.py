@@ -110,7 +110,12 @@ def _switch_and_restart(run: _Run, targets: dict[str, str | None], phase: str = 
         return Call(commands.render(commands.activate(ctx.root, targets[node], ctx.playbook.service)), record,
                     timeout=timeout)
 
-    return _outcomes(run.fleet.run_all(call, list(targets)))
+    def check(node: str, stdout: bytes) -> None:
+        # A stop (no release to go back to) prints no switch answer; a switch must name its target.
+        if targets[node] is not None and commands.parse_switch(stdout)[1] != targets[node]:
+            raise DeployctlError(f"node switched to something other than {targets[node][:12]}")
+
+    return _outcomes(run.fleet.run_all(call, list(targets)), check)
 
 
 def _health(run: _Run, targets: dict[str, str | None]) -> dict[str, sm.Outcome]:
@@ -221,6 +226,31 @@ def _open_gate_unless(run: _Run, digest: str, reason: str | None) -> dict[str, s
         return _open_gate(run, digest)
     run.ctx.emit("warning", message=f"gate stays closed ({reason})")
     return {n: sm.Outcome(True) for n in run.names}
+
+
+def switch_phases(run: _Run, state: sm.State, target: str, keep_closed: str | None) -> sm.State:
+    """Run SWITCH, HEALTH and OPEN_GATE towards `target` (rollback, recover); stop at the first failure.
+
+    With `keep_closed` (a reason), the gate is left closed instead of opened.
+    """
+    steps = ((sm.Phase.SWITCH, lambda: (_switch_and_restart(run, {n: target for n in run.names}), None)),
+             (sm.Phase.HEALTH, lambda: (_settle(run, target), None)),
+             (sm.Phase.OPEN_GATE, lambda: (_open_gate_unless(run, target, keep_closed), None)))
+    for phase, work in steps:
+        if state.phase != phase:
+            break
+        state = run.phase(state, work)
+    return state
+
+
+def probe_all(ctx: Context, fleet: SSHFleet, what: str) -> dict[str, commands.Probe]:
+    """Probe every node (connecting as it goes); HostKeyError/UnreachableError naming any node not reached."""
+    res = fleet.run_all(lambda n: Call(commands.render(commands.probe(ctx.root)), timeout=15))
+    raise_for_unreachable(res, what)
+    bad = sorted(n for n, r in res.items() if not r.ok)
+    if bad:
+        raise InconsistentError(f"{what}: cannot probe " + "; ".join(f"{n}: {res[n].reason()}" for n in bad))
+    return {n: commands.parse_probe(r.stdout) for n, r in res.items()}
 
 
 def interrupted(ctx: Context) -> str | None:

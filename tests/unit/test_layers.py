@@ -29,6 +29,7 @@ SAME_LAYER_ALLOWED = {
     ("deploy", "runner"),      # deploy builds rollout, rollback and recover from runner's parts
     ("fleetops", "api"),       # fleetops uses api.Context, wait_for
     ("fleetops", "deploy"),    # inside a function
+    ("fleetops", "runner"),    # inside a function: probe_all for the first install
     ("gate", "journal"),       # gate sends journal.actor() so nodes journal who asked
 }
 
