@@ -58,8 +58,20 @@ def probe(root: str) -> list[str]:
     return ["sh", "-c", PROBE_SH, "sh", root]
 
 
-def stage(root: str, digest: str) -> list[str]:
-    return _agent("stage", root, digest)
+def stage(root: str, digest: str, size: int, keep: int, protect: list[str] = ()) -> list[str]:
+    """Receive `size` bytes of artifact tar on stdin, check and stage them, prune beyond `keep` (never
+    `protect`), answer; then wait on stdin for `switch_request` (or its end: no change)."""
+    return _agent("stage", root, digest, str(size), str(keep), *protect)
+
+
+def switch_request(record: dict | None, service: Service) -> bytes:
+    """The line that makes a held stage switch and restart: the journal record and how to restart."""
+    doc: dict = {"record": record}
+    if service.supervisor:
+        doc["supervisor"] = [service.supervisor.socket, service.supervisor.program]
+    elif service.restart:
+        doc["restart"] = list(service.restart)
+    return (json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n").encode()
 
 
 def hashes(root: str, digest: str = "current") -> list[str]:

@@ -18,8 +18,8 @@ from deployctl.commands import Probe
 from deployctl.errors import DeployctlError, InconsistentError, UsageError
 from deployctl.executor import Call
 from deployctl.runner import (RunResult, _finish, _gate_results, _locked, _open_gate, _outcomes,
-                              _refuse_if_interrupted, _Run, _settle, _switch_and_restart, interrupted, load_artifact,
-                              probe_all, switch_phases)
+                              _refuse_if_interrupted, _Run, _settle, interrupted, load_artifact,
+                              probe_all, switch_held, switch_phases)
 
 __all__ = ["PlanRow", "RunResult", "interrupted", "load_artifact", "plan", "recover", "rollback", "rollout"]
 
@@ -59,10 +59,13 @@ def _forward(run: _Run, art: artifact_mod.Artifact, payload: bytes) -> sm.State:
     steps = {
         sm.Phase.PREFLIGHT: lambda: _preflight(run, len(payload)),
         sm.Phase.CLOSE_GATE: lambda: (_gate_results(gate.close_gate(ctx.nodes, token), down_is_closed=True), None),
+        # Stage and switch are one command per node: it stages, answers, and waits until every node
+        # has staged; then the switch request goes down the same channel (no second exec or startup).
         sm.Phase.STAGE: lambda: (_outcomes(
-            run.fleet.run_all(lambda n: Call(_stage_command(ctx, art.digest), payload, timeout)),
+            run.fleet.hold({n: Call(_stage_command(ctx, art.digest, len(payload)), payload, timeout)
+                            for n in run.names}),
             lambda n, out: _expect_digest(commands.parse_stage(out), art.digest)), None),
-        sm.Phase.SWITCH: lambda: (_switch_and_restart(run, {n: art.digest for n in run.names}), None),
+        sm.Phase.SWITCH: lambda: (switch_held(run, art.digest), None),
         sm.Phase.HEALTH: lambda: (_settle(run, art.digest), None),
         sm.Phase.OPEN_GATE: lambda: (_open_gate(run, art.digest), None),
     }
@@ -74,13 +77,12 @@ def _forward(run: _Run, art: artifact_mod.Artifact, payload: bytes) -> sm.State:
     return state
 
 
-def _stage_command(ctx: Context, digest: str) -> str:
+def _stage_command(ctx: Context, digest: str, size: int) -> str:
     """Stage the release, then prune old ones in the same command: beyond keep_releases, but never the
     new one, the current one (the previous release after the switch) or the last good one."""
     last_good = ctx.journal.last_good()
     protect = sorted({digest} | ({last_good} if last_good else set()))
-    return commands.render([commands.stage(ctx.root, digest), commands.prune(ctx.root, ctx.playbook.keep_releases,
-                                                                             protect)])
+    return commands.render(commands.stage(ctx.root, digest, size, ctx.playbook.keep_releases, protect))
 
 
 def _expect_digest(got: str, want: str) -> None:

@@ -87,6 +87,7 @@ class SSHFleet:
     parallel: int = 8
     _conns: dict = field(default_factory=dict)
     _failed: dict = field(default_factory=dict)
+    _held: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -181,12 +182,51 @@ class SSHFleet:
         """Run `make(node)` on each named node (all by default)."""
         return self.run({n: make(n) for n in (self._by_name if names is None else names)})
 
+    def hold(self, calls: dict[str, Call]) -> dict[str, NodeResult]:
+        """Run each Call but keep its stdin open: return each node's first line of stdout as its result.
+
+        The command then waits on the node for `release` (a two-phase step on one channel: no second
+        exec). A command that ends before answering gives its ordinary result and is not held.
+        """
+        names = list(calls)
+        return dict(zip(names, self._pool.map(lambda n: self._guard(n, calls[n], self._hold_one), names)))
+
+    def release(self, lines: dict[str, bytes | None], timeout: float = 60.0) -> dict[str, NodeResult]:
+        """Send each held command its next input (None: only end its input), then wait for it to finish;
+        return the rest of its output. A node with nothing held gets an error result."""
+        names = list(lines)
+        return dict(zip(names, self._pool.map(
+            lambda n: self._guard(n, Call("", lines[n], timeout), self._release_one), names)))
+
+    def _hold_one(self, name: str, call: Call) -> tuple[int, bytes, bytes]:
+        held = _Held.start(self._connection(name).get_transport(), call)
+        try:
+            line = held.read_line()
+        except BaseException:
+            held.chan.close()
+            raise
+        if line is None:  # ended without answering: an ordinary finished result
+            return held.finish(None)
+        with self._lock:
+            self._held[name] = held
+        return 0, line, b""
+
+    def _release_one(self, name: str, call: Call) -> tuple[int, bytes, bytes]:
+        with self._lock:
+            held = self._held.pop(name, None)
+        if held is None:
+            raise _ConnectFailed("no command held on this node")
+        held.deadline = time.monotonic() + call.timeout
+        return held.finish(call.stdin)
+
     def _run_one(self, name: str, call: Call) -> NodeResult:
+        return self._guard(name, call, lambda n, c: _exec(self._connection(n).get_transport(), c))
+
+    def _guard(self, name: str, call: Call, work) -> NodeResult:
         start = time.monotonic()
         res = NodeResult(name)
         try:
-            conn = self._connection(name)
-            res.exit_code, res.stdout, res.stderr = _exec(conn.get_transport(), call)
+            res.exit_code, res.stdout, res.stderr = work(name, call)
         except _ConnectFailed as exc:
             res.error, res.host_key_refused = exc.reason, exc.host_key
         except socket.timeout:
@@ -209,6 +249,9 @@ class SSHFleet:
         """Close every connection and the worker pool; safe to call twice."""
         with self._lock:
             conns, self._conns = list(self._conns.values()), {}
+            held, self._held = list(self._held.values()), {}
+        for h in held:  # a held command reads end of input: it changes nothing and exits
+            h.chan.close()
         for conn in conns:
             conn.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -237,51 +280,93 @@ def _fp(key) -> str:
 
 def _exec(transport, call: Call) -> tuple[int, bytes, bytes]:
     """Run one command on an open transport; stream stdin; return (exit code, stdout, stderr)."""
-    deadline = time.monotonic() + call.timeout
-    chan = transport.open_session(timeout=call.timeout)
-    try:
-        chan.settimeout(call.timeout)
-        chan.exec_command(call.command)
-        try:
-            if call.stdin is not None:
-                view = memoryview(call.stdin)
-                for i in range(0, len(view), _CHUNK):
-                    chan.sendall(view[i : i + _CHUNK])
-                    if time.monotonic() > deadline:
-                        raise socket.timeout()
-            chan.shutdown_write()
-        except OSError as exc:
-            # The command stopped reading (it exited: disk full, a refusal): its own answer, read
-            # below, says why. If the connection itself is gone, the reads fail too.
-            if isinstance(exc, socket.timeout) or not transport.is_active():
-                raise
+    held = _Held.start(transport, call)
+    return held.finish(b"")
+
+
+class _Held:
+    """One running remote command: its channel, its stderr reader and its deadline."""
+
+    def __init__(self, chan, deadline: float):
+        self.chan, self.deadline, self.out = chan, deadline, b""
         # Drain stderr beside stdout: paramiko reopens a stream's window only as it is read, so a
         # command with megabytes of stderr would stall while we wait on stdout.
-        err_box: list = []
-        reader = threading.Thread(target=_collect, args=(chan.recv_stderr, deadline, err_box), daemon=True)
-        reader.start()
-        out = _read_all(chan.recv, deadline)
-        reader.join(max(0.0, deadline - time.monotonic()))
-        if not err_box or isinstance(err_box[0], BaseException):
-            raise socket.timeout()
-        if not chan.status_event.wait(max(0.0, deadline - time.monotonic())):
-            raise socket.timeout()
-        return chan.recv_exit_status(), out, err_box[0]
-    finally:
-        chan.close()
+        self.err_box: list = []
+        self.reader = threading.Thread(target=_collect, args=(chan.recv_stderr, lambda: self.deadline, self.err_box),
+                                       daemon=True)
+
+    @classmethod
+    def start(cls, transport, call: Call) -> "_Held":
+        """Open a channel, start the command and send `call.stdin`, leaving the input open."""
+        deadline = time.monotonic() + call.timeout
+        chan = transport.open_session(timeout=call.timeout)
+        held = cls(chan, deadline)
+        try:
+            chan.settimeout(call.timeout)
+            chan.exec_command(call.command)
+            held.reader.start()
+            held.send(call.stdin)
+        except BaseException:
+            chan.close()
+            raise
+        return held
+
+    def send(self, data: bytes | None) -> None:
+        try:
+            view = memoryview(data or b"")
+            for i in range(0, len(view), _CHUNK):
+                self.chan.sendall(view[i : i + _CHUNK])
+                if time.monotonic() > self.deadline:
+                    raise socket.timeout()
+        except OSError as exc:
+            # The command stopped reading (it exited: disk full, a refusal): its own answer, read
+            # later, says why. If the connection itself is gone, the reads fail too.
+            if isinstance(exc, socket.timeout) or not self.chan.get_transport().is_active():
+                raise
+
+    def read_line(self) -> bytes | None:
+        """Read stdout up to the first newline; None if the command ended first (its output is kept)."""
+        while b"\n" not in self.out:
+            if time.monotonic() > self.deadline:
+                raise socket.timeout()
+            chunk = self.chan.recv(1 << 16)
+            if not chunk:
+                return None
+            self.out += chunk
+        line, self.out = self.out.split(b"\n", 1)
+        return line + b"\n"
+
+    def finish(self, data: bytes | None) -> tuple[int, bytes, bytes]:
+        """Send `data`, end the input, read everything left; return (exit code, stdout, stderr)."""
+        try:
+            self.send(data)
+            try:
+                self.chan.shutdown_write()
+            except OSError:
+                if not self.chan.get_transport().is_active():
+                    raise
+            out = self.out + _read_all(self.chan.recv, lambda: self.deadline)
+            self.reader.join(max(0.0, self.deadline - time.monotonic()))
+            if not self.err_box or isinstance(self.err_box[0], BaseException):
+                raise socket.timeout()
+            if not self.chan.status_event.wait(max(0.0, self.deadline - time.monotonic())):
+                raise socket.timeout()
+            return self.chan.recv_exit_status(), out, self.err_box[0]
+        finally:
+            self.chan.close()
 
 
-def _collect(recv, deadline: float, box: list) -> None:
+def _collect(recv, deadline: Callable[[], float], box: list) -> None:
     try:
         box.append(_read_all(recv, deadline))
     except BaseException as exc:  # reported to the caller through the box
         box.append(exc)
 
 
-def _read_all(recv, deadline: float) -> bytes:
+def _read_all(recv, deadline: Callable[[], float]) -> bytes:
     parts = []
     while True:
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline():
             raise socket.timeout()
         chunk = recv(1 << 16)
         if not chunk:

@@ -146,65 +146,177 @@ def check_signed(root, manifest, sig_hex, files, digest):
         raise Refused("signed manifest does not match the staged files")
 
 
-def member_path(m, seen):
+def member_path(name, kind, seen):
     """Return the release-relative path of a files/ member, None for the manifest; refuse anything unsafe."""
-    name = m.name
     parts = name.split("/")
     if name in seen:
         raise Refused("duplicate member %r" % name)
     seen.add(name)
     if name.startswith("/") or ".." in parts or any(p in ("", ".") for p in parts[:-1]):
         raise Refused("member %r escapes the release" % name)
-    if not (m.isreg() or m.isdir()):
+    if kind not in ("file", "dir"):
         raise Refused("member %r is not a regular file or folder" % name)
-    if name in ("manifest.json", "manifest.sig") or (m.isdir() and name in ("files", "files/")):
+    if name in ("manifest.json", "manifest.sig") or (kind == "dir" and name in ("files", "files/")):
         return None
     if parts[0] != "files" or len(parts) < 2 or not all(PART.match(p) for p in parts[1:] if p):
         raise Refused("unexpected member %r" % name)
     return "/".join(p for p in parts[1:] if p)
 
 
-def extract(tar, stage, meta):
+class Upload:
+    """Exactly `size` bytes of stdin, read straight into the caller's buffers (no copy per block)."""
+
+    def __init__(self, size):
+        self.raw, self.left, self.size = sys.stdin.buffer.raw, size, size
+
+    def fill(self, view):
+        n = len(view)
+        if n > self.left:
+            raise Refused("not a valid artifact tar: it runs past the %d bytes sent" % self.size)
+        got = 0
+        while got < n:
+            k = self.raw.readinto(view[got:])
+            if not k:
+                raise Refused("upload ended after %d of %d bytes" % (self.size - self.left + got, self.size))
+            got += k
+        self.left -= n
+
+    def read(self, n):
+        buf = bytearray(n)
+        self.fill(memoryview(buf))
+        return bytes(buf)
+
+
+# What a tar member's type byte may be here; anything else (links, devices, GNU or global headers) is refused.
+KINDS = {b"0": "file", b"\0": "file", b"5": "dir", b"x": "pax"}
+TYPE_NAMES = {b"1": "a hard link", b"2": "a symlink", b"3": "a device", b"4": "a device", b"6": "a FIFO"}
+
+
+def _octal(field, what):
+    text = field.rstrip(b"\0 ").lstrip(b" ")
+    if not text:
+        return 0
+    if not re.match(rb"[0-7]+\Z", text):
+        raise Refused("not a valid artifact tar: bad %s field" % what)
+    return int(text, 8)
+
+
+def _header(block):
+    """Return (name, kind, size) of a ustar header block, or None for the end-of-archive block."""
+    if not any(block):
+        return None
+    stored = _octal(block[148:156], "checksum")
+    if stored != sum(block[:148]) + 256 + sum(block[156:]):
+        raise Refused("not a valid artifact tar: header checksum mismatch")
+    name = block[:100].split(b"\0", 1)[0]
+    if block[257:263] == b"ustar\0" and block[345]:
+        name = block[345:500].split(b"\0", 1)[0] + b"/" + name
+    type_ = block[156:157]
+    try:
+        name = name.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Refused("not a valid artifact tar: a member name is not UTF-8")
+    if type_ not in KINDS:
+        raise Refused("member %r is %s, not a regular file or folder" % (name, TYPE_NAMES.get(type_, "of an unknown type")))
+    return name, KINDS[type_], _octal(block[124:136], "size")
+
+
+def _pax_path(data):
+    """The `path` of a pax extended header; any other key is refused."""
+    path = None
+    while data:
+        length = data.split(b" ", 1)[0]
+        if not length.isdigit() or int(length) < 5 or int(length) > len(data):
+            raise Refused("not a valid artifact tar: bad pax header")
+        record, data = data[:int(length)], data[int(length):]
+        key, _, value = record[len(length) + 1:-1].partition(b"=")
+        if key != b"path" or not record.endswith(b"\n"):
+            raise Refused("not a valid artifact tar: pax key %r" % key.decode("ascii", "replace"))
+        path = value.decode("utf-8", "strict")
+    return path
+
+
+def extract(up, stage, meta):
     """Stream members into `stage`, hashing as they are written; return {relpath: sha256}.
 
-    manifest.json and manifest.sig are kept in `meta` (they are small and come first).
+    manifest.json and manifest.sig are kept in `meta` (they are small and come first). One buffer
+    carries every block from the pipe to the hash and the file.
     """
-    seen, files = set(), {}
-    for m in tar:
-        rel = member_path(m, seen)
-        if rel is None:
-            if m.isreg():
-                meta[m.name] = tar.extractfile(m).read(1 << 20)
+    seen, files, long_name = set(), {}, None
+    buf = bytearray(1 << 20)
+    view, block = memoryview(buf), memoryview(buf)[:512]
+    while True:
+        up.fill(block)
+        head = _header(bytes(block))
+        if head is None:
+            break
+        name, kind, size = head
+        pad = (-size) % 512
+        if kind == "pax":
+            if size > 65536 or long_name is not None:
+                raise Refused("not a valid artifact tar: bad pax header")
+            try:
+                long_name = _pax_path(up.read(size + pad)[:size])
+            except UnicodeDecodeError:
+                raise Refused("not a valid artifact tar: a member name is not UTF-8")
+            continue
+        name, long_name = long_name if long_name is not None else name, None
+        rel = member_path(name, kind, seen)
+        if kind == "dir" or rel is None:
+            if kind == "file":
+                if size > 1 << 20:
+                    raise Refused("member %r is too big" % name)
+                meta[name] = up.read(size + pad)[:size]
+            elif size:
+                raise Refused("not a valid artifact tar: folder %r has a size" % name)
+            if rel is not None:
+                os.makedirs(os.path.join(stage, rel), mode=0o755, exist_ok=True)
             continue
         path = os.path.join(stage, rel)
-        if m.isdir():
-            os.makedirs(path, mode=0o755, exist_ok=True)
-            continue
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-        src, h = tar.extractfile(m), hashlib.sha256()
-        with open(path, "wb") as f:
-            for block in iter(lambda: src.read(1 << 20), b""):
-                h.update(block)
-                f.write(block)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(path, 0o644)
+        h, left = hashlib.sha256(), size
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.fchmod(fd, 0o644)
+            while left:
+                chunk = view[:min(left, len(buf))]
+                up.fill(chunk)
+                h.update(chunk)
+                done = 0
+                while done < len(chunk):
+                    done += os.write(fd, chunk[done:])
+                left -= len(chunk)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        up.fill(view[:pad])
         files[rel] = h.hexdigest()
+    if long_name is not None:
+        raise Refused("not a valid artifact tar: a pax header names no member")
+    while up.left:  # the rest is the archive's zero padding, nothing else
+        chunk = view[:min(up.left, len(buf))]
+        up.fill(chunk)
+        if any(chunk):
+            raise Refused("not a valid artifact tar: data after the end of the archive")
     return files
 
 
-def op_stage(root, digest):
-    """Receive the artifact tar on stdin into a fresh folder, check every file, then rename it into place."""
-    import shutil  # imported here: only stage and prune need them, and every op pays for startup
-    import tarfile
+def op_stage(root, digest, size, keep, *protect):
+    """Receive the artifact tar (`size` bytes) on stdin, check every file, rename it into place, prune.
 
+    Then answer, and wait on stdin: a switch request (one JSON line, see held_switch) makes this same
+    process switch and restart; end of input (or no request in time) leaves the node as it is.
+    """
+    import shutil  # imported here: only stage and prune need it, and every op pays for startup
+
+    if not re.match(r"[0-9]{1,12}\Z", size) or not re.match(r"[0-9]{1,4}\Z", keep):
+        raise Refused("bad size or keep argument")
     final = release_dir(root, digest)
     stage = os.path.join(root, "releases", ".stage-%s-%d" % (digest[:12], os.getpid()))
     try:
         os.makedirs(stage, mode=0o755)
         meta = {}
-        with tarfile.open(fileobj=sys.stdin.buffer, mode="r|", bufsize=1 << 20) as tar:
-            files = extract(tar, stage, meta)
+        files = extract(Upload(int(size)), stage, meta)
         got = digest_of(files)
         if got != digest:
             raise Refused("staged files hash to %s, expected %s" % (got, digest))
@@ -215,13 +327,14 @@ def op_stage(root, digest):
                 shutil.rmtree(final) if os.path.isdir(final) else os.unlink(final)
             os.rename(stage, final)
             fsync_dir(os.path.dirname(final))
-        out({"digest": got, "files": len(files), "reused": reused})
-    except tarfile.TarError as exc:
-        raise Refused("not a valid artifact tar: %s" % exc)
     except OSError as exc:
         raise Refused(("disk full: " if exc.errno == 28 else "") + "%s" % exc)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+    removed = prune(root, int(keep), (digest,) + protect)
+    out({"digest": got, "files": len(files), "reused": reused, "removed": removed})
+    sys.stdout.flush()
+    held_switch(root, digest)
 
 
 class Fault(Exception):
@@ -288,10 +401,9 @@ def supervised(sock_path, program, start):
         raise Refused("supervisor unreachable at %s: %s" % (sock_path, exc))
 
 
-def op_switch(root, digest, sock_path=None, program=None):
-    """Switch `current` (and restart through supervisord); a journal record on stdin is appended first."""
+def switch_to(root, digest, record):
+    """Point `current` at the release by rename (journaling `record` first); return the previous release."""
     target = release_dir(root, digest)
-    record = read_record()
     if not os.path.isdir(target):
         raise Refused("release %s is not on this node" % digest[:12])
     previous = current_name(root)
@@ -301,9 +413,66 @@ def op_switch(root, digest, sock_path=None, program=None):
     os.symlink(os.path.join("releases", digest), tmp)
     os.replace(tmp, os.path.join(root, "current"))  # rename(2): always one release or the other
     fsync_dir(root)
+    return previous
+
+
+def op_switch(root, digest, sock_path=None, program=None):
+    """Switch `current` (and restart through supervisord); a journal record on stdin is appended first."""
+    previous = switch_to(root, digest, read_record())
     if program:
         supervised(sock_path, program, start=True)
     out({"previous": previous, "current": digest, "restarted": bool(program)})
+
+
+HOLD_SECONDS = 600  # a controller that neither switches nor ends a held stage by then is gone
+
+
+def held_switch(root, digest):
+    """After a stage, wait for the controller's word on stdin.
+
+    One JSON line {"record": {...}, "supervisor": [socket, program]} (or "restart": [argv]) switches
+    to the staged release and restarts the service, answering like `switch`. End of input, or
+    nothing within HOLD_SECONDS, changes nothing: a controller that dies cannot half-switch a node.
+    """
+    import signal
+
+    signal.alarm(HOLD_SECONDS)  # SIGALRM's default action ends the process
+    line = sys.stdin.buffer.readline(1 << 20)
+    signal.alarm(0)
+    if not line.strip():
+        return
+    try:
+        doc = json.loads(line)
+    except (ValueError, RecursionError):
+        raise Refused("switch request is not JSON")
+    if not isinstance(doc, dict) or not set(doc) <= {"record", "supervisor", "restart"}:
+        raise Refused("switch request has unknown fields")
+    record, sup, restart = doc.get("record"), doc.get("supervisor"), doc.get("restart")
+    if record is not None and not isinstance(record, dict):
+        raise Refused("journal record is not an object")
+    for argv, n in ((sup, 2), (restart, 0)):
+        if argv is not None and not (isinstance(argv, list) and all(isinstance(a, str) and a for a in argv)
+                                     and argv and (n == 0 or len(argv) == n)):
+            raise Refused("switch request: bad supervisor or restart field")
+    previous = switch_to(root, digest, record)
+    if sup:
+        supervised(sup[0], sup[1], start=True)
+    elif restart:
+        run_restart(restart)
+    out({"previous": previous, "current": digest, "restarted": bool(sup or restart)})
+
+
+def run_restart(argv):
+    import subprocess
+
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              timeout=HOLD_SECONDS)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise Refused("restart %s: %s" % (argv[0], exc))
+    if proc.returncode != 0:
+        lines = proc.stdout.decode("utf-8", "replace").strip().splitlines()
+        raise Refused("restart %s exited %d: %s" % (argv[0], proc.returncode, lines[-1] if lines else "no output"))
 
 
 def op_stop(root, sock_path, program):
@@ -311,7 +480,8 @@ def op_stop(root, sock_path, program):
     out({"stopped": program})
 
 
-def op_prune(root, keep, *protect):
+def prune(root, keep, protect):
+    """Remove releases beyond the `keep` newest, never `protect`ed ones or current; return the removed."""
     import shutil
 
     rel = os.path.join(root, "releases")
@@ -322,7 +492,7 @@ def op_prune(root, keep, *protect):
     for n in names:
         if n in keep_set:
             continue
-        if len(keep_set & set(names)) < int(keep):
+        if len(keep_set & set(names)) < keep:
             keep_set.add(n)
             continue
         shutil.rmtree(os.path.join(rel, n), ignore_errors=True)  # pruning never fails a deploy
@@ -330,7 +500,11 @@ def op_prune(root, keep, *protect):
     for n in os.listdir(rel):
         if n.startswith(".stage-"):
             shutil.rmtree(os.path.join(rel, n), ignore_errors=True)
-    out({"removed": removed})
+    return removed
+
+
+def op_prune(root, keep, *protect):
+    out({"removed": prune(root, int(keep), protect)})
 
 
 def read_record():

@@ -110,12 +110,26 @@ def _switch_and_restart(run: _Run, targets: dict[str, str | None], phase: str = 
         return Call(commands.render(commands.activate(ctx.root, targets[node], ctx.playbook.service)), record,
                     timeout=timeout)
 
+    return _outcomes(run.fleet.run_all(call, list(targets)), _switched_to(targets))
+
+
+def switch_held(run: _Run, digest: str) -> dict[str, sm.Outcome]:
+    """Switch and restart every node through the stage command still held open on it (no new exec);
+    each node journals the switch itself, with its previous release."""
+    ctx = run.ctx
+    lines = {n: commands.switch_request(entry(run.action, run=run.id, phase="switch", digest=digest, node=n),
+                                        ctx.playbook.service) for n in run.names}
+    results = run.fleet.release(lines, ctx.playbook.timeouts.command)
+    return _outcomes(results, _switched_to({n: digest for n in run.names}))
+
+
+def _switched_to(targets: dict[str, str | None]):
     def check(node: str, stdout: bytes) -> None:
         # A stop (no release to go back to) prints no switch answer; a switch must name its target.
         if targets[node] is not None and commands.parse_switch(stdout)[1] != targets[node]:
             raise DeployctlError(f"node switched to something other than {targets[node][:12]}")
 
-    return _outcomes(run.fleet.run_all(call, list(targets)), check)
+    return check
 
 
 def _health(run: _Run, targets: dict[str, str | None]) -> dict[str, sm.Outcome]:

@@ -97,7 +97,8 @@ def test_verify_catches_new_files_while_the_process_runs_the_old_release(ctx, ba
     v2 = make_release("2.1.0")
     node6 = [n for n in ctx.nodes if n.name == "node6"]
     with ctx.ssh(node6) as f:
-        staged = f.run_all(lambda n: Call(commands.render(commands.stage(ctx.root, v2.digest)), v2.payload()))
+        staged = f.run_all(lambda n: Call(commands.render(
+            commands.stage(ctx.root, v2.digest, len(v2.payload()), 3)), v2.payload()))
         switched = f.run_all(lambda n: Call(commands.render(commands.switch(ctx.root, v2.digest))))  # no restart
     assert staged["node6"].ok and switched["node6"].ok
     report = api.verify(ctx, v2.digest)

@@ -152,7 +152,8 @@ def test_the_observer_catches_two_open_gates_on_different_releases(ctx, base_rel
     v2 = make_release("0.9.0")
     node1 = [node(ctx, "node1")]
     with ctx.ssh(node1) as f:  # what a rogue operator would do: one node switched behind deployctl's back
-        staged = f.run_all(lambda n: Call(commands.render(commands.stage(ctx.root, v2.digest)), v2.payload()))
+        staged = f.run_all(lambda n: Call(commands.render(
+            commands.stage(ctx.root, v2.digest, len(v2.payload()), 3)), v2.payload()))
         switched = f.run_all(lambda n: Call(commands.render(
             commands.activate(ctx.root, v2.digest, ctx.playbook.service))))
     assert staged["node1"].ok and switched["node1"].ok, (staged, switched)
@@ -410,6 +411,22 @@ def test_a_staged_file_corrupted_before_the_switch_is_caught_and_the_fleet_goes_
     deploy.rollout(ctx, v2.path)  # the rerun replaces the tampered copy and succeeds
     assert fleet_view(ctx) == {n.name: (v2.digest, v2.digest, "open", False) for n in ctx.nodes}
     assert release_files(ctx, "node2", v2.digest) == v2.files
+
+
+def test_stages_held_on_every_node_then_dropped_switch_nothing_and_leave_no_agent(
+        ctx, base_release, make_release, node_exec):
+    """The stage command waits on each node for the switch request on the same channel. A controller
+    that closes its channels instead must leave every node on its release, with no agent left waiting."""
+    v2 = make_release("6.1.0")
+    agents = "pgrep -f '^python3 -I -S -c' | wc -l"
+    cmd = commands.render(commands.stage(ctx.root, v2.digest, len(v2.payload()), 3))
+    with ctx.ssh() as f:
+        held = f.hold({n.name: Call(cmd, v2.payload()) for n in ctx.nodes})
+        assert all(r.ok and commands.parse_stage(r.stdout) == v2.digest for r in held.values()), held
+        assert node_exec("node3", agents) == (0, "1\n")  # staged, answered, waiting
+    assert wait(lambda: all(node_exec(n.name, agents) == (0, "0\n") for n in ctx.nodes), 10)
+    assert fleet_view(ctx) == {n.name: on_base(base_release, "open") for n in ctx.nodes}
+    assert release_files(ctx, "node3", v2.digest) == v2.files  # staged and kept, never switched to
 
 
 # ---- 10, 11: the controller killed with SIGKILL in each phase --------------------------------------

@@ -45,7 +45,8 @@ def test_a_node_refuses_an_artifact_signed_by_another_key(ctx, base_release, mak
     before = releases_on(ctx, "node3")
     node3 = [n for n in ctx.nodes if n.name == "node3"]
     with ctx.ssh(node3) as f:
-        res = f.run_all(lambda n: Call(commands.render(commands.stage(ctx.root, forged.digest)), forged.payload()))
+        res = f.run_all(lambda n: Call(commands.render(
+            commands.stage(ctx.root, forged.digest, len(forged.payload()), 3)), forged.payload()))
     assert res["node3"].exit_code == 1
     assert commands.agent_error(res["node3"].stderr) == "manifest signature does not verify with the pinned key"
     assert releases_on(ctx, "node3") == before and forged.digest not in before

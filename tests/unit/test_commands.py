@@ -39,7 +39,7 @@ def agent_tail(argv: list[str]) -> list[str]:
 
 
 BUILDERS = [
-    ("stage", lambda: commands.stage(ROOT, D1), ["stage", ROOT, D1]),
+    ("stage", lambda: commands.stage(ROOT, D1, 10, 3, [D2]), ["stage", ROOT, D1, "10", "3", D2]),
     ("switch", lambda: commands.switch(ROOT, D1), ["switch", ROOT, D1]),
     ("switch-supervised", lambda: commands.switch(ROOT, D1, ("/run/s.sock", "router")),
      ["switch", ROOT, D1, "/run/s.sock", "router"]),
@@ -52,7 +52,7 @@ BUILDERS = [
     ("prune-no-protect", lambda: commands.prune(ROOT, 2, []), ["prune", ROOT, "2"]),
     ("journal", lambda: commands.journal_append(ROOT), ["journal", ROOT]),
     ("halt", lambda: commands.halt(ROOT), ["halt", ROOT]),
-    ("root-with-space", lambda: commands.stage("/srv/my router", D1), ["stage", "/srv/my router", D1]),
+    ("root-with-space", lambda: commands.stage("/srv/my router", D1, 0, 2), ["stage", "/srv/my router", D1, "0", "2"]),
 ]
 
 
@@ -117,7 +117,7 @@ def test_render_chain_joins_with_and():
 
 
 def test_render_agent_command_round_trips():
-    argv = commands.stage("/opt/my router", D1)
+    argv = commands.stage("/opt/my router", D1, 5, 3)
     assert shlex.split(commands.render(argv)) == argv
     chain = commands.activate(ROOT, D1, PLAIN)
     words = shlex.split(commands.render(chain))

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from deployctl import commands
 from deployctl.artifact import digest_of
+from deployctl.config import Service
 
 FILES = {
     "router.py": b"print('router')\n",
@@ -135,8 +136,12 @@ def expected_tree(files: dict[str, bytes]) -> dict:
     return out
 
 
-def stage(root: Path, data: bytes = None, want: str = DIGEST) -> subprocess.CompletedProcess:
-    return run(commands.stage(str(root), want), make_tar() if data is None else data)
+def stage(root: Path, data: bytes = None, want: str = DIGEST, size: int | None = None, keep: int = 3,
+          then: bytes = b"") -> subprocess.CompletedProcess:
+    """Stage `data` (the files' tar by default) as the controller does: its exact size on the command line,
+    then `then` on stdin after the tar (a switch request, or nothing)."""
+    data = make_tar() if data is None else data
+    return run(commands.stage(str(root), want, len(data) if size is None else size, keep), data + then)
 
 
 # --- probe ------------------------------------------------------------------------------------------------------
@@ -180,7 +185,7 @@ def test_probe_root_with_shell_metacharacters_is_only_data(tmp_path):
 
 def test_stage_then_reuse(root):
     doc = answer(stage(root))
-    assert doc == {"digest": DIGEST, "files": len(FILES), "reused": False}
+    assert doc == {"digest": DIGEST, "files": len(FILES), "reused": False, "removed": []}
     assert commands.parse_stage(stage(root).stdout) == DIGEST  # second stage: same answer shape
     release = root / "releases" / DIGEST
     assert tree(release) == expected_tree(FILES)
@@ -188,7 +193,7 @@ def test_stage_then_reuse(root):
     assert all((release / rel).stat().st_mode & 0o777 == 0o644 for rel in FILES)
     assert sorted(os.listdir(root / "releases")) == [DIGEST]
     again = answer(stage(root))
-    assert again == {"digest": DIGEST, "files": len(FILES), "reused": True}
+    assert again == {"digest": DIGEST, "files": len(FILES), "reused": True, "removed": []}
     assert sorted(os.listdir(root / "releases")) == [DIGEST]
 
 
@@ -218,8 +223,8 @@ def test_stage_a_real_built_artifact(root, tmp_path):
     private, public = generate_signing_key(tmp_path / "keys")
     (root / "state" / "signing.pub").write_text(public.read_text())
     art = build(src, tmp_path / "dist", "router", private)
-    doc = answer(run(commands.stage(str(root), art.digest), art.payload()))
-    assert doc == {"digest": art.digest, "files": len(art.files), "reused": False}
+    doc = answer(run(commands.stage(str(root), art.digest, len(art.payload()), 3), art.payload()))
+    assert doc == {"digest": art.digest, "files": len(art.files), "reused": False, "removed": []}
     release = root / "releases" / art.digest
     assert {rel: sha(data) for rel, data in tree(release).items() if data != "dir"} == art.files
 
@@ -278,16 +283,96 @@ def _refusal_cases():
         ("garbage-block", bytes(range(256)) * 8, DIGEST),
         ("gzip", b"\x1f\x8b\x08\x00" + b"\x00" * 600, DIGEST),
         ("truncated", good[:700], DIGEST),
+        ("junk-after-the-end", good + b"\0" * 512 + b"junk" + b"\0" * 508, DIGEST),
+        ("gnu-long-name", _gnu_long_name(), DIGEST),
+        ("pax-other-key", make_tar(extra=[member("files/" + "x" * 120, b"x")]).replace(b" path=", b" pith="), DIGEST),
+        ("bad-size-field", good[:124] + b"9" * 12 + good[136:], DIGEST),
     ]
+
+
+def _gnu_long_name() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo("files/" + "y" * 120)
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"y"))
+    return buf.getvalue()
 
 
 @pytest.mark.parametrize("name, data, want", _refusal_cases(), ids=[c[0] for c in _refusal_cases()])
 def test_stage_refuses(root, name, data, want):
-    proc = run(commands.stage(str(root), want), data)
+    proc = stage(root, data, want)
     refusal(proc)
     assert os.listdir(root / "releases") == []  # no release folder, no .stage-* left behind
     assert not (root.parent / "evil").exists() and not (root / "evil").exists()
     assert not Path("/tmp/deployctl-test-evil").exists()
+
+
+@pytest.mark.parametrize("sent, announced, words", [(-1, 0, "ended after"), (0, +512, "ended after"),
+                                                    (0, 1024 - len(make_tar()), "runs past")],
+                         ids=["one-byte-short", "size-claims-more", "size-claims-less"])
+def test_stage_refuses_an_upload_of_another_size_than_announced(root, sent, announced, words):
+    data = make_tar()
+    proc = stage(root, data[:len(data) + sent], size=len(data) + announced)
+    assert words in refusal(proc)
+    assert os.listdir(root / "releases") == []
+
+
+def test_stage_takes_a_long_name_through_its_pax_header(root):
+    files = {**FILES, "lib/" + "n" * 150 + ".py": b"long\n"}
+    answer(stage(root, make_tar(files), digest(files)))
+    assert (root / "releases" / digest(files) / "lib" / ("n" * 150 + ".py")).read_bytes() == b"long\n"
+
+
+def test_stage_prunes_in_the_same_command(root):
+    for i, name in enumerate(R[:4]):
+        os.utime(_release(root, name), (1_000_000 + i, 1_000_000 + i))
+    doc = answer(run(commands.stage(str(root), DIGEST, len(make_tar()), 2, [R[0]]), make_tar()))
+    assert sorted(doc["removed"]) == sorted(R[1:4])  # keep 2: the new release and the protected one
+    assert _left(root) == sorted([DIGEST, R[0]])
+
+
+# --- a held stage: the switch request after the tar ------------------------------------------------------------
+
+def _lines(proc: subprocess.CompletedProcess) -> list[dict]:
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.decode().splitlines()]
+
+
+def test_held_stage_switches_on_request_and_journals_it(root):
+    record = {"action": "rollout", "phase": "switch", "node": "n1"}
+    request = commands.switch_request(record, Service(None, None, "/health", None))
+    staged, switched = _lines(stage(root, then=request))
+    assert staged["digest"] == DIGEST
+    assert switched == {"previous": None, "current": DIGEST, "restarted": False}
+    assert os.readlink(root / "current") == f"releases/{DIGEST}"
+    journal = [json.loads(x) for x in (root / "state" / "journal.jsonl").read_text().splitlines()]
+    assert journal == [dict(record, previous=None)]
+
+
+def test_held_stage_runs_the_restart_argv(root):
+    marker = root.parent / "restarted"
+    svc = Service(("sh", "-c", f"echo yes > {marker}"), ("true",), "/health", None)
+    staged, switched = _lines(stage(root, then=commands.switch_request(None, svc)))
+    assert switched["restarted"] is True and marker.read_text() == "yes\n"
+    svc = Service(("sh", "-c", "echo broken >&2; exit 3"), ("true",), "/health", None)
+    error = json.loads(stage(root, then=commands.switch_request(None, svc)).stderr)["error"]
+    assert "exited 3: broken" in error
+
+
+def test_held_stage_without_a_request_changes_nothing(root):
+    (_lines(stage(root, then=b"")),)
+    assert not (root / "current").exists()
+    assert not (root / "state" / "journal.jsonl").exists()
+
+
+@pytest.mark.parametrize("request_line", [b"switch\n", b"[1]\n", b'{"record": 5}\n', b'{"bogus": 1}\n',
+                                          b'{"supervisor": ["/x"]}\n', b'{"restart": []}\n'])
+def test_held_stage_refuses_a_bad_request_and_does_not_switch(root, request_line):
+    proc = stage(root, then=request_line)
+    assert proc.returncode == 1 and json.loads(proc.stderr)["error"]
+    assert json.loads(proc.stdout.decode().splitlines()[0])["digest"] == DIGEST  # staged and answered first
+    assert not (root / "current").exists()
 
 
 def test_stage_wrong_digest_names_both(root):
