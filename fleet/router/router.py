@@ -774,4 +774,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    # Every write the router makes (halt flag, journal) is fsynced as it is made: skip the
+    # interpreter's teardown (request threads, freeing modules) so a restart frees the CPU sooner.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
