@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from deployctl import api
 from deployctl.errors import DeployctlError, ExitCode, UsageError
@@ -29,8 +27,30 @@ app.add_typer(fleet_app, name="fleet")
 
 # Not a terminal (CI logs, pipes): wide enough that digests and addresses are not cut.
 _WIDTH = None if sys.stdout.isatty() else 160
-out = Console(highlight=False, soft_wrap=True, width=_WIDTH)
-err = Console(stderr=True, highlight=False, soft_wrap=True, width=_WIDTH)
+
+
+class _Console:
+    """A rich Console made on first use: `--json` and `-q` runs never import rich (about 20 ms)."""
+
+    def __init__(self, **options) -> None:
+        self._options, self._console = options, None
+
+    def __getattr__(self, name: str):
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(highlight=False, soft_wrap=True, width=_WIDTH, **self._options)
+        return getattr(self._console, name)
+
+
+def Table(*columns, **options):  # noqa: N802 - stands in for rich's Table, imported on first use
+    from rich.table import Table as RichTable
+
+    return RichTable(*columns, **options)
+
+
+out = _Console()
+err = _Console(stderr=True)
 _opts: dict = {}
 
 JSON = typer.Option(False, "--json", help="Print one JSON document on stdout instead of tables.")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -140,8 +141,7 @@ class SSHFleet:
         return conn
 
     def _open(self, t: Target):
-        import paramiko
-
+        paramiko = _paramiko()
         client = paramiko.SSHClient()
         # Pinned keys only: RejectPolicy for unknown hosts (Fabric's Connection would install
         # AutoAddPolicy here), and no system known_hosts, only ours.
@@ -263,10 +263,32 @@ class _ConnectFailed(Exception):
         self.reason, self.host_key = reason, host_key
 
 
+_import_lock = threading.Lock()
+
+
+def _paramiko():
+    """Import paramiko (once, under a lock: the first connections are opened from eight threads)
+    without invoke. paramiko.config imports invoke only to run `Match exec` lines of ssh_config
+    files, which deployctl never reads; invoke pulls in asyncio and unittest.mock, 50 ms of every
+    command here. invoke stays importable: only paramiko's own reference to it is left unset."""
+    with _import_lock:
+        module = sys.modules.get("paramiko")
+        if module is None:
+            blocked = "invoke" not in sys.modules
+            if blocked:
+                sys.modules["invoke"] = None  # makes `import invoke` raise ImportError, which paramiko allows
+            try:
+                import paramiko as module
+            finally:
+                if blocked and "invoke" in sys.modules and sys.modules["invoke"] is None:
+                    del sys.modules["invoke"]
+        return module
+
+
 def _gcm_first_transport():
     """A paramiko Transport that prefers AES-GCM: no separate MAC pass, about 40% less controller CPU
     per uploaded byte than paramiko's default aes128-ctr + hmac-sha2-256 (measured here)."""
-    import paramiko
+    paramiko = _paramiko()
 
     class GcmFirst(paramiko.Transport):
         _preferred_ciphers = tuple(sorted(paramiko.Transport._preferred_ciphers, key=lambda c: "gcm" not in c))
