@@ -14,7 +14,6 @@ import sys
 # bytecode, even when started without -B.
 sys.dont_write_bytecode = True
 
-import argparse  # noqa: E402
 import hashlib  # noqa: E402
 import hmac  # noqa: E402
 import json  # noqa: E402
@@ -25,8 +24,6 @@ import socketserver  # noqa: E402
 import stat  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
-from urllib.parse import urlsplit  # noqa: E402
 
 CONFIG_NAME = "router.json"
 CONFIG_TYPES = {"service": str, "version": str, "max_child_qty": int, "max_order_qty": int, "flags": dict}
@@ -533,10 +530,29 @@ class Router:
 
 # ---------------------------------------------------------------- HTTP
 
-class Handler(BaseHTTPRequestHandler):
+# http.server is not used: importing it (email, http.client, ssl) doubled the router's start-up
+# CPU, and every node restarts at once on a deploy. HTTP/1.x here is small and strict: one
+# request per connection, Content-Length bodies only, limits on every line.
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
+           409: "Conflict", 414: "URI Too Long", 431: "Request Header Fields Too Large",
+           500: "Internal Server Error", 503: "Service Unavailable", 505: "HTTP Version Not Supported"}
+MAX_LINE = 8192
+MAX_HEADERS = 64
+METHOD_RE = re.compile(r"[A-Z]{1,16}")
+HEADER_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
+SINGLE_HEADERS = ("content-length", "transfer-encoding", TOKEN_HEADER.lower())
+
+
+class Headers(dict):
+    """Request header fields by lower-case name."""
+
+    def get(self, name, default=None):
+        return dict.get(self, name.lower(), default)
+
+
+class Handler(socketserver.StreamRequestHandler):
     """JSON over HTTP for one Router (self.server.router)."""
 
-    server_version = "order-router"
     timeout = 10  # a stalled client must not hold a thread forever
     ROUTES = {
         "/health": {"GET": "_get_health"},
@@ -546,52 +562,63 @@ class Handler(BaseHTTPRequestHandler):
         "/control/resume": {"POST": "_post_resume"},
     }
 
-    def do_GET(self):  # noqa: N802 (names fixed by BaseHTTPRequestHandler)
-        self._dispatch("GET")
+    def handle(self):
+        """Read one request and answer it; the connection closes after every answer."""
+        self.command = None
+        try:
+            if self._read_request():
+                self._dispatch(self.command)
+        except HttpError as error:  # the request itself is malformed: answer and close
+            log(f"http {self.client_address[0]}: {error.status} {error.message}")
+            self._send_json(error.status, error.body(), with_body=self.command != "HEAD")
+        except TimeoutError:
+            log(f"http {self.client_address[0]}: request timed out")
+        except (ConnectionError, OSError):
+            pass  # the client went away: nobody to answer
 
-    def do_POST(self):  # noqa: N802
-        self._dispatch("POST")
+    def _line(self, status, what):
+        line = self.rfile.readline(MAX_LINE + 1)
+        if len(line) > MAX_LINE:
+            raise HttpError(status, f"{what} longer than {MAX_LINE} bytes")
+        if line and not line.endswith(b"\n"):
+            raise HttpError(400, f"{what} cut short")
+        return line.decode("latin-1").rstrip("\r\n")
 
-    def do_PUT(self):  # noqa: N802
-        self._dispatch("PUT")
-
-    def do_DELETE(self):  # noqa: N802
-        self._dispatch("DELETE")
-
-    def do_PATCH(self):  # noqa: N802
-        self._dispatch("PATCH")
-
-    def do_HEAD(self):  # noqa: N802
-        self._dispatch("HEAD")
-
-    def do_OPTIONS(self):  # noqa: N802
-        self._dispatch("OPTIONS")
-
-    def log_request(self, code="-", size="-"):
-        """Keep the access log quiet: errors and control actions are logged where they happen."""
-
-    def log_message(self, format, *args):  # noqa: A002 (signature fixed by the base class)
-        """Log protocol-level messages (bad request lines, timeouts) as one concise line."""
-        log(f"http {self.client_address[0]}: {format % args}")
-
-    def send_error(self, code, message=None, explain=None):
-        """Answer protocol-level errors with JSON too."""
-        self.log_error("code %d, message %s", code, message)
-        self.close_connection = True
-        error = message or self.responses.get(code, ("error",))[0]
-        self._send_json(code, {"error": error}, with_body=self.command != "HEAD")
+    def _read_request(self):
+        """Parse the request line and header fields into command, path, headers; False on a silent close."""
+        text = self._line(414, "request line")
+        if not text:
+            return False
+        parts = text.split(" ")
+        if len(parts) != 3 or not METHOD_RE.fullmatch(parts[0]) or not parts[1].startswith("/"):
+            raise HttpError(400, f"bad request line {text[:60]!r}")
+        if parts[2] not in ("HTTP/1.0", "HTTP/1.1"):
+            raise HttpError(505 if parts[2].startswith("HTTP/") else 400, f"unsupported version {parts[2][:20]!r}")
+        self.command, self.path, self.request_version = parts
+        self.headers = Headers()
+        for _ in range(MAX_HEADERS + 1):
+            line = self._line(431, "header field")
+            if not line:
+                return True
+            name, colon, value = line.partition(":")
+            if not colon or not HEADER_NAME_RE.fullmatch(name):
+                raise HttpError(400, f"bad header field {line[:60]!r}")
+            key = name.lower()
+            if key in self.headers and key in SINGLE_HEADERS:
+                raise HttpError(400, f"header {name} given twice")
+            self.headers.setdefault(key, value.strip(" \t"))
+        raise HttpError(431, f"more than {MAX_HEADERS} header fields")
 
     def _dispatch(self, method):
         """Route the request to its method and send the JSON answer; never lets an exception escape."""
-        router, path = self.server.router, urlsplit(self.path).path[:200]
+        router, path = self.server.router, request_path(self.path)[:200]
         headers = {}
         try:
             status, body = 200, self._route(method, path)
         except HttpError as error:
             status, body, headers = error.status, error.body(), error.headers
         except (TimeoutError, ConnectionError):
-            self.close_connection = True  # the client went away mid-request: nobody to answer
-            return
+            return  # the client went away mid-request: nobody to answer
         except Exception as error:  # the server keeps running whatever a handler does
             router.count("errors")
             log(f"internal error on {method} {path}: {error!r}")
@@ -610,17 +637,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send_json(self, status, body, headers=None, with_body=True):
         data = (json.dumps(body, allow_nan=False) + "\n").encode("utf-8")
+        head = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}", "Server: order-router",
+                "Content-Type: application/json", f"Content-Length: {len(data)}", "Connection: close"]
+        head += [f"{name}: {value}" for name, value in (headers or {}).items()]
         try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            if with_body:
-                self.wfile.write(data)
+            self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (data if with_body else b""))
         except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
+            pass
 
     def _read_body(self):
         """Read the body; return (bytes, None) or (None, reason it is unacceptable).
@@ -629,11 +652,9 @@ class Handler(BaseHTTPRequestHandler):
         data resets it, and the client would lose the 400.
         """
         if self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
             return None, "body: send Content-Length; chunked bodies are not accepted"
         text = (self.headers.get("Content-Length") or "0").strip()
         if not re.fullmatch(r"[0-9]{1,15}", text):
-            self.close_connection = True
             return None, "body: bad Content-Length"
         length = int(text)
         if length <= MAX_BODY:
@@ -644,7 +665,6 @@ class Handler(BaseHTTPRequestHandler):
             if not chunk:
                 break
             left -= len(chunk)
-        self.close_connection = True
         return None, f"body: larger than {MAX_BODY} bytes"
 
     def _json_body(self, raw, reason):
@@ -675,7 +695,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _control(self, action):
         """Check the token, then run action(raw, reason) and log the outcome; 401 without a good token."""
-        router, path, client = self.server.router, urlsplit(self.path).path, self.client_address[0]
+        router, path, client = self.server.router, request_path(self.path), self.client_address[0]
         raw, reason = self._read_body()
         refusal = router.check_token(self.headers.get(TOKEN_HEADER))
         if refusal:
@@ -700,32 +720,63 @@ class Handler(BaseHTTPRequestHandler):
         return self._control(lambda raw, reason: self.server.router.resume())
 
 
-class RouterServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer that skips the reverse DNS lookup in bind and queues more connections."""
+def request_path(target):
+    """The path of a request target: without its query or fragment."""
+    return target.split("?", 1)[0].split("#", 1)[0]
 
+
+class RouterServer(socketserver.ThreadingTCPServer):
+    """One thread per connection; more connections queued than the default 5; quick rebinding."""
+
+    allow_reuse_address = True
     daemon_threads = True
     request_queue_size = 64
-
-    def server_bind(self):
-        # HTTPServer.server_bind calls socket.getfqdn, a DNS lookup that can stall a
-        # container's start for seconds; the name is never used here.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
 
 
 # ---------------------------------------------------------------- main
 
+USAGE = "usage: router [--state-dir DIR] [--port PORT] [--host ADDRESS] [--check]"
+
+
+class Options:
+    """The command line: --state-dir (required unless --check), --port, --host, --check."""
+
+    def __init__(self):
+        self.state_dir, self.port, self.host, self.check = None, 8080, "0.0.0.0", False
+
+
+def usage_error(message):
+    """Print the usage and one error line, exit 2 (as argparse would; argparse costs start-up time)."""
+    sys.stderr.write(f"{USAGE}\nrouter: error: {message}\n")
+    sys.exit(2)
+
+
 def parse_args(argv):
-    """Return the parsed command line; argparse exits 2 on bad usage."""
-    parser = argparse.ArgumentParser(prog="router", description="order-router service")
-    parser.add_argument("--state-dir", help="holds token and halted (required unless --check)")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--check", action="store_true", help="validate config, print digest and version, exit")
-    args = parser.parse_args(argv)
-    if not args.check and not args.state_dir:
-        parser.error("--state-dir is required unless --check is given")
-    return args
+    """Return the parsed command line; a usage error exits 2."""
+    args, opts = list(sys.argv[1:] if argv is None else argv), Options()
+    while args:
+        arg = args.pop(0)
+        name, equals, value = arg.partition("=")
+        if arg in ("-h", "--help"):
+            sys.stdout.write(USAGE + "\n")
+            sys.exit(0)
+        if arg == "--check":
+            opts.check = True
+        elif name in ("--state-dir", "--port", "--host"):
+            if not equals:
+                if not args:
+                    usage_error(f"argument {name}: expected one argument")
+                value = args.pop(0)
+            if name == "--port":
+                if not re.fullmatch(r"[0-9]{1,5}", value) or int(value) > 65535:
+                    usage_error(f"argument --port: invalid port {value!r}")
+                value = int(value)
+            setattr(opts, name[2:].replace("-", "_"), value)
+        else:
+            usage_error(f"unrecognized arguments: {arg}")
+    if not opts.check and not opts.state_dir:
+        usage_error("--state-dir is required unless --check is given")
+    return opts
 
 
 def serve(args, router):

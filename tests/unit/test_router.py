@@ -2,7 +2,6 @@
 
 import copy
 import hashlib
-import http.client
 import importlib.util
 import io
 import json
@@ -472,21 +471,59 @@ def test_release_digest_of_the_shipped_folder_matches_sha256sum():
 
 # ---------------------------------------------------------------- HTTP handler, without a socket
 
-def _handle(service, method, path, body=b"", headers=()):
-    """Run one request through router.Handler on in-memory streams; return (status, headers, JSON body)."""
+def _raw(service, request: bytes):
+    """Run raw request bytes through router.Handler on in-memory streams; return the raw answer."""
     handler = router.Handler.__new__(router.Handler)
     handler.server = SimpleNamespace(router=service)
     handler.client_address = ("10.0.0.9", 40000)
-    handler.command, handler.path, handler.request_version = method, path, "HTTP/1.0"
-    handler.requestline = f"{method} {path} HTTP/1.0"
-    head = "".join(f"{name}: {value}\r\n" for name, value in [("Content-Length", len(body)), *headers])
-    handler.headers = http.client.parse_headers(io.BytesIO(head.encode("latin-1") + b"\r\n"))
-    handler.rfile, handler.wfile = io.BytesIO(body), io.BytesIO()
-    getattr(handler, f"do_{method}")()
-    head, _, payload = handler.wfile.getvalue().partition(b"\r\n\r\n")
+    handler.rfile, handler.wfile = io.BytesIO(request), io.BytesIO()
+    handler.handle()
+    return handler.wfile.getvalue()
+
+
+def _parse(answer: bytes):
+    head, _, payload = answer.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     fields = dict(line.split(": ", 1) for line in lines[1:])
-    return int(lines[0].split()[1]), fields, json.loads(payload)
+    assert int(fields["Content-Length"]) == len(payload) or payload == b""
+    return int(lines[0].split()[1]), fields, json.loads(payload) if payload else None
+
+
+def _handle(service, method, path, body=b"", headers=()):
+    """Send one request through router.Handler; return (status, headers, JSON body)."""
+    head = f"{method} {path} HTTP/1.0\r\n" + "".join(
+        f"{name}: {value}\r\n" for name, value in [("Content-Length", len(body)), *headers]) + "\r\n"
+    return _parse(_raw(service, head.encode("latin-1") + body))
+
+
+@pytest.mark.parametrize("request_bytes, status, words", [
+    (b"GET /health\r\n\r\n", 400, "bad request line"),
+    (b"get /health HTTP/1.1\r\n\r\n", 400, "bad request line"),
+    (b"GET health HTTP/1.1\r\n\r\n", 400, "bad request line"),
+    (b"GET /health HTTP/2.0\r\n\r\n", 505, "unsupported version"),
+    (b"GET /health SPDY/3\r\n\r\n", 400, "unsupported version"),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414, "request line longer than"),
+    (b"GET /health HTTP/1.1\r\nX: " + b"b" * 9000 + b"\r\n\r\n", 431, "header field longer than"),
+    (b"GET /health HTTP/1.1\r\n" + b"X: y\r\n" * 65 + b"\r\n", 431, "more than 64 header fields"),
+    (b"GET /health HTTP/1.1\r\nno colon here\r\n\r\n", 400, "bad header field"),
+    (b"GET /health HTTP/1.1\r\n folded: x\r\n\r\n", 400, "bad header field"),
+    (b"POST /orders HTTP/1.1\r\nContent-Length: 2\r\ncontent-length: 20\r\n\r\n{}", 400, "given twice"),
+    (b"GET /health HTTP/1.1\r\nHost: x", 400, "cut short"),
+], ids=["no-version", "lowercase-method", "relative-path", "http2", "not-http", "long-line", "long-header",
+        "many-headers", "no-colon", "obs-fold", "two-content-lengths", "cut-short"])
+def test_handler_refuses_malformed_requests_with_json(tmp_path, capsys, request_bytes, status, words):
+    status_got, fields, body = _parse(_raw(_router(tmp_path), request_bytes))
+    assert (status_got, fields["Content-Type"], fields["Connection"]) == (status, "application/json", "close")
+    assert words in body["error"]
+    assert words in capsys.readouterr().err
+
+
+def test_handler_ignores_the_query_and_answers_head_without_a_body(tmp_path):
+    service = _router(tmp_path)
+    assert _handle(service, "GET", "/health?verbose=1#x")[0] == 200
+    status, fields, body = _parse(_raw(service, b"HEAD /health HTTP/1.1\r\n\r\n"))
+    assert (status, body) == (405, None) and fields["Allow"] == "GET"
+    assert _raw(service, b"") == b""  # a connection closed without a request gets no answer
 
 
 class _BrokenRouter:
@@ -540,3 +577,27 @@ def test_handler_order_flow(tmp_path):
     assert _handle(service, "POST", "/orders", b"{" + b" " * 70000 + b"}")[::2] == (
         400, {"error": "body: larger than 65536 bytes"})
     assert service.health()["rejected"] == 1
+
+
+# ---------------------------------------------------------------- command line
+
+def test_parse_args_reads_every_option_in_both_spellings():
+    opts = router.parse_args(["--state-dir", "/s", "--port=9000", "--host", "127.0.0.1"])
+    assert (opts.state_dir, opts.port, opts.host, opts.check) == ("/s", 9000, "127.0.0.1", False)
+    opts = router.parse_args(["--check"])
+    assert (opts.check, opts.state_dir, opts.port, opts.host) == (True, None, 8080, "0.0.0.0")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--state-dir", "/s", "--bogus"], "unrecognized arguments: --bogus"),
+    (["--state-dir"], "argument --state-dir: expected one argument"),
+    (["--state-dir", "/s", "--port", "80a"], "argument --port: invalid port '80a'"),
+    (["--state-dir", "/s", "--port=70000"], "argument --port: invalid port '70000'"),
+    ([], "--state-dir is required unless --check is given"),
+])
+def test_parse_args_refuses_bad_usage_with_exit_2(capsys, argv, words):
+    with pytest.raises(SystemExit) as stop:
+        router.parse_args(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: router ") and err.endswith(f"router: error: {words}\n")
