@@ -64,6 +64,12 @@ def stage(root: str, digest: str, size: int, keep: int, protect: list[str] = ())
     return _agent("stage", root, digest, str(size), str(keep), *protect)
 
 
+def deploy(root: str, digest: str, size: int, keep: int, protect: list[str] = ()) -> list[str]:
+    """A rollout's one command per node: answer a probe at once (see parse_probe_answer), then take
+    the artifact and go on as `stage`. Closing its input before the artifact changes nothing."""
+    return _agent("deploy", root, digest, str(size), str(keep), *protect)
+
+
 def switch_request(record: dict | None, service: Service) -> bytes:
     """The line that makes a held stage switch and restart: the journal record and how to restart."""
     doc: dict = {"record": record}
@@ -209,6 +215,12 @@ def parse_probe(stdout: bytes) -> Probe:
     if unknown:
         raise NodeAnswerError(f"probe: unexpected lines {sorted(unknown)}")
     return Probe(_release_name(_one(pairs, "current", "probe")), releases, int(free), _flag(pairs, "halted", "probe"))
+
+
+def parse_probe_answer(stdout: bytes) -> Probe:
+    """Parse the agent's probe line: {"probe": TEXT}, TEXT being what PROBE_SH prints."""
+    text = _field(_json(stdout, "probe"), "probe", str, "probe")
+    return parse_probe(text.encode())
 
 
 def parse_hashes(stdout: bytes) -> Hashes:

@@ -35,13 +35,16 @@ class PlanRow:
     note: str = ""
 
 
-def _preflight(run: _Run, size: int) -> tuple[dict[str, sm.Outcome], dict[str, Probe]]:
+def _preflight(run: _Run, art: artifact_mod.Artifact, size: int) -> tuple[dict[str, sm.Outcome], dict[str, Probe]]:
+    """Connect and start the rollout's one command on every node; it answers a probe at once and then
+    waits for the artifact (see STAGE), so preflight changes nothing and stage starts no program."""
     ctx = run.ctx
-    # Each worker connects and probes its node at once: no barrier between handshakes and the probe.
-    res = run.fleet.run_all(lambda n: Call(commands.render(commands.probe(ctx.root)), timeout=15))
+    # Each worker connects and starts its node's command at once: no barrier between handshakes and probe.
+    command = _deploy_command(ctx, art.digest, size)
+    res = run.fleet.hold({n: Call(command, None, timeout=15) for n in run.names})
     run.unreachable = {n: r for n, r in res.items() if r.error}
     probes: dict[str, Probe] = {}
-    outcomes = _outcomes(res, lambda n, out: probes.__setitem__(n, commands.parse_probe(out)))
+    outcomes = _outcomes(res, lambda n, out: probes.__setitem__(n, commands.parse_probe_answer(out)))
     for node, problem in sm.preflight_problems(probes, size, ctx.playbook.min_free_mb).items():
         outcomes[node] = sm.Outcome(False, problem)
     return outcomes, probes
@@ -57,13 +60,12 @@ def _forward(run: _Run, art: artifact_mod.Artifact, payload: bytes) -> sm.State:
     timeout = ctx.playbook.timeouts.command
     token = ctx.token()
     steps = {
-        sm.Phase.PREFLIGHT: lambda: _preflight(run, len(payload)),
+        sm.Phase.PREFLIGHT: lambda: _preflight(run, art, len(payload)),
         sm.Phase.CLOSE_GATE: lambda: (_gate_results(gate.close_gate(ctx.nodes, token), down_is_closed=True), None),
-        # Stage and switch are one command per node: it stages, answers, and waits until every node
-        # has staged; then the switch request goes down the same channel (no second exec or startup).
+        # Preflight, stage and switch are one command per node, each step answered on the same channel:
+        # the artifact goes down once all nodes passed preflight, the switch request once all staged.
         sm.Phase.STAGE: lambda: (_outcomes(
-            run.fleet.hold({n: Call(_stage_command(ctx, art.digest, len(payload)), payload, timeout)
-                            for n in run.names}),
+            run.fleet.step({n: payload for n in run.names}, timeout),
             lambda n, out: _expect_digest(commands.parse_stage(out), art.digest)), None),
         sm.Phase.SWITCH: lambda: (switch_held(run, art.digest), None),
         sm.Phase.HEALTH: lambda: (_settle(run, art.digest), None),
@@ -77,12 +79,12 @@ def _forward(run: _Run, art: artifact_mod.Artifact, payload: bytes) -> sm.State:
     return state
 
 
-def _stage_command(ctx: Context, digest: str, size: int) -> str:
-    """Stage the release, then prune old ones in the same command: beyond keep_releases, but never the
-    new one, the current one (the previous release after the switch) or the last good one."""
+def _deploy_command(ctx: Context, digest: str, size: int) -> str:
+    """Probe, stage, prune and (on request) switch: pruning keeps keep_releases, and never the new
+    release, the current one (the previous release after the switch) or the last good one."""
     last_good = ctx.journal.last_good()
     protect = sorted({digest} | ({last_good} if last_good else set()))
-    return commands.render(commands.stage(ctx.root, digest, size, ctx.playbook.keep_releases, protect))
+    return commands.render(commands.deploy(ctx.root, digest, size, ctx.playbook.keep_releases, protect))
 
 
 def _expect_digest(got: str, want: str) -> None:

@@ -191,6 +191,13 @@ class SSHFleet:
         names = list(calls)
         return dict(zip(names, self._pool.map(lambda n: self._guard(n, calls[n], self._hold_one), names)))
 
+    def step(self, data: dict[str, bytes], timeout: float = 60.0) -> dict[str, NodeResult]:
+        """Send each held command more input and return its next line of stdout; it stays held.
+        A command that ends instead gives its ordinary result and is no longer held."""
+        names = list(data)
+        return dict(zip(names, self._pool.map(
+            lambda n: self._guard(n, Call("", data[n], timeout), self._step_one), names)))
+
     def release(self, lines: dict[str, bytes | None], timeout: float = 60.0) -> dict[str, NodeResult]:
         """Send each held command its next input (None: only end its input), then wait for it to finish;
         return the rest of its output. A node with nothing held gets an error result."""
@@ -199,7 +206,20 @@ class SSHFleet:
             lambda n: self._guard(n, Call("", lines[n], timeout), self._release_one), names)))
 
     def _hold_one(self, name: str, call: Call) -> tuple[int, bytes, bytes]:
-        held = _Held.start(self._connection(name).get_transport(), call)
+        return self._answer(name, _Held.start(self._connection(name).get_transport(), call))
+
+    def _step_one(self, name: str, call: Call) -> tuple[int, bytes, bytes]:
+        held = self._take(name)
+        held.deadline = time.monotonic() + call.timeout
+        try:
+            held.send(call.stdin)
+        except BaseException:
+            held.chan.close()
+            raise
+        return self._answer(name, held)
+
+    def _answer(self, name: str, held: "_Held") -> tuple[int, bytes, bytes]:
+        """Read the held command's next line and keep it held; if it ended instead, finish it."""
         try:
             line = held.read_line()
         except BaseException:
@@ -211,11 +231,15 @@ class SSHFleet:
             self._held[name] = held
         return 0, line, b""
 
-    def _release_one(self, name: str, call: Call) -> tuple[int, bytes, bytes]:
+    def _take(self, name: str) -> "_Held":
         with self._lock:
             held = self._held.pop(name, None)
         if held is None:
             raise _ConnectFailed("no command held on this node")
+        return held
+
+    def _release_one(self, name: str, call: Call) -> tuple[int, bytes, bytes]:
+        held = self._take(name)
         held.deadline = time.monotonic() + call.timeout
         return held.finish(call.stdin)
 

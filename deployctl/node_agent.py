@@ -166,14 +166,16 @@ def member_path(name, kind, seen):
 class Upload:
     """Exactly `size` bytes of stdin, read straight into the caller's buffers (no copy per block)."""
 
-    def __init__(self, size):
-        self.raw, self.left, self.size = sys.stdin.buffer.raw, size, size
+    def __init__(self, size, head=b""):
+        self.raw, self.left, self.size, self.head = sys.stdin.buffer.raw, size, size, head
 
     def fill(self, view):
         n = len(view)
         if n > self.left:
             raise Refused("not a valid artifact tar: it runs past the %d bytes sent" % self.size)
-        got = 0
+        got = min(n, len(self.head))  # bytes already read while waiting for the upload to begin
+        if got:
+            view[:got], self.head = self.head[:got], self.head[got:]
         while got < n:
             k = self.raw.readinto(view[got:])
             if not k:
@@ -301,7 +303,46 @@ def extract(up, stage, meta):
     return files
 
 
-def op_stage(root, digest, size, keep, *protect):
+def _stage_args(root, digest, size, keep):
+    if not re.match(r"[0-9]{1,12}\Z", size) or not re.match(r"[0-9]{1,4}\Z", keep):
+        raise Refused("bad size or keep argument")
+    return release_dir(root, digest)
+
+
+def probe_text(root):
+    """What PROBE_SH in commands.py prints, made here without starting sh and four programs."""
+    if not os.path.isdir(root):
+        return "root no\n"
+    try:
+        link = os.readlink(os.path.join(root, "current"))
+    except OSError:
+        link = ""
+    releases = os.path.join(root, "releases")
+    fs = os.statvfs(releases if os.path.isdir(releases) else root)
+    lines = ["root yes", "current " + link,
+             "halted " + ("yes" if os.path.exists(os.path.join(root, "state", "halted")) else "no"),
+             "free %d" % (fs.f_bavail * fs.f_frsize)]
+    if os.path.isdir(releases):
+        lines += ["release " + n for n in sorted(os.listdir(releases)) if not n.startswith(".")]
+    return "\n".join(lines) + "\n"
+
+
+def op_deploy(root, digest, size, keep, *protect):
+    """Preflight, stage and switch in one process: answer the probe at once, wait for the artifact,
+    then go on as `stage`. End of input before the artifact changes nothing (preflight stopped it)."""
+    import signal
+
+    _stage_args(root, digest, size, keep)
+    out({"probe": probe_text(root)})
+    sys.stdout.flush()
+    signal.alarm(HOLD_SECONDS)  # SIGALRM's default action ends the process
+    head = sys.stdin.buffer.raw.read(512)
+    signal.alarm(0)
+    if head:
+        op_stage(root, digest, size, keep, *protect, head=head)
+
+
+def op_stage(root, digest, size, keep, *protect, head=b""):
     """Receive the artifact tar (`size` bytes) on stdin, check every file, rename it into place, prune.
 
     Then answer, and wait on stdin: a switch request (one JSON line, see held_switch) makes this same
@@ -309,14 +350,12 @@ def op_stage(root, digest, size, keep, *protect):
     """
     import shutil  # imported here: only stage and prune need it, and every op pays for startup
 
-    if not re.match(r"[0-9]{1,12}\Z", size) or not re.match(r"[0-9]{1,4}\Z", keep):
-        raise Refused("bad size or keep argument")
-    final = release_dir(root, digest)
+    final = _stage_args(root, digest, size, keep)
     stage = os.path.join(root, "releases", ".stage-%s-%d" % (digest[:12], os.getpid()))
     try:
         os.makedirs(stage, mode=0o755)
         meta = {}
-        files = extract(Upload(int(size)), stage, meta)
+        files = extract(Upload(int(size), head), stage, meta)
         got = digest_of(files)
         if got != digest:
             raise Refused("staged files hash to %s, expected %s" % (got, digest))
@@ -552,7 +591,7 @@ def op_halt(root):
     out({"halted": True})
 
 
-OPS = {"stage": op_stage, "switch": op_switch,
+OPS = {"deploy": op_deploy, "stage": op_stage, "switch": op_switch,
        "prune": op_prune, "journal": op_journal, "halt": op_halt, "stop": op_stop}
 
 

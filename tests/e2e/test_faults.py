@@ -413,20 +413,30 @@ def test_a_staged_file_corrupted_before_the_switch_is_caught_and_the_fleet_goes_
     assert release_files(ctx, "node2", v2.digest) == v2.files
 
 
-def test_stages_held_on_every_node_then_dropped_switch_nothing_and_leave_no_agent(
-        ctx, base_release, make_release, node_exec):
-    """The stage command waits on each node for the switch request on the same channel. A controller
-    that closes its channels instead must leave every node on its release, with no agent left waiting."""
+@pytest.mark.parametrize("step", ["preflight", "stage"])
+def test_commands_held_on_every_node_then_dropped_change_nothing_and_leave_no_agent(
+        ctx, base_release, make_release, node_exec, step):
+    """A rollout's command waits on each node after preflight (for the artifact) and after the stage (for
+    the switch request). A controller that closes its channels instead must leave every node as it was,
+    with no agent left waiting."""
     v2 = make_release("6.1.0")
     agents = "pgrep -f '^python3 -I -S -c' | wc -l"
-    cmd = commands.render(commands.stage(ctx.root, v2.digest, len(v2.payload()), 3))
+    size = len(v2.payload())
     with ctx.ssh() as f:
-        held = f.hold({n.name: Call(cmd, v2.payload()) for n in ctx.nodes})
-        assert all(r.ok and commands.parse_stage(r.stdout) == v2.digest for r in held.values()), held
-        assert node_exec("node3", agents) == (0, "1\n")  # staged, answered, waiting
+        held = f.hold({n.name: Call(commands.render(commands.deploy(ctx.root, v2.digest, size, 3)))
+                       for n in ctx.nodes})
+        assert all(r.ok and commands.parse_probe_answer(r.stdout).current == base_release.digest
+                   for r in held.values()), held
+        if step == "stage":
+            staged = f.step({n.name: v2.payload() for n in ctx.nodes})
+            assert all(r.ok and commands.parse_stage(r.stdout) == v2.digest for r in staged.values()), staged
+        assert node_exec("node3", agents) == (0, "1\n")  # answered, waiting
     assert wait(lambda: all(node_exec(n.name, agents) == (0, "0\n") for n in ctx.nodes), 10)
     assert fleet_view(ctx) == {n.name: on_base(base_release, "open") for n in ctx.nodes}
-    assert release_files(ctx, "node3", v2.digest) == v2.files  # staged and kept, never switched to
+    code, listing = node_exec("node3", f"ls -a {ctx.root}/releases")
+    assert (v2.digest in listing.split()) == (step == "stage") and ".stage-" not in listing
+    if step == "stage":
+        assert release_files(ctx, "node3", v2.digest) == v2.files  # staged and kept, never switched to
 
 
 # ---- 10, 11: the controller killed with SIGKILL in each phase --------------------------------------

@@ -6,6 +6,7 @@ Each test starts the agent as a subprocess from the argv the real builder in com
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -179,6 +180,56 @@ def test_probe_root_with_shell_metacharacters_is_only_data(tmp_path):
     (odd / "releases" / DIGEST).mkdir(parents=True)
     assert probe(odd).releases == (DIGEST,)
     assert not (tmp_path / "pwned").exists() and not list(tmp_path.glob("pwned*"))
+
+
+def _shapes(root: Path) -> None:
+    """Give `root` what a probe reports: releases, a stage leftover, other names, current, halted."""
+    for name in (DIGEST, OTHER, ".stage-abc-1", "notes"):
+        (root / "releases" / name).mkdir(parents=True, exist_ok=True)
+    os.symlink(f"releases/{DIGEST}", root / "current")
+    (root / "state").mkdir(exist_ok=True)
+    (root / "state" / "halted").write_text("x")
+
+
+@pytest.mark.parametrize("shape", ["empty", "missing", "full", "no-releases-folder"])
+def test_the_agent_probe_says_what_the_shell_probe_says(tmp_path, shape):
+    """deploy answers preflight in Python; it must report exactly what PROBE_SH does (free space aside)."""
+    root = tmp_path / "opt-router"
+    if shape != "missing":
+        (root / "releases").mkdir(parents=True)
+    if shape == "full":
+        _shapes(root)
+    if shape == "no-releases-folder":
+        (root / "releases").rmdir()
+    line = _lines(run(commands.deploy(str(root), DIGEST, 10, 3)))[0]
+    from_agent = commands.parse_probe_answer(json.dumps(line).encode())
+    from_shell = probe(root)
+    assert dataclasses.replace(from_agent, free=0) == dataclasses.replace(from_shell, free=0)
+    assert abs(from_agent.free - from_shell.free) < 64 * 2**20  # the same filesystem, read a moment apart
+    if shape == "full":
+        assert (from_agent.current, from_agent.releases, from_agent.halted) == (DIGEST, tuple(sorted([DIGEST, OTHER])), True)
+
+
+def test_deploy_answers_the_probe_then_stages_and_switches_on_request(root):
+    data = make_tar()
+    request = commands.switch_request({"action": "rollout"}, Service(None, None, "/health", None))
+    probed, staged, switched = _lines(run(commands.deploy(str(root), DIGEST, len(data), 3), data + request))
+    assert commands.parse_probe(probed["probe"].encode()).current is None
+    assert staged["digest"] == DIGEST and switched["current"] == DIGEST
+    assert os.readlink(root / "current") == f"releases/{DIGEST}"
+
+
+def test_deploy_ended_before_the_artifact_changes_nothing(root):
+    before = tree(root)
+    proc = run(commands.deploy(str(root), DIGEST, len(make_tar()), 3), b"")
+    assert proc.returncode == 0 and proc.stderr == b""
+    assert list(_lines(proc)[0]) == ["probe"] and len(_lines(proc)) == 1
+    assert tree(root) == before  # no release, no stage folder, no current
+
+
+def test_deploy_refuses_bad_arguments_before_probing(root):
+    assert "bad digest" in refusal(run(commands.deploy(str(root), "../x", 10, 3)))
+    assert "bad size or keep" in refusal(run(commands.deploy(str(root), DIGEST, -1, 3)))
 
 
 # --- stage ------------------------------------------------------------------------------------------------------
