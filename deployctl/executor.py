@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Protocol
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 _CHUNK = 1 << 18
+_MAX_LINE = 1 << 20  # an agent's answer line is a few KiB
 
 
 @dataclass
@@ -375,6 +376,8 @@ class _Held:
         while b"\n" not in self.out:
             if time.monotonic() > self.deadline:
                 raise socket.timeout()
+            if len(self.out) > _MAX_LINE:
+                raise _ConnectFailed(f"answer line longer than {_MAX_LINE} bytes: not a deployctl agent")
             chunk = self.chan.recv(1 << 16)
             if not chunk:
                 return None
