@@ -11,6 +11,7 @@ only source, and a missing or different key is refused.
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import sys
 import threading
@@ -186,8 +187,9 @@ class SSHFleet:
     def hold(self, calls: dict[str, Call]) -> dict[str, NodeResult]:
         """Run each Call but keep its stdin open: return each node's first line of stdout as its result.
 
-        The command then waits on the node for `release` (a two-phase step on one channel: no second
-        exec). A command that ends before answering gives its ordinary result and is not held.
+        The command then waits on the node for `step` (more input, the next line) or `release` (last
+        input, then its end): several steps on one channel, one exec. A command that ends before
+        answering gives its ordinary result and is not held.
         """
         names = list(calls)
         return dict(zip(names, self._pool.map(lambda n: self._guard(n, calls[n], self._hold_one), names)))
@@ -211,7 +213,7 @@ class SSHFleet:
 
     def _step_one(self, name: str, call: Call) -> tuple[int, bytes, bytes]:
         held = self._take(name)
-        held.deadline = time.monotonic() + call.timeout
+        held.arm(call.timeout)
         try:
             held.send(call.stdin)
         except BaseException:
@@ -228,6 +230,7 @@ class SSHFleet:
             raise
         if line is None:  # ended without answering: an ordinary finished result
             return held.finish(None)
+        held.wait()
         with self._lock:
             self._held[name] = held
         return 0, line, b""
@@ -241,7 +244,7 @@ class SSHFleet:
 
     def _release_one(self, name: str, call: Call) -> tuple[int, bytes, bytes]:
         held = self._take(name)
-        held.deadline = time.monotonic() + call.timeout
+        held.arm(call.timeout)
         return held.finish(call.stdin)
 
     def _run_one(self, name: str, call: Call) -> NodeResult:
@@ -358,6 +361,15 @@ class _Held:
             raise
         return held
 
+    def wait(self) -> None:
+        """The command answered and now waits for the controller: no deadline runs on it until `arm`."""
+        self.deadline = math.inf
+
+    def arm(self, timeout: float) -> None:
+        """Start the next step: it must finish within `timeout` seconds."""
+        self.deadline = time.monotonic() + timeout
+        self.chan.settimeout(timeout)
+
     def send(self, data: bytes | None) -> None:
         try:
             view = memoryview(data or b"")
@@ -378,7 +390,10 @@ class _Held:
                 raise socket.timeout()
             if len(self.out) > _MAX_LINE:
                 raise _ConnectFailed(f"answer line longer than {_MAX_LINE} bytes: not a deployctl agent")
-            chunk = self.chan.recv(1 << 16)
+            try:
+                chunk = self.chan.recv(1 << 16)
+            except socket.timeout:
+                continue  # the deadline decides, above
             if not chunk:
                 return None
             self.out += chunk
@@ -396,8 +411,10 @@ class _Held:
                     raise
             out = self.out + _read_all(self.chan.recv, lambda: self.deadline)
             self.reader.join(max(0.0, self.deadline - time.monotonic()))
-            if not self.err_box or isinstance(self.err_box[0], BaseException):
+            if not self.err_box:
                 raise socket.timeout()
+            if isinstance(self.err_box[0], BaseException):
+                raise self.err_box[0]
             if not self.chan.status_event.wait(max(0.0, self.deadline - time.monotonic())):
                 raise socket.timeout()
             return self.chan.recv_exit_status(), out, self.err_box[0]
@@ -413,11 +430,16 @@ def _collect(recv, deadline: Callable[[], float], box: list) -> None:
 
 
 def _read_all(recv, deadline: Callable[[], float]) -> bytes:
+    """Read until end of stream; `deadline()` is read again after every wait, since a held command's
+    deadline moves: none while it waits for the controller, a new one for each step."""
     parts = []
     while True:
         if time.monotonic() > deadline():
             raise socket.timeout()
-        chunk = recv(1 << 16)
+        try:
+            chunk = recv(1 << 16)
+        except socket.timeout:
+            continue
         if not chunk:
             return b"".join(parts)
         parts.append(chunk)

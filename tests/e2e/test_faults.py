@@ -439,6 +439,16 @@ def test_commands_held_on_every_node_then_dropped_change_nothing_and_leave_no_ag
         assert release_files(ctx, "node3", v2.digest) == v2.files  # staged and kept, never switched to
 
 
+def test_a_rollout_whose_commands_wait_longer_than_a_step_timeout_still_succeeds(ctx, base_release, make_release):
+    """The nodes' commands wait for the controller between steps (here a close-gate phase slower than
+    the 8 s step timeout): waiting is not a step, so no deadline runs out on it."""
+    v2 = make_release("6.2.0")
+    hook = at_phase("close-gate", lambda: time.sleep(9))
+    deploy.rollout(dataclasses.replace(quick(ctx), on_event=hook), v2.path)
+    assert hook.fired
+    assert fleet_view(ctx) == {n.name: (v2.digest, v2.digest, "open", False) for n in ctx.nodes}
+
+
 # ---- 10, 11: the controller killed with SIGKILL in each phase --------------------------------------
 
 @pytest.mark.parametrize("phase", PHASES)

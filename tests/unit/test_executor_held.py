@@ -77,3 +77,32 @@ def test_a_silent_command_times_out():
     held = _Held.start(FakeTransport(chan), Call("agent", None, timeout=0.2))
     with pytest.raises(TimeoutError):
         held.read_line()
+
+
+class SlowStderrChannel(FakeChannel):
+    """stderr stays open (recv_stderr times out, as paramiko's does) until the command has finished."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.timeout = None
+
+    def settimeout(self, t):
+        self.timeout = t
+
+    def recv_stderr(self, n):
+        if not self.eof_sent:
+            time.sleep(min(self.timeout, 0.05))
+            raise TimeoutError()
+        return super().recv_stderr(n)
+
+
+def test_a_command_held_past_its_first_deadline_still_finishes():
+    """The stderr reader of a held command must outlive the step deadline it started with: the node
+    waits for the controller (other nodes staging, gates closing) for as long as that takes."""
+    chan = SlowStderrChannel([b'{"probe": "x"}\n', b'{"current": "d"}\n'])
+    held = _Held.start(FakeTransport(chan), Call("agent", None, timeout=0.1))
+    assert held.read_line() == b'{"probe": "x"}\n'
+    held.wait()
+    time.sleep(0.3)  # well past the 0.1 s the first step had
+    held.arm(2.0)
+    assert held.finish(b"go\n") == (0, b'{"current": "d"}\n', b"")
