@@ -518,6 +518,12 @@ def test_handler_refuses_malformed_requests_with_json(tmp_path, capsys, request_
     assert words in capsys.readouterr().err
 
 
+def test_a_malformed_token_header_is_never_echoed_or_logged(tmp_path, capsys):
+    answer = _raw(_router(tmp_path), b"POST /control/halt HTTP/1.1\r\nX-Deployctl-Token sekrit-value\r\n\r\n")
+    assert _parse(answer)[0] == 400
+    assert b"sekrit" not in answer and "sekrit" not in capsys.readouterr().err
+
+
 def test_handler_ignores_the_query_and_answers_head_without_a_body(tmp_path):
     service = _router(tmp_path)
     assert _handle(service, "GET", "/health?verbose=1#x")[0] == 200
