@@ -70,9 +70,16 @@ def deploy(root: str, digest: str, size: int, keep: int, protect: list[str] = ()
     return _agent("deploy", root, digest, str(size), str(keep), *protect)
 
 
-def switch_request(record: dict | None, service: Service) -> bytes:
-    """The line that makes a held stage switch and restart: the journal record and how to restart."""
-    doc: dict = {"record": record}
+def retarget(root: str) -> list[str]:
+    """Rollback's and recover's one command per node: answer a probe at once, then switch on
+    request (`switch_request`) to a release already on the node. Closing its input changes nothing."""
+    return _agent("retarget", root)
+
+
+def switch_request(digest: str, record: dict | None, service: Service) -> bytes:
+    """The line that makes a held command switch to `digest` and restart: with the journal record and
+    how to restart."""
+    doc: dict = {"digest": digest, "record": record}
     if service.supervisor:
         doc["supervisor"] = [service.supervisor.socket, service.supervisor.program]
     elif service.restart:

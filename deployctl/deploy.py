@@ -19,7 +19,7 @@ from deployctl.errors import DeployctlError, InconsistentError, UsageError
 from deployctl.executor import Call
 from deployctl.runner import (RunResult, _finish, _gate_results, _locked, _open_gate, _outcomes,
                               _refuse_if_interrupted, _Run, _settle, interrupted, load_artifact,
-                              probe_all, switch_held, switch_phases)
+                              probe_all, probe_held, switch_held, switch_phases)
 
 __all__ = ["PlanRow", "RunResult", "interrupted", "load_artifact", "plan", "recover", "rollback", "rollout"]
 
@@ -153,7 +153,7 @@ def rollback(ctx: Context, to: str | None = None, nodes: list[str] | None = None
         raise UsageError(f"--node: not in the inventory: {', '.join(unknown)}")
     _refuse_if_interrupted(ctx)
     with _locked(ctx, "rollback", break_lock), ctx.ssh() as fleet:
-        probes = probe_all(ctx, fleet, "rollback preflight")
+        probes = probe_held(ctx, fleet, "rollback preflight")
         target = _rollback_target(ctx, probes, to)
         missing = sorted(n.name for n in chosen if target not in probes[n.name].releases)
         if missing:
@@ -179,17 +179,17 @@ def _keep_closed_reason(partial: list[str] | None, probes: dict[str, Probe]) -> 
 
 
 def _rollback_target(ctx: Context, probes: dict[str, Probe], to: str | None) -> str:
-    """Return the release to go back to: `to` (if the fleet ever ran it) or the one before the current."""
-    known = ctx.journal.known_digests()
-    if to is not None:
-        if to not in known:
-            raise UsageError(f"rollback refused: the fleet never ran {to[:12]} (not in the journal)")
-        return to
+    """Return the release to go back to: `to` (if the fleet ever ran it) or the newest one it ran that
+    no node runs now. Reads the journal newest first and stops at the answer."""
     currents = {p.current for p in probes.values()}
-    done = [r for r in ctx.journal.read() if r.get("phase") == "done" and r.get("outcome") == "ok"]
-    for rec in reversed(done):
-        if rec.get("digest") not in currents:
-            return rec["digest"]
+    for rec in ctx.journal.newest_first():
+        digest = rec.get("digest")
+        if rec.get("phase") != "done" or rec.get("outcome") != "ok" or not isinstance(digest, str):
+            continue
+        if digest == to or (to is None and digest not in currents):
+            return digest
+    if to is not None:
+        raise UsageError(f"rollback refused: the fleet never ran {to[:12]} (not in the journal)")
     raise UsageError("rollback refused, nothing changed: no previous release in the fleet's history")
 
 
@@ -201,7 +201,7 @@ def recover(ctx: Context) -> RunResult:
     """
     with _locked(ctx, "recover", break_lock=True), ctx.ssh() as fleet:
         gate.close_gate(ctx.nodes, ctx.token())
-        probes = probe_all(ctx, fleet, "recover")
+        probes = probe_held(ctx, fleet, "recover")
         target = _recover_target(ctx, probes)
         run = _Run(ctx, fleet, "recover", target)
         run.journal("start", interrupted=ctx.journal.interrupted())

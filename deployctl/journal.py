@@ -105,11 +105,6 @@ class Journal:
                 return rec.get("digest")
         return None
 
-    def known_digests(self) -> set[str]:
-        """Return every digest the whole fleet has run (completed rollouts, rollbacks, recoveries)."""
-        return {rec["digest"] for rec in self.read() if rec.get("phase") == "done" and rec.get("outcome") == "ok"
-                and isinstance(rec.get("digest"), str)}
-
     def interrupted(self) -> dict | None:
         """Return the start record of the last rollout/rollback/recover that never reached "done", if any."""
         finished = set()

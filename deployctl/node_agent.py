@@ -466,11 +466,12 @@ def op_switch(root, digest, sock_path=None, program=None):
 HOLD_SECONDS = 600  # a controller that neither switches nor ends a held stage by then is gone
 
 
-def held_switch(root, digest):
-    """After a stage, wait for the controller's word on stdin.
+def held_switch(root, digest=None):
+    """Wait for the controller's word on stdin, then switch.
 
-    One JSON line {"record": {...}, "supervisor": [socket, program]} (or "restart": [argv]) switches
-    to the staged release and restarts the service, answering like `switch`. End of input, or
+    One JSON line {"digest": D, "record": {...}, "supervisor": [socket, program]} (or "restart":
+    [argv]) switches to release D and restarts the service, answering like `switch`. After a stage
+    D must be the staged release; after `retarget` it is any release on the node. End of input, or
     nothing within HOLD_SECONDS, changes nothing: a controller that dies cannot half-switch a node.
     """
     import signal
@@ -484,21 +485,33 @@ def held_switch(root, digest):
         doc = json.loads(line)
     except (ValueError, RecursionError):
         raise Refused("switch request is not JSON")
-    if not isinstance(doc, dict) or not set(doc) <= {"record", "supervisor", "restart"}:
+    if not isinstance(doc, dict) or not set(doc) <= {"digest", "record", "supervisor", "restart"}:
         raise Refused("switch request has unknown fields")
     record, sup, restart = doc.get("record"), doc.get("supervisor"), doc.get("restart")
+    if not isinstance(doc.get("digest"), str) or (digest is not None and doc["digest"] != digest):
+        raise Refused("switch request names %r, not the staged release" % (doc.get("digest"),)
+                      if digest else "switch request names no release")
     if record is not None and not isinstance(record, dict):
         raise Refused("journal record is not an object")
     for argv, n in ((sup, 2), (restart, 0)):
         if argv is not None and not (isinstance(argv, list) and all(isinstance(a, str) and a for a in argv)
                                      and argv and (n == 0 or len(argv) == n)):
             raise Refused("switch request: bad supervisor or restart field")
+    digest = doc["digest"]
     previous = switch_to(root, digest, record)
     if sup:
         supervised(sup[0], sup[1], start=True)
     elif restart:
         run_restart(restart)
     out({"previous": previous, "current": digest, "restarted": bool(sup or restart)})
+
+
+def op_retarget(root):
+    """Rollback and recover: answer the probe at once, then switch on request to a release the node
+    already has (held_switch). End of input changes nothing."""
+    out({"probe": probe_text(root)})
+    sys.stdout.flush()
+    held_switch(root)
 
 
 def run_restart(argv):
@@ -591,7 +604,7 @@ def op_halt(root):
     out({"halted": True})
 
 
-OPS = {"deploy": op_deploy, "stage": op_stage, "switch": op_switch,
+OPS = {"deploy": op_deploy, "stage": op_stage, "retarget": op_retarget, "switch": op_switch,
        "prune": op_prune, "journal": op_journal, "halt": op_halt, "stop": op_stop}
 
 

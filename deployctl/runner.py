@@ -114,10 +114,10 @@ def _switch_and_restart(run: _Run, targets: dict[str, str | None], phase: str = 
 
 
 def switch_held(run: _Run, digest: str) -> dict[str, sm.Outcome]:
-    """Switch and restart every node through the stage command still held open on it (no new exec);
-    each node journals the switch itself, with its previous release."""
+    """Switch and restart every node of the run through the command held open on it (a rollout's
+    `deploy`, a rollback's `retarget`): no new exec. Each node journals the switch itself."""
     ctx = run.ctx
-    lines = {n: commands.switch_request(entry(run.action, run=run.id, phase="switch", digest=digest, node=n),
+    lines = {n: commands.switch_request(digest, entry(run.action, run=run.id, phase="switch", digest=digest, node=n),
                                         ctx.playbook.service) for n in run.names}
     results = run.fleet.release(lines, ctx.playbook.timeouts.command)
     return _outcomes(results, _switched_to({n: digest for n in run.names}))
@@ -243,11 +243,12 @@ def _open_gate_unless(run: _Run, digest: str, reason: str | None) -> dict[str, s
 
 
 def switch_phases(run: _Run, state: sm.State, target: str, keep_closed: str | None) -> sm.State:
-    """Run SWITCH, HEALTH and OPEN_GATE towards `target` (rollback, recover); stop at the first failure.
+    """Run SWITCH, HEALTH and OPEN_GATE towards `target` (rollback, recover: each node's `retarget`
+    command from probe_held waits for the switch request); stop at the first failure.
 
     With `keep_closed` (a reason), the gate is left closed instead of opened.
     """
-    steps = ((sm.Phase.SWITCH, lambda: (_switch_and_restart(run, {n: target for n in run.names}), None)),
+    steps = ((sm.Phase.SWITCH, lambda: (switch_held(run, target), None)),
              (sm.Phase.HEALTH, lambda: (_settle(run, target), None)),
              (sm.Phase.OPEN_GATE, lambda: (_open_gate_unless(run, target, keep_closed), None)))
     for phase, work in steps:
@@ -260,11 +261,24 @@ def switch_phases(run: _Run, state: sm.State, target: str, keep_closed: str | No
 def probe_all(ctx: Context, fleet: SSHFleet, what: str) -> dict[str, commands.Probe]:
     """Probe every node (connecting as it goes); HostKeyError/UnreachableError naming any node not reached."""
     res = fleet.run_all(lambda n: Call(commands.render(commands.probe(ctx.root)), timeout=15))
+    return _probes(res, what, commands.parse_probe)
+
+
+def probe_held(ctx: Context, fleet: SSHFleet, what: str) -> dict[str, commands.Probe]:
+    """probe_all through a `retarget` command left waiting on each node: switch_held can then switch
+    it with no new exec; closing the fleet ends the ones not switched, changing nothing."""
+    command = commands.render(commands.retarget(ctx.root))
+    res = fleet.hold({t.name: Call(command, None, timeout=min(15, ctx.playbook.timeouts.command))
+                      for t in fleet.targets})
+    return _probes(res, what, commands.parse_probe_answer)
+
+
+def _probes(res: dict[str, NodeResult], what: str, parse) -> dict[str, commands.Probe]:
     raise_for_unreachable(res, what)
     bad = sorted(n for n, r in res.items() if not r.ok)
     if bad:
         raise InconsistentError(f"{what}: cannot probe " + "; ".join(f"{n}: {res[n].reason()}" for n in bad))
-    return {n: commands.parse_probe(r.stdout) for n, r in res.items()}
+    return {n: parse(r.stdout) for n, r in res.items()}
 
 
 def interrupted(ctx: Context) -> str | None:

@@ -96,15 +96,28 @@ def test_last_good(tmp_path):
     assert j.last_good() == D2
 
 
-def test_known_digests(tmp_path):
+def test_rollback_target_is_the_newest_release_the_fleet_ran_that_no_node_runs(tmp_path):
+    from types import SimpleNamespace
+
+    from deployctl.commands import Probe
+    from deployctl.deploy import _rollback_target
+    from deployctl.errors import UsageError
+
     j = Journal(tmp_path / "j.jsonl")
-    assert j.known_digests() == set()
+    ctx = SimpleNamespace(journal=j)
+    on = lambda d: {"node1": Probe(d, (D1, D2, D3), 0, False), "node2": Probe(d, (D1, D2, D3), 0, False)}  # noqa: E731
+    with pytest.raises(UsageError, match="no previous release"):
+        _rollback_target(ctx, on(D1), None)
     j.append(done("rollout", D1))
-    j.append(done("rollout", D2, outcome="inconsistent"))
+    j.append(done("rollout", D2, outcome="inconsistent"))  # never ran as a whole: not a target
     j.append(done("rollback", D3))
     j.append({"action": "rollout", "phase": "start", "digest": D2})
     j.append({"action": "rollout", "phase": "done", "outcome": "ok", "digest": None})
-    assert j.known_digests() == {D1, D3}
+    assert _rollback_target(ctx, on(D3), None) == D1
+    assert _rollback_target(ctx, on(D1), None) == D3
+    assert _rollback_target(ctx, on(D3), D1) == D1
+    with pytest.raises(UsageError, match="never ran"):
+        _rollback_target(ctx, on(D3), D2)
 
 
 def test_interrupted(tmp_path):
@@ -136,7 +149,6 @@ def test_unreadable_lines(tmp_path):
     assert got == [done("rollout", D1), {"action": "unreadable", "line": 2}, {"action": "unreadable", "line": 3},
                    {"action": "unreadable", "line": 4}, {"action": "unreadable", "line": 5}, done("rollback", D2)]
     assert j.last_good() == D2
-    assert j.known_digests() == {D1, D2}
 
 
 def test_deeply_nested_line_is_unreadable(tmp_path):

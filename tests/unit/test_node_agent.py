@@ -212,7 +212,7 @@ def test_the_agent_probe_says_what_the_shell_probe_says(tmp_path, shape):
 
 def test_deploy_answers_the_probe_then_stages_and_switches_on_request(root):
     data = make_tar()
-    request = commands.switch_request({"action": "rollout"}, Service(None, None, "/health", None))
+    request = commands.switch_request(DIGEST, {"action": "rollout"}, Service(None, None, "/health", None))
     probed, staged, switched = _lines(run(commands.deploy(str(root), DIGEST, len(data), 3), data + request))
     assert commands.parse_probe(probed["probe"].encode()).current is None
     assert staged["digest"] == DIGEST and switched["current"] == DIGEST
@@ -392,7 +392,7 @@ def _lines(proc: subprocess.CompletedProcess) -> list[dict]:
 
 def test_held_stage_switches_on_request_and_journals_it(root):
     record = {"action": "rollout", "phase": "switch", "node": "n1"}
-    request = commands.switch_request(record, Service(None, None, "/health", None))
+    request = commands.switch_request(DIGEST, record, Service(None, None, "/health", None))
     staged, switched = _lines(stage(root, then=request))
     assert staged["digest"] == DIGEST
     assert switched == {"previous": None, "current": DIGEST, "restarted": False}
@@ -404,10 +404,10 @@ def test_held_stage_switches_on_request_and_journals_it(root):
 def test_held_stage_runs_the_restart_argv(root):
     marker = root.parent / "restarted"
     svc = Service(("sh", "-c", f"echo yes > {marker}"), ("true",), "/health", None)
-    staged, switched = _lines(stage(root, then=commands.switch_request(None, svc)))
+    staged, switched = _lines(stage(root, then=commands.switch_request(DIGEST, None, svc)))
     assert switched["restarted"] is True and marker.read_text() == "yes\n"
     svc = Service(("sh", "-c", "echo broken >&2; exit 3"), ("true",), "/health", None)
-    error = json.loads(stage(root, then=commands.switch_request(None, svc)).stderr)["error"]
+    error = json.loads(stage(root, then=commands.switch_request(DIGEST, None, svc)).stderr)["error"]
     assert "exited 3: broken" in error
 
 
@@ -424,6 +424,42 @@ def test_held_stage_refuses_a_bad_request_and_does_not_switch(root, request_line
     assert proc.returncode == 1 and json.loads(proc.stderr)["error"]
     assert json.loads(proc.stdout.decode().splitlines()[0])["digest"] == DIGEST  # staged and answered first
     assert not (root / "current").exists()
+
+
+def test_held_stage_refuses_a_request_for_another_release(root):
+    request = commands.switch_request(OTHER, None, Service(None, None, "/health", None))
+    proc = stage(root, then=request)
+    assert proc.returncode == 1 and "not the staged release" in json.loads(proc.stderr)["error"]
+    assert not (root / "current").exists()
+
+
+def test_retarget_answers_the_probe_then_switches_on_request(root):
+    _release(root, A)
+    _release(root, B)
+    answer(run(commands.switch(str(root), A)))
+    svc = Service(None, None, "/health", None)
+    probed, switched = _lines(run(commands.retarget(str(root)), commands.switch_request(B, {"action": "rollback"}, svc)))
+    assert commands.parse_probe(probed["probe"].encode()).current == A
+    assert switched == {"previous": A, "current": B, "restarted": False}
+    assert os.readlink(root / "current") == f"releases/{B}"
+    journal = [json.loads(x) for x in (root / "state" / "journal.jsonl").read_text().splitlines()]
+    assert journal == [{"action": "rollback", "previous": A}]
+
+
+@pytest.mark.parametrize("request_line, words", [(b"", None), (b'{"record": null}\n', "names no release"),
+                                                 (b'{"digest": "' + b"c" * 64 + b'"}\n', "is not on this node"),
+                                                 (b'{"digest": "../x"}\n', "bad digest")],
+                         ids=["end-of-input", "no-digest", "missing-release", "bad-digest"])
+def test_retarget_without_a_good_request_changes_nothing(root, request_line, words):
+    _release(root, A)
+    answer(run(commands.switch(str(root), A)))
+    proc = run(commands.retarget(str(root)), request_line)
+    assert list(json.loads(proc.stdout.decode().splitlines()[0])) == ["probe"]
+    if words is None:
+        assert proc.returncode == 0 and len(proc.stdout.decode().splitlines()) == 1
+    else:
+        assert proc.returncode == 1 and words in json.loads(proc.stderr)["error"]
+    assert os.readlink(root / "current") == f"releases/{A}"
 
 
 def test_stage_wrong_digest_names_both(root):
