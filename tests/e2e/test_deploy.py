@@ -158,6 +158,20 @@ def test_rollback_refuses_partial_without_force_and_unknown_targets(ctx, base_re
     assert proc.returncode == ExitCode.USAGE and proc.stderr.count("\n") == 1
 
 
+def test_a_forced_partial_rollback_moves_only_the_named_node_and_keeps_the_gate_closed(
+        ctx, base_release, make_release, docker_spec):
+    v2 = make_release("2.5.0")
+    deploy.rollout(ctx, v2.path)
+    deploy.rollback(ctx, nodes=["node2"], force=True)
+    assert currents(ctx) == {n.name: base_release.digest if n.name == "node2" else v2.digest for n in ctx.nodes}
+    assert running(ctx) == currents(ctx)
+    assert set(gates(ctx).values()) == {"closed"}  # a mixed fleet never takes orders
+    dc, spec = docker_spec
+    agents = lambda n: docker_fleet.container(dc, spec, n).exec_run(  # noqa: E731
+        ["sh", "-c", "pgrep -f '^python3 -I -S -c' | wc -l"]).output.strip()
+    assert wait(lambda: all(agents(n.name) == b"0" for n in ctx.nodes), 10)  # the others' commands ended unused
+
+
 def test_halt_and_resume(ctx, base_release):
     done = api.halt(ctx)
     assert set(done.values()) == {"halted"} and len(done) == 8
