@@ -40,8 +40,8 @@ def _preflight(run: _Run, art: artifact_mod.Artifact, size: int) -> tuple[dict[s
     waits for the artifact (see STAGE), so preflight changes nothing and stage starts no program."""
     ctx = run.ctx
     # Each worker connects and starts its node's command at once: no barrier between handshakes and probe.
-    command = _deploy_command(ctx, art.digest, size)
-    res = run.fleet.hold({n: Call(command, None, timeout=min(15, ctx.playbook.timeouts.command)) for n in run.names})
+    call = Call(_deploy_command(ctx, art.digest, size), None, timeout=min(15, ctx.playbook.timeouts.command))
+    res = run.fleet.hold({n: call for n in run.names})
     run.unreachable = {n: r for n, r in res.items() if r.error}
     probes: dict[str, Probe] = {}
     outcomes = _outcomes(res, lambda n, out: probes.__setitem__(n, commands.parse_probe_answer(out)))

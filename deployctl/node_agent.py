@@ -219,7 +219,8 @@ def _header(block):
     except UnicodeDecodeError:
         raise Refused("not a valid artifact tar: a member name is not UTF-8")
     if type_ not in KINDS:
-        raise Refused("member %r is %s, not a regular file or folder" % (name, TYPE_NAMES.get(type_, "of an unknown type")))
+        kind = TYPE_NAMES.get(type_, "of an unknown type")
+        raise Refused("member %r is %s, not a regular file or folder" % (name, kind))
     return name, KINDS[type_], _octal(block[124:136], "size")
 
 
