@@ -35,17 +35,9 @@ def _agent(op: str, root: str, *args: str) -> list[str]:
     return ["python3", "-I", "-S", "-c", AGENT, op, root, *args]
 
 
-# The two reads every command makes run as shell with coreutils and findutils, not Python:
-# starting an interpreter on eight small nodes at once costs more than the work itself.
-# Each prints "key value" lines for its parser; the root comes in as "$1", never spliced in.
-PROBE_SH = """cd "$1" 2>/dev/null || { echo "root no"; exit 0; }
-echo "root yes"
-echo "current $(readlink current 2>/dev/null)"
-if [ -e state/halted ]; then echo "halted yes"; else echo "halted no"; fi
-d=releases; [ -d "$d" ] || d=.
-set -- $(stat -f -c '%a %S' "$d"); echo "free $(( $1 * $2 ))"
-if [ -d releases ]; then ls -1 releases | sed 's/^/release /'; fi"""
-
+# Verify's read runs as shell with coreutils and findutils, not Python: starting an interpreter
+# on eight small nodes at once would cost more than sha256sum itself. It prints "key value"
+# lines for its parser; the root comes in as "$1", never spliced in.
 HASHES_SH = """if [ "$2" = current ]; then d="$1/current"; else d="$1/releases/$2"; fi
 cd "$d" 2>/dev/null || { echo "no release at $d" >&2; exit 1; }
 echo "current $(readlink "$1/current" 2>/dev/null)"
@@ -55,7 +47,8 @@ find . -type f -exec sha256sum {} +"""
 
 
 def probe(root: str) -> list[str]:
-    return ["sh", "-c", PROBE_SH, "sh", root]
+    """Print the node's "key value" probe lines (parse_probe); `deploy` and `retarget` answer the same."""
+    return _agent("probe", root)
 
 
 def stage(root: str, digest: str, size: int, keep: int, protect: list[str] = ()) -> list[str]:
@@ -225,7 +218,7 @@ def parse_probe(stdout: bytes) -> Probe:
 
 
 def parse_probe_answer(stdout: bytes) -> Probe:
-    """Parse the agent's probe line: {"probe": TEXT}, TEXT being what PROBE_SH prints."""
+    """Parse a held command's probe line: {"probe": TEXT}, TEXT being what `probe` prints."""
     text = _field(_json(stdout, "probe"), "probe", str, "probe")
     return parse_probe(text.encode())
 

@@ -177,8 +177,7 @@ class SSHFleet:
 
     def run(self, calls: dict[str, Call]) -> dict[str, NodeResult]:
         """Run each node's Call in parallel on its connection; return one NodeResult per node."""
-        names = list(calls)
-        return dict(zip(names, self._pool.map(lambda n: self._run_one(n, calls[n]), names)))
+        return self._each(calls, self._exec_one)
 
     def run_all(self, make: Callable[[str], Call], names: Iterable[str] | None = None) -> dict[str, NodeResult]:
         """Run `make(node)` on each named node (all by default)."""
@@ -191,22 +190,17 @@ class SSHFleet:
         input, then its end): several steps on one channel, one exec. A command that ends before
         answering gives its ordinary result and is not held.
         """
-        names = list(calls)
-        return dict(zip(names, self._pool.map(lambda n: self._guard(n, calls[n], self._hold_one), names)))
+        return self._each(calls, self._hold_one)
 
     def step(self, data: dict[str, bytes], timeout: float = 60.0) -> dict[str, NodeResult]:
         """Send each held command more input and return its next line of stdout; it stays held.
         A command that ends instead gives its ordinary result and is no longer held."""
-        names = list(data)
-        return dict(zip(names, self._pool.map(
-            lambda n: self._guard(n, Call("", data[n], timeout), self._step_one), names)))
+        return self._each({n: Call("", d, timeout) for n, d in data.items()}, self._step_one)
 
     def release(self, lines: dict[str, bytes | None], timeout: float = 60.0) -> dict[str, NodeResult]:
         """Send each held command its next input (None: only end its input), then wait for it to finish;
         return the rest of its output. A node with nothing held gets an error result."""
-        names = list(lines)
-        return dict(zip(names, self._pool.map(
-            lambda n: self._guard(n, Call("", lines[n], timeout), self._release_one), names)))
+        return self._each({n: Call("", line, timeout) for n, line in lines.items()}, self._release_one)
 
     def _hold_one(self, name: str, call: Call) -> tuple[int, bytes, bytes]:
         return self._answer(name, _Held.start(self._connection(name).get_transport(), call))
@@ -247,10 +241,16 @@ class SSHFleet:
         held.arm(call.timeout)
         return held.finish(call.stdin)
 
-    def _run_one(self, name: str, call: Call) -> NodeResult:
-        return self._guard(name, call, lambda n, c: _exec(self._connection(n).get_transport(), c))
+    def _exec_one(self, name: str, call: Call) -> tuple[int, bytes, bytes]:
+        return _exec(self._connection(name).get_transport(), call)
+
+    def _each(self, calls: dict[str, Call], work) -> dict[str, NodeResult]:
+        """Run `work(node, call)` for every node in parallel; return one NodeResult per node, in order."""
+        names = list(calls)
+        return dict(zip(names, self._pool.map(lambda n: self._guard(n, calls[n], work), names)))
 
     def _guard(self, name: str, call: Call, work) -> NodeResult:
+        """Run `work` for one node and turn what it returns or raises into its NodeResult."""
         start = time.monotonic()
         res = NodeResult(name)
         try:

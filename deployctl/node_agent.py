@@ -311,7 +311,8 @@ def _stage_args(root, digest, size, keep):
 
 
 def probe_text(root):
-    """What PROBE_SH in commands.py prints, made here without starting sh and four programs."""
+    """The node's state for preflight, as "key value" lines (commands.parse_probe): whether the root
+    exists, `current`'s target, halted, free bytes on `releases/`, and the release folders."""
     if not os.path.isdir(root):
         return "root no\n"
     try:
@@ -326,6 +327,10 @@ def probe_text(root):
     if os.path.isdir(releases):
         lines += ["release " + n for n in sorted(os.listdir(releases)) if not n.startswith(".")]
     return "\n".join(lines) + "\n"
+
+
+def op_probe(root):
+    sys.stdout.write(probe_text(root))
 
 
 def op_deploy(root, digest, size, keep, *protect):
@@ -458,10 +463,18 @@ def switch_to(root, digest, record):
 
 def op_switch(root, digest, sock_path=None, program=None):
     """Switch `current` (and restart through supervisord); a journal record on stdin is appended first."""
-    previous = switch_to(root, digest, read_record())
-    if program:
-        supervised(sock_path, program, start=True)
-    out({"previous": previous, "current": digest, "restarted": bool(program)})
+    switch_and_restart(root, digest, read_record(), [sock_path, program] if program else None)
+
+
+def switch_and_restart(root, digest, record, sup=None, restart=None):
+    """Switch to `digest`, then restart through supervisord (sup: [socket, program]) or the restart
+    argv, and answer {"previous", "current", "restarted"}."""
+    previous = switch_to(root, digest, record)
+    if sup:
+        supervised(sup[0], sup[1], start=True)
+    elif restart:
+        run_restart(restart)
+    out({"previous": previous, "current": digest, "restarted": bool(sup or restart)})
 
 
 HOLD_SECONDS = 600  # a controller that neither switches nor ends a held stage by then is gone
@@ -499,12 +512,7 @@ def held_switch(root, digest=None):
                                      and argv and (n == 0 or len(argv) == n)):
             raise Refused("switch request: bad supervisor or restart field")
     digest = doc["digest"]
-    previous = switch_to(root, digest, record)
-    if sup:
-        supervised(sup[0], sup[1], start=True)
-    elif restart:
-        run_restart(restart)
-    out({"previous": previous, "current": digest, "restarted": bool(sup or restart)})
+    switch_and_restart(root, digest, record, sup, restart)
 
 
 def op_retarget(root):
@@ -605,7 +613,7 @@ def op_halt(root):
     out({"halted": True})
 
 
-OPS = {"deploy": op_deploy, "stage": op_stage, "retarget": op_retarget, "switch": op_switch,
+OPS = {"probe": op_probe, "deploy": op_deploy, "stage": op_stage, "retarget": op_retarget, "switch": op_switch,
        "prune": op_prune, "journal": op_journal, "halt": op_halt, "stop": op_stop}
 
 

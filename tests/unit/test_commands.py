@@ -141,9 +141,9 @@ def test_render_chain_round_trips_any_text(chain):
 # --- parsers: captured good output ------------------------------------------------------------------------------
 
 SHELL_READS = [
-    ("probe", lambda: commands.probe(ROOT), ["sh", "-c", commands.PROBE_SH, "sh", ROOT]),
+    ("probe", lambda: commands.probe(ROOT), ["python3", "-I", "-S", "-c", commands.AGENT, "probe", ROOT]),
     ("probe-root-with-space", lambda: commands.probe("/srv/my router"),
-     ["sh", "-c", commands.PROBE_SH, "sh", "/srv/my router"]),
+     ["python3", "-I", "-S", "-c", commands.AGENT, "probe", "/srv/my router"]),
     ("hashes-default", lambda: commands.hashes(ROOT), ["sh", "-c", commands.HASHES_SH, "sh", ROOT, "current"]),
     ("hashes-digest", lambda: commands.hashes(ROOT, D2), ["sh", "-c", commands.HASHES_SH, "sh", ROOT, D2]),
 ]
@@ -153,7 +153,7 @@ SHELL_READS = [
 def test_shell_reads_pass_the_root_as_an_argument(build, expected):
     argv = build()
     assert argv == expected
-    assert "/opt" not in commands.PROBE_SH + commands.HASHES_SH  # the script never has a path spliced in
+    assert "/opt" not in commands.HASHES_SH  # the script never has a path spliced in
 
 
 def probe_out(current=f"releases/{D1}", halted="no", free="52428800000", releases=(D2, D1), root="yes"):
@@ -272,7 +272,7 @@ COMMON_BAD = [
 ]
 
 PARSER_BAD = [
-    # probe and hashes: shell "key value" lines
+    # probe and hashes: "key value" lines
     ("probe", "no-root-line", probe_out().replace(b"root yes\n", b"")),
     ("probe", "root-maybe", probe_out(root="maybe")),
     ("probe", "two-current", probe_out() + f"current releases/{D2}\n".encode()),

@@ -148,13 +148,13 @@ def stage(root: Path, data: bytes = None, want: str = DIGEST, size: int | None =
 # --- probe ------------------------------------------------------------------------------------------------------
 
 def sh(argv: list[str]) -> subprocess.CompletedProcess:
-    """Run one of the shell reads (probe, hashes) as a node would."""
+    """Run the shell read (hashes) as a node would."""
     assert argv[:2] == ["sh", "-c"]
     return subprocess.run(argv, capture_output=True, timeout=60)
 
 
 def probe(root: Path) -> commands.Probe:
-    proc = sh(commands.probe(str(root)))
+    proc = run(commands.probe(str(root)))
     assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
     return commands.parse_probe(proc.stdout)
 
@@ -192,8 +192,8 @@ def _shapes(root: Path) -> None:
 
 
 @pytest.mark.parametrize("shape", ["empty", "missing", "full", "no-releases-folder"])
-def test_the_agent_probe_says_what_the_shell_probe_says(tmp_path, shape):
-    """deploy answers preflight in Python; it must report exactly what PROBE_SH does (free space aside)."""
+def test_deploy_answers_preflight_with_the_probe(tmp_path, shape):
+    """deploy's first line carries the same probe as `probe`, for every shape of install root."""
     root = tmp_path / "opt-router"
     if shape != "missing":
         (root / "releases").mkdir(parents=True)
@@ -203,11 +203,13 @@ def test_the_agent_probe_says_what_the_shell_probe_says(tmp_path, shape):
         (root / "releases").rmdir()
     line = _lines(run(commands.deploy(str(root), DIGEST, 10, 3)))[0]
     from_agent = commands.parse_probe_answer(json.dumps(line).encode())
-    from_shell = probe(root)
-    assert dataclasses.replace(from_agent, free=0) == dataclasses.replace(from_shell, free=0)
-    assert abs(from_agent.free - from_shell.free) < 64 * 2**20  # the same filesystem, read a moment apart
-    if shape == "full":
-        assert (from_agent.current, from_agent.releases, from_agent.halted) == (DIGEST, tuple(sorted([DIGEST, OTHER])), True)
+    from_probe = probe(root)
+    assert dataclasses.replace(from_agent, free=0) == dataclasses.replace(from_probe, free=0)
+    assert abs(from_agent.free - from_probe.free) < 64 * 2**20  # the same filesystem, read a moment apart
+    expected = {"empty": (None, (), False), "missing": (None, (), False), "no-releases-folder": (None, (), False),
+                "full": (DIGEST, tuple(sorted([DIGEST, OTHER])), True)}[shape]
+    assert (from_agent.current, from_agent.releases, from_agent.halted) == expected
+    assert (from_agent.free > 0) == (shape != "missing")
 
 
 def test_deploy_answers_the_probe_then_stages_and_switches_on_request(root):
