@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deployctl import api, fleetops  # noqa: E402
+from deployctl import api  # noqa: E402
 
 DCTL = [str(ROOT / ".venv" / "bin" / "deployctl"), "-q"]
 
@@ -41,7 +41,7 @@ def make_source(tmp: Path, salt: int) -> Path:
 
 def openssh(ctx: api.Context, remote: str, stdin: bytes | None) -> float:
     """Run `remote` on every node with one `ssh` process per node in parallel; return the wall time."""
-    t = ctx.trust
+    t = ctx.state
     base = ["ssh", "-i", str(t.client_key), "-o", f"UserKnownHostsFile={t.known_hosts}", "-o",
             "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]
 
@@ -100,7 +100,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        arts = [fleetops.build(ctx, tmp / "dist", make_source(tmp, salt)) for salt in range(args.runs + 1)]
+        arts = [api.build(ctx, tmp / "dist", make_source(tmp, salt)) for salt in range(args.runs + 1)]
         payload = arts[0].payload()
         print(f"artifact: {len(payload) / 2**20:.1f} MiB, {len(ctx.nodes)} nodes, {os.cpu_count()} cores")
         timed(DCTL + ["rollout", "--json", str(arts[0].path)])  # warm: every later run has a previous
@@ -122,7 +122,7 @@ def main() -> None:
             timed(DCTL + ["resume", "--json"])
             add("deployctl rollback --all (process)", timed(DCTL + ["rollback", "--all", "--json"])[0])
         # Leave the fleet on the router release it had (the build is reproducible: same digest).
-        home = fleetops.build(ctx, tmp / "dist")
+        home = api.build(ctx, tmp / "dist")
         timed(DCTL + ["rollout", "--json", str(home.path)])
         if home.digest != start_digest:
             print(f"note: the fleet ran {start_digest[:12]} before; it now runs the fleet/router build {home.digest[:12]}")

@@ -19,14 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:  # cryptography is imported where keys are used: `verify` never pays for it
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from deployctl import signing
 from deployctl.config import NAME_RE
 from deployctl.errors import ArtifactError
 
 MAX_BYTES = 512 * 1024 * 1024
-PRIVATE_KEY_FILE = "signing_ed25519"
-PUBLIC_KEY_FILE = "signing_ed25519.pub"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _PART = re.compile(r"[A-Za-z0-9._-]{1,255}")
 _VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._+-]{0,63}")
@@ -96,58 +95,6 @@ def digest_of(files: Mapping[str, str]) -> str:
         raise ArtifactError("cannot digest a path that is not valid UTF-8") from None
     text = "".join(f"{files[rel]}  {rel}\n" for rel in order)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def generate_signing_key(dir: Path) -> tuple[Path, Path]:  # noqa: A002 - the documented parameter name
-    """Write a new ed25519 key pair into `dir` and return (private, public) paths; ArtifactError if one exists."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    private, public = Path(dir) / PRIVATE_KEY_FILE, Path(dir) / PUBLIC_KEY_FILE
-    if private.exists() or public.exists():
-        raise ArtifactError(f"{private}: a signing key already exists; refusing to replace it")
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    try:
-        Path(dir).mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write(pem)
-        public.write_text(raw.hex() + "\n", encoding="ascii")
-    except OSError as exc:
-        raise ArtifactError(f"{dir}: cannot write signing key ({exc.strerror or exc})") from None
-    return private, public
-
-
-def _private_key(path: Path) -> Ed25519PrivateKey:
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    try:
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-    except OSError as exc:
-        raise ArtifactError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        key = None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ArtifactError(f"{Path(path).name}: not an unencrypted PEM PKCS8 ed25519 private key")
-    return key
-
-
-def _public_key(path: Path) -> Ed25519PublicKey:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    try:
-        text = Path(path).read_bytes().strip()
-    except OSError as exc:
-        raise ArtifactError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if not re.fullmatch(rb"[0-9a-f]{64}", text):
-        raise ArtifactError(f"{Path(path).name}: not a hex-encoded ed25519 public key")
-    return Ed25519PublicKey.from_public_bytes(bytes.fromhex(text.decode("ascii")))
 
 
 def _collect(source: Path) -> dict[str, bytes]:
@@ -227,7 +174,7 @@ def build(source: Path, out_dir: Path, name: str, signing_key: Path) -> Artifact
     """
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ArtifactError(f"artifact name {_show(name)} should match ^{NAME_RE.pattern}$")
-    key, source = _private_key(signing_key), Path(source)
+    key, source = signing.private_key(signing_key), Path(source)
     contents = _collect(source)
     version = _version(source, contents)
     files = {rel: hashlib.sha256(data).hexdigest() for rel, data in contents.items()}
@@ -402,5 +349,5 @@ def load(path: Path, public_key: Path | None) -> Artifact:
     that check. Raises ArtifactError, naming the file, for anything unsafe, malformed, unsigned or tampered.
     """
     path = Path(path)
-    verifier = None if public_key is None else _public_key(Path(public_key))
+    verifier = None if public_key is None else signing.public_key(Path(public_key))
     return _parse(_read_capped(path), path, verifier)

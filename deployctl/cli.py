@@ -14,14 +14,22 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperOption
 
-from deployctl import api
+from deployctl import __version__, api
 from deployctl.errors import DeployctlError, ExitCode, UsageError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+def _flag_type(self, ctx):
+    """A flag takes no value: its help line shows none (Typer 0.2x prints `<bool>` beside it)."""
+    return None if self.is_flag else _option_type(self, ctx)
+
+
+_option_type, TyperOption.display_type_rich = TyperOption.display_type_rich, _flag_type
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Deploy one artifact to every node, prove every node runs it, gate traffic until all do.")
 gate_app = typer.Typer(no_args_is_help=True, help="Open, close or show the order gate of every node.")
-fleet_app = typer.Typer(no_args_is_help=True, help="The Docker-composed test fleet: up, down, status.")
+fleet_app = typer.Typer(no_args_is_help=True, help="The Docker-composed test fleet of N nodes: up, down, status.")
 app.add_typer(gate_app, name="gate")
 app.add_typer(fleet_app, name="fleet")
 
@@ -63,8 +71,16 @@ def _global(
     state_dir: Optional[Path] = typer.Option(None, "--state-dir", envvar="DEPLOYCTL_STATE",
                                              help="Controller state: keys, journal, lock (default: ./.deployctl)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
+    version: bool = typer.Option(False, "--version", callback=lambda v: _version(v), is_eager=True,
+                                 help="Print deployctl's version and exit."),
 ) -> None:
     _opts.update(inventory=inventory, playbook=playbook, state_dir=state_dir, quiet=quiet)
+
+
+def _version(asked: bool) -> None:
+    if asked:
+        sys.stdout.write(f"deployctl {__version__}\n")
+        raise typer.Exit(0)
 
 
 def _ctx(json_mode: bool = False) -> api.Context:
@@ -72,8 +88,50 @@ def _ctx(json_mode: bool = False) -> api.Context:
     return api.open_context(_opts["inventory"], _opts["playbook"], _opts["state_dir"], sink)
 
 
+class _Uploads:
+    """Per-node upload bars on a terminal, shown only once an upload has run for about a second
+    (a short upload would only flicker). Events arrive from the SSH worker threads."""
+
+    DELAY = 1.0
+
+    def __init__(self) -> None:
+        import threading
+
+        self.lock, self.started, self.bars, self.tasks, self.last = threading.Lock(), None, None, {}, {}
+
+    def update(self, node: str, sent: int, total: int) -> None:
+        with self.lock:
+            self.last[node] = (sent, total)
+            self.started = self.started or time.monotonic()
+            if self.bars is None and time.monotonic() - self.started >= self.DELAY and err.is_terminal:
+                from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+                self.bars = Progress(TextColumn("    {task.description}"), BarColumn(), DownloadColumn(),
+                                     TransferSpeedColumn(), console=err._console, transient=True)
+                self.bars.start()
+            if self.bars is not None:
+                for name, (done, size) in sorted(self.last.items()):
+                    if name not in self.tasks:
+                        self.tasks[name] = self.bars.add_task(name, total=size)
+                    self.bars.update(self.tasks[name], completed=done)
+                self.last.clear()
+
+    def stop(self) -> None:
+        with self.lock:
+            if self.bars is not None:
+                self.bars.stop()
+            self.started, self.bars, self.tasks = None, None, {}
+
+
+_uploads = _Uploads()
+
+
 def _progress(kind: str, **d) -> None:
     """Render library events as progress lines on stderr."""
+    if kind == "upload":
+        return _uploads.update(d["node"], d["sent"], d["total"])
+    if kind == "phase" and d["status"] == "done":
+        _uploads.stop()
     if kind == "phase" and d["status"] == "start":
         err.print(f"[bold]▶ {d['phase']}[/]")
     elif kind == "phase":
@@ -99,9 +157,7 @@ def _dump(doc) -> None:
 def build(out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write the artifact (default: ./dist)."),
           json_out: bool = JSON) -> None:
     """Build the reproducible, signed release artifact of the playbook's source."""
-    from deployctl import fleetops
-
-    art = fleetops.build(_ctx(json_out), out_dir)
+    art = api.build(_ctx(json_out), out_dir)
     if json_out:
         _dump({"artifact": str(art.path), "name": art.name, "version": art.version, "digest": art.digest})
     else:
@@ -113,13 +169,11 @@ def rollout(artifact: Path = typer.Argument(..., help="Artifact tarball from `de
             dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan node by node; change nothing."),
             break_lock: bool = typer.Option(False, "--break-lock", help="Take over a stale deploy lock."),
             json_out: bool = JSON) -> None:
-    """Deploy ARTIFACT to every node; open the gate only when all eight run it."""
-    from deployctl import deploy
-
+    """Deploy ARTIFACT to every node of the inventory; open the gate only when every node runs it."""
     ctx = _ctx(json_out)
     if dry_run:
-        return _plan(deploy.plan(ctx, artifact_path=artifact), json_out)
-    result = deploy.rollout(ctx, artifact, break_lock=break_lock)
+        return _plan(api.plan_rollout(ctx, artifact), json_out)
+    result = api.rollout(ctx, artifact, break_lock=break_lock)
     _run_done("rollout", result, json_out)
 
 
@@ -147,10 +201,8 @@ def verify(expect: Optional[str] = typer.Option(None, "--expect", help="Expected
                                                 "(default: the last successful rollout's)."),
            json_out: bool = JSON) -> None:
     """Check every node's files on disk and running process against the expected release (the pre-open gate)."""
-    from deployctl import deploy
-
     ctx = _ctx(json_out)
-    warning = deploy.interrupted(ctx)
+    warning = api.interrupted(ctx)
     if warning:
         err.print(f"[yellow]! {warning}[/]")
     report = api.verify(ctx, expect)
@@ -180,23 +232,19 @@ def rollback(all_nodes: bool = typer.Option(False, "--all", help="Every node (th
              break_lock: bool = typer.Option(False, "--break-lock", help="Take over a stale deploy lock."),
              json_out: bool = JSON) -> None:
     """Switch the whole fleet back to the previous release (or --to DIGEST) as one step, gate closed."""
-    from deployctl import deploy
-
     if all_nodes == bool(node):
         raise UsageError("rollback: say --all, or --node NAME --force for a partial rollback")
     ctx = _ctx(json_out)
     if dry_run:
-        return _plan(deploy.plan(ctx, to=to), json_out)
-    result = deploy.rollback(ctx, to=to, nodes=node, force=force, break_lock=break_lock)
+        return _plan(api.plan_rollback(ctx, to=to), json_out)
+    result = api.rollback(ctx, to=to, nodes=node, force=force, break_lock=break_lock)
     _run_done("rollback", result, json_out)
 
 
 @app.command()
 def recover(json_out: bool = JSON) -> None:
     """After an interrupted rollout: bring every node to one release (the last good), gate closed."""
-    from deployctl import deploy
-
-    _run_done("recover", deploy.recover(_ctx(json_out)), json_out)
+    _run_done("recover", api.recover(_ctx(json_out)), json_out)
 
 
 @gate_app.command("open")
@@ -271,14 +319,20 @@ COMPOSE = typer.Option(Path("containers/compose.yaml"), "--compose", help="The f
 
 
 @fleet_app.command("up")
-def fleet_up(compose: Path = COMPOSE) -> None:
-    """Build images if needed, start the eight nodes, install the first release, wait until all answer."""
-    from deployctl import fleetops
-
+def fleet_up(compose: Path = COMPOSE,
+             nodes: Optional[int] = typer.Option(None, "--nodes", help="Write the compose file and the inventory "
+                                                 "for this many nodes (1-64) first; default: use them as they are."),
+             project: str = typer.Option("deployctl-fleet", "--project", help="Docker project name (with --nodes)."),
+             first_ssh_port: int = typer.Option(2201, "--first-ssh-port", help="node1's SSH port (with --nodes)."),
+             first_router_port: int = typer.Option(8101, "--first-router-port",
+                                                   help="node1's router port (with --nodes).")) -> None:
+    """Build the node image if needed, start the inventory's nodes, install the first release, wait until all answer."""
     start = time.monotonic()
+    if nodes is not None:
+        api.write_fleet_files(_opts["inventory"], compose, nodes, project, first_ssh_port, first_router_port)
     ctx = _ctx()
-    fleetops.fleet_up(ctx, compose)
-    _fleet_table(fleetops.fleet_status(ctx, compose))
+    api.fleet_up(ctx, compose)
+    _fleet_table(api.fleet_status(ctx, compose))
     out.print(f"fleet up in {time.monotonic() - start:.1f}s")
 
 
@@ -286,18 +340,14 @@ def fleet_up(compose: Path = COMPOSE) -> None:
 def fleet_down(compose: Path = COMPOSE,
                keep_images: bool = typer.Option(False, "--keep-images", help="Keep the built images.")) -> None:
     """Remove everything `fleet up` made (containers, network, images); idempotent."""
-    from deployctl import fleetops
-
-    removed = fleetops.fleet_down(_ctx(), compose, keep_images)
+    removed = api.fleet_down(_ctx(), compose, keep_images)
     out.print("removed: " + (", ".join(removed) if removed else "nothing (fleet already down)"))
 
 
 @fleet_app.command("status")
 def fleet_status(compose: Path = COMPOSE, json_out: bool = JSON) -> None:
     """A table of the nodes: container, sshd, router, running digest, gate."""
-    from deployctl import fleetops
-
-    rows = fleetops.fleet_status(_ctx(json_out), compose)
+    rows = api.fleet_status(_ctx(json_out), compose)
     _dump(rows) if json_out else _fleet_table(rows)
 
 

@@ -1,8 +1,8 @@
 """The Docker side of the test fleet: build the node image, create, start, inspect and remove the nodes.
 
-The nodes are described by containers/compose.yaml; this module reads the part
-of it the fleet uses and drives the Docker SDK directly, so no compose binary
-is needed. Only this module imports the docker SDK.
+The nodes are described by containers/compose.yaml; this module writes that file
+for N nodes, reads back the part of it the fleet uses and drives the Docker SDK
+directly, so no compose binary is needed. Only this module imports the docker SDK.
 """
 
 from __future__ import annotations
@@ -15,12 +15,30 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from deployctl.config import _load_yaml
+from deployctl.config import fleet_ports
+from deployctl.schema import load_yaml
 from deployctl.errors import ConfigError, DeployctlError, DockerUnavailableError
 
 _PORT = re.compile(r"^127\.0\.0\.1:(\d{1,5}):(\d{1,5})$")
 IMAGE_LABEL = "deployctl.context"
 MADE_LABEL = "deployctl.made"
+_PROJECT = re.compile(r"[a-z0-9][a-z0-9_-]*")  # what load_spec accepts as the compose `name`
+
+_COMPOSE_HEADER = """\
+# The nodes of the test fleet. `deployctl fleet up --nodes N` writes this file
+# (docker_fleet.compose_text), then reads it and creates the containers with the
+# Docker SDK (it does not need docker compose); ports are published on 127.0.0.1
+# only, and must match fleet/fleet.yaml.
+"""
+
+_COMPOSE_NODE = """\
+  {name}:
+    image: deployctl/node:latest
+    build: {{context: {context}, dockerfile: Dockerfile}}
+    hostname: {name}
+    ports: ["127.0.0.1:{ssh}:22", "127.0.0.1:{router}:8080"]
+    networks: [fleet]
+"""
 
 
 @dataclass(frozen=True)
@@ -57,18 +75,20 @@ class NodeFiles:
 
 def load_spec(path: Path) -> FleetSpec:
     """Read containers/compose.yaml; ConfigError on anything outside the subset the fleet uses."""
-    doc = _load_yaml(path)
+    doc = load_yaml(path)
     name = path.name
     if not isinstance(doc, dict) or not isinstance(doc.get("services"), dict) or not doc["services"]:
         raise ConfigError(f"{name}: services: should be a non-empty mapping")
     project = doc.get("name")
     if not isinstance(project, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", project):
         raise ConfigError(f"{name}: name: should be a lowercase project name")
-    images, nodes = set(), []
+    images, contexts, nodes = set(), set(), []
     for svc, body in doc["services"].items():
         if not isinstance(body, dict):
             raise ConfigError(f"{name}: services/{svc}: should be a mapping")
         images.add(body.get("image"))
+        build = body.get("build") or {}
+        contexts.add(build.get("context", ".") if isinstance(build, dict) else None)
         ports = []
         for i, spec in enumerate(body.get("ports") or []):
             m = _PORT.match(str(spec))
@@ -78,7 +98,23 @@ def load_spec(path: Path) -> FleetSpec:
         nodes.append(NodeSpec(svc, f"{project}-{svc}", str(body.get("hostname", svc)), tuple(ports)))
     if len(images) != 1 or not isinstance(next(iter(images)), str):
         raise ConfigError(f"{name}: services: every node should name the same image")
-    return FleetSpec(project, images.pop(), path.parent, f"{project}-net", tuple(nodes))
+    if len(contexts) != 1 or not isinstance(next(iter(contexts)), str):
+        raise ConfigError(f"{name}: services: every node should have the same build context (a folder)")
+    context = (path.parent / contexts.pop()).resolve()
+    return FleetSpec(project, images.pop(), context, f"{project}-net", tuple(nodes))
+
+
+def compose_text(nodes: int, project: str = "deployctl-fleet", first_ssh_port: int = 2201,
+                 first_router_port: int = 8101, context: str = ".") -> str:
+    """Return the YAML text of containers/compose.yaml for node1..nodeN (defaults, nodes=8: the committed file);
+    ConfigError, one line, on a bad count, port range or project name. `context`: the image's build
+    folder (containers/), relative to the compose file."""
+    ports = fleet_ports(nodes, first_ssh_port, first_router_port)
+    if not isinstance(project, str) or not _PROJECT.fullmatch(project):
+        raise ConfigError(f"--project: should be a lowercase project name matching ^{_PROJECT.pattern}$, "
+                          f"got {project!r}")
+    body = "".join(_COMPOSE_NODE.format(name=name, ssh=ssh, router=router, context=context) for name, ssh, router in ports)
+    return f"{_COMPOSE_HEADER}name: {project}\nservices:\n{body}networks:\n  fleet: {{}}\n"
 
 
 def client():
@@ -97,9 +133,10 @@ def client():
 
 
 def context_hash(context: Path) -> str:
-    """Return a sha256 over the build folder's files, so a changed Dockerfile means a rebuild."""
+    """Return a sha256 over the build folder's files, so a changed Dockerfile means a rebuild. Compose
+    files are left out: `fleet up --nodes N` rewrites them, and the image does not depend on them."""
     h = hashlib.sha256()
-    for f in sorted(p for p in context.rglob("*") if p.is_file()):
+    for f in sorted(p for p in context.rglob("*") if p.is_file() and not p.match("compose*.y*ml")):
         h.update(f.relative_to(context).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()
 
@@ -217,6 +254,16 @@ def down(dc, spec: FleetSpec, keep_images: bool) -> list[str]:
                 except docker.errors.ImageNotFound:
                     pass
     return removed
+
+
+def remove_extra(dc, spec: FleetSpec) -> list[str]:
+    """Remove the project's containers that the compose file no longer lists (a fleet made smaller)."""
+    keep = {n.container for n in spec.nodes}
+    gone = [c for c in dc.containers.list(all=True, filters={"label": f"deployctl.fleet={spec.project}"})
+            if c.name not in keep]
+    for c in gone:
+        c.remove(force=True)
+    return [c.name for c in gone]
 
 
 def states(dc, spec: FleetSpec) -> dict[str, str]:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 from deployctl.config import Node
-from deployctl.journal import actor
 
 TOKEN_HEADER = "X-Deployctl-Token"
 ACTOR_HEADER = "X-Deployctl-Actor"
@@ -43,12 +42,15 @@ class Answer:
 
 
 def request(node: Node, method: str, path: str, body: dict | None = None, token: str | None = None,
-            timeout: float = 2.0) -> Answer:
-    """Send one request to `node`'s router; never raises, a failure is an Answer with status 0."""
+            timeout: float = 2.0, actor: str = "") -> Answer:
+    """Send one request to `node`'s router; never raises, a failure is an Answer with status 0.
+
+    `actor` (user@host) goes with a token, for the node's journal of who asked."""
     headers = {"Content-Type": "application/json"}
     if token is not None:
         headers[TOKEN_HEADER] = token
-        headers[ACTOR_HEADER] = actor()
+        if actor:
+            headers[ACTOR_HEADER] = actor
     conn = http.client.HTTPConnection(node.host, node.router_port, timeout=timeout)
     try:
         conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
@@ -79,17 +81,30 @@ def health(nodes: list[Node], path: str = "/health", timeout: float = 2.0) -> di
 
 
 def control(nodes: list[Node], action: str, token: str, body: dict | None = None,
-            timeout: float = 2.0) -> dict[str, Answer]:
-    """POST /control/<action> to every node with the token."""
-    return each(nodes, lambda n: request(n, "POST", f"/control/{action}", body or {}, token, timeout))
+            timeout: float = 2.0, actor: str = "") -> dict[str, Answer]:
+    """POST /control/<action> to every node with the token; return node -> Answer."""
+    return each(nodes, lambda n: request(n, "POST", f"/control/{action}", body or {}, token, timeout, actor))
 
 
-def open_gate(nodes: list[Node], digest: str, token: str) -> dict[str, Answer]:
-    return control(nodes, "gate", token, {"action": "open", "digest": digest})
+def open_gate(nodes: list[Node], digest: str, token: str, actor: str = "") -> dict[str, Answer]:
+    """Ask every router to open its gate for `digest` (each refuses unless it runs that digest)."""
+    return control(nodes, "gate", token, {"action": "open", "digest": digest}, actor=actor)
 
 
-def close_gate(nodes: list[Node], token: str) -> dict[str, Answer]:
-    return control(nodes, "gate", token, {"action": "close"})
+def close_gate(nodes: list[Node], token: str, actor: str = "") -> dict[str, Answer]:
+    """Close every router's gate; return node -> Answer."""
+    return control(nodes, "gate", token, {"action": "close"}, actor=actor)
+
+
+def open_all_or_none(nodes: list[Node], digest: str, token: str, actor: str = "") -> dict[str, Answer]:
+    """Open every gate for `digest`; if any node refuses or does not answer, close them all again.
+
+    The one place this rule lives: a fleet with some gates open and some closed takes orders on
+    only part of the fleet, which is never what anyone asked for. Returns the open answers."""
+    answers = open_gate(nodes, digest, token, actor)
+    if not all(a.ok for a in answers.values()):
+        close_gate(nodes, token, actor)
+    return answers
 
 
 def wait_running(nodes: list[Node], digest: str, deadline_s: float, path: str = "/health") -> dict[str, Answer]:
@@ -103,3 +118,32 @@ def wait_running(nodes: list[Node], digest: str, deadline_s: float, path: str = 
             time.sleep(0.02)
 
     return each(nodes, one)
+
+
+class Routers:
+    """Every router of a fleet over HTTP, with the control token read on first use; the seam that
+    run and control use (unit tests give tests/unit/fakefleet.py's in-memory routers instead)."""
+
+    def __init__(self, token: Callable[[], str], actor: str = "", health_path: str = "/health"):
+        self._token, self.actor, self.health_path = token, actor, health_path
+
+    def health(self, nodes: list[Node], timeout: float = 2.0) -> dict[str, Answer]:
+        """Return node -> its router's health answer."""
+        return health(nodes, self.health_path, timeout)
+
+    def control(self, nodes: list[Node], action: str, body: dict | None = None,
+                timeout: float = 2.0) -> dict[str, Answer]:
+        """POST /control/<action> (gate, halt, resume) to every node; return node -> Answer."""
+        return control(nodes, action, self._token(), body, timeout, self.actor)
+
+    def close_gate(self, nodes: list[Node]) -> dict[str, Answer]:
+        """Close every gate; return node -> Answer."""
+        return close_gate(nodes, self._token(), self.actor)
+
+    def open_all_or_none(self, nodes: list[Node], digest: str) -> dict[str, Answer]:
+        """Open every gate for `digest`, or close them all again (see the module function)."""
+        return open_all_or_none(nodes, digest, self._token(), self.actor)
+
+    def wait_running(self, nodes: list[Node], digest: str, deadline_s: float) -> dict[str, Answer]:
+        """Poll until every router reports `digest` or the deadline passes; return the last answers."""
+        return wait_running(nodes, digest, deadline_s, self.health_path)

@@ -19,6 +19,16 @@ from typing import Iterator
 from deployctl.errors import DeployctlError, LockHeldError
 
 SECRET_WORDS = ("token", "password", "secret", "passphrase")
+RUNS = ("rollout", "rollback", "recover")  # the actions that move the fleet, journaled phase by phase
+
+
+def good_run(record: dict) -> str | None:
+    """Return the release digest of a run that ended with the whole fleet on it, else None."""
+    digest = record.get("digest")
+    if record.get("action") in RUNS and record.get("phase") == "done" and record.get("outcome") == "ok" \
+            and isinstance(digest, str):
+        return digest
+    return None
 
 
 def actor() -> str:
@@ -99,11 +109,11 @@ class Journal:
 
     def last_good(self) -> str | None:
         """Return the digest the fleet last ran as a whole (last successful rollout, rollback or recover)."""
-        for rec in self.newest_first():
-            if rec.get("action") in ("rollout", "rollback", "recover") and rec.get("phase") == "done" \
-                    and rec.get("outcome") == "ok":
-                return rec.get("digest")
-        return None
+        return next(filter(None, map(good_run, self.newest_first())), None)
+
+    def last_run(self) -> dict | None:
+        """Return the done record of the newest run, whatever its outcome."""
+        return next((r for r in self.newest_first() if r.get("action") in RUNS and r.get("phase") == "done"), None)
 
     def interrupted(self) -> dict | None:
         """Return the start record of the last rollout/rollback/recover that never reached "done", if any."""

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from deployctl.errors import ExitCode
 from deployctl.artifact import digest_of
-from deployctl.errors import ArtifactError
+from deployctl.errors import ArtifactError, ExitCode
 
 
 @dataclass(frozen=True)
@@ -21,6 +20,7 @@ class NodeObservation:
     health: dict | None = None
     health_error: str | None = None
     unreachable: bool = False  # SSH or HTTP could not reach the node at all
+    host_key_refused: bool = False  # the node presented a host key other than the pinned one
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,11 @@ class NodeVerdict:
     reachable: bool
     drift: tuple[str, ...] = ()
     problems: tuple[str, ...] = ()
+    host_key_refused: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.reachable and self.disk_ok and self.running_ok
+        return self.reachable and self.disk_ok and self.running_ok and not self.host_key_refused
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class VerifyReport:
     def exit_code(self) -> ExitCode:
         if self.ok:
             return ExitCode.OK
+        if any(n.host_key_refused for n in self.nodes):  # a security incident, not an outage
+            return ExitCode.HOST_KEY
         if any(not n.reachable for n in self.nodes) and all(n.disk_ok and n.running_ok for n in self.nodes
                                                              if n.reachable):
             return ExitCode.UNREACHABLE
@@ -70,7 +73,8 @@ class VerifyReport:
             "nodes": [
                 {"node": n.node, "ok": n.ok, "reachable": n.reachable, "disk_digest": n.disk_digest,
                  "running_digest": n.running_digest, "disk_ok": n.disk_ok, "running_ok": n.running_ok,
-                 "gate": n.gate, "halted": n.halted, "drift": list(n.drift), "problems": list(n.problems)}
+                 "gate": n.gate, "halted": n.halted, "drift": list(n.drift), "problems": list(n.problems),
+                 "host_key_refused": n.host_key_refused}
                 for n in self.nodes
             ],
         }
@@ -110,6 +114,7 @@ def judge(obs: NodeObservation, expected: str | None, manifest: dict[str, str] |
     return NodeVerdict(
         obs.node, disk, running, gate, halted, disk_ok, running is not None and running == expected,
         reachable=not obs.unreachable, drift=files_drift, problems=tuple(problems),
+        host_key_refused=obs.host_key_refused,
     )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from deployctl import api, docker_fleet, fleetops, gate
+from deployctl import api, docker_fleet, gate, testfleet
 from deployctl.errors import DeployctlError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,8 +49,8 @@ def docker_spec():
 @pytest.fixture(scope="session")
 def base_release(ctx, tmp_path_factory):
     """The fleet/router build every test starts and ends on (fleet up makes it current)."""
-    fleetops.fleet_up(ctx, COMPOSE)
-    art = fleetops.build(ctx, tmp_path_factory.mktemp("dist"))
+    api.fleet_up(ctx, COMPOSE)
+    art = api.build(ctx, tmp_path_factory.mktemp("dist"))
     _restore(ctx, art)
     return art
 
@@ -71,7 +71,7 @@ def make_release(ctx, tmp_path_factory):
             for rel, data in (extra or {}).items():
                 (src / rel).parent.mkdir(parents=True, exist_ok=True)
                 (src / rel).write_bytes(data)
-            made[key] = fleetops.build(ctx, tmp_path_factory.mktemp("dist"), src)
+            made[key] = api.build(ctx, tmp_path_factory.mktemp("dist"), src)
         return made[key]
 
     return make
@@ -90,11 +90,11 @@ def _restore(ctx: api.Context, art) -> None:
     if any(a.ok and a.body.get("halted") for a in health.values()) or not all(a.ok for a in health.values()):
         api.halt(ctx)  # a node whose router is down must not come back un-halted while others are halted
         gate.control(ctx.nodes, "resume", ctx.token())
-    from deployctl import deploy
+
 
     # A fault test may leave a node with a small releases folder: restoring must not need the reserve.
     roomy = dataclasses.replace(ctx, playbook=dataclasses.replace(ctx.playbook, min_free_mb=0))
-    deploy.rollout(roomy, art.path, break_lock=True)
+    api.rollout(roomy, art.path, break_lock=True)
 
 
 @pytest.fixture(autouse=True)
@@ -105,7 +105,7 @@ def fleet(request, ctx, base_release):
     if failed:
         for node in ctx.nodes:
             try:
-                print(f"----- {node.name} logs -----\n{fleetops.logs(COMPOSE, node.name, 30)}")
+                print(f"----- {node.name} logs -----\n{testfleet.logs(COMPOSE, node.name, 30)}")
             except DeployctlError as exc:
                 print(f"----- {node.name}: {exc}")
     _restore(ctx, base_release)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from deployctl import api, docker_fleet, fleetops, gate
+from deployctl import docker_fleet, gate, testfleet
 
 
 def post_order(node, order: dict, timeout: float = 5.0) -> gate.Answer:
@@ -37,7 +37,7 @@ def fleet_view(ctx) -> dict[str, tuple]:
     An unreachable part reads as None, so a dead node shows up as (None, None, None, None).
     """
     from deployctl import commands
-    from deployctl.executor import Call
+    from deployctl.ssh import Call
 
     with ctx.ssh() as f:
         probes = f.run_all(lambda n: Call(commands.render(commands.probe(ctx.root)), timeout=15))
@@ -62,4 +62,4 @@ def revive(ctx, dc, spec) -> bool:
             c.start()
         if spec.network not in c.attrs["NetworkSettings"]["Networks"]:
             dc.networks.get(spec.network).connect(c)
-    return api.wait_for(lambda: all(fleetops._sshd_answers(n.host, n.ssh_port) for n in ctx.nodes), 60, 0.2)
+    return testfleet.wait_for(lambda: all(testfleet.sshd_answers(n.host, n.ssh_port) for n in ctx.nodes), 60, 0.2)

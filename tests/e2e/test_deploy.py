@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from deployctl import api, commands, deploy, docker_fleet, gate
+from deployctl import api, commands, docker_fleet, gate
 from deployctl.errors import (ExitCode, HaltedError, LockHeldError, RolledBackError, UnreachableError,
                               UsageError)
-from deployctl.executor import Call
+from deployctl.ssh import Call
 from deployctl.journal import Lock, actor
 from helpers import order, post_order, wait
 
@@ -49,14 +49,14 @@ def run_records(ctx, digest: str) -> list[dict]:
 
 def test_full_rollout_then_second_rollout(ctx, base_release, make_release):
     v2, v3 = make_release("2.0.0"), make_release("3.0.0")
-    result = deploy.rollout(ctx, v2.path)
+    result = api.rollout(ctx, v2.path)
     assert result.state.phase.value == "done"
     assert set(running(ctx).values()) == {v2.digest}
     assert set(gates(ctx).values()) == {"open"}
     assert api.verify(ctx).ok and api.verify(ctx).expected == v2.digest
     assert post_order(ctx.nodes[0], order("after-v2")).status == 200
 
-    deploy.rollout(ctx, v3.path)
+    api.rollout(ctx, v3.path)
     assert set(currents(ctx).values()) == {v3.digest}
     assert set(running(ctx).values()) == {v3.digest}
     done = [r for r in ctx.journal.read() if r.get("phase") == "done"][-1]
@@ -118,7 +118,7 @@ def test_rollout_with_a_node_stopped_midway_leaves_the_previous_release_and_gate
             docker_fleet.container(dc, spec, "node4").kill()
 
     with pytest.raises(RolledBackError) as err:
-        deploy.rollout(dataclasses.replace(ctx, on_event=kill_node4_at_stage), v2.path)
+        api.rollout(dataclasses.replace(ctx, on_event=kill_node4_at_stage), v2.path)
     assert "node4 failed in stage" in str(err.value)
     others = [n for n in ctx.nodes if n.name != "node4"]
     health = gate.health(others)
@@ -135,12 +135,12 @@ def test_rollout_with_a_node_stopped_midway_leaves_the_previous_release_and_gate
 
 def test_rollback_all_returns_every_node_to_the_previous_release(ctx, base_release, make_release):
     v2 = make_release("2.3.0")
-    deploy.rollout(ctx, v2.path)
-    plan = deploy.plan(ctx, to=base_release.digest)
+    api.rollout(ctx, v2.path)
+    plan = api.plan_rollback(ctx, to=base_release.digest)
     assert [(r.current, r.target) for r in plan] == [(v2.digest, base_release.digest)] * 8
     assert set(running(ctx).values()) == {v2.digest}  # the plan changed nothing
 
-    deploy.rollback(ctx)
+    api.rollback(ctx)
     assert set(currents(ctx).values()) == {base_release.digest}
     assert set(running(ctx).values()) == {base_release.digest}
     assert set(gates(ctx).values()) == {"open"}
@@ -150,9 +150,9 @@ def test_rollback_all_returns_every_node_to_the_previous_release(ctx, base_relea
 def test_rollback_refuses_partial_without_force_and_unknown_targets(ctx, base_release):
     before = list(ctx.journal.read())
     with pytest.raises(UsageError, match="--force"):
-        deploy.rollback(ctx, nodes=["node1"])
+        api.rollback(ctx, nodes=["node1"])
     with pytest.raises(UsageError, match="never ran"):
-        deploy.rollback(ctx, to="ab" * 32)
+        api.rollback(ctx, to="ab" * 32)
     assert list(ctx.journal.read()) == before
     proc = cli("rollback")
     assert proc.returncode == ExitCode.USAGE and proc.stderr.count("\n") == 1
@@ -161,8 +161,8 @@ def test_rollback_refuses_partial_without_force_and_unknown_targets(ctx, base_re
 def test_a_forced_partial_rollback_moves_only_the_named_node_and_keeps_the_gate_closed(
         ctx, base_release, make_release, docker_spec):
     v2 = make_release("2.5.0")
-    deploy.rollout(ctx, v2.path)
-    deploy.rollback(ctx, nodes=["node2"], force=True)
+    api.rollout(ctx, v2.path)
+    api.rollback(ctx, nodes=["node2"], force=True)
     assert currents(ctx) == {n.name: base_release.digest if n.name == "node2" else v2.digest for n in ctx.nodes}
     assert running(ctx) == currents(ctx)
     assert set(gates(ctx).values()) == {"closed"}  # a mixed fleet never takes orders
@@ -181,7 +181,7 @@ def test_halt_and_resume(ctx, base_release):
     with pytest.raises(HaltedError):
         api.gate_open(ctx)
     with pytest.raises(HaltedError, match="node is halted"):  # a rollout refuses a halted fleet in preflight
-        deploy.rollout(ctx, base_release.path)
+        api.rollout(ctx, base_release.path)
     api.resume(ctx)
     assert all(a.body["halted"] is False and a.body["gate"] == "closed" for a in gate.health(ctx.nodes).values())
     api.gate_open(ctx)
@@ -207,7 +207,7 @@ def test_second_rollout_is_refused_while_the_lock_is_held(ctx, base_release):
     lock.acquire("test holds the lock")
     try:
         with pytest.raises(LockHeldError) as err:
-            deploy.rollout(ctx, base_release.path)
+            api.rollout(ctx, base_release.path)
         assert "held" in str(err.value) and "since" in str(err.value) and str(os.getpid()) in str(err.value)
         proc = cli("rollout", str(base_release.path))
         assert proc.returncode == ExitCode.LOCKED and "test holds the lock" in proc.stderr
@@ -221,8 +221,8 @@ def test_stale_lock_is_reported_and_broken_only_when_asked(ctx, base_release):
     ctx.lock.path.write_text(json.dumps({"holder": actor(), "pid": dead.pid, "since": time.time() - 60,
                                          "command": "rollout crashed"}))
     with pytest.raises(LockHeldError, match="stale.*--break-lock"):
-        deploy.rollout(ctx, base_release.path)
-    deploy.rollout(ctx, base_release.path, break_lock=True)
+        api.rollout(ctx, base_release.path)
+    api.rollout(ctx, base_release.path, break_lock=True)
     broken = [r for r in ctx.journal.read() if r.get("action") == "lock-broken"][-1]
     assert broken["pid"] == dead.pid
     assert not ctx.lock.path.exists()
@@ -230,7 +230,7 @@ def test_stale_lock_is_reported_and_broken_only_when_asked(ctx, base_release):
 
 def test_journal_records_every_phase_on_the_controller_and_the_nodes(ctx, base_release, make_release, node_exec):
     v2 = make_release("2.4.0")
-    deploy.rollout(ctx, v2.path)
+    api.rollout(ctx, v2.path)
     recs = run_records(ctx, v2.digest)
     assert [r["phase"] for r in recs] == ["start", "preflight", "close-gate", "stage", "switch", "health",
                                           "open-gate", "done"]

@@ -25,11 +25,11 @@ from helpers import fleet_view, in_background, order, post_order, revive, wait
 from observer import observer  # noqa: F401 - a fixture, used by _every_fault_test
 
 from conftest import COMPOSE, ROOT
-from deployctl import api, commands, deploy, docker_fleet, fleetops, gate
+from deployctl import api, commands, docker_fleet, gate, testfleet
 from deployctl.config import Timeouts
 from deployctl.errors import (DeployctlError, ExitCode, InconsistentError, RolledBackError, UnreachableError,
                               UsageError)
-from deployctl.executor import Call
+from deployctl.ssh import Call
 from deployctl.journal import encode, entry
 
 DCTL = str(ROOT / ".venv" / "bin" / "deployctl")
@@ -141,8 +141,8 @@ def _every_fault_test(observer, ctx, docker_spec):  # noqa: F811 - observer is t
     """
     yield observer
     _revive(ctx, docker_spec)
-    if deploy.interrupted(ctx):
-        deploy.recover(ctx)
+    if api.interrupted(ctx):
+        api.recover(ctx)
 
 
 # ---- the observer itself --------------------------------------------------------------------------
@@ -183,7 +183,7 @@ def test_a_node_down_before_the_rollout_is_refused_in_preflight_and_nothing_chan
     offset = journal_size(ctx)
 
     with pytest.raises(UnreachableError) as err:
-        deploy.rollout(quick(ctx), v2.path)
+        api.rollout(quick(ctx), v2.path)
     assert err.value.exit_code == ExitCode.UNREACHABLE
     assert str(err.value).startswith("rollout refused in preflight, nothing changed: "
                                      "node2: unreachable at 127.0.0.1:2202: ")
@@ -199,7 +199,7 @@ def test_a_node_down_before_the_rollout_is_refused_in_preflight_and_nothing_chan
     done = recs[-1]
     assert done["outcome"] == "refused" and len(done["failures"]) == 1
     assert done["failures"][0].startswith("node2 failed in preflight: unreachable at 127.0.0.1:2202")
-    assert deploy.interrupted(ctx) is None and not ctx.lock.path.exists()
+    assert api.interrupted(ctx) is None and not ctx.lock.path.exists()
 
 
 # ---- 2, 4: the SSH connection is cut during the upload --------------------------------------------
@@ -217,7 +217,7 @@ def test_an_ssh_session_cut_mid_transfer_rolls_back_and_leaves_no_partial_releas
     hook = at_phase("stage", lambda: in_background(cut))
     offset = journal_size(ctx)
     with pytest.raises(RolledBackError) as err:
-        deploy.rollout(dataclasses.replace(quick(ctx), on_event=hook), big.path)
+        api.rollout(dataclasses.replace(quick(ctx), on_event=hook), big.path)
     hook.fired[0].join(10)
     assert cuts and cuts[0][0] == 0, cuts  # pkill found the session
     assert err.value.exit_code == ExitCode.ROLLED_BACK
@@ -235,7 +235,7 @@ def test_an_ssh_session_cut_mid_transfer_rolls_back_and_leaves_no_partial_releas
     # The node agent removes its .stage-* folder when its input ends; releases/<digest> is all or nothing.
     assert wait(lambda: stage_leftovers(node_exec, "node3") == [], 10), stage_leftovers(node_exec, "node3")
     assert release_files(ctx, "node3", big.digest) in (None, big.files)
-    deploy.rollout(ctx, base_release.path)  # the next rollout prunes: still nothing partial anywhere
+    api.rollout(ctx, base_release.path)  # the next rollout prunes: still nothing partial anywhere
     for n in ctx.nodes:
         assert stage_leftovers(node_exec, n.name) == [], n.name
     assert release_files(ctx, "node3", big.digest) in (None, big.files)
@@ -253,7 +253,7 @@ def test_a_node_killed_after_the_switch_leaves_gates_closed_and_recover_brings_o
     offset = journal_size(ctx)
 
     with pytest.raises(InconsistentError) as err:
-        deploy.rollout(dataclasses.replace(quick(ctx, health=5), on_event=hook), v2.path)
+        api.rollout(dataclasses.replace(quick(ctx, health=5), on_event=hook), v2.path)
     assert hook.fired and err.value.exit_code == ExitCode.INCONSISTENT
     msg = str(err.value)
     assert msg.startswith("rollout failed: node6 failed in health: ") and "node6 failed in revert: " in msg
@@ -271,7 +271,7 @@ def test_a_node_killed_after_the_switch_leaves_gates_closed_and_recover_brings_o
     # It comes back on the release it was switched to, and with its gate closed (closed at every start).
     assert fleet_view(ctx)["node6"] == (v2.digest, v2.digest, "closed", False)
 
-    result = deploy.recover(ctx)
+    result = api.recover(ctx)
     assert result.state.target == base_release.digest
     assert fleet_view(ctx) == {n.name: on_base(base_release, "closed") for n in ctx.nodes}
     report = api.verify(ctx)
@@ -292,7 +292,7 @@ def test_a_paused_node_fails_the_rollout_within_a_bounded_time(ctx, base_release
     try:
         start = time.monotonic()
         with pytest.raises(UnreachableError) as err:
-            deploy.rollout(quick(ctx), v2.path)
+            api.rollout(quick(ctx), v2.path)
         took = time.monotonic() - start
     finally:
         node5.unpause()
@@ -325,15 +325,15 @@ def small_node8(ctx, base_release, docker_spec):
     """node8 recreated with a 24 MiB tmpfs as its releases folder and given the base release (the other
     nodes have it already); the ordinary node8 is put back afterwards."""
     dc, spec = docker_spec
-    fleetops.replace_node(ctx, COMPOSE, "node8", {"/opt/router/releases": "size=24m"})
+    testfleet.replace_node(ctx, COMPOSE, "node8", {"/opt/router/releases": "size=24m"})
     try:
-        deploy.rollout(quick(ctx, min_free_mb=0), base_release.path)  # the small folder holds the base
+        api.rollout(quick(ctx, min_free_mb=0), base_release.path)  # the small folder holds the base
         yield
     finally:
         try:
             docker_fleet.container(dc, spec, "node8").exec_run(["rm", "-f", "/opt/router/releases/fill"])
         finally:
-            fleetops.fleet_up(ctx, COMPOSE)
+            api.fleet_up(ctx, COMPOSE)
 
 
 def twelve_mib(make_release):
@@ -354,7 +354,7 @@ class TestDiskFull:
         offset = journal_size(ctx)
         try:
             with pytest.raises(RolledBackError) as err:
-                deploy.rollout(dataclasses.replace(quick(ctx, min_free_mb=0), on_event=hook), big.path)
+                api.rollout(dataclasses.replace(quick(ctx, min_free_mb=0), on_event=hook), big.path)
         finally:
             node_exec("node8", "rm -f /opt/router/releases/fill")
         assert hook.fired
@@ -372,7 +372,7 @@ class TestDiskFull:
         hook = fill_at_stage(node_exec)
         try:
             with pytest.raises(RolledBackError) as err:
-                deploy.rollout(dataclasses.replace(quick(ctx, min_free_mb=0), on_event=hook),
+                api.rollout(dataclasses.replace(quick(ctx, min_free_mb=0), on_event=hook),
                                twelve_mib(make_release).path)
         finally:
             node_exec("node8", "rm -f /opt/router/releases/fill")
@@ -382,7 +382,7 @@ class TestDiskFull:
     def test_preflight_refuses_a_node_whose_releases_folder_lacks_room(self, ctx, base_release, make_release):
         """FAULTS 5: 12 MiB artifact + 64 MiB reserve cannot fit in a 24 MiB releases folder: refuse first."""
         with pytest.raises(DeployctlError) as err:
-            deploy.rollout(ctx, twelve_mib(make_release).path)
+            api.rollout(ctx, twelve_mib(make_release).path)
         assert str(err.value).startswith("rollout refused in preflight, nothing changed: node8 failed in preflight: "
                                          "only ")
         assert err.value.exit_code == ExitCode.FAILED
@@ -397,7 +397,7 @@ def test_a_staged_file_corrupted_before_the_switch_is_caught_and_the_fleet_goes_
     hook = at_phase("switch", lambda: node_exec("node2", f"printf x >> /opt/router/releases/{v2.digest}/router.py"))
     offset = journal_size(ctx)
     with pytest.raises(RolledBackError) as err:
-        deploy.rollout(dataclasses.replace(quick(ctx, health=5), on_event=hook), v2.path)
+        api.rollout(dataclasses.replace(quick(ctx, health=5), on_event=hook), v2.path)
     assert hook.fired and hook.fired[0][0] == 0
     msg = str(err.value)
     assert msg.startswith("rollout failed: node2 failed in health: ")
@@ -408,7 +408,7 @@ def test_a_staged_file_corrupted_before_the_switch_is_caught_and_the_fleet_goes_
     assert [f.split(":")[0] for f in recs[-1]["failures"]] == ["node2 failed in health"]
     assert fleet_view(ctx) == {n.name: on_base(base_release, "closed") for n in ctx.nodes}
 
-    deploy.rollout(ctx, v2.path)  # the rerun replaces the tampered copy and succeeds
+    api.rollout(ctx, v2.path)  # the rerun replaces the tampered copy and succeeds
     assert fleet_view(ctx) == {n.name: (v2.digest, v2.digest, "open", False) for n in ctx.nodes}
     assert release_files(ctx, "node2", v2.digest) == v2.files
 
@@ -444,7 +444,7 @@ def test_a_rollout_whose_commands_wait_longer_than_a_step_timeout_still_succeeds
     the 8 s step timeout): waiting is not a step, so no deadline runs out on it."""
     v2 = make_release("6.2.0")
     hook = at_phase("close-gate", lambda: time.sleep(9))
-    deploy.rollout(dataclasses.replace(quick(ctx), on_event=hook), v2.path)
+    api.rollout(dataclasses.replace(quick(ctx), on_event=hook), v2.path)
     assert hook.fired
     assert fleet_view(ctx) == {n.name: (v2.digest, v2.digest, "open", False) for n in ctx.nodes}
 
@@ -487,7 +487,7 @@ def test_the_controller_killed_in_a_phase_is_seen_and_recover_brings_one_release
     after = records_since(ctx, offset)
     assert any(r.get("action") == "lock-broken" and r.get("pid") == proc.pid for r in after)
     assert (after[-1]["action"], after[-1]["phase"], after[-1]["outcome"]) == ("recover", "done", "ok")
-    assert deploy.interrupted(ctx) is None
+    assert api.interrupted(ctx) is None
 
 
 # ---- 12: two operators roll out at once -----------------------------------------------------------
@@ -557,7 +557,7 @@ def test_a_halt_during_a_rollout_exits_halted_and_journals_the_end(ctx, base_rel
     proc, stderr, _, _ = _halt_during_stage(ctx, make_release)
     assert proc.returncode == ExitCode.HALTED, stderr
     assert stderr.startswith("deployctl: error: rollout aborted, fleet halted: ") and stderr.count("\n") == 1
-    assert deploy.interrupted(ctx) is None
+    assert api.interrupted(ctx) is None
 
 
 # ---- 28, 29: rollback without a previous release, or to a pruned one ------------------------------
@@ -573,7 +573,7 @@ def test_rollback_with_no_previous_release_is_refused_and_nothing_changes(ctx, b
     assert before == {n.name: on_base(base_release, "open") for n in ctx.nodes}
 
     with pytest.raises(UsageError) as err:
-        deploy.rollback(fresh)
+        api.rollback(fresh)
     assert str(err.value) == "rollback refused, nothing changed: no previous release in the fleet's history"
     proc = cli(fresh, "rollback", "--all")
     assert proc.returncode == ExitCode.USAGE and proc.stderr.count("\n") == 1
@@ -586,7 +586,7 @@ def test_rollback_to_a_pruned_release_is_refused_naming_the_nodes(ctx, base_rele
     """FAULTS 29: the last good release is kept; a pruned target is refused, naming every node without it."""
     rels = [make_release(f"10.{i}.0") for i in range(4)]
     for r in rels:
-        deploy.rollout(ctx, r.path)
+        api.rollout(ctx, r.path)
     with ctx.ssh() as f:
         probes = {n: commands.parse_probe(r.stdout)
                   for n, r in f.run_all(lambda n: Call(commands.render(commands.probe(ctx.root)))).items()}
@@ -595,7 +595,7 @@ def test_rollback_to_a_pruned_release_is_refused_naming_the_nodes(ctx, base_rele
     before, offset = fleet_view(ctx), journal_size(ctx)
 
     with pytest.raises(UsageError) as err:
-        deploy.rollback(ctx, to=rels[0].digest)
+        api.rollback(ctx, to=rels[0].digest)
     assert str(err.value) == (f"rollback refused, nothing changed: release {rels[0].digest[:12]} is not on "
                               + ", ".join(n.name for n in ctx.nodes))
     assert fleet_view(ctx) == before == {n.name: (rels[3].digest, rels[3].digest, "open", False) for n in ctx.nodes}
@@ -626,7 +626,7 @@ def test_a_node_cut_off_from_the_network_is_unreachable_not_ready(ctx, base_rele
             api.gate_open(ctx)
         assert str(err.value).startswith("gate stays closed: 1 of 8 nodes do not match: node4: ")
         with pytest.raises(UnreachableError) as err:
-            deploy.rollout(quick(ctx), v2.path)
+            api.rollout(quick(ctx), v2.path)
         assert str(err.value).startswith("rollout refused in preflight, nothing changed: "
                                          "node4: unreachable at 127.0.0.1:2204: ")
         others = gate.health([n for n in ctx.nodes if n.name != "node4"])

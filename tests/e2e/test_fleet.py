@@ -21,7 +21,7 @@ import pytest
 from helpers import order, post_order, wait
 
 from deployctl import api, commands, gate, trust as trust_mod
-from deployctl.executor import Call, SSHFleet, Target
+from deployctl.ssh import Call, SSHFleet, Target
 
 pytestmark = pytest.mark.e2e
 
@@ -91,25 +91,25 @@ def _known_hosts_line(port: int, public_line: str) -> str:
 
 
 def test_a_wrong_or_missing_host_key_is_refused_and_nothing_is_added(ctx, tmp_path, node_exec):
-    real_kh = ctx.trust.known_hosts
+    real_kh = ctx.state.known_hosts
     user_kh = Path.home() / ".ssh" / "known_hosts"
     real_before = real_kh.read_bytes()
     user_before = user_kh.read_bytes() if user_kh.exists() else None
     node1 = _node(ctx, "node1")
     target = Target(node1.name, node1.host, node1.ssh_port, node1.user)
-    real_pub = ctx.trust.host_key_file("node1").with_name("node1_ed25519.pub").read_text().strip()
+    real_pub = ctx.state.host_key("node1").with_name("node1_ed25519.pub").read_text().strip()
     real_fp = trust_mod.fingerprint(real_pub)
 
-    bogus = trust_mod._new_keypair("bogus-node1")
+    bogus = trust_mod.new_keypair("bogus-node1")
     wrong = tmp_path / "known_hosts_wrong"
     wrong.write_text(_known_hosts_line(node1.ssh_port, bogus.public_line))
     # node2's genuine key pinned for node1's address: a real fleet key, but the wrong node's.
     other = tmp_path / "known_hosts_other"
-    node2_pub = ctx.trust.host_key_file("node2").with_name("node2_ed25519.pub").read_text().strip()
+    node2_pub = ctx.state.host_key("node2").with_name("node2_ed25519.pub").read_text().strip()
     other.write_text(_known_hosts_line(node1.ssh_port, node2_pub))
     for kh, pinned in ((wrong, bogus.public_line), (other, node2_pub)):
         kh_before = kh.read_bytes()
-        with SSHFleet([target], ctx.trust.client_key, kh, connect_timeout=5, parallel=1) as f:
+        with SSHFleet([target], ctx.state.client_key, kh, connect_timeout=5, parallel=1) as f:
             r = f.connect()["node1"]
             ran = f.run_all(lambda n: Call("touch /tmp/e2e-should-not-run", timeout=10))["node1"]
         assert r.host_key_refused is True and r.ok is False and r.exit_code is None
@@ -120,7 +120,7 @@ def test_a_wrong_or_missing_host_key_is_refused_and_nothing_is_added(ctx, tmp_pa
 
     empty = tmp_path / "known_hosts_empty"
     empty.write_bytes(b"")
-    with SSHFleet([target], ctx.trust.client_key, empty, connect_timeout=5, parallel=1) as f:
+    with SSHFleet([target], ctx.state.client_key, empty, connect_timeout=5, parallel=1) as f:
         r = f.connect()["node1"]
     assert r.host_key_refused is True and r.ok is False
     assert r.error == f"no pinned host key for 127.0.0.1:{node1.ssh_port}; refusing to connect"
@@ -438,10 +438,10 @@ def test_node_secrets_and_release_files_have_tight_permissions(ctx, base_release
                                     "600 root root /root/.ssh/authorized_keys",
                                     "700 root root /opt/router/state",
                                     "700 root root /root/.ssh"], node.name
-        code, out = node_exec(node.name, f"find {rel} -printf '%y %m %u %g %P\\n' | sort")
+        code, out = node_exec(node.name, f"find {rel} -printf '%y %m %u %g %P\\n'")
         assert code == 0, out
-        assert out.splitlines() == ["d 755 root root ", "f 644 root root router.json",
-                                    "f 644 root root router.py"], node.name
+        assert sorted(out.splitlines()) == sorted(["d 755 root root "] + [f"f 644 root root {f}"
+                                                                          for f in base_release.files]), node.name
         # Nothing under the install root may be writable by others (a planted release or symlink).
         code, out = node_exec(node.name, "find /opt/router -perm -o+w ! -type l")
         assert (code, out) == (0, ""), node.name

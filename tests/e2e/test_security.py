@@ -9,9 +9,9 @@ import os
 import subprocess
 import tarfile
 
-from deployctl import artifact, commands, gate
+from deployctl import artifact, commands, gate, signing
 from deployctl.errors import ExitCode
-from deployctl.executor import Call
+from deployctl.ssh import Call
 
 from conftest import ROOT
 
@@ -33,7 +33,7 @@ def test_a_node_refuses_an_artifact_signed_by_another_key(ctx, base_release, mak
     """Even if the controller's check were bypassed, the node checks the signature with its pinned key."""
     v2 = make_release("7.7.7")
     other = tmp_path / "other-keys"
-    private, _ = artifact.generate_signing_key(other)
+    private, _ = signing.generate(other)
     src = tmp_path / "src"
     with tarfile.open(fileobj=io.BytesIO(v2.payload())) as tar:
         for m in tar.getmembers():

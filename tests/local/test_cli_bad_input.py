@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from deployctl import artifact
+from deployctl import artifact, signing
 
 ROOT = Path(__file__).resolve().parents[2]
 DCTL = str(ROOT / ".venv" / "bin" / "deployctl")
@@ -118,7 +118,7 @@ def test_bad_arguments(tmp_path, state, args, fragment):
 
 def _signed_state(state: Path) -> Path:
     (state / "keys").mkdir(parents=True)
-    artifact.generate_signing_key(state / "keys")
+    signing.generate(state / "keys")
     (state / "keys" / "client_ed25519").write_text("unused")
     (state / "keys" / "known_hosts").write_text("")
     return state
@@ -143,7 +143,7 @@ def _artifacts(tmp_path: Path, state: Path) -> dict[str, tuple[bytes, str]]:
     data = good.path.read_bytes()
     other_keys = tmp_path / "other"
     other_keys.mkdir()
-    artifact.generate_signing_key(other_keys)
+    signing.generate(other_keys)
     foreign = artifact.build(src, tmp_path / "dist2", "router", other_keys / "signing_ed25519").path.read_bytes()
     return {
         "empty file": (b"", "not a valid tar archive"),

@@ -16,8 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deployctl import artifact
-from deployctl.artifact import Artifact, build, digest_of, generate_signing_key, load
+from deployctl import artifact, signing
+from deployctl.artifact import Artifact, build, digest_of, load
+from deployctl.signing import generate as generate_signing_key
 from deployctl.errors import ArtifactError, ExitCode
 
 SOURCE = {
@@ -122,7 +123,7 @@ def test_tar_layout_and_metadata(built, keys):
     assert json.loads(manifest) == {"format": 1, "name": "router", "version": "1.0.0", "digest": built.digest,
                                     "files": built.files, "sizes": built.sizes}
     assert signature == built.signature.encode() and len(bytes.fromhex(built.signature)) == 64
-    public = artifact._public_key(keys[1])
+    public = signing.public_key(keys[1])
     public.verify(bytes.fromhex(built.signature), manifest)  # raises if wrong
 
 
@@ -269,7 +270,7 @@ def resign(items, private: Path, **changes):
     manifest = json.loads(dict((i.name, d) for i, d in items)["manifest.json"])
     manifest.update(changes)
     raw = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
-    sig = artifact._private_key(private).sign(raw).hex().encode()
+    sig = signing.private_key(private).sign(raw).hex().encode()
     return replace(replace(items, "manifest.json", raw), "manifest.sig", sig)
 
 
@@ -392,7 +393,7 @@ def test_non_canonical_and_negative_sizes_are_refused(tmp_path, built, keys):
         (json.dumps({**manifest, "sizes": {**manifest["sizes"], "router.py": True}}).encode(),
          "manifest.json: sizes should be integers >= 0"),
     ]:
-        sig = artifact._private_key(keys[0]).sign(raw).hex().encode()
+        sig = signing.private_key(keys[0]).sign(raw).hex().encode()
         (tmp_path / "a.tar").write_bytes(pack(replace(replace(items, "manifest.json", raw), "manifest.sig", sig)))
         with pytest.raises(ArtifactError) as err:
             load(tmp_path / "a.tar", keys[1])
@@ -496,7 +497,7 @@ def test_corrupted_artifacts_fail_cleanly_or_load_unchanged(built, keys, data):
     blob = bytearray(built.path.read_bytes())
     for _ in range(data.draw(st.integers(1, 4))):
         blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
-    verifier = artifact._public_key(keys[1])
+    verifier = signing.public_key(keys[1])
     try:
         got = artifact._parse(bytes(blob), built.path, verifier)
     except ArtifactError:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from deployctl.config import Inventory, Node, Playbook, Service, Supervisor, Timeouts, _load_yaml, load_inventory, load_playbook
+from deployctl.config import Inventory, Node, Playbook, Service, Supervisor, Timeouts, load_inventory, load_playbook
+from deployctl.schema import load_yaml as _load_yaml
 from deployctl.errors import ConfigError, ExitCode
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -100,7 +100,7 @@ def test_rollback_target_is_the_newest_release_the_fleet_ran_that_no_node_runs(t
     from types import SimpleNamespace
 
     from deployctl.commands import Probe
-    from deployctl.deploy import _rollback_target
+    from deployctl.rollback import rollback_target as _rollback_target
     from deployctl.errors import UsageError
 
     j = Journal(tmp_path / "j.jsonl")

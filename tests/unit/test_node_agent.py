@@ -267,7 +267,8 @@ def test_stage_replaces_a_tampered_copy(root):
 
 
 def test_stage_a_real_built_artifact(root, tmp_path):
-    from deployctl.artifact import build, generate_signing_key
+    from deployctl.artifact import build
+    from deployctl.signing import generate as generate_signing_key
 
     src = tmp_path / "src"
     for rel, data in {**FILES, "router.json": b'{"name": "router", "version": "1.2.3"}\n'}.items():

@@ -191,7 +191,7 @@ def test_to_dict_shape():
     assert type(doc["exit_code"]) is int
     assert [n["node"] for n in doc["nodes"]] == NODES
     keys = {"node", "ok", "reachable", "disk_digest", "running_digest", "disk_ok", "running_ok", "gate", "halted",
-            "drift", "problems"}
+            "drift", "problems", "host_key_refused"}
     for n in doc["nodes"]:
         assert set(n) == keys
         assert isinstance(n["drift"], list) and isinstance(n["problems"], list)
@@ -205,3 +205,14 @@ def test_node_with_unhashable_file_name_is_a_mismatch(name):
     rep = report(fleet(n1=NodeObservation("n1", files=files, health=health())), EXPECTED, MANIFEST)
     assert rep.exit_code == ExitCode.MISMATCH
     assert f"added: {name}" in verdict(rep, "n1").drift
+
+
+def test_a_refused_host_key_exits_10_even_beside_an_outage_or_a_mismatch():
+    """A host key other than the pinned one is a security incident: the CI gate must not read it as an outage."""
+    refused = NodeObservation("n2", disk_error="host key mismatch", unreachable=True, host_key_refused=True)
+    rep = report(fleet(n2=refused), EXPECTED, MANIFEST)
+    assert (rep.ok, rep.exit_code) == (False, ExitCode.HOST_KEY)
+    assert rep.to_dict()["nodes"][1]["host_key_refused"] is True
+    mixed = report(fleet(n2=refused, n3=NodeObservation("n3", unreachable=True)), EXPECTED, MANIFEST)
+    assert mixed.exit_code == ExitCode.HOST_KEY
+    assert report(fleet(n3=NodeObservation("n3", unreachable=True)), EXPECTED, MANIFEST).exit_code == ExitCode.UNREACHABLE

@@ -11,7 +11,6 @@ only source, and a missing or different key is refused.
 from __future__ import annotations
 
 import logging
-import math
 import socket
 import sys
 import threading
@@ -21,11 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
+from deployctl import channel
+from deployctl.channel import Held, NodeError
+from deployctl.errors import HostKeyError, UnreachableError
+
 # paramiko logs failed handshakes with tracebacks; our results carry the reason instead.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
-_CHUNK = 1 << 18
-_MAX_LINE = 1 << 20  # an agent's answer line is a few KiB
 
 
 @dataclass
@@ -71,10 +72,29 @@ class Call:
     timeout: float = 60.0
 
 
-class Executor(Protocol):
-    """The seam rollout and api code use; unit tests give a fake."""
+Progress = Callable[[str, int, int], None]  # (node, bytes sent, bytes in all)
+
+
+class Fleet(Protocol):
+    """What run, rollout, rollback and control use of a set of node connections. SSHFleet is the real
+    one; tests/unit/fakefleet.py answers the agent's protocol in memory."""
+
+    targets: list[Target]
 
     def run(self, calls: dict[str, Call]) -> dict[str, NodeResult]: ...
+
+    def run_all(self, make: Callable[[str], Call], names: Iterable[str] | None = None) -> dict[str, NodeResult]: ...
+
+    def hold(self, calls: dict[str, Call]) -> dict[str, NodeResult]: ...
+
+    def step(self, data: dict[str, bytes], timeout: float = 60.0,
+             progress: Progress | None = None) -> dict[str, NodeResult]: ...
+
+    def __enter__(self) -> "Fleet": ...
+
+    def __exit__(self, *exc) -> None: ...
+
+    def finish(self, lines: dict[str, bytes | None], timeout: float = 60.0) -> dict[str, NodeResult]: ...
 
     def close(self) -> None: ...
 
@@ -114,7 +134,7 @@ class SSHFleet:
         try:
             self._connection(name)
             res.exit_code = 0
-        except _ConnectFailed as exc:
+        except NodeError as exc:
             res.error, res.host_key_refused = exc.reason, exc.host_key
         res.elapsed = time.monotonic() - start
         return res
@@ -134,7 +154,7 @@ class SSHFleet:
             raise self._failed[name]
         try:
             conn = self._open(self._by_name[name])
-        except _ConnectFailed as exc:
+        except NodeError as exc:
             with self._lock:
                 self._failed[name] = exc  # one attempt per command: no reconnect storms
             raise
@@ -157,7 +177,7 @@ class SSHFleet:
                 disabled_algorithms={"ciphers": ["aes128-cbc", "aes192-cbc", "aes256-cbc", "3des-cbc"]},
             )
         except paramiko.BadHostKeyException as exc:
-            raise _ConnectFailed(
+            raise NodeError(
                 f"host key mismatch at {t.host}:{t.port}: got {exc.key.get_name()} "
                 f"{_fp(exc.key)}, pinned {_fp(exc.expected_key)}; refusing to connect", host_key=True
             ) from None
@@ -169,9 +189,9 @@ class SSHFleet:
                 msg = f"no SSH answer at {t.host}:{t.port} within {self.connect_timeout:g}s"
             else:
                 msg = f"ssh: {exc}"
-            raise _ConnectFailed(msg, host_key=host_key) from None
+            raise NodeError(msg, host_key=host_key) from None
         except (OSError, socket.timeout, EOFError) as exc:
-            raise _ConnectFailed(f"unreachable at {t.host}:{t.port}: {exc.__class__.__name__}: {exc}") from None
+            raise NodeError(f"unreachable at {t.host}:{t.port}: {exc.__class__.__name__}: {exc}") from None
         client.get_transport().set_keepalive(5)
         return client
 
@@ -186,36 +206,40 @@ class SSHFleet:
     def hold(self, calls: dict[str, Call]) -> dict[str, NodeResult]:
         """Run each Call but keep its stdin open: return each node's first line of stdout as its result.
 
-        The command then waits on the node for `step` (more input, the next line) or `release` (last
+        The command then waits on the node for `step` (more input, the next line) or `finish` (last
         input, then its end): several steps on one channel, one exec. A command that ends before
         answering gives its ordinary result and is not held.
         """
         return self._each(calls, self._hold_one)
 
-    def step(self, data: dict[str, bytes], timeout: float = 60.0) -> dict[str, NodeResult]:
+    def step(self, data: dict[str, bytes], timeout: float = 60.0,
+             progress: Progress | None = None) -> dict[str, NodeResult]:
         """Send each held command more input and return its next line of stdout; it stays held.
-        A command that ends instead gives its ordinary result and is no longer held."""
-        return self._each({n: Call("", d, timeout) for n, d in data.items()}, self._step_one)
+        A command that ends instead gives its ordinary result and is no longer held.
+        `progress(node, sent, total)` is called as each node's input goes out."""
+        return self._each({n: Call("", d, timeout) for n, d in data.items()},
+                          lambda name, call: self._step_one(name, call, progress))
 
-    def release(self, lines: dict[str, bytes | None], timeout: float = 60.0) -> dict[str, NodeResult]:
+    def finish(self, lines: dict[str, bytes | None], timeout: float = 60.0) -> dict[str, NodeResult]:
         """Send each held command its next input (None: only end its input), then wait for it to finish;
         return the rest of its output. A node with nothing held gets an error result."""
-        return self._each({n: Call("", line, timeout) for n, line in lines.items()}, self._release_one)
+        return self._each({n: Call("", line, timeout) for n, line in lines.items()}, self._finish_one)
 
     def _hold_one(self, name: str, call: Call) -> tuple[int, bytes, bytes]:
-        return self._answer(name, _Held.start(self._connection(name).get_transport(), call))
+        return self._answer(name, Held.start(self._connection(name).get_transport(), call.command, call.stdin, call.timeout))
 
-    def _step_one(self, name: str, call: Call) -> tuple[int, bytes, bytes]:
+    def _step_one(self, name: str, call: Call, progress: Progress | None = None) -> tuple[int, bytes, bytes]:
         held = self._take(name)
         held.arm(call.timeout)
+        total = len(call.stdin or b"")
         try:
-            held.send(call.stdin)
+            held.send(call.stdin, progress and (lambda sent: progress(name, sent, total)))
         except BaseException:
             held.chan.close()
             raise
         return self._answer(name, held)
 
-    def _answer(self, name: str, held: "_Held") -> tuple[int, bytes, bytes]:
+    def _answer(self, name: str, held: Held) -> tuple[int, bytes, bytes]:
         """Read the held command's next line and keep it held; if it ended instead, finish it."""
         try:
             line = held.read_line()
@@ -229,20 +253,20 @@ class SSHFleet:
             self._held[name] = held
         return 0, line, b""
 
-    def _take(self, name: str) -> "_Held":
+    def _take(self, name: str) -> Held:
         with self._lock:
             held = self._held.pop(name, None)
         if held is None:
-            raise _ConnectFailed("no command held on this node")
+            raise NodeError("no command held on this node")
         return held
 
-    def _release_one(self, name: str, call: Call) -> tuple[int, bytes, bytes]:
+    def _finish_one(self, name: str, call: Call) -> tuple[int, bytes, bytes]:
         held = self._take(name)
         held.arm(call.timeout)
         return held.finish(call.stdin)
 
     def _exec_one(self, name: str, call: Call) -> tuple[int, bytes, bytes]:
-        return _exec(self._connection(name).get_transport(), call)
+        return channel.run(self._connection(name).get_transport(), call.command, call.stdin, call.timeout)
 
     def _each(self, calls: dict[str, Call], work) -> dict[str, NodeResult]:
         """Run `work(node, call)` for every node in parallel; return one NodeResult per node, in order."""
@@ -255,7 +279,7 @@ class SSHFleet:
         res = NodeResult(name)
         try:
             res.exit_code, res.stdout, res.stderr = work(name, call)
-        except _ConnectFailed as exc:
+        except NodeError as exc:
             res.error, res.host_key_refused = exc.reason, exc.host_key
         except socket.timeout:
             res.error = f"timed out after {call.timeout:g}s"
@@ -269,7 +293,7 @@ class SSHFleet:
     def _drop(self, name: str) -> None:
         with self._lock:
             conn = self._conns.pop(name, None)
-            self._failed[name] = _ConnectFailed("connection lost earlier in this command")
+            self._failed[name] = NodeError("connection lost earlier in this command")
         if conn is not None:
             conn.close()
 
@@ -283,12 +307,6 @@ class SSHFleet:
         for conn in conns:
             conn.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-class _ConnectFailed(Exception):
-    def __init__(self, reason: str, host_key: bool = False):
-        super().__init__(reason)
-        self.reason, self.host_key = reason, host_key
 
 
 _import_lock = threading.Lock()
@@ -328,118 +346,14 @@ def _fp(key) -> str:
     return key.fingerprint if hasattr(key, "fingerprint") else key.get_base64()[:16]
 
 
-def _exec(transport, call: Call) -> tuple[int, bytes, bytes]:
-    """Run one command on an open transport; stream stdin; return (exit code, stdout, stderr)."""
-    held = _Held.start(transport, call)
-    return held.finish(b"")
 
 
-class _Held:
-    """One running remote command: its channel, its stderr reader and its deadline."""
-
-    def __init__(self, chan, deadline: float):
-        self.chan, self.deadline, self.out = chan, deadline, b""
-        # Drain stderr beside stdout: paramiko reopens a stream's window only as it is read, so a
-        # command with megabytes of stderr would stall while we wait on stdout.
-        self.err_box: list = []
-        self.reader = threading.Thread(target=_collect, args=(chan.recv_stderr, lambda: self.deadline, self.err_box),
-                                       daemon=True)
-
-    @classmethod
-    def start(cls, transport, call: Call) -> "_Held":
-        """Open a channel, start the command and send `call.stdin`, leaving the input open."""
-        deadline = time.monotonic() + call.timeout
-        chan = transport.open_session(timeout=call.timeout)
-        held = cls(chan, deadline)
-        try:
-            chan.settimeout(call.timeout)
-            chan.exec_command(call.command)
-            held.reader.start()
-            held.send(call.stdin)
-        except BaseException:
-            chan.close()
-            raise
-        return held
-
-    def wait(self) -> None:
-        """The command answered and now waits for the controller: no deadline runs on it until `arm`."""
-        self.deadline = math.inf
-
-    def arm(self, timeout: float) -> None:
-        """Start the next step: it must finish within `timeout` seconds."""
-        self.deadline = time.monotonic() + timeout
-        self.chan.settimeout(timeout)
-
-    def send(self, data: bytes | None) -> None:
-        try:
-            view = memoryview(data or b"")
-            for i in range(0, len(view), _CHUNK):
-                self.chan.sendall(view[i : i + _CHUNK])
-                if time.monotonic() > self.deadline:
-                    raise socket.timeout()
-        except OSError as exc:
-            # The command stopped reading (it exited: disk full, a refusal): its own answer, read
-            # later, says why. If the connection itself is gone, the reads fail too.
-            if isinstance(exc, socket.timeout) or not self.chan.get_transport().is_active():
-                raise
-
-    def read_line(self) -> bytes | None:
-        """Read stdout up to the first newline; None if the command ended first (its output is kept)."""
-        while b"\n" not in self.out:
-            if time.monotonic() > self.deadline:
-                raise socket.timeout()
-            if len(self.out) > _MAX_LINE:
-                raise _ConnectFailed(f"answer line longer than {_MAX_LINE} bytes: not a deployctl agent")
-            try:
-                chunk = self.chan.recv(1 << 16)
-            except socket.timeout:
-                continue  # the deadline decides, above
-            if not chunk:
-                return None
-            self.out += chunk
-        line, self.out = self.out.split(b"\n", 1)
-        return line + b"\n"
-
-    def finish(self, data: bytes | None) -> tuple[int, bytes, bytes]:
-        """Send `data`, end the input, read everything left; return (exit code, stdout, stderr)."""
-        try:
-            self.send(data)
-            try:
-                self.chan.shutdown_write()
-            except OSError:
-                if not self.chan.get_transport().is_active():
-                    raise
-            out = self.out + _read_all(self.chan.recv, lambda: self.deadline)
-            self.reader.join(max(0.0, self.deadline - time.monotonic()))
-            if not self.err_box:
-                raise socket.timeout()
-            if isinstance(self.err_box[0], BaseException):
-                raise self.err_box[0]
-            if not self.chan.status_event.wait(max(0.0, self.deadline - time.monotonic())):
-                raise socket.timeout()
-            return self.chan.recv_exit_status(), out, self.err_box[0]
-        finally:
-            self.chan.close()
-
-
-def _collect(recv, deadline: Callable[[], float], box: list) -> None:
-    try:
-        box.append(_read_all(recv, deadline))
-    except BaseException as exc:  # reported to the caller through the box
-        box.append(exc)
-
-
-def _read_all(recv, deadline: Callable[[], float]) -> bytes:
-    """Read until end of stream; `deadline()` is read again after every wait, since a held command's
-    deadline moves: none while it waits for the controller, a new one for each step."""
-    parts = []
-    while True:
-        if time.monotonic() > deadline():
-            raise socket.timeout()
-        try:
-            chunk = recv(1 << 16)
-        except socket.timeout:
-            continue
-        if not chunk:
-            return b"".join(parts)
-        parts.append(chunk)
+def raise_for_unreachable(results: dict[str, NodeResult], what: str) -> None:
+    """Raise HostKeyError or UnreachableError naming every node whose connection failed."""
+    bad = {n: r for n, r in results.items() if r.error}
+    if not bad:
+        return
+    names = "; ".join(f"{n}: {r.error}" for n, r in sorted(bad.items()))
+    if any(r.host_key_refused for r in bad.values()):
+        raise HostKeyError(f"{what}: {names}")
+    raise UnreachableError(f"{what}: {names}")

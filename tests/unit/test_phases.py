@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deployctl import rollout as sm
+from deployctl import phases as sm
 from deployctl.commands import Probe
-from deployctl.rollout import FORWARD, Outcome, Phase, State
+from deployctl.phases import FORWARD, Outcome, Phase, State
 
 NODES = ("n1", "n2", "n3")
 TARGET = "c" * 64

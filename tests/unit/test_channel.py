@@ -1,4 +1,4 @@
-"""executor._Held, the two-phase command on one channel, against a scripted stand-in for a paramiko channel.
+"""channel.Held, the two-phase command on one channel, against a scripted stand-in for a paramiko channel.
 
 The real thing runs in the e2e suite (every rollout holds its command across preflight, stage and switch);
 these pin the edge cases: a command that ends before answering, an answer line that never ends.
@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from deployctl import executor
-from deployctl.executor import Call, _Held
+from deployctl import channel
+from deployctl.channel import Held
 
 
 class FakeChannel:
@@ -43,8 +43,8 @@ class FakeTransport:
     def open_session(self, timeout): return self.chan
 
 
-def start(chan: FakeChannel, stdin: bytes | None = b"tar") -> _Held:
-    return _Held.start(FakeTransport(chan), Call("agent", stdin, timeout=5))
+def start(chan: FakeChannel, stdin: bytes | None = b"tar") -> Held:
+    return Held.start(FakeTransport(chan), "agent", stdin, 5)
 
 
 def test_held_answers_line_by_line_then_finishes_with_the_rest():
@@ -65,16 +65,16 @@ def test_a_command_that_ends_before_answering_gives_its_own_result():
 
 
 def test_an_answer_line_that_never_ends_is_cut_off(monkeypatch):
-    monkeypatch.setattr(executor, "_MAX_LINE", 1000)
+    monkeypatch.setattr(channel, "MAX_LINE", 1000)
     held = start(FakeChannel([b"x" * 600] * 10))
-    with pytest.raises(executor._ConnectFailed, match="longer than 1000 bytes"):
+    with pytest.raises(channel.NodeError, match="longer than 1000 bytes"):
         held.read_line()
 
 
 def test_a_silent_command_times_out():
     chan = FakeChannel([])
     chan.recv = lambda n: time.sleep(0.05) or b"."  # a byte now and then, never a newline
-    held = _Held.start(FakeTransport(chan), Call("agent", None, timeout=0.2))
+    held = Held.start(FakeTransport(chan), "agent", None, 0.2)
     with pytest.raises(TimeoutError):
         held.read_line()
 
@@ -100,9 +100,18 @@ def test_a_command_held_past_its_first_deadline_still_finishes():
     """The stderr reader of a held command must outlive the step deadline it started with: the node
     waits for the controller (other nodes staging, gates closing) for as long as that takes."""
     chan = SlowStderrChannel([b'{"probe": "x"}\n', b'{"current": "d"}\n'])
-    held = _Held.start(FakeTransport(chan), Call("agent", None, timeout=0.1))
+    held = Held.start(FakeTransport(chan), "agent", None, 0.1)
     assert held.read_line() == b'{"probe": "x"}\n'
     held.wait()
     time.sleep(0.3)  # well past the 0.1 s the first step had
     held.arm(2.0)
     assert held.finish(b"go\n") == (0, b'{"current": "d"}\n', b"")
+
+
+def test_send_reports_progress_chunk_by_chunk(monkeypatch):
+    monkeypatch.setattr(channel, "_CHUNK", 4)
+    chan = FakeChannel([b"ok\n"])
+    held = start(chan, None)
+    seen = []
+    held.send(b"0123456789", seen.append)
+    assert chan.sent == b"0123456789" and seen == [4, 8, 10]

@@ -1,0 +1,146 @@
+"""One remote command on its own SSH channel, held open across steps: the agent protocol's transport.
+
+A command is started with its first input; it answers one line per step (`read_line`), waits on the
+node while the controller decides (no deadline runs then), and is ended by `finish`: last input, end
+of input, then its exit code, stdout and stderr. Closing the channel at any wait changes nothing on
+the node. No paramiko import here: this works on any channel object with paramiko's interface.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import threading
+import time
+from typing import Callable
+
+_CHUNK = 1 << 18
+MAX_LINE = 1 << 20  # an agent's answer line is a few KiB
+
+
+class NodeError(Exception):
+    """A node could not be worked with: no connection, a refused host key, or an answer out of protocol."""
+
+    def __init__(self, reason: str, host_key: bool = False):
+        super().__init__(reason)
+        self.reason, self.host_key = reason, host_key
+
+
+def run(transport, command: str, stdin: bytes | None, timeout: float) -> tuple[int, bytes, bytes]:
+    """Run one command on an open transport; stream stdin; return (exit code, stdout, stderr)."""
+    return Held.start(transport, command, stdin, timeout).finish(b"")
+
+
+class Held:
+    """One running remote command: its channel, its stderr reader and its deadline."""
+
+    def __init__(self, chan, deadline: float):
+        self.chan, self.deadline, self.out = chan, deadline, b""
+        # Drain stderr beside stdout: paramiko reopens a stream's window only as it is read, so a
+        # command with megabytes of stderr would stall while we wait on stdout.
+        self.err_box: list = []
+        self.reader = threading.Thread(target=_collect, args=(chan.recv_stderr, lambda: self.deadline, self.err_box),
+                                       daemon=True)
+
+    @classmethod
+    def start(cls, transport, command: str, stdin: bytes | None, timeout: float) -> "Held":
+        """Open a channel, start `command` and send `stdin`, leaving the input open."""
+        deadline = time.monotonic() + timeout
+        chan = transport.open_session(timeout=timeout)
+        held = cls(chan, deadline)
+        try:
+            chan.settimeout(timeout)
+            chan.exec_command(command)
+            held.reader.start()
+            held.send(stdin)
+        except BaseException:
+            chan.close()
+            raise
+        return held
+
+    def wait(self) -> None:
+        """The command answered and now waits for the controller: no deadline runs on it until `arm`."""
+        self.deadline = math.inf
+
+    def arm(self, timeout: float) -> None:
+        """Start the next step: it must finish within `timeout` seconds."""
+        self.deadline = time.monotonic() + timeout
+        self.chan.settimeout(timeout)
+
+    def send(self, data: bytes | None, progress: Callable[[int], None] | None = None) -> None:
+        """Send `data` in chunks, calling `progress(bytes sent so far)` after each; a command that
+        stopped reading is not an error here (its answer says why)."""
+        try:
+            view = memoryview(data or b"")
+            for i in range(0, len(view), _CHUNK):
+                self.chan.sendall(view[i : i + _CHUNK])
+                if progress is not None:
+                    progress(min(i + _CHUNK, len(view)))
+                if time.monotonic() > self.deadline:
+                    raise socket.timeout()
+        except OSError as exc:
+            # The command stopped reading (it exited: disk full, a refusal): its own answer, read
+            # later, says why. If the connection itself is gone, the reads fail too.
+            if isinstance(exc, socket.timeout) or not self.chan.get_transport().is_active():
+                raise
+
+    def read_line(self) -> bytes | None:
+        """Read stdout up to the first newline; None if the command ended first (its output is kept)."""
+        while b"\n" not in self.out:
+            if time.monotonic() > self.deadline:
+                raise socket.timeout()
+            if len(self.out) > MAX_LINE:
+                raise NodeError(f"answer line longer than {MAX_LINE} bytes: not a deployctl agent")
+            try:
+                chunk = self.chan.recv(1 << 16)
+            except socket.timeout:
+                continue  # the deadline decides, above
+            if not chunk:
+                return None
+            self.out += chunk
+        line, self.out = self.out.split(b"\n", 1)
+        return line + b"\n"
+
+    def finish(self, data: bytes | None) -> tuple[int, bytes, bytes]:
+        """Send `data`, end the input, read everything left; return (exit code, stdout, stderr)."""
+        try:
+            self.send(data)
+            try:
+                self.chan.shutdown_write()
+            except OSError:
+                if not self.chan.get_transport().is_active():
+                    raise
+            out = self.out + _read_all(self.chan.recv, lambda: self.deadline)
+            self.reader.join(max(0.0, self.deadline - time.monotonic()))
+            if not self.err_box:
+                raise socket.timeout()
+            if isinstance(self.err_box[0], BaseException):
+                raise self.err_box[0]
+            if not self.chan.status_event.wait(max(0.0, self.deadline - time.monotonic())):
+                raise socket.timeout()
+            return self.chan.recv_exit_status(), out, self.err_box[0]
+        finally:
+            self.chan.close()
+
+
+def _collect(recv, deadline: Callable[[], float], box: list) -> None:
+    try:
+        box.append(_read_all(recv, deadline))
+    except BaseException as exc:  # reported to the caller through the box
+        box.append(exc)
+
+
+def _read_all(recv, deadline: Callable[[], float]) -> bytes:
+    """Read until end of stream; `deadline()` is read again after every wait, since a held command's
+    deadline moves: none while it waits for the controller, a new one for each step."""
+    parts = []
+    while True:
+        if time.monotonic() > deadline():
+            raise socket.timeout()
+        try:
+            chunk = recv(1 << 16)
+        except socket.timeout:
+            continue
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)

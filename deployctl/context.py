@@ -1,0 +1,119 @@
+"""Context: what every command works with (inventory, playbook, state folder, connections, events).
+
+Nothing here prints: progress goes to the `on_event` callback (a no-op by default), which the CLI
+renders. `connect` and `routers` are the two seams to the nodes; unit tests put an in-memory fleet
+there (tests/unit/fakefleet.py), everything else uses SSH and HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from deployctl import artifact as artifact_mod, signing
+from deployctl.config import Inventory, Node, Playbook, load_inventory, load_playbook
+from deployctl.errors import UsageError
+from deployctl.gate import Routers
+from deployctl.journal import Journal, Lock, actor
+from deployctl.ssh import Fleet, SSHFleet, Target
+from deployctl.statedir import StateDir
+
+Event = Callable[..., None]
+
+
+def quiet(kind: str, **data: Any) -> None:
+    """The default event sink: the library never prints."""
+
+
+@dataclass
+class Context:
+    """Everything a command needs: inventory, playbook, the controller's state folder, an event sink."""
+
+    inventory: Inventory
+    playbook: Playbook
+    state_dir: Path
+    on_event: Event = quiet
+    connect: Callable[[list[Node]], Fleet] | None = field(default=None, repr=False)
+    http: Routers | None = field(default=None, repr=False)
+    _token: str | None = field(default=None, repr=False)
+
+    @property
+    def state(self) -> StateDir:
+        return StateDir(self.state_dir)
+
+    @property
+    def journal(self) -> Journal:
+        return Journal(self.state.journal)
+
+    @property
+    def lock(self) -> Lock:
+        return Lock(self.state.lock)
+
+    @property
+    def root(self) -> str:
+        return self.playbook.install_root
+
+    @property
+    def nodes(self) -> list[Node]:
+        return list(self.inventory.nodes)
+
+    @property
+    def routers(self) -> Routers:
+        """The fleet's routers over HTTP (or the injected fake)."""
+        return self.http or Routers(self.token, actor(), self.playbook.service.health_path)
+
+    def token(self) -> str:
+        """Return the routers' control token, read once; ConfigError if there is none."""
+        if self._token is None:
+            self._token = self.state.token()
+        return self._token
+
+    def emit(self, kind: str, **data: Any) -> None:
+        self.on_event(kind, **data)
+
+    def ssh(self, nodes: list[Node] | None = None) -> Fleet:
+        """Return connections to `nodes` (all by default); use it as a context manager."""
+        nodes = nodes or self.nodes
+        if self.connect is not None:
+            return self.connect(nodes)
+        state = self.state
+        if not state.client_key.exists() or not state.known_hosts.exists():
+            raise UsageError(f"no fleet keys in {state.keys}: run `deployctl fleet up` first")
+        targets = [Target(n.name, n.host, n.ssh_port, n.user) for n in nodes]
+        return SSHFleet(targets, state.client_key, state.known_hosts,
+                        min(self.inventory.connect_timeout, self.playbook.timeouts.connect), self.inventory.parallel)
+
+    def signing_key(self) -> Path:
+        """Return the controller's artifact signing key, creating the pair on first use."""
+        if not self.state.signing_key.exists():
+            signing.generate(self.state.keys)
+        return self.state.signing_key
+
+    def load_artifact(self, path: Path) -> artifact_mod.Artifact:
+        """Load and check a signed artifact against the controller's signing key; ArtifactError if bad."""
+        pub = self.state.signing_pub
+        if not pub.exists():
+            raise UsageError(f"no signing key at {pub}: build the artifact with `deployctl build` first")
+        return artifact_mod.load(Path(path), pub)
+
+    def keep_manifest(self, art: artifact_mod.Artifact) -> None:
+        """Keep the artifact's manifest, so `verify` can name the files that drifted from it."""
+        self.state.manifests.mkdir(parents=True, exist_ok=True)
+        self.state.manifest(art.digest).write_bytes(art.manifest_bytes)
+
+    def manifest(self, digest: str | None) -> dict[str, str] | None:
+        """Return the per-file manifest kept for `digest`, if any."""
+        if not digest:
+            return None
+        try:
+            doc = json.loads(self.state.manifest(digest).read_text())
+            return doc["files"] if isinstance(doc.get("files"), dict) else None
+        except (OSError, ValueError, KeyError, AttributeError):
+            return None
+
+
+def open_context(inventory: Path, playbook: Path, state_dir: Path | None = None, on_event: Event = quiet) -> Context:
+    """Load and validate inventory and playbook (before any connection); ConfigError on bad input."""
+    return Context(load_inventory(inventory), load_playbook(playbook), StateDir.locate(state_dir).root, on_event)
