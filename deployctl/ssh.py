@@ -1,6 +1,6 @@
 """SSH to every node: one connection per node, opened in parallel, reused by every phase of a command.
 
-Only this module imports paramiko. It uses paramiko's SSHClient directly rather than
+sshconnect.py opens each connection (it alone imports paramiko) with paramiko's SSHClient, not
 Fabric's Connection: Fabric adds invoke (about 45 ms of import in every process, which
 `verify` and `halt` pay) and installs AutoAddPolicy, which we would only undo. Failures
 are values: every call finishes every node and returns one NodeResult per node, never
@@ -10,9 +10,7 @@ only source, and a missing or different key is refused.
 
 from __future__ import annotations
 
-import logging
 import socket
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,12 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
 
-from deployctl import channel
+from deployctl import channel, sshconnect
 from deployctl.channel import Held, NodeError
 from deployctl.errors import HostKeyError, UnreachableError
 
-# paramiko logs failed handshakes with tracebacks; our results carry the reason instead.
-logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 
@@ -153,7 +149,9 @@ class SSHFleet:
             self._drop(name)
             raise self._failed[name]
         try:
-            conn = self._open(self._by_name[name])
+            t = self._by_name[name]
+            conn = sshconnect.open_client(t.host, t.port, t.user, self.client_key, self.known_hosts,
+                                          self.connect_timeout)
         except NodeError as exc:
             with self._lock:
                 self._failed[name] = exc  # one attempt per command: no reconnect storms
@@ -161,39 +159,6 @@ class SSHFleet:
         with self._lock:
             self._conns[name] = conn
         return conn
-
-    def _open(self, t: Target):
-        paramiko = _paramiko()
-        client = paramiko.SSHClient()
-        # Pinned keys only: RejectPolicy for unknown hosts (Fabric's Connection would install
-        # AutoAddPolicy here), and no system known_hosts, only ours.
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        client.load_host_keys(str(self.known_hosts))
-        try:
-            client.connect(
-                t.host, port=t.port, username=t.user, key_filename=str(self.client_key), look_for_keys=False,
-                allow_agent=False, timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
-                auth_timeout=self.connect_timeout, transport_factory=_gcm_first_transport(),
-                disabled_algorithms={"ciphers": ["aes128-cbc", "aes192-cbc", "aes256-cbc", "3des-cbc"]},
-            )
-        except paramiko.BadHostKeyException as exc:
-            raise NodeError(
-                f"host key mismatch at {t.host}:{t.port}: got {exc.key.get_name()} "
-                f"{_fp(exc.key)}, pinned {_fp(exc.expected_key)}; refusing to connect", host_key=True
-            ) from None
-        except paramiko.SSHException as exc:
-            host_key = "not found in known_hosts" in str(exc)
-            if host_key:
-                msg = f"no pinned host key for {t.host}:{t.port}; refusing to connect"
-            elif "banner" in str(exc) or "No existing session" in str(exc):
-                msg = f"no SSH answer at {t.host}:{t.port} within {self.connect_timeout:g}s"
-            else:
-                msg = f"ssh: {exc}"
-            raise NodeError(msg, host_key=host_key) from None
-        except (OSError, socket.timeout, EOFError) as exc:
-            raise NodeError(f"unreachable at {t.host}:{t.port}: {exc.__class__.__name__}: {exc}") from None
-        client.get_transport().set_keepalive(5)
-        return client
 
     def run(self, calls: dict[str, Call]) -> dict[str, NodeResult]:
         """Run each node's Call in parallel on its connection; return one NodeResult per node."""
@@ -307,45 +272,6 @@ class SSHFleet:
         for conn in conns:
             conn.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-_import_lock = threading.Lock()
-
-
-def _paramiko():
-    """Import paramiko (once, under a lock: the first connections are opened from eight threads)
-    without invoke. paramiko.config imports invoke only to run `Match exec` lines of ssh_config
-    files, which deployctl never reads; invoke pulls in asyncio and unittest.mock, 50 ms of every
-    command here. invoke stays importable: only paramiko's own reference to it is left unset."""
-    with _import_lock:
-        module = sys.modules.get("paramiko")
-        if module is None:
-            blocked = "invoke" not in sys.modules
-            if blocked:
-                sys.modules["invoke"] = None  # makes `import invoke` raise ImportError, which paramiko allows
-            try:
-                import paramiko as module
-            finally:
-                if blocked and "invoke" in sys.modules and sys.modules["invoke"] is None:
-                    del sys.modules["invoke"]
-        return module
-
-
-def _gcm_first_transport():
-    """A paramiko Transport that prefers AES-GCM: no separate MAC pass, about 40% less controller CPU
-    per uploaded byte than paramiko's default aes128-ctr + hmac-sha2-256 (measured here)."""
-    paramiko = _paramiko()
-
-    class GcmFirst(paramiko.Transport):
-        _preferred_ciphers = tuple(sorted(paramiko.Transport._preferred_ciphers, key=lambda c: "gcm" not in c))
-
-    return GcmFirst
-
-
-def _fp(key) -> str:
-    return key.fingerprint if hasattr(key, "fingerprint") else key.get_base64()[:16]
-
-
 
 
 def raise_for_unreachable(results: dict[str, NodeResult], what: str) -> None:

@@ -1,4 +1,4 @@
-"""Process tests for fleet/router/router.py: run it as the supervisor would and talk HTTP on 127.0.0.1.
+"""Process tests for the router in fleet/router/: run router.py as the supervisor would, talk HTTP on 127.0.0.1.
 
 Every wait is bounded, and every process started here is stopped in fixture teardown.
 """
@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -27,11 +28,22 @@ HEALTH_KEYS = {"service", "version", "digest", "gate", "halted", "flags", "uptim
 
 
 def folder_digest(folder):
-    """The release digest of docs/node-layout.md, computed here independently of router.py."""
+    """The release digest of docs/node-layout.md, computed here independently of the router's code."""
     files = sorted((p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()),
                    key=lambda path: path.encode("utf-8"))
     text = "".join(f"{hashlib.sha256((folder / path).read_bytes()).hexdigest()}  {path}\n" for path in files)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def shipped_files():
+    """The relative paths of the router's files, as `deployctl build` packs them (no __pycache__, no .pyc)."""
+    return sorted(p.relative_to(ROUTER_DIR).as_posix() for p in ROUTER_DIR.rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
+
+
+def release_listing(folder):
+    """Every path under folder (files and folders), relative, sorted."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
 
 
 def free_port():
@@ -58,15 +70,19 @@ def call(url, method="GET", body=None, raw=None, token=None, timeout=5):
 
 
 class RouterProcess:
-    """router.py running from a release folder, with its stderr in a file."""
+    """router.py running from a release folder, with its stderr in a file.
 
-    def __init__(self, release, state, log_path):
+    python_flags and env default to what supervisord uses (-B, PYTHONDONTWRITEBYTECODE=1).
+    """
+
+    def __init__(self, release, state, log_path, python_flags=("-B",), env=None):
         self.port, self.log_path = free_port(), log_path
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(log_path, "ab")
-        argv = [sys.executable, "-B", str(release / "router.py"), "--state-dir", str(state),
+        argv = [sys.executable, *python_flags, str(release / "router.py"), "--state-dir", str(state),
                 "--port", str(self.port), "--host", "127.0.0.1"]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=self._log)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=self._log,
+                                     env=env if env is not None else {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
 
     def wait_ready(self, timeout=10):
         deadline = time.monotonic() + timeout
@@ -104,10 +120,11 @@ class RouterProcess:
 
 @pytest.fixture
 def release(tmp_path):
-    """A release folder holding a copy of router.py and router.json, like /opt/router/releases/<digest>/."""
+    """A release folder holding a copy of every file of fleet/router, like /opt/router/releases/<digest>/."""
     folder = tmp_path / "release"
     folder.mkdir()
-    for name in ("router.py", "router.json"):
+    for name in shipped_files():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROUTER_DIR / name, folder / name)
     return folder
 
@@ -256,8 +273,35 @@ def test_resume_leaves_the_gate_closed(node, state, release):
 def test_release_folder_stays_exactly_the_artifact(node, release):
     open_gate(node, release)
     node.order()
-    assert sorted(p.name for p in release.iterdir()) == ["router.json", "router.py"]
+    assert {"router.json", "router.py"} <= set(shipped_files())
+    assert release_listing(release) == shipped_files()
     assert node.health()["digest"] == folder_digest(release)
+
+
+def test_started_without_bytecode_flags_through_current_it_writes_nothing_into_its_release(release, state, tmp_path):
+    # Neither -B nor PYTHONDONTWRITEBYTECODE: router.py itself must keep __pycache__ out of the
+    # release folder, or the digest it reports (and the node's disk hash) would change.
+    (tmp_path / "current").symlink_to("release")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    process = RouterProcess(tmp_path / "current", state, tmp_path / "router.log", python_flags=(), env=env)
+    try:
+        health = process.wait_ready()
+        process.proc.send_signal(signal.SIGTERM)
+        assert process.proc.wait(timeout=5) == 0
+    finally:
+        process.stop()
+    assert (health["digest"], health["release_dir"]) == (folder_digest(release), os.path.realpath(release))
+    assert release_listing(release) == shipped_files()
+    assert process.log().endswith("router: stopped\n")
+
+
+def test_check_works_when_started_isolated(release):
+    # -I leaves the script's folder off sys.path: router.py adds its own folder for its modules.
+    result = subprocess.run([sys.executable, "-I", str(release / "router.py"), "--check"],
+                            capture_output=True, text=True, timeout=10)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert json.loads(result.stdout) == {"digest": folder_digest(release), "version": "1.0.0"}
+    assert release_listing(release) == shipped_files()
 
 
 def test_unknown_flag_exits_2_naming_it(release, state):

@@ -14,21 +14,21 @@ PACKAGE = Path(__file__).resolve().parents[2] / "deployctl"
 # The ranks refine STYLE.md's six layers into a total order, so that no exception list is needed:
 #   STYLE layer 1 (no I/O but files):     errors 0; schema, statedir, signing 1; config 2
 #   STYLE layer 2 (pure):                 phases, node_agent 1; commands, trust 3; artifact 3; verify 4
-#   STYLE layer 3 (adapters, journal):    channel 1; journal 2; gate, docker_fleet 3; ssh 4
+#   STYLE layer 3 (adapters, journal):    channel 1; journal 2; gate, docker_fleet, sshconnect 3; ssh 4
 #   STYLE layer 4:                        context 5; run 6
 #   STYLE layer 5 (what commands do):     rollout, rollback, control 7; testfleet 8 (it rolls out the first release)
-#   STYLE layer 6:                        api 9; cli 10; __main__ 11
+#   STYLE layer 6:                        api, output (the CLI's rendering) 9; cli 10; __main__ 11
 LAYERS = {
     "__init__": 0, "errors": 0,
     "schema": 1, "statedir": 1, "signing": 1, "phases": 1, "node_agent": 1, "channel": 1,
     "config": 2, "journal": 2,
-    "commands": 3, "trust": 3, "artifact": 3, "gate": 3, "docker_fleet": 3,
+    "commands": 3, "trust": 3, "artifact": 3, "gate": 3, "docker_fleet": 3, "sshconnect": 3,
     "verify": 4, "ssh": 4,
     "context": 5,
     "run": 6,
     "rollout": 7, "rollback": 7, "control": 7,
     "testfleet": 8,
-    "api": 9,
+    "api": 9, "output": 9,
     "cli": 10,
     "__main__": 11,
 }
@@ -37,7 +37,7 @@ LAYERS = {
 SAME_LAYER_ALLOWED: set[tuple[str, str]] = set()
 
 # Third-party packages and the only module allowed to import each.
-ADAPTERS = {"paramiko": "ssh", "docker": "docker_fleet", "typer": "cli", "rich": "cli", "yaml": "schema"}
+ADAPTERS = {"paramiko": "sshconnect", "docker": "docker_fleet", "typer": "cli", "rich": "output", "yaml": "schema"}
 
 
 def modules() -> dict[str, ast.Module]:
@@ -110,7 +110,8 @@ def test_the_state_machine_imports_nothing_of_deployctl():
 
 def test_cli_uses_the_tool_only_through_the_facade():
     """The CLI's single door is api.py (and errors, for the exit codes); api.py only re-exports."""
-    assert sorted({dst for src, dst, _ in internal_edges() if src == "cli"}) == ["__init__", "api", "errors"]
+    assert sorted({dst for src, dst, _ in internal_edges() if src == "cli"}) == ["__init__", "api", "errors", "output"]
+    assert [dst for src, dst, _ in internal_edges() if src == "output"] == []  # it renders values, decides nothing
     body = [stmt for stmt in modules()["api"].body if not isinstance(stmt, (ast.Import, ast.ImportFrom))]
     kinds = {type(stmt).__name__ for stmt in body}
     assert kinds <= {"Expr", "Assign"}, kinds  # the docstring and __all__: no code of its own
@@ -124,7 +125,7 @@ def test_adapter_packages_only_in_their_module(package, owner):
     assert users == []
 
 
-@pytest.mark.parametrize("package, owner", [("paramiko", "ssh"),
+@pytest.mark.parametrize("package, owner", [("paramiko", "sshconnect"),
                                             ("docker", "docker_fleet")])
 def test_heavy_adapters_import_lazily(package, owner):
     """STYLE.md 13: paramiko and docker are imported inside the functions that need them."""

@@ -1,8 +1,9 @@
-"""Unit tests for fleet/router/router.py: pure functions and the Router object, no sockets."""
+"""Unit tests for the router in fleet/router/ (router.py and the modules beside it): no sockets."""
 
+import ast
 import copy
 import hashlib
-import importlib.util
+import importlib
 import io
 import json
 import math
@@ -21,22 +22,25 @@ from hypothesis import strategies as st
 ROUTER_DIR = Path(__file__).resolve().parents[2] / "fleet" / "router"
 
 
-def _load_router():
-    """Import router.py by path; it is a deployed file, not a package module."""
-    spec = importlib.util.spec_from_file_location("fleet_router", ROUTER_DIR / "router.py")
-    module = importlib.util.module_from_spec(spec)
+def _load_router_modules(*names):
+    """Import the router's modules from fleet/router by their plain names, as router.py does.
+
+    They are deployed files, not a package: the folder is on sys.path only while they load.
+    """
     saved = sys.dont_write_bytecode
-    # The loader writes bytecode before the module body runs; a __pycache__ next to
-    # router.py would change the release digest of fleet/router.
+    # The loader writes bytecode before a module body runs; a __pycache__ in fleet/router
+    # would change its release digest.
     sys.dont_write_bytecode = True
+    sys.path.insert(0, str(ROUTER_DIR))
     try:
-        spec.loader.exec_module(module)
+        return [importlib.import_module(name) for name in names]
     finally:
+        sys.path.remove(str(ROUTER_DIR))
         sys.dont_write_bytecode = saved
-    return module
 
 
-router = _load_router()
+book, endpoints, httpwire, release, router_main, service_module = _load_router_modules(
+    "book", "endpoints", "httpwire", "release", "router", "service")
 
 CONFIG = {
     "service": "order-router", "version": "1.0.0", "max_child_qty": 100, "max_order_qty": 1000000,
@@ -46,11 +50,52 @@ DIGEST = "ab" * 32
 
 
 def test_import_leaves_no_pycache_in_release_folder():
-    assert not (ROUTER_DIR / "__pycache__").exists()
+    assert not list(ROUTER_DIR.rglob("__pycache__")) and not list(ROUTER_DIR.rglob("*.pyc"))
+
+
+def _imports(tree):
+    """Return [(top-level module name, line, at module level)] for every import in an ast tree."""
+    found, top = [], {id(node) for node in tree.body}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name.split(".")[0], node.lineno, id(node) in top) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append(((node.module or "").split(".")[0], node.lineno, id(node) in top and node.level == 0))
+    return found
+
+
+ROUTER_MODULES = {path.stem: ast.parse(path.read_text(), str(path)) for path in sorted(ROUTER_DIR.glob("*.py"))}
+
+
+@pytest.mark.parametrize("name", sorted(ROUTER_MODULES))
+def test_router_modules_are_small_documented_and_standard_library_only(name):
+    tree = ROUTER_MODULES[name]
+    assert name not in sys.stdlib_module_names  # it would shadow the standard module for the whole router
+    assert ast.get_docstring(tree), f"{name}.py has no module docstring"
+    assert len((ROUTER_DIR / f"{name}.py").read_text().splitlines()) <= 300
+    for module, line, at_top in _imports(tree):
+        assert module in sys.stdlib_module_names or module in ROUTER_MODULES, f"{name}.py:{line}: {module}"
+        # Imports at start-up only: a module imported later (bytecode setting changed, current
+        # switched) could write a __pycache__ or come from another release.
+        assert at_top, f"{name}.py:{line}: import {module} is not at module level"
+
+
+def test_the_entry_point_stops_bytecode_before_any_sibling_import_and_reaches_every_module():
+    tree = ROUTER_MODULES["router"]
+    off = next(node.lineno for node in tree.body if isinstance(node, ast.Assign)
+               and ast.unparse(node) == "sys.dont_write_bytecode = True")
+    siblings = [(module, line) for module, line, _top in _imports(tree) if module in ROUTER_MODULES]
+    assert siblings and all(line > off for _module, line in siblings)
+    reached, todo = set(), ["router"]
+    while todo:
+        name = todo.pop()
+        reached.add(name)
+        todo += [m for m, _line, _top in _imports(ROUTER_MODULES[name]) if m in ROUTER_MODULES and m not in reached]
+    assert reached == set(ROUTER_MODULES)  # no file in the release that the router does not run
 
 
 def test_shipped_router_json_is_valid_and_exact():
-    assert router.load_config(str(ROUTER_DIR / "router.json")) == CONFIG
+    assert release.load_config(str(ROUTER_DIR / "router.json")) == CONFIG
 
 
 # ---------------------------------------------------------------- split_order
@@ -67,19 +112,19 @@ def test_shipped_router_json_is_valid_and_exact():
     (1000000, 100, [100] * 10000),
 ])
 def test_split_order_table(quantity, max_child, expected):
-    assert router.split_order(quantity, max_child) == expected
+    assert book.split_order(quantity, max_child) == expected
 
 
 @pytest.mark.parametrize(("quantity", "max_child"), [(-1, 100), (5, 0), (5, -3)])
 def test_split_order_refuses_bad_input(quantity, max_child):
     with pytest.raises(ValueError):
-        router.split_order(quantity, max_child)
+        book.split_order(quantity, max_child)
 
 
 @settings(max_examples=300, deadline=None)
 @given(quantity=st.integers(1, 200000), max_child=st.integers(1, 1000))
 def test_split_order_properties(quantity, max_child):
-    parts = router.split_order(quantity, max_child)
+    parts = book.split_order(quantity, max_child)
     assert sum(parts) == quantity
     assert all(1 <= part <= max_child for part in parts)
     assert len(parts) == math.ceil(quantity / max_child)
@@ -126,13 +171,13 @@ def _flags_with(**changes):
     ([CONFIG], "router.json: should be an object"),
 ])
 def test_validate_config_rejects(config, message):
-    with pytest.raises(router.ConfigError) as caught:
-        router.validate_config(config)
+    with pytest.raises(release.ConfigError) as caught:
+        release.validate_config(config)
     assert str(caught.value) == message
 
 
 def test_validate_config_accepts_the_reference_config():
-    assert router.validate_config(copy.deepcopy(CONFIG)) == CONFIG
+    assert release.validate_config(copy.deepcopy(CONFIG)) == CONFIG
 
 
 @pytest.mark.parametrize(("text", "message"), [
@@ -144,14 +189,14 @@ def test_validate_config_accepts_the_reference_config():
 def test_load_config_rejects_bad_json(tmp_path, text, message):
     path = tmp_path / "router.json"
     path.write_text(text)
-    with pytest.raises(router.ConfigError) as caught:
-        router.load_config(str(path))
+    with pytest.raises(release.ConfigError) as caught:
+        release.load_config(str(path))
     assert str(caught.value) == message
 
 
 def test_load_config_missing_file(tmp_path):
-    with pytest.raises(router.ConfigError) as caught:
-        router.load_config(str(tmp_path / "router.json"))
+    with pytest.raises(release.ConfigError) as caught:
+        release.load_config(str(tmp_path / "router.json"))
     assert str(caught.value) == "cannot read router.json: No such file or directory"
 
 
@@ -199,8 +244,8 @@ def _order_with(**changes):
     (_order_with(limit_price=1e9 + 1), "limit_price: should be a finite number above 0 and at most 1e9"),
 ])
 def test_validate_order_rejects(body, message):
-    with pytest.raises(router.BadRequest) as caught:
-        router.validate_order(body, 1000000)
+    with pytest.raises(httpwire.BadRequest) as caught:
+        book.validate_order(body, 1000000)
     assert caught.value.status == 400
     assert caught.value.message == message
 
@@ -211,7 +256,7 @@ def test_validate_order_rejects(body, message):
     _order_with(quantity=1000000, limit_price=1),
 ])
 def test_validate_order_accepts(order):
-    assert router.validate_order(dict(order), 1000000) == order
+    assert book.validate_order(dict(order), 1000000) == order
 
 
 @pytest.mark.parametrize(("body", "message"), [
@@ -223,15 +268,15 @@ def test_validate_order_accepts(order):
     ("open", "body: should be a JSON object"),
 ])
 def test_validate_gate_request_rejects(body, message):
-    with pytest.raises(router.BadRequest) as caught:
-        router.validate_gate_request(body)
+    with pytest.raises(httpwire.BadRequest) as caught:
+        book.validate_gate_request(body)
     assert caught.value.message == message
 
 
 def test_validate_gate_request_accepts():
-    assert router.validate_gate_request({"action": "open", "digest": DIGEST}) == ("open", DIGEST)
-    assert router.validate_gate_request({"action": "close"}) == ("close", None)
-    assert router.validate_gate_request({"action": "close", "digest": DIGEST}) == ("close", DIGEST)
+    assert book.validate_gate_request({"action": "open", "digest": DIGEST}) == ("open", DIGEST)
+    assert book.validate_gate_request({"action": "close"}) == ("close", None)
+    assert book.validate_gate_request({"action": "close", "digest": DIGEST}) == ("close", DIGEST)
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
@@ -239,23 +284,23 @@ def test_validate_gate_request_accepts():
     (b"[1, 2.5]", [1, 2.5]),
 ])
 def test_parse_json_accepts(raw, expected):
-    assert router.parse_json(raw) == expected
+    assert httpwire.parse_json(raw) == expected
 
 
 @pytest.mark.parametrize("raw", [b'{"a": 1, "a": 2}', b"[NaN]", b"[Infinity]", b"\xff", b"[" * 50000, b""])
 def test_parse_json_rejects(raw):
     with pytest.raises(ValueError):
-        router.parse_json(raw)
+        httpwire.parse_json(raw)
 
 
 # ---------------------------------------------------------------- Router object
 
 def _router(state_dir, config=CONFIG):
-    return router.Router(copy.deepcopy(config), DIGEST, "/opt/router/releases/x", str(state_dir))
+    return service_module.Router(copy.deepcopy(config), DIGEST, "/opt/router/releases/x", str(state_dir))
 
 
 def _status(call):
-    with pytest.raises(router.HttpError) as caught:
+    with pytest.raises(httpwire.HttpError) as caught:
         call()
     return caught.value.status, caught.value.body()
 
@@ -297,7 +342,7 @@ def test_repeated_parent_id_routes_nothing_more(tmp_path):
     assert service.book.get("p-1") == {"quantity": 250, "routed": 250, "filled": 250}
 
 
-class _HaltingVenue(router.SimulatedVenue):
+class _HaltingVenue(book.SimulatedVenue):
     """Halts its router right after the first child, as an operator would mid-order."""
 
     def __init__(self, service):
@@ -322,7 +367,7 @@ def test_halt_mid_order_stops_the_next_child_and_resume_routes_the_rest(tmp_path
     health = service.resume()
     assert (health["halted"], health["gate"]) == (False, "closed")
     assert not (tmp_path / "halted").exists()
-    service.venue = router.SimulatedVenue()
+    service.venue = book.SimulatedVenue()
     service.set_gate("open", DIGEST)
     result = service.place(dict(GOOD_ORDER))
     assert result["children"] == [{"qty": 100, "price": 10.5}, {"qty": 50, "price": 10.5}]
@@ -366,7 +411,7 @@ def test_check_token(tmp_path, file_text, presented, expected):
 
 
 def test_price_improvement_is_one_tick_better():
-    venue = router.SimulatedVenue(price_improvement=True)
+    venue = book.SimulatedVenue(price_improvement=True)
     assert venue.execute("X", "buy", 5, 10.5) == {"qty": 5, "price": 10.49}
     assert venue.execute("X", "sell", 5, 10.5) == {"qty": 5, "price": 10.51}
     assert venue.execute("X", "buy", 5, 0.01) == {"qty": 5, "price": 0.01}
@@ -374,7 +419,7 @@ def test_price_improvement_is_one_tick_better():
 
 # ---------------------------------------------------------------- the invariant under threads
 
-class _SlowVenue(router.SimulatedVenue):
+class _SlowVenue(book.SimulatedVenue):
     """Yields the GIL inside every fill, so concurrent requests interleave between children."""
 
     def execute(self, symbol, side, quantity, limit_price):
@@ -413,7 +458,7 @@ def test_parent_book_never_routes_more_than_quantity_under_16_threads(tmp_path):
     def place(_index):
         try:
             return service.place(dict(order))["children"]
-        except router.HttpError as error:
+        except httpwire.HttpError as error:
             assert error.status == 409
             return []
 
@@ -426,17 +471,17 @@ def test_parent_book_never_routes_more_than_quantity_under_16_threads(tmp_path):
 
 
 def test_parent_book_reserve_is_exact_under_16_threads():
-    book = router.ParentBook()
-    book.open("p", 5000)
+    parents = book.ParentBook()
+    parents.open("p", 5000)
 
     def drain(_index):
         total = 0
-        while granted := book.reserve("p", 7):
+        while granted := parents.reserve("p", 7):
             total += granted
         return total
 
     assert sum(_hammer(16, drain)) == 5000
-    assert book.get("p")["routed"] == 5000
+    assert parents.get("p")["routed"] == 5000
 
 
 # ---------------------------------------------------------------- release digest
@@ -460,20 +505,20 @@ def test_release_digest_matches_sha256sum(tmp_path):
         path.write_bytes(content)
     os.symlink("a.b", tmp_path / "link-to-a.b")  # not a regular file: sha256sum's list skips it too
     files, expected = _sha256sum_digest(tmp_path)
-    assert router.release_files(str(tmp_path)) == files
+    assert release.release_files(str(tmp_path)) == files
     assert files[:3] == ["B", "a.b", "a/b"]  # bytewise: '.' (0x2e) sorts before '/' (0x2f)
-    assert router.release_digest(str(tmp_path)) == expected
+    assert release.release_digest(str(tmp_path)) == expected
 
 
 def test_release_digest_of_the_shipped_folder_matches_sha256sum():
-    assert router.release_digest(str(ROUTER_DIR)) == _sha256sum_digest(ROUTER_DIR)[1]
+    assert release.release_digest(str(ROUTER_DIR)) == _sha256sum_digest(ROUTER_DIR)[1]
 
 
 # ---------------------------------------------------------------- HTTP handler, without a socket
 
 def _raw(service, request: bytes):
-    """Run raw request bytes through router.Handler on in-memory streams; return the raw answer."""
-    handler = router.Handler.__new__(router.Handler)
+    """Run raw request bytes through endpoints.Handler on in-memory streams; return the raw answer."""
+    handler = endpoints.Handler.__new__(endpoints.Handler)
     handler.server = SimpleNamespace(router=service)
     handler.client_address = ("10.0.0.9", 40000)
     handler.rfile, handler.wfile = io.BytesIO(request), io.BytesIO()
@@ -490,7 +535,7 @@ def _parse(answer: bytes):
 
 
 def _handle(service, method, path, body=b"", headers=()):
-    """Send one request through router.Handler; return (status, headers, JSON body)."""
+    """Send one request through endpoints.Handler; return (status, headers, JSON body)."""
     head = f"{method} {path} HTTP/1.0\r\n" + "".join(
         f"{name}: {value}\r\n" for name, value in [("Content-Length", len(body)), *headers]) + "\r\n"
     return _parse(_raw(service, head.encode("latin-1") + body))
@@ -588,9 +633,9 @@ def test_handler_order_flow(tmp_path):
 # ---------------------------------------------------------------- command line
 
 def test_parse_args_reads_every_option_in_both_spellings():
-    opts = router.parse_args(["--state-dir", "/s", "--port=9000", "--host", "127.0.0.1"])
+    opts = router_main.parse_args(["--state-dir", "/s", "--port=9000", "--host", "127.0.0.1"])
     assert (opts.state_dir, opts.port, opts.host, opts.check) == ("/s", 9000, "127.0.0.1", False)
-    opts = router.parse_args(["--check"])
+    opts = router_main.parse_args(["--check"])
     assert (opts.check, opts.state_dir, opts.port, opts.host) == (True, None, 8080, "0.0.0.0")
 
 
@@ -603,7 +648,7 @@ def test_parse_args_reads_every_option_in_both_spellings():
 ])
 def test_parse_args_refuses_bad_usage_with_exit_2(capsys, argv, words):
     with pytest.raises(SystemExit) as stop:
-        router.parse_args(argv)
+        router_main.parse_args(argv)
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("usage: router ") and err.endswith(f"router: error: {words}\n")

@@ -1,4 +1,4 @@
-"""ssh._paramiko: paramiko without invoke, and invoke still importable afterwards (fresh interpreters)."""
+"""sshconnect.import_paramiko: paramiko without invoke, and invoke still importable afterwards (fresh interpreters)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import sys
 
 CHECK = """
 import sys
-from deployctl import ssh
-paramiko = ssh._paramiko()
+from deployctl import sshconnect
+paramiko = sshconnect.import_paramiko()
 assert "invoke" not in sys.modules, "invoke was imported"
 assert paramiko.config.invoke is None
 import invoke  # a user of the library can still import it
-assert invoke.__name__ == "invoke" and ssh._paramiko() is paramiko
+assert invoke.__name__ == "invoke" and sshconnect.import_paramiko() is paramiko
 print("ok")
 """
 
@@ -24,6 +24,6 @@ def test_paramiko_comes_without_invoke_and_invoke_stays_importable():
 
 
 def test_an_invoke_imported_first_is_left_alone():
-    code = "import invoke, sys\nfrom deployctl import ssh\nassert ssh._paramiko().config.invoke is invoke\n"
+    code = "import invoke, sys\nfrom deployctl import sshconnect\nassert sshconnect.import_paramiko().config.invoke is invoke\n"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

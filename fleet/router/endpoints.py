@@ -1,0 +1,150 @@
+"""The router's HTTP endpoints: routes, token-checked control (gate, halt, resume), orders, health.
+
+One thread per connection and one request per connection (socketserver); every answer is JSON,
+and no exception a handler raises stops the server.
+"""
+
+import socketserver
+
+import httpwire
+from book import validate_gate_request, validate_order
+from httpwire import BadRequest, HttpError, parse_json
+from service import log
+
+TOKEN_HEADER = "X-Deployctl-Token"
+ACTOR_HEADER = "X-Deployctl-Actor"  # who asked, for the node journal (not trusted for anything else)
+SINGLE_HEADERS = (TOKEN_HEADER.lower(),)  # besides the framing ones: a second token must not sneak in
+
+
+class Handler(socketserver.StreamRequestHandler):
+    """JSON over HTTP for one Router (self.server.router)."""
+
+    timeout = 10  # a stalled client must not hold a thread forever
+    ROUTES = {
+        "/health": {"GET": "_get_health"},
+        "/orders": {"POST": "_post_orders"},
+        "/control/gate": {"POST": "_post_gate"},
+        "/control/halt": {"POST": "_post_halt"},
+        "/control/resume": {"POST": "_post_resume"},
+    }
+
+    def handle(self):
+        """Read one request and answer it; the connection closes after every answer."""
+        self.command = None
+        try:
+            if self._read_request():
+                self._dispatch(self.command)
+        except HttpError as error:  # the request itself is malformed: answer and close
+            log(f"http {self.client_address[0]}: {error.status} {error.message}")
+            self._send_json(error.status, error.body(), with_body=self.command != "HEAD")
+        except TimeoutError:
+            log(f"http {self.client_address[0]}: request timed out")
+        except (ConnectionError, OSError):
+            pass  # the client went away: nobody to answer
+
+    def _read_request(self):
+        """Parse the request line and header fields into command, path, headers; False on a silent close."""
+        request_line = httpwire.read_request_line(self.rfile)
+        if request_line is None:
+            return False
+        # command first: a HEAD with bad header fields is still answered without a body
+        self.command, self.path, self.request_version = request_line
+        self.headers = httpwire.read_headers(self.rfile, SINGLE_HEADERS)
+        return True
+
+    def _dispatch(self, method):
+        """Route the request to its method and send the JSON answer; never lets an exception escape."""
+        router, path = self.server.router, httpwire.request_path(self.path)[:200]
+        headers = {}
+        try:
+            status, body = 200, self._route(method, path)
+        except HttpError as error:
+            status, body, headers = error.status, error.body(), error.headers
+        except (TimeoutError, ConnectionError):
+            return  # the client went away mid-request: nobody to answer
+        except Exception as error:  # the server keeps running whatever a handler does
+            router.count("errors")
+            log(f"internal error on {method} {path}: {error!r}")
+            status, body = 500, {"error": "internal error"}
+        if status >= 400 and status != 401:
+            log(f"{method} {path} from {self.client_address[0]}: {status} {body['error']}")
+        self._send_json(status, body, headers, with_body=method != "HEAD")
+
+    def _route(self, method, path):
+        methods = self.ROUTES.get(path)
+        if methods is None:
+            raise HttpError(404, f"no such path {path}")
+        if method not in methods:
+            raise HttpError(405, f"{method} not allowed on {path}", headers={"Allow": ", ".join(methods)})
+        return getattr(self, methods[method])()
+
+    def _send_json(self, status, body, headers=None, with_body=True):
+        answer = httpwire.json_answer(status, body, headers, with_body)
+        try:
+            self.wfile.write(answer)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _read_body(self):
+        """Read the body; return (bytes, None) or (None, reason it is unacceptable): see httpwire.read_body."""
+        return httpwire.read_body(self.rfile, self.headers)
+
+    def _json_body(self, raw, reason):
+        """Return the parsed body; BadRequest if it was unacceptable or is not JSON."""
+        if reason:
+            raise BadRequest(reason)
+        try:
+            return parse_json(raw)
+        except ValueError as error:
+            raise BadRequest(f"body: malformed JSON: {error}") from None
+
+    def _get_health(self):
+        return self.server.router.health()
+
+    def _post_orders(self):
+        router = self.server.router
+        raw, reason = self._read_body()  # always read it: see httpwire.read_body
+        blocker = router.routing_blocker()
+        if blocker:
+            raise HttpError(503, blocker)
+        try:
+            order = validate_order(self._json_body(raw, reason), router.config["max_order_qty"])
+            return router.place(order)
+        except HttpError as error:
+            if error.status in (400, 409):
+                router.count("rejected")
+            raise
+
+    def _control(self, action):
+        """Check the token, then run action(raw, reason) and log the outcome; 401 without a good token."""
+        router, path, client = self.server.router, httpwire.request_path(self.path), self.client_address[0]
+        raw, reason = self._read_body()
+        refusal = router.check_token(self.headers.get(TOKEN_HEADER))
+        if refusal:
+            log(f"refused control request {path} from {client}: {refusal}")  # never the token itself
+            raise HttpError(401, "unauthorized")
+        health = action(raw, reason)
+        log(f"control {path} from {client}: gate {health['gate']}, halted {str(health['halted']).lower()}")
+        router.journal(path.rsplit("/", 1)[-1], self.headers.get(ACTOR_HEADER), health)
+        return health
+
+    def _post_gate(self):
+        def gate(raw, reason):
+            action, digest = validate_gate_request(self._json_body(raw, reason))
+            return self.server.router.set_gate(action, digest)
+        return self._control(gate)
+
+    def _post_halt(self):
+        # The body is ignored: a kill switch must not fail on its payload.
+        return self._control(lambda raw, reason: self.server.router.halt())
+
+    def _post_resume(self):
+        return self._control(lambda raw, reason: self.server.router.resume())
+
+
+class RouterServer(socketserver.ThreadingTCPServer):
+    """One thread per connection; more connections queued than the default 5; quick rebinding."""
+
+    allow_reuse_address = True
+    daemon_threads = True
+    request_queue_size = 64

@@ -1,0 +1,554 @@
+"""An in-memory fleet for unit tests of the orchestration: the two seams of Context, faked.
+
+Modelled on pyinfra-dev/pyinfra src/pyinfra/connectors/fake.py: the code under test renders its real
+commands, and FakeFleet (an ssh.Fleet) reads them back with shlex.split and answers as the node agent
+(deployctl/node_agent.py) would: the same ops, the same JSON lines, errors as `{"error": ...}` on
+stderr with exit 1. FakeRouters (gate.Routers' methods) answers as fleet/router's HTTP control does.
+Every node's state (releases on disk, `current`, the running digest, halt flag, gate, free bytes, its
+own journal) lives in a FakeNode; faults are injected per node and per phase with `World.fail`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shlex
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from deployctl import artifact as artifact_mod, commands, signing
+from deployctl.config import Inventory, Node, Playbook, Service, Supervisor, Timeouts
+from deployctl.context import Context
+from deployctl.gate import Answer
+from deployctl.ssh import Call, NodeResult, Target
+from deployctl.statedir import StateDir
+
+ROOT = "/opt/router"
+SOCKET, PROGRAM = "/var/run/supervisor.sock", "router"
+GiB = 2 ** 30
+
+# What a real node says when each fault happens (node agent error texts, paramiko/OS texts).
+FAULTS = {
+    "connect": "unreachable at {host}:{port}: ConnectionRefusedError: [Errno 111] Connection refused",
+    "host-key": "host key mismatch at {host}:{port}: got ssh-ed25519 SHA256:evil, pinned SHA256:good; "
+                "refusing to connect",
+    "probe": "PermissionError: [Errno 13] Permission denied: '/opt/router/releases'",
+    "stage": "disk full: [Errno 28] No space left on device: '/opt/router/releases/.stage'",
+    "switch": "supervisor: restart router: SPAWN_ERROR: router",
+    "revert": "supervisor unreachable at /var/run/supervisor.sock: [Errno 2] No such file or directory",
+    "journal": "OSError: [Errno 30] Read-only file system: '/opt/router/state/journal.jsonl'",
+    "halt": "OSError: [Errno 30] Read-only file system: '/opt/router/state/.halted-1'",
+    "hashes": "sha256sum: ./router.py: Input/output error",
+    "gate-open": "digest mismatch: this node runs something else",
+    "resume": "halt file could not be removed",
+}
+SSH_FAULTS = {"connect", "host-key"}
+
+# shlex.split reads 25 kB of agent source one character at a time (75 ms a command): its quoted form is
+# swapped for a placeholder first, so only the rest of the command line is split. A command that quotes
+# the agent or the hashes script any other way is not recognised, and the test fails.
+_QUOTED = {shlex.quote(commands.AGENT): "@AGENT@", shlex.quote(commands.HASHES_SH): "@HASHES_SH@"}
+_PLAIN = {v: k for k, v in {commands.AGENT: "@AGENT@", commands.HASHES_SH: "@HASHES_SH@"}.items()}
+
+
+def split(command: str) -> list[str]:
+    """shlex.split(command), fast for the agent and hashes-script tokens."""
+    for quoted, mark in _QUOTED.items():
+        command = command.replace(quoted, mark)
+    return [_PLAIN.get(t, t) for t in shlex.split(command)]
+
+
+class Refused(Exception):
+    """The node agent's Refused: one `{"error": ...}` line on stderr, exit 1."""
+
+
+@dataclass
+class FakeNode:
+    """One node: what is on its disk (releases, `current`, state/) and what its router process is doing."""
+
+    name: str
+    ssh_port: int
+    router_port: int
+    signing_pub: str = ""  # state/signing.pub, pinned at `fleet up`
+    host: str = "127.0.0.1"
+    releases: dict[str, dict[str, str]] = field(default_factory=dict)  # digest -> {path: sha256}
+    versions: dict[str, str] = field(default_factory=dict)  # digest -> router.json version
+    mtimes: dict[str, int] = field(default_factory=dict)  # digest -> order staged (prune keeps the newest)
+    current: str | None = None  # the release `current` points at
+    running: str | None = None  # the digest the router process reports; None: not running
+    gate: str = "closed"
+    halted: bool = False  # state/halted exists
+    answers: bool = True  # False: the router hangs (HTTP times out) though the process exists
+    free: int = 4 * GiB
+    journal: list[dict] = field(default_factory=list)  # state/journal.jsonl
+    faults: dict[str, str] = field(default_factory=dict)  # fault -> the error text the node gives
+    crash_on: set[str] = field(default_factory=set)  # releases the router dies on when started
+
+    def state(self) -> dict:
+        """The node's whole state, for one assert."""
+        return {"current": self.current, "running": self.running, "gate": self.gate, "halted": self.halted,
+                "releases": sorted(self.releases)}
+
+    def probe_text(self) -> str:
+        """What node_agent.probe_text prints for this node."""
+        lines = ["root yes", "current " + (f"releases/{self.current}" if self.current else ""),
+                 "halted " + ("yes" if self.halted else "no"), "free %d" % self.free]
+        return "\n".join(lines + ["release " + d for d in sorted(self.releases)]) + "\n"
+
+    def restart(self) -> None:
+        """supervisord restarts the router: it hashes `current` and starts with its gate closed."""
+        self.gate = "closed"
+        self.running = self.current if self.current and self.current not in self.crash_on else None
+
+    def refuse(self, fault: str) -> None:
+        if fault in self.faults:
+            raise Refused(self.faults[fault])
+
+    def switch_to(self, digest: str, record: dict | None) -> str | None:
+        """node_agent.switch_to: journal the record with its previous release, then rename `current`."""
+        if not commands.HEX64.match(digest):
+            raise Refused("bad digest %r" % digest)
+        if digest not in self.releases:
+            raise Refused("release %s is not on this node" % digest[:12])
+        previous = self.current
+        if record is not None:
+            self.journal.append(dict(record, previous=previous))
+        self.current = digest
+        return previous
+
+    def switch_and_restart(self, digest: str, record: dict | None, fault: str) -> bytes:
+        previous = self.switch_to(digest, record)
+        self.running = None  # supervisord stopped it; the start may fail
+        self.refuse(fault)
+        self.restart()
+        return _line({"previous": previous, "current": digest, "restarted": True})
+
+    def health(self) -> dict:
+        return {"service": "order-router", "version": self.versions.get(self.running), "digest": self.running,
+                "gate": self.gate, "halted": self.halted}
+
+
+def _line(doc: dict) -> bytes:
+    return (json.dumps(doc, sort_keys=True) + "\n").encode()
+
+
+@dataclass
+class Held:
+    """A command held open on a node: `deploy` (waiting for the artifact, then for the switch) or `retarget`."""
+
+    op: str
+    digest: str | None = None
+    size: int = 0
+    keep: int = 0
+    protect: tuple[str, ...] = ()
+    staged: bool = False
+
+
+class World:
+    """Every FakeNode of the fleet, shared by each command's FakeFleet and by FakeRouters; logs what ran."""
+
+    def __init__(self, nodes: list[FakeNode]):
+        self.nodes = {n.name: n for n in nodes}
+        self.log: list[tuple[str, str, str]] = []  # (kind, node, what), in order
+        self.connects: list[list[str]] = []
+
+    def __getitem__(self, name: str) -> FakeNode:
+        return self.nodes[name]
+
+    def fail(self, node: str, fault: str, message: str | None = None) -> None:
+        """Make `node` fail `fault` (a key of FAULTS) with the real node's text, or `message`."""
+        n = self.nodes[node]
+        n.faults[fault] = message or FAULTS[fault].format(host=n.host, port=n.ssh_port)
+
+    def connect(self, nodes: list[Node]) -> "FakeFleet":
+        """Context.connect: one FakeFleet per command, as SSHFleet opens one connection set per command."""
+        self.connects.append([n.name for n in nodes])
+        return FakeFleet(self, [Target(n.name, n.host, n.ssh_port, n.user) for n in nodes])
+
+    def states(self) -> dict[str, dict]:
+        return {name: n.state() for name, n in self.nodes.items()}
+
+    def ran(self, kind: str) -> list[str]:
+        """The nodes that ran `kind` (e.g. "switch", "step"), in order."""
+        return [node for k, node, _ in self.log if k == kind]
+
+
+class FakeFleet:
+    """ssh.Fleet in memory: parses each rendered command and answers as node_agent.py would."""
+
+    def __init__(self, world: World, targets: list[Target]):
+        self.world, self.targets = world, targets
+        self.held: dict[str, Held] = {}
+        self.closed = False
+
+    def __enter__(self) -> "FakeFleet":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Every held command reads end of input: it changes nothing and exits."""
+        for name in sorted(self.held):
+            self.world.log.append(("end", name, self.held[name].op))
+        self.held, self.closed = {}, True
+
+    # ---- the Fleet protocol ----------------------------------------------------------------------
+
+    def run(self, calls: dict[str, Call]) -> dict[str, NodeResult]:
+        return {n: self._guard(n, lambda: self._run_one(self.world[n], c)) for n, c in calls.items()}
+
+    def run_all(self, make: Callable[[str], Call], names: Iterable[str] | None = None) -> dict[str, NodeResult]:
+        return self.run({n: make(n) for n in ([t.name for t in self.targets] if names is None else names)})
+
+    def hold(self, calls: dict[str, Call]) -> dict[str, NodeResult]:
+        return {n: self._guard(n, lambda: self._hold_one(self.world[n], c)) for n, c in calls.items()}
+
+    def step(self, data: dict[str, bytes], timeout: float = 60.0, progress=None) -> dict[str, NodeResult]:
+        out = {}
+        for n, d in data.items():
+            if progress:
+                progress(n, len(d), len(d))
+            out[n] = self._guard(n, lambda: self._step_one(self.world[n], d))
+        return out
+
+    def finish(self, lines: dict[str, bytes | None], timeout: float = 60.0) -> dict[str, NodeResult]:
+        return {n: self._guard(n, lambda: self._finish_one(self.world[n], line)) for n, line in lines.items()}
+
+    # ---- one node ----------------------------------------------------------------------------------
+
+    def _guard(self, name: str, work: Callable[[], bytes]) -> NodeResult:
+        """Like SSHFleet._guard: a connection failure is an error result; a Refused is exit 1 + JSON error."""
+        assert not self.closed, "a closed fleet was used"
+        node = self.world[name]
+        for fault in SSH_FAULTS & set(node.faults):
+            return NodeResult(name, error=node.faults[fault], host_key_refused=fault == "host-key")
+        try:
+            return NodeResult(name, 0, work())
+        except _Exit as exc:
+            return NodeResult(name, 1, b"", f"{exc}\n".encode())
+        except Refused as exc:
+            self.held.pop(name, None)  # the agent exited
+            return NodeResult(name, 1, b"", _line({"error": str(exc)}))
+        except _NotHeld:
+            return NodeResult(name, error="no command held on this node")
+
+    def _agent(self, node: FakeNode, command: str) -> tuple[str, list[str]]:
+        argv = split(command)
+        assert argv[:4] == ["python3", "-I", "-S", "-c"] and argv[4] == commands.AGENT, argv[:4]
+        assert len(argv) >= 7, argv[5:]
+        assert argv[6] == ROOT, f"{node.name}: root {argv[6]!r}"
+        return argv[5], argv[7:]
+
+    def _hold_one(self, node: FakeNode, call: Call) -> bytes:
+        op, args = self._agent(node, call.command)
+        self.world.log.append(("hold", node.name, op))
+        if op == "deploy":
+            digest, size, keep, *protect = args
+            if not (size.isdigit() and keep.isdigit()):
+                raise Refused("bad size or keep argument")
+            if not commands.HEX64.match(digest):
+                raise Refused("bad digest %r" % digest)
+            held = Held(op, digest, int(size), int(keep), tuple(protect))
+        elif op == "retarget":
+            assert not args, args
+            held = Held(op)
+        else:
+            raise AssertionError(f"hold of {op!r}: only deploy and retarget are held")
+        node.refuse("probe")
+        self.held[node.name] = held
+        return _line({"probe": node.probe_text()})
+
+    def _take(self, node: FakeNode) -> Held:
+        if node.name not in self.held:
+            raise _NotHeld()
+        return self.held[node.name]
+
+    def _step_one(self, node: FakeNode, data: bytes) -> bytes:
+        held = self._take(node)
+        assert held.op == "deploy" and not held.staged, held
+        self.world.log.append(("step", node.name, held.digest))
+        if len(data) != held.size:
+            raise Refused("upload ended after %d of %d bytes" % (len(data), held.size))
+        node.refuse("stage")
+        if len(data) > node.free:
+            raise Refused("disk full: [Errno 28] No space left on device")
+        files, version = _unpack(data, held.digest, node.signing_pub)
+        reused = node.releases.get(held.digest) == files
+        node.releases[held.digest], node.versions[held.digest] = files, version
+        if not reused:
+            node.mtimes[held.digest] = len(self.world.log)
+        removed = _prune(node, held.keep, (held.digest,) + held.protect)
+        held.staged = True
+        return _line({"digest": held.digest, "files": len(files), "reused": reused, "removed": removed})
+
+    def _finish_one(self, node: FakeNode, line: bytes | None) -> bytes:
+        held = self._take(node)
+        del self.held[node.name]  # whatever happens next, the command ends
+        self.world.log.append(("finish", node.name, "end" if line is None else "switch"))
+        if line is None or not line.strip():
+            return b""
+        if held.op == "deploy" and not held.staged:
+            raise Refused("not a valid artifact tar: header checksum mismatch")  # the line read as a tar header
+        doc = json.loads(line)
+        assert set(doc) <= {"digest", "record", "supervisor", "restart"}, doc
+        assert doc.get("supervisor") == [SOCKET, PROGRAM], doc
+        if held.digest is not None and doc["digest"] != held.digest:
+            raise Refused("switch request names %r, not the staged release" % (doc["digest"],))
+        if doc.get("record") is not None and not isinstance(doc["record"], dict):
+            raise Refused("journal record is not an object")
+        self.world.log.append(("switch", node.name, doc["digest"]))
+        return node.switch_and_restart(doc["digest"], doc.get("record"), "switch")
+
+    def _run_one(self, node: FakeNode, call: Call) -> bytes:
+        argv = split(call.command)
+        if argv[:3] == ["sh", "-c", commands.HASHES_SH]:
+            assert argv[3:5] == ["sh", ROOT] and len(argv) == 6, argv[3:]
+            self.world.log.append(("hashes", node.name, argv[5]))
+            return self._hashes(node, argv[5])
+        assert "&&" not in argv, "restart argv chains are not modelled: the fake fleet runs under supervisord"
+        op, args = self._agent(node, call.command)
+        self.world.log.append((op, node.name, " ".join(args[:1])))
+        record = _record(call.stdin)
+        if op == "switch":
+            digest, *sup = args
+            assert sup == [SOCKET, PROGRAM], sup
+            return node.switch_and_restart(digest, record, "revert")
+        if op == "stop":
+            assert args == [SOCKET, PROGRAM], args
+            node.refuse("revert")
+            node.running = None
+            return _line({"stopped": PROGRAM})
+        if op == "journal":
+            node.refuse("journal")
+            if record is None:
+                raise Refused("journal record is not JSON")
+            node.journal.append(record)
+            return _line({"appended": len(json.dumps(record, sort_keys=True, separators=(",", ":")))})
+        if op == "halt":
+            node.refuse("halt")
+            node.halted, node.gate = True, "closed"
+            return _line({"halted": True})
+        if op == "probe":
+            node.refuse("probe")
+            return node.probe_text().encode()
+        raise AssertionError(f"op {op!r} is not modelled")
+
+    def _hashes(self, node: FakeNode, which: str) -> bytes:
+        node.refuse("hashes")
+        digest = node.current if which == "current" else which
+        if digest is None or digest not in node.releases:
+            where = f"{ROOT}/current" if which == "current" else f"{ROOT}/releases/{which}"
+            raise _Exit(f"no release at {where}")
+        lines = ["current " + (f"releases/{node.current}" if node.current else ""),
+                 "halted " + ("yes" if node.halted else "no")]
+        lines += [f"{sha}  ./{path}" for path, sha in sorted(node.releases[digest].items())]
+        return ("\n".join(lines) + "\n").encode()
+
+
+class _NotHeld(Exception):
+    pass
+
+
+class _Exit(Refused):
+    """A shell command's failure: its plain text on stderr (not the agent's JSON)."""
+
+
+def _record(stdin: bytes | None) -> dict | None:
+    """node_agent.read_record."""
+    if not stdin or not stdin.strip():
+        return None
+    try:
+        record = json.loads(stdin)
+    except ValueError:
+        raise Refused("journal record is not JSON") from None
+    if not isinstance(record, dict):
+        raise Refused("journal record is not an object")
+    return record
+
+
+def _unpack(data: bytes, digest: str, pinned: str) -> tuple[dict[str, str], str]:
+    """Read the artifact tar as the agent does: hash files/, check the digest, then the signature."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    meta, files = {}, {}
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        for m in tar:
+            if m.isfile():
+                body = tar.extractfile(m).read()
+                if m.name.startswith("files/"):
+                    files[m.name[len("files/"):]] = hashlib.sha256(body).hexdigest()
+                else:
+                    meta[m.name] = body
+    got = artifact_mod.digest_of(files)
+    if got != digest:
+        raise Refused("staged files hash to %s, expected %s" % (got, digest))
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(pinned)).verify(
+            bytes.fromhex(meta["manifest.sig"].decode()), meta["manifest.json"])
+    except (InvalidSignature, ValueError, KeyError):
+        raise Refused("manifest signature does not verify with the pinned key") from None
+    manifest = json.loads(meta["manifest.json"])
+    if manifest.get("digest") != digest or manifest.get("files") != files:
+        raise Refused("signed manifest does not match the staged files")
+    return dict(manifest["files"]), manifest["version"]
+
+
+def _prune(node: FakeNode, keep: int, protect: tuple[str, ...]) -> list[str]:
+    """node_agent.prune: keep the `keep` newest releases, never a protected one or `current`."""
+    keep_set = set(protect) | {node.current}
+    names = sorted(node.releases, key=lambda d: node.mtimes.get(d, 0), reverse=True)
+    removed = []
+    for n in names:
+        if n in keep_set:
+            continue
+        if len(keep_set & set(names)) < keep:
+            keep_set.add(n)
+            continue
+        del node.releases[n]
+        removed.append(n)
+    return removed
+
+
+class FakeRouters:
+    """gate.Routers' methods over the World's routers, answering as fleet/router's HTTP API does."""
+
+    def __init__(self, world: World):
+        self.world = world
+
+    def _ask(self, node: Node, action: str, handle: Callable[[FakeNode], tuple[int, dict]]) -> Answer:
+        fake = self.world[node.name]
+        self.world.log.append(("http", node.name, action))
+        if fake.running is None:
+            return Answer(node.name, 0, {}, f"router not running at {node.host}:{node.router_port} "
+                                            "(ConnectionRefusedError)", down=True)
+        if not fake.answers:
+            return Answer(node.name, 0, {}, f"router unreachable at {node.host}:{node.router_port}: timed out")
+        status, body = handle(fake)
+        if status == 200 and action in ("gate-open", "gate-close", "halt", "resume"):
+            fake.journal.append({"action": action.split("-")[0], "source": "router", "digest": fake.running,
+                                 "gate": fake.gate, "halted": fake.halted})
+        return Answer(node.name, status, body)
+
+    def health(self, nodes: list[Node], timeout: float = 2.0) -> dict[str, Answer]:
+        return {n.name: self._ask(n, "health", lambda f: (200, f.health())) for n in nodes}
+
+    def control(self, nodes: list[Node], action: str, body: dict | None = None,
+                timeout: float = 2.0) -> dict[str, Answer]:
+        if action == "gate":
+            return {n.name: self._gate(n, (body or {}).get("action"), (body or {}).get("digest")) for n in nodes}
+        handle = {"halt": _halt, "resume": _resume}[action]
+        return {n.name: self._ask(n, action, handle) for n in nodes}
+
+    def _gate(self, node: Node, action: str, digest: str | None) -> Answer:
+        def handle(f: FakeNode) -> tuple[int, dict]:
+            if action == "close":
+                f.gate = "closed"
+            elif "gate-open" in f.faults:
+                return 409, {"error": f.faults["gate-open"]}
+            elif f.halted:
+                return 409, {"error": "halted: resume before opening the gate"}
+            elif digest != f.running:
+                return 409, {"error": f"digest mismatch: this node runs {f.running}"}
+            else:
+                f.gate = "open"
+            return 200, f.health()
+
+        return self._ask(node, f"gate-{action}", handle)
+
+    def close_gate(self, nodes: list[Node]) -> dict[str, Answer]:
+        return self.control(nodes, "gate", {"action": "close"})
+
+    def open_all_or_none(self, nodes: list[Node], digest: str) -> dict[str, Answer]:
+        # The same rule as gate.open_all_or_none (which speaks HTTP and cannot be reused here).
+        answers = self.control(nodes, "gate", {"action": "open", "digest": digest})
+        if not all(a.ok for a in answers.values()):
+            self.close_gate(nodes)
+        return answers
+
+    def wait_running(self, nodes: list[Node], digest: str, deadline_s: float) -> dict[str, Answer]:
+        # A router's digest is fixed once started: the last answer is the first one.
+        return {n.name: self._ask(n, "wait", lambda f: (200, f.health())) for n in nodes}
+
+
+def _halt(f: FakeNode) -> tuple[int, dict]:
+    f.halted, f.gate = True, "closed"
+    return 200, f.health()
+
+
+def _resume(f: FakeNode) -> tuple[int, dict]:
+    if "resume" in f.faults:
+        return 500, {"error": f.faults["resume"]}
+    f.halted = False
+    return 200, f.health()
+
+
+# ---- a whole test setup --------------------------------------------------------------------------------
+
+@dataclass
+class Rig:
+    """A Context wired to a fresh World, its state folder, signed artifacts and the events it emitted."""
+
+    ctx: Context
+    world: World
+    artifacts: list[artifact_mod.Artifact]
+    events: list[tuple[str, dict]]
+    hooks: list[Callable[..., None]] = field(default_factory=list)
+
+    def journal(self) -> list[dict]:
+        return list(self.ctx.journal.read())
+
+    def phases(self, since: int = 0) -> list[tuple[str, str, Any]]:
+        """(action, phase, outcome) of the controller's run records."""
+        return [(r["action"], r.get("phase"), r.get("outcome")) for r in self.journal()[since:]]
+
+    def digest(self, i: int) -> str:
+        return self.artifacts[i].digest
+
+    def at(self, phase: str, do: Callable[[], None], status: str = "done") -> None:
+        """Call `do` once, when the run emits `phase` `status` (e.g. halt between stage and switch)."""
+        fired = []
+
+        def hook(kind: str, **data: Any) -> None:
+            if kind == "phase" and data.get("phase") == phase and data.get("status") == status and not fired:
+                fired.append(phase)
+                do()
+
+        self.hooks.append(hook)
+
+
+def make_rig(tmp: Path, nodes: int = 8, versions: tuple[str, ...] = ("1.0.0", "1.1.0", "1.2.0"),
+             keep: int = 3) -> Rig:
+    """A fresh fleet of `nodes` empty nodes (root present, nothing installed, routers down), a state folder
+    with a signing key, and one signed artifact per version built from a tiny source folder."""
+    state = StateDir(tmp / "state")
+    _, pub = signing.generate(state.keys)
+    pinned = pub.read_text().strip()
+    inv_nodes = tuple(Node(f"node{i}", "127.0.0.1", 2200 + i, 8100 + i, "root") for i in range(1, nodes + 1))
+    inventory = Inventory("test-fleet", inv_nodes, 5.0, 8, tmp / "fleet.yaml")
+    playbook = Playbook("order-router", tmp / "src", ROOT, keep,
+                        Service(None, None, "/health", Supervisor(PROGRAM, SOCKET)), Timeouts(5, 60, 20), 64,
+                        tmp / "router.yaml")
+    world = World([FakeNode(n.name, n.ssh_port, n.router_port, pinned) for n in inv_nodes])
+    artifacts = []
+    for v in versions:
+        src = tmp / f"src-{v}"
+        (src / "lib").mkdir(parents=True)
+        (src / "router.json").write_text(json.dumps({"version": v}) + "\n")
+        (src / "router.py").write_text(f"print('order router {v}')\n")
+        (src / "lib" / "book.py").write_text("BOOK = {}\n")
+        artifacts.append(artifact_mod.build(src, tmp / "dist", "order-router", state.signing_key))
+    events: list[tuple[str, dict]] = []
+    rig = Rig(None, world, artifacts, events)  # type: ignore[arg-type]
+
+    def on_event(kind: str, **data: Any) -> None:
+        events.append((kind, data))
+        for hook in list(rig.hooks):
+            hook(kind, **data)
+
+    rig.ctx = Context(inventory, playbook, state.root, on_event, connect=world.connect, http=FakeRouters(world))
+    return rig
