@@ -23,13 +23,10 @@ if TYPE_CHECKING:  # cryptography is imported where keys are used: `verify` neve
 
 from deployctl import signing
 from deployctl.config import NAME_RE
+from deployctl.manifest import VERSION_RE, canonical, digest_of, parents, parse_manifest, show, valid_relpath
 from deployctl.errors import ArtifactError
 
 MAX_BYTES = 512 * 1024 * 1024
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_PART = re.compile(r"[A-Za-z0-9._-]{1,255}")
-_VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._+-]{0,63}")
-_MANIFEST_KEYS = ("digest", "files", "format", "name", "sizes", "version")
 _KINDS = {tarfile.SYMTYPE: "a symlink", tarfile.LNKTYPE: "a hard link", tarfile.CHRTYPE: "a device",
           tarfile.BLKTYPE: "a device", tarfile.FIFOTYPE: "a FIFO"}
 # What hostile bytes can make tarfile raise besides TarError.
@@ -61,42 +58,6 @@ def _err(label: str, problem: str) -> ArtifactError:
     return ArtifactError(f"{label}: {problem}")
 
 
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _valid_relpath(rel: str) -> bool:
-    return all(_PART.fullmatch(p) and p not in (".", "..") for p in rel.split("/"))
-
-
-def _parents(rel: str) -> list[str]:
-    parts = rel.split("/")
-    return ["/".join(parts[:i]) for i in range(1, len(parts))]
-
-
-def _canonical(doc: Any) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
-
-
-def digest_of(files: Mapping[str, str]) -> str:
-    """Return the release digest (sha256 of `sha256sum` text, paths in UTF-8 byte order) of {relpath: sha256hex}.
-
-    Raises ArtifactError for a path sha256sum would escape (newline, backslash) or a malformed sha256.
-    """
-    for rel, sha in files.items():
-        if not isinstance(rel, str) or not rel or "\n" in rel or "\\" in rel or "\r" in rel:
-            raise ArtifactError(f"cannot digest path {_show(rel)}")
-        if not isinstance(sha, str) or not _HEX64.fullmatch(sha):
-            raise ArtifactError(f"cannot digest {_show(rel)}: sha256 should be 64 lowercase hex digits")
-    try:
-        order = sorted(files, key=lambda rel: rel.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise ArtifactError("cannot digest a path that is not valid UTF-8") from None
-    text = "".join(f"{files[rel]}  {rel}\n" for rel in order)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def _collect(source: Path) -> dict[str, bytes]:
     """Read every regular file under source into {relpath: bytes}, skipping __pycache__ and *.pyc."""
     out: dict[str, bytes] = {}
@@ -106,18 +67,18 @@ def _collect(source: Path) -> dict[str, bytes]:
         for entry in os.scandir(folder):
             rel, mode = prefix + entry.name, entry.stat(follow_symlinks=False).st_mode
             if stat.S_ISLNK(mode):
-                raise ArtifactError(f"{source}: {_show(rel)} is a symlink")
+                raise ArtifactError(f"{source}: {show(rel)} is a symlink")
             if stat.S_ISDIR(mode) and entry.name != "__pycache__":
                 walk(entry.path, rel + "/")
             elif stat.S_ISREG(mode) and not entry.name.endswith(".pyc"):
-                if not _valid_relpath(rel):
-                    raise ArtifactError(f"{source}: {_show(rel)} has a name outside [A-Za-z0-9._-]")
+                if not valid_relpath(rel):
+                    raise ArtifactError(f"{source}: {show(rel)} has a name outside [A-Za-z0-9._-]")
                 out[rel] = Path(entry.path).read_bytes()
                 total[0] += len(out[rel])
                 if total[0] > MAX_BYTES:
                     raise ArtifactError(f"{source}: files exceed {MAX_BYTES} bytes")
             elif not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
-                raise ArtifactError(f"{source}: {_show(rel)} is not a regular file or folder")
+                raise ArtifactError(f"{source}: {show(rel)} is not a regular file or folder")
 
     if not source.is_dir():
         raise ArtifactError(f"{source}: not a folder")
@@ -143,13 +104,13 @@ def _version(source: Path, contents: Mapping[str, bytes]) -> str:
         raise ArtifactError(f"{source}: no router.json or VERSION file to take the version from")
     if not isinstance(version, str):
         raise ArtifactError(f"{source}: {where} should be a string")
-    if not _VERSION_RE.fullmatch(version):
-        raise ArtifactError(f"{source}: {where} should match ^{_VERSION_RE.pattern}$, got {_show(version)}")
+    if not VERSION_RE.fullmatch(version):
+        raise ArtifactError(f"{source}: {where} should match ^{VERSION_RE.pattern}$, got {show(version)}")
     return version
 
 
 def _pack(manifest_bytes: bytes, signature: str, contents: Mapping[str, bytes]) -> bytes:
-    dirs = {"files"} | {"files/" + d for rel in contents for d in _parents(rel)}
+    dirs = {"files"} | {"files/" + d for rel in contents for d in parents(rel)}
     body = [(d, None) for d in dirs] + [("files/" + rel, data) for rel, data in contents.items()]
     body.sort(key=lambda entry: [p.encode("utf-8") for p in entry[0].split("/")])  # parents first
     buf = io.BytesIO()
@@ -173,14 +134,14 @@ def build(source: Path, out_dir: Path, name: str, signing_key: Path) -> Artifact
     odd name) or a missing version, and when the tarball cannot be written.
     """
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise ArtifactError(f"artifact name {_show(name)} should match ^{NAME_RE.pattern}$")
+        raise ArtifactError(f"artifact name {show(name)} should match ^{NAME_RE.pattern}$")
     key, source = signing.private_key(signing_key), Path(source)
     contents = _collect(source)
     version = _version(source, contents)
     files = {rel: hashlib.sha256(data).hexdigest() for rel, data in contents.items()}
     sizes = {rel: len(data) for rel, data in contents.items()}
     digest = digest_of(files)
-    manifest_bytes = _canonical({"format": 1, "name": name, "version": version, "digest": digest,
+    manifest_bytes = canonical({"format": 1, "name": name, "version": version, "digest": digest,
                                  "files": files, "sizes": sizes})
     signature = key.sign(manifest_bytes).hex()
     data = _pack(manifest_bytes, signature, contents)
@@ -200,21 +161,21 @@ def _member_path(name: str, label: str) -> str | None:
     """Return a member's path under files/ ('' for files/ itself), None for manifest.*; ArtifactError if unsafe."""
     parts = name.split("/")
     if name.startswith("/"):
-        raise _err(label, f"member {_show(name)} is an absolute path")
+        raise _err(label, f"member {show(name)} is an absolute path")
     if ".." in parts:
-        raise _err(label, f"member {_show(name)} escapes the release")
+        raise _err(label, f"member {show(name)} escapes the release")
     if name in ("manifest.json", "manifest.sig"):
         return None
     if parts[0] != "files":
-        raise _err(label, f"member {_show(name)} is outside manifest.json, manifest.sig and files/")
+        raise _err(label, f"member {show(name)} is outside manifest.json, manifest.sig and files/")
     rel = "/".join(parts[1:])
-    if len(parts) > 1 and not _valid_relpath(rel):
-        raise _err(label, f"member {_show(name)} is not a valid path")
+    if len(parts) > 1 and not valid_relpath(rel):
+        raise _err(label, f"member {show(name)} is not a valid path")
     return rel
 
 
 def _check_member(m: tarfile.TarInfo, label: str) -> None:
-    rel, shown = _member_path(m.name, label), _show(m.name)
+    rel, shown = _member_path(m.name, label), show(m.name)
     if m.type in _KINDS or m.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE):
         raise _err(label, f"member {shown} is {_KINDS.get(m.type, 'not a regular file or folder')}")
     is_dir = m.type == tarfile.DIRTYPE
@@ -236,12 +197,12 @@ def _read_members(data: bytes, label: str) -> dict[str, bytes | None]:
             for m in iter(tar.next, None):
                 _check_member(m, label)
                 if m.name in found:
-                    raise _err(label, f"duplicate member {_show(m.name)}")
+                    raise _err(label, f"duplicate member {show(m.name)}")
                 content = None
                 if m.isreg():
                     content = tar.extractfile(m).read()  # type: ignore[union-attr]
                     if len(content) != m.size:
-                        raise _err(label, f"member {_show(m.name)} is truncated")
+                        raise _err(label, f"member {show(m.name)} is truncated")
                 found[m.name] = content
             end = tar.offset
     except _TAR_ERRORS as exc:
@@ -252,54 +213,19 @@ def _read_members(data: bytes, label: str) -> dict[str, bytes | None]:
     return found
 
 
-def _parse_manifest(raw: bytes, label: str) -> dict[str, Any]:
-    """Return the validated manifest; ArtifactError for bad JSON, shape, types, digest or non-canonical bytes."""
-    def bad(problem: str) -> ArtifactError:
-        return _err(label, f"manifest.json: {problem}")
-
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError):
-        raise bad("not valid JSON") from None
-    if not isinstance(doc, dict) or tuple(sorted(doc)) != _MANIFEST_KEYS:
-        raise bad(f"should be an object with exactly the keys {', '.join(_MANIFEST_KEYS)}")
-    if type(doc["format"]) is not int or doc["format"] != 1:
-        raise bad("format should be 1")
-    for key, pattern in (("name", NAME_RE), ("version", _VERSION_RE), ("digest", _HEX64)):
-        if not isinstance(doc[key], str) or not pattern.fullmatch(doc[key]):
-            raise bad(f"{key} should match ^{pattern.pattern}$")
-    files, sizes = doc["files"], doc["sizes"]
-    if not isinstance(files, dict) or not files:
-        raise bad("files should be a non-empty object")
-    for rel, sha in files.items():
-        if not _valid_relpath(rel) or not isinstance(sha, str) or not _HEX64.fullmatch(sha):
-            raise bad(f"files: {_show(rel)} should be a valid path with a 64-hex-digit sha256")
-        if any(parent in files for parent in _parents(rel)):
-            raise bad(f"files: {_show(rel)} is inside another file")
-    if not isinstance(sizes, dict) or set(sizes) != set(files):
-        raise bad("sizes should have exactly the paths of files")
-    if any(type(n) is not int or n < 0 for n in sizes.values()):
-        raise bad("sizes should be integers >= 0")
-    if digest_of(files) != doc["digest"]:
-        raise bad("digest does not match its files")
-    if _canonical(doc) != raw:
-        raise bad("not canonical JSON")
-    return doc
-
-
 def _check_contents(manifest: Mapping[str, Any], found: Mapping[str, bytes | None], label: str) -> None:
     files = {n[6:]: data for n, data in found.items() if n.startswith("files/") and data is not None}
     dirs = {n[6:] for n, data in found.items() if n.startswith("files/") and data is None}
     listed = manifest["files"]
     for rel in sorted(set(listed) - set(files)):
-        raise _err(label, f"file {_show(rel)} is listed in the manifest but missing")
+        raise _err(label, f"file {show(rel)} is listed in the manifest but missing")
     for rel in sorted(set(files) - set(listed)):
-        raise _err(label, f"file {_show(rel)} is not listed in the manifest")
+        raise _err(label, f"file {show(rel)} is not listed in the manifest")
     for rel, data in files.items():
         if len(data) != manifest["sizes"][rel] or hashlib.sha256(data).hexdigest() != listed[rel]:
-            raise _err(label, f"file {_show(rel)} does not match its size and sha256 in the manifest")
-    for rel in sorted(dirs - {p for f in listed for p in _parents(f)}):
-        raise _err(label, f"folder {_show(rel)} holds no listed file")
+            raise _err(label, f"file {show(rel)} does not match its size and sha256 in the manifest")
+    for rel in sorted(dirs - {p for f in listed for p in parents(f)}):
+        raise _err(label, f"folder {show(rel)} holds no listed file")
 
 
 def _parse(data: bytes, path: Path, verifier: Ed25519PublicKey | None) -> Artifact:
@@ -322,7 +248,7 @@ def _parse(data: bytes, path: Path, verifier: Ed25519PublicKey | None) -> Artifa
             verifier.verify(bytes.fromhex(signature), manifest_bytes)
         except InvalidSignature:
             raise _err(label, "bad signature: manifest.json is not signed by the trusted key") from None
-    manifest = _parse_manifest(manifest_bytes, label)
+    manifest = parse_manifest(manifest_bytes, label)
     _check_contents(manifest, found, label)
     return Artifact(path, manifest["name"], manifest["version"], manifest["digest"], manifest["files"],
                     manifest["sizes"], manifest_bytes, signature, data)

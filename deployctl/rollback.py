@@ -117,6 +117,9 @@ def _recover_target(ctx: Context, probes: dict[str, Probe]) -> str:
     currents = {p.current for p in probes.values()}
     if len(currents) == 1 and None not in currents:
         return currents.pop()
-    missing = sorted(n for n, p in probes.items() if last not in p.releases) if last else sorted(probes)
-    raise InconsistentError(f"recover: the last good release {str(last)[:12]} is not on {', '.join(missing)} and "
+    if last is None:
+        raise InconsistentError("recover: no release the whole fleet ran is in the journal and the nodes' current "
+                                "releases differ: roll out a release to the whole fleet")
+    missing = sorted(n for n, p in probes.items() if last not in p.releases)
+    raise InconsistentError(f"recover: the last good release {last[:12]} is not on {', '.join(missing)} and "
                             "the nodes' current releases differ: roll out a release to the whole fleet")

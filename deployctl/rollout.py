@@ -33,8 +33,8 @@ def rollout(ctx: Context, artifact_path: Path, break_lock: bool = False) -> RunR
     art = ctx.load_artifact(artifact_path)
     payload = art.payload()
     refuse_if_interrupted(ctx)
-    ctx.keep_manifest(art)
     with locked(ctx, f"rollout {art.digest[:12]}", break_lock), ctx.ssh() as fleet:
+        ctx.keep_manifest(art)
         run = Run(ctx, fleet, "rollout", art.digest, version=art.version, artifact=art.path.name,
                   nodes=[n.name for n in ctx.nodes])
         state = run.walk(sm.State(tuple(run.names), art.digest), {

@@ -200,8 +200,10 @@ class Run:
         """Journal the end of the run (controller, and nodes if it failed); return or raise what happened."""
         self.timings["total"] = time.monotonic() - self.started
         refused = state.phase == sm.Phase.REVERTED and all(f.phase == sm.Phase.PREFLIGHT for f in state.failures)
-        outcome = {sm.Phase.DONE: "ok", sm.Phase.REVERTED: "refused" if refused else "rolled-back"}.get(
-            state.phase, "inconsistent")
+        # "ok" means the whole fleet runs the release (journal.good_run): a forced partial run is not that.
+        whole = set(self.names) == {n.name for n in self.ctx.nodes}
+        outcome = {sm.Phase.DONE: "ok" if whole else "ok-partial",
+                   sm.Phase.REVERTED: "refused" if refused else "rolled-back"}.get(state.phase, "inconsistent")
         failures = [f.describe() for f in state.failures]
         nodes = {n: o for n, o in self.outcomes.items() if n in self.names}
         record = entry(self.action, run=self.id, phase="done", digest=self.digest, outcome=outcome,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from deployctl.artifact import digest_of
+from deployctl.manifest import digest_of
 from deployctl.errors import ArtifactError, ExitCode
 
 

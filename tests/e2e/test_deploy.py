@@ -164,6 +164,7 @@ def test_a_forced_partial_rollback_moves_only_the_named_node_and_keeps_the_gate_
     api.rollout(ctx, v2.path)
     api.rollback(ctx, nodes=["node2"], force=True)
     assert currents(ctx) == {n.name: base_release.digest if n.name == "node2" else v2.digest for n in ctx.nodes}
+    assert ctx.journal.last_good() == v2.digest  # a partial run is not a release the whole fleet ran
     assert running(ctx) == currents(ctx)
     assert set(gates(ctx).values()) == {"closed"}  # a mixed fleet never takes orders
     dc, spec = docker_spec

@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import threading
 import uuid
@@ -405,6 +406,26 @@ def _cli(ctx: api.Context, *args: str, timeout: float) -> subprocess.CompletedPr
                           capture_output=True, text=True, timeout=timeout)
 
 
+def test_verify_exits_10_when_a_node_presents_a_host_key_other_than_the_pinned_one(ctx, base_release, tmp_path):
+    """A CI gate must tell a security incident from an outage: exit 10, not 4 (README, docs/ci-gate.md)."""
+    state = tmp_path / "state"
+    shutil.copytree(ctx.state_dir, state, ignore=shutil.ignore_patterns("deploy.lock", "dockerd.*"))
+    node3 = _node(ctx, "node3")
+    lines = (state / "keys" / "known_hosts").read_text().splitlines(keepends=True)
+    bogus = trust_mod.new_keypair("bogus-node3")
+    (state / "keys" / "known_hosts").write_text("".join(
+        _known_hosts_line(node3.ssh_port, bogus.public_line) if f"]:{node3.ssh_port} " in line else line
+        for line in lines))
+    env = {**os.environ, "DEPLOYCTL_STATE": str(state)}
+    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "deployctl"), "verify", "--json", "--expect",
+                           base_release.digest], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 10, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["exit_code"] == 10 and doc["ok"] is False
+    assert [n["node"] for n in doc["nodes"] if n["host_key_refused"]] == ["node3"]
+    assert [n["node"] for n in doc["nodes"] if not n["ok"]] == ["node3"]
+
+
 def test_fleet_status_lists_every_node_and_fleet_up_again_changes_nothing(ctx, base_release, docker_spec):
     st = _cli(ctx, "fleet", "status", "--json", timeout=120)
     assert st.returncode == 0, st.stderr
@@ -447,3 +468,34 @@ def test_node_secrets_and_release_files_have_tight_permissions(ctx, base_release
         assert (code, out) == (0, ""), node.name
         code, out = node_exec(node.name, "readlink /opt/router/current")
         assert out.strip() == f"releases/{base_release.digest}", node.name
+
+
+# ---- 11: a fleet of another size -------------------------------------------------------------------
+
+def test_fleet_up_nodes_16_writes_its_files_brings_up_a_verified_fleet_and_down_removes_it(tmp_path):
+    """`fleet up --nodes 16` as its own project on its own ports, beside the fleet the suite uses."""
+    import docker
+
+    inventory, compose, state = tmp_path / "fleet16.yaml", tmp_path / "compose16.yaml", tmp_path / "state"
+    env = {**os.environ, "DEPLOYCTL_STATE": str(state)}
+    base = [str(ROOT / ".venv" / "bin" / "deployctl"), "-q", "-i", str(inventory)]
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*base, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+    try:
+        up = cli("fleet", "up", "--nodes", "16", "--compose", str(compose), "--project", "deployctl-e2e16",
+                 "--first-ssh-port", "2301", "--first-router-port", "8301")
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert [n.name for n in api.open_context(inventory, ROOT / "playbooks/router.yaml").nodes] == \
+            [f"node{i}" for i in range(1, 17)]
+        verify = cli("verify", "--json")
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        doc = json.loads(verify.stdout)
+        assert doc["ok"] is True and len(doc["nodes"]) == 16 and all(n["ok"] for n in doc["nodes"])
+        running = docker.from_env().containers.list(filters={"label": "deployctl.fleet=deployctl-e2e16"})
+        assert sorted(c.name for c in running) == sorted(f"deployctl-e2e16-node{i}" for i in range(1, 17))
+    finally:
+        down = cli("fleet", "down", "--keep-images", "--compose", str(compose))
+    assert down.returncode == 0, down.stderr
+    assert docker.from_env().containers.list(all=True, filters={"label": "deployctl.fleet=deployctl-e2e16"}) == []

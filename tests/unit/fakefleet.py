@@ -10,7 +10,10 @@ own journal) lives in a FakeNode; faults are injected per node and per phase wit
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
+import shutil
 import io
 import json
 import shlex
@@ -54,11 +57,12 @@ _QUOTED = {shlex.quote(commands.AGENT): "@AGENT@", shlex.quote(commands.HASHES_S
 _PLAIN = {v: k for k, v in {commands.AGENT: "@AGENT@", commands.HASHES_SH: "@HASHES_SH@"}.items()}
 
 
-def split(command: str) -> list[str]:
-    """shlex.split(command), fast for the agent and hashes-script tokens."""
+@functools.lru_cache(maxsize=256)
+def split(command: str) -> tuple[str, ...]:
+    """shlex.split(command), fast for the agent and hashes-script tokens (and once per distinct command)."""
     for quoted, mark in _QUOTED.items():
         command = command.replace(quoted, mark)
-    return [_PLAIN.get(t, t) for t in shlex.split(command)]
+    return tuple(_PLAIN.get(t, t) for t in shlex.split(command))
 
 
 class Refused(Exception):
@@ -237,7 +241,7 @@ class FakeFleet:
             return NodeResult(name, error="no command held on this node")
 
     def _agent(self, node: FakeNode, command: str) -> tuple[str, list[str]]:
-        argv = split(command)
+        argv = list(split(command))
         assert argv[:4] == ["python3", "-I", "-S", "-c"] and argv[4] == commands.AGENT, argv[:4]
         assert len(argv) >= 7, argv[5:]
         assert argv[6] == ROOT, f"{node.name}: root {argv[6]!r}"
@@ -277,6 +281,7 @@ class FakeFleet:
         if len(data) > node.free:
             raise Refused("disk full: [Errno 28] No space left on device")
         files, version = _unpack(data, held.digest, node.signing_pub)
+        files = dict(files)
         reused = node.releases.get(held.digest) == files
         node.releases[held.digest], node.versions[held.digest] = files, version
         if not reused:
@@ -304,7 +309,7 @@ class FakeFleet:
         return node.switch_and_restart(doc["digest"], doc.get("record"), "switch")
 
     def _run_one(self, node: FakeNode, call: Call) -> bytes:
-        argv = split(call.command)
+        argv = list(split(call.command))
         if argv[:3] == ["sh", "-c", commands.HASHES_SH]:
             assert argv[3:5] == ["sh", ROOT] and len(argv) == 6, argv[3:]
             self.world.log.append(("hashes", node.name, argv[5]))
@@ -370,6 +375,7 @@ def _record(stdin: bytes | None) -> dict | None:
     return record
 
 
+@functools.lru_cache(maxsize=64)  # eight nodes get the same bytes: read them once (callers copy the dict)
 def _unpack(data: bytes, digest: str, pinned: str) -> tuple[dict[str, str], str]:
     """Read the artifact tar as the agent does: hash files/, check the digest, then the signature."""
     from cryptography.exceptions import InvalidSignature
@@ -502,6 +508,16 @@ class Rig:
     def journal(self) -> list[dict]:
         return list(self.ctx.journal.read())
 
+    def clone(self, tmp: Path) -> "Rig":
+        """A copy of this rig (state folder under `tmp`, nodes, artifacts shared read-only): a fleet set up
+        once by several rollouts serves many tests."""
+        state = tmp / "state"
+        shutil.copytree(self.ctx.state_dir, state)
+        world = copy.deepcopy(self.world)
+        world.log.clear()
+        world.connects = [list(c) for c in self.world.connects]
+        return _wire(self.ctx.inventory, self.ctx.playbook, state, world, self.artifacts)
+
     def phases(self, since: int = 0) -> list[tuple[str, str, Any]]:
         """(action, phase, outcome) of the controller's run records."""
         return [(r["action"], r.get("phase"), r.get("outcome")) for r in self.journal()[since:]]
@@ -542,6 +558,12 @@ def make_rig(tmp: Path, nodes: int = 8, versions: tuple[str, ...] = ("1.0.0", "1
         (src / "router.py").write_text(f"print('order router {v}')\n")
         (src / "lib" / "book.py").write_text("BOOK = {}\n")
         artifacts.append(artifact_mod.build(src, tmp / "dist", "order-router", state.signing_key))
+    return _wire(inventory, playbook, state.root, world, artifacts)
+
+
+def _wire(inventory: Inventory, playbook: Playbook, state: Path, world: World,
+          artifacts: list[artifact_mod.Artifact]) -> Rig:
+    """The Context with both seams set to `world`, its events recorded and passed to the rig's hooks."""
     events: list[tuple[str, dict]] = []
     rig = Rig(None, world, artifacts, events)  # type: ignore[arg-type]
 
@@ -550,5 +572,5 @@ def make_rig(tmp: Path, nodes: int = 8, versions: tuple[str, ...] = ("1.0.0", "1
         for hook in list(rig.hooks):
             hook(kind, **data)
 
-    rig.ctx = Context(inventory, playbook, state.root, on_event, connect=world.connect, http=FakeRouters(world))
+    rig.ctx = Context(inventory, playbook, state, on_event, connect=world.connect, http=FakeRouters(world))
     return rig

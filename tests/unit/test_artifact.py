@@ -16,8 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deployctl import artifact, signing
-from deployctl.artifact import Artifact, build, digest_of, load
+from deployctl import artifact, manifest, signing
+from deployctl.artifact import Artifact, build, load
+from deployctl.manifest import digest_of
 from deployctl.signing import generate as generate_signing_key
 from deployctl.errors import ArtifactError, ExitCode
 
@@ -480,7 +481,7 @@ manifest_like = st.fixed_dictionaries({}, optional={
                  manifest_like.map(lambda v: json.dumps(v, sort_keys=True, separators=(",", ":")).encode())))
 def test_manifest_parsing_raises_only_artifact_errors(raw):
     try:
-        artifact._parse_manifest(raw, "x.tar")
+        manifest.parse_manifest(raw, "x.tar")
     except ArtifactError as exc:
         assert str(exc).startswith("x.tar: manifest.json: ") and "\n" not in str(exc)
 

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from deployctl import commands
-from deployctl.artifact import digest_of
+from deployctl.manifest import digest_of
 from deployctl.config import Service
 
 FILES = {

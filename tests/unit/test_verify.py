@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from deployctl import verify
-from deployctl.artifact import digest_of
+from deployctl.manifest import digest_of
 from deployctl.errors import ExitCode
 from deployctl.verify import NodeObservation, report
 

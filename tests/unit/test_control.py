@@ -1,0 +1,280 @@
+"""control.py on the in-memory fleet: verify's exit codes, gate open/close, halt and resume, and their journal."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import fakefleet as ff
+from deployctl import control, rollout as rollout_mod
+from deployctl.errors import DeployctlError, ExitCode, HaltedError, MismatchError, UnreachableError, UsageError
+
+NODES = [f"node{i}" for i in range(1, 9)]
+OTHERS = [n for n in NODES if n != "node3"]
+
+
+@pytest.fixture(scope="module")
+def _template(tmp_path_factory) -> ff.Rig:
+    rig = ff.make_rig(tmp_path_factory.mktemp("template"), versions=("1.0.0", "1.1.0"))
+    for art in rig.artifacts:
+        rollout_mod.rollout(rig.ctx, art.path)
+    return rig
+
+
+@pytest.fixture
+def rig(_template, tmp_path) -> ff.Rig:
+    """Every node on release 1 (release 0 kept), gates open, not halted."""
+    return _template.clone(tmp_path)
+
+
+def plain(rec: dict) -> dict:
+    return {k: v for k, v in rec.items() if k not in ("ts", "who")}
+
+
+def gates(rig) -> dict[str, str]:
+    return {n: rig.world[n].gate for n in NODES}
+
+
+# ---- verify ------------------------------------------------------------------------------------------------------
+
+def test_verify_passes_when_every_node_matches_on_disk_and_running(rig):
+    b = rig.digest(1)
+    report = control.verify(rig.ctx)
+    assert report.ok and report.exit_code == ExitCode.OK and report.expected == b
+    assert [(n.node, n.disk_digest, n.running_digest, n.gate, n.halted, n.problems) for n in report.nodes] == [
+        (n, b, b, "open", False, ()) for n in NODES]
+    assert ("verify", {"report": report}) in rig.events
+    assert rig.world.ran("hashes") == NODES
+
+
+def test_verify_names_the_drifted_file(rig):
+    b = rig.digest(1)
+    rig.world["node3"].releases[b]["router.py"] = "0" * 64
+    report = control.verify(rig.ctx)
+    assert report.exit_code == ExitCode.MISMATCH == 3
+    bad = [n for n in report.nodes if not n.ok]
+    assert [n.node for n in bad] == ["node3"]
+    assert bad[0].drift == ("changed: router.py",)
+    assert bad[0].problems == (f"disk digest {bad[0].disk_digest[:12]} != expected {b[:12]}",)
+    assert bad[0].running_ok is True
+
+
+def test_verify_catches_a_node_running_another_release(rig):
+    a, b = rig.digest(0), rig.digest(1)
+    rig.world["node3"].running = a  # the files are right, the process was never restarted
+    report = control.verify(rig.ctx)
+    assert report.exit_code == ExitCode.MISMATCH
+    assert [(n.node, n.problems) for n in report.nodes if not n.ok] == [
+        ("node3", (f"running digest {a[:12]} != expected {b[:12]}",))]
+
+
+def test_verify_unreachable_node(rig):
+    rig.world.fail("node3", "connect")
+    rig.world["node3"].answers = False
+    report = control.verify(rig.ctx)
+    assert report.exit_code == ExitCode.UNREACHABLE == 4
+    node3 = report.nodes[2]
+    assert node3.reachable is False and node3.problems == (
+        "disk: unreachable at 127.0.0.1:2203: ConnectionRefusedError: [Errno 111] Connection refused",
+        "router: router unreachable at 127.0.0.1:8103: timed out")
+
+
+def test_verify_host_key_refused(rig):
+    rig.world.fail("node3", "host-key")
+    rig.world.fail("node6", "connect")
+    report = control.verify(rig.ctx)
+    assert report.exit_code == ExitCode.HOST_KEY == 10
+    assert [n.host_key_refused for n in report.nodes] == [n == "node3" for n in NODES]
+
+
+def test_verify_unreachable_and_mismatch_is_a_mismatch(rig):
+    rig.world.fail("node3", "connect")
+    rig.world["node5"].running = rig.digest(0)
+    assert control.verify(rig.ctx).exit_code == ExitCode.MISMATCH
+
+
+def test_verify_needs_an_expected_release(tmp_path):
+    fresh = ff.make_rig(tmp_path)
+    with pytest.raises(UsageError) as err:
+        control.verify(fresh.ctx)
+    assert str(err.value) == "no successful rollout in the journal: pass --expect DIGEST"
+    with pytest.raises(UsageError) as err:
+        control.verify(fresh.ctx, "abc")
+    assert str(err.value) == "--expect: 'abc' is not a sha256 release digest (64 lowercase hex characters)"
+    assert fresh.world.connects == []
+
+
+def test_verify_against_an_older_release(rig):
+    report = control.verify(rig.ctx, rig.digest(0))
+    assert report.exit_code == ExitCode.MISMATCH and not any(n.ok for n in report.nodes)
+
+
+# ---- gate open / close ------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def closed(rig) -> ff.Rig:
+    control.gate_close(rig.ctx)
+    return rig
+
+
+def test_gate_close_closes_every_gate_and_journals_it(rig):
+    answers = control.gate_close(rig.ctx)
+    assert all(a.ok for a in answers.values()) and gates(rig) == dict.fromkeys(NODES, "closed")
+    assert plain(rig.journal()[-1]) == {"action": "gate-close", "outcome": "ok", "nodes": dict.fromkeys(NODES, "ok")}
+
+
+def test_gate_close_names_the_nodes_it_did_not_reach(rig):
+    rig.world["node3"].answers = False
+    with pytest.raises(UnreachableError) as err:
+        control.gate_close(rig.ctx)
+    assert err.value.exit_code == 4
+    reason = "router unreachable at 127.0.0.1:8103: timed out"
+    assert str(err.value) == f"gate close did not reach: node3: {reason}"
+    assert gates(rig) == {**dict.fromkeys(OTHERS, "closed"), "node3": "open"}
+    assert plain(rig.journal()[-1]) == {"action": "gate-close", "outcome": "partial",
+                                        "nodes": {**dict.fromkeys(OTHERS, "ok"), "node3": reason}}
+
+
+def test_gate_open_opens_all_after_verify(closed):
+    b = closed.digest(1)
+    report = control.gate_open(closed.ctx)
+    assert report.ok and gates(closed) == dict.fromkeys(NODES, "open")
+    assert plain(closed.journal()[-1]) == {"action": "gate-open", "outcome": "ok", "digest": b,
+                                           "nodes": dict.fromkeys(NODES, "ok")}
+
+
+def test_gate_open_refuses_on_mismatch_and_asks_no_router(closed):
+    b = closed.digest(1)
+    closed.world["node3"].releases[b]["lib/book.py"] = "1" * 64
+    closed.world.log.clear()
+    with pytest.raises(MismatchError) as err:
+        control.gate_open(closed.ctx)
+    assert err.value.exit_code == 3
+    disk = [n for n in control.verify(closed.ctx).nodes if n.node == "node3"][0].disk_digest
+    assert str(err.value) == f"gate stays closed: 1 of 8 nodes do not match: node3: disk digest {disk[:12]} != " \
+                             f"expected {b[:12]}"
+    assert gates(closed) == dict.fromkeys(NODES, "closed")
+    assert [w for k, _, w in closed.world.log if k == "http" and w.startswith("gate")] == []
+
+
+def test_gate_open_refuses_with_an_unreachable_node(closed):
+    closed.world.fail("node3", "connect")
+    with pytest.raises(UnreachableError) as err:
+        control.gate_open(closed.ctx)
+    assert str(err.value) == ("gate stays closed: 1 of 8 nodes do not match: node3: disk: unreachable at "
+                              "127.0.0.1:2203: ConnectionRefusedError: [Errno 111] Connection refused")
+    assert gates(closed) == dict.fromkeys(NODES, "closed")
+
+
+def test_gate_open_refuses_on_a_halted_fleet(closed):
+    control.halt(closed.ctx)
+    with pytest.raises(HaltedError) as err:
+        control.gate_open(closed.ctx)
+    assert err.value.exit_code == 7
+    assert str(err.value) == "gate stays closed: the fleet is halted; run `deployctl resume` first"
+    assert gates(closed) == dict.fromkeys(NODES, "closed")
+
+
+def test_gate_open_is_all_or_none(closed):
+    b = closed.digest(1)
+    closed.world.fail("node3", "gate-open")
+    with pytest.raises(DeployctlError) as err:
+        control.gate_open(closed.ctx)
+    assert type(err.value) is DeployctlError
+    reason = f"HTTP 409: {ff.FAULTS['gate-open']}"
+    assert str(err.value) == f"gate open refused, all gates closed again: node3: {reason}"
+    assert gates(closed) == dict.fromkeys(NODES, "closed")
+    assert plain(closed.journal()[-1]) == {"action": "gate-open", "outcome": "partial", "digest": b,
+                                           "nodes": {**dict.fromkeys(OTHERS, "ok"), "node3": reason}}
+
+
+# ---- halt / resume ------------------------------------------------------------------------------------------------------
+
+def test_halt_reaches_every_router_without_ssh(rig):
+    connects = len(rig.world.connects)
+    assert control.halt(rig.ctx) == dict.fromkeys(NODES, "halted")
+    assert {n: (rig.world[n].halted, rig.world[n].gate) for n in NODES} == dict.fromkeys(NODES, (True, "closed"))
+    assert len(rig.world.connects) == connects
+    assert plain(rig.journal()[-1]) == {"action": "halt", "outcome": "ok", "nodes": dict.fromkeys(NODES, "halted")}
+    assert plain(rig.world["node1"].journal[-1]) == {"action": "halt", "source": "router", "digest": rig.digest(1),
+                                                      "gate": "closed", "halted": True}
+
+
+@pytest.mark.parametrize("silent", ["down", "hangs"])
+def test_halt_falls_back_to_ssh_for_a_router_that_does_not_answer(rig, silent):
+    if silent == "down":
+        rig.world["node3"].running = None
+    else:
+        rig.world["node3"].answers = False
+    done = control.halt(rig.ctx)
+    assert done == {**dict.fromkeys(OTHERS, "halted"), "node3": "halted on disk (router not answering)"}
+    assert rig.world["node3"].halted is True
+    assert rig.world.connects[-1] == ["node3"]  # only the silent node over SSH
+    assert rig.world.ran("halt") == ["node3"]
+    assert plain(rig.journal()[-1]) == {"action": "halt", "outcome": "ok", "nodes": done}
+
+
+def test_halt_names_a_node_reached_neither_way(rig):
+    rig.world["node3"].running = None
+    rig.world.fail("node3", "connect")
+    rig.world["node6"].answers = False
+    rig.world.fail("node6", "halt")
+    with pytest.raises(UnreachableError) as err:
+        control.halt(rig.ctx)
+    n3 = "NOT HALTED: unreachable at 127.0.0.1:2203: ConnectionRefusedError: [Errno 111] Connection refused"
+    n6 = "NOT HALTED: exit 1: " + json.dumps({"error": ff.FAULTS["halt"]})
+    assert str(err.value) == f"halt did not reach: node3: {n3}; node6: {n6}"
+    assert [rig.world[n].halted for n in NODES] == [n not in ("node3", "node6") for n in NODES]
+    record = plain(rig.journal()[-1])
+    assert record == {"action": "halt", "outcome": "partial",
+                      "nodes": {**{n: "halted" for n in NODES if n not in ("node3", "node6")}, "node3": n3,
+                                "node6": n6}}
+
+
+def test_resume_lifts_the_halt_and_leaves_the_gate_closed(rig):
+    control.halt(rig.ctx)
+    report = control.resume(rig.ctx)
+    assert report.ok
+    assert {n: (rig.world[n].halted, rig.world[n].gate) for n in NODES} == dict.fromkeys(NODES, (False, "closed"))
+    assert plain(rig.journal()[-1]) == {"action": "resume", "outcome": "ok", "digest": rig.digest(1),
+                                        "nodes": dict.fromkeys(NODES, "ok")}
+
+
+def test_resume_refused_unless_verify_passes(rig):
+    control.halt(rig.ctx)
+    rig.world["node3"].running = rig.digest(0)
+    with pytest.raises(MismatchError) as err:
+        control.resume(rig.ctx)
+    assert str(err.value) == (f"resume refused: 1 of 8 nodes do not match: node3: running digest "
+                              f"{rig.digest(0)[:12]} != expected {rig.digest(1)[:12]}")
+    assert all(rig.world[n].halted for n in NODES)
+    assert rig.journal()[-1]["action"] == "halt"
+
+
+def test_resume_names_the_nodes_it_did_not_reach(rig):
+    control.halt(rig.ctx)
+    rig.world.fail("node3", "resume")
+    with pytest.raises(UnreachableError) as err:
+        control.resume(rig.ctx)
+    assert str(err.value) == f"resume did not reach: node3: HTTP 500: {ff.FAULTS['resume']}"
+    assert [rig.world[n].halted for n in NODES] == [n == "node3" for n in NODES]
+    assert rig.journal()[-1]["outcome"] == "partial"
+
+
+# ---- status and history ---------------------------------------------------------------------------------------------
+
+def test_status_has_one_row_per_node(rig):
+    b = rig.digest(1)
+    rig.world["node3"].running = None
+    rows = control.status(rig.ctx)
+    assert [(r["node"], r["release"], r["running"], r["gate"], r["version"]) for r in rows] == [
+        (n, b, None if n == "node3" else b, "unknown" if n == "node3" else "open", None if n == "node3" else "1.1.0")
+        for n in NODES]
+    assert rows[2]["problem"] == "router not running at 127.0.0.1:8103 (ConnectionRefusedError)"
+    assert rows[0]["last_deploy"].startswith(f"rollout {b[:12]} ok ")
+
+
+def test_history_is_the_journal_oldest_first(rig):
+    assert control.history(rig.ctx) == rig.journal()
+    assert control.history(rig.ctx, 1) == rig.journal()[-1:]
