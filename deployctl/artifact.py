@@ -49,9 +49,24 @@ class Artifact:
     # what reaches the nodes is what was verified, and the file is hashed once.
     data: bytes = field(default=b"", repr=False, compare=False)
 
+    _parts: dict = field(default_factory=dict, repr=False, compare=False)  # subset tars made so far
+
     def payload(self) -> bytes:
         """Return the tarball's bytes for upload: the very bytes that were verified."""
         return self.data
+
+    def subset(self, paths: frozenset[str]) -> bytes:
+        """Return a tar like this one (signed manifest first) holding only the files `paths`: what a node
+        that already has the others is sent. All of the files give the payload itself."""
+        if set(paths) >= set(self.files):
+            return self.data
+        if paths not in self._parts:
+            if None not in self._parts:
+                found = _read_members(self.data, self.path.name)
+                self._parts[None] = {n[6:]: d for n, d in found.items() if n.startswith("files/") and d is not None}
+            self._parts[paths] = _pack(self.manifest_bytes, self.signature,
+                                       {rel: self._parts[None][rel] for rel in sorted(paths)})
+        return self._parts[paths]
 
 
 def _err(label: str, problem: str) -> ArtifactError:

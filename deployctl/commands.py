@@ -57,10 +57,40 @@ def stage(root: str, digest: str, size: int, keep: int, protect: list[str] = ())
     return _agent("stage", root, digest, str(size), str(keep), *protect)
 
 
-def deploy(root: str, digest: str, size: int, keep: int, protect: list[str] = ()) -> list[str]:
-    """A rollout's one command per node: answer a probe at once (see parse_probe_answer), then take
-    the artifact and go on as `stage`. Closing its input before the artifact changes nothing."""
-    return _agent("deploy", root, digest, str(size), str(keep), *protect)
+def deploy(root: str, digest: str, keep: int, protect: list[str] = ()) -> list[str]:
+    """A rollout's one command per node: answer a probe at once (parse_probe_answer), then take the
+    reuse plan (reuse_plan) and answer what the node already has (parse_have), then the rest of the
+    artifact (upload) and go on as `stage`. Closing its input at any wait changes nothing."""
+    return _agent("deploy", root, digest, str(keep), *protect)
+
+
+def have(root: str) -> list[str]:
+    """`rollout --dry-run`: given a reuse plan on stdin, answer the probe and which files the node holds
+    (parse_probe_answer, parse_have on the same line); nothing is written."""
+    return _agent("have", root)
+
+
+def reuse_plan(files: dict[str, str], hints: dict[str, list[tuple[str, str]]]) -> bytes:
+    """The line telling a node which of the new release's files (path -> sha256) it may already hold,
+    and where: [(release digest, path in it), ...] per file, best first."""
+    doc = {"files": files, "hints": {rel: [list(h) for h in hints[rel]] for rel in files}}
+    return (json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n").encode()
+
+
+def upload(tar: bytes) -> bytes:
+    """What follows the reuse plan's answer: the size of the tar on its own line, then the tar."""
+    return b"%d\n" % len(tar) + tar
+
+
+def parse_have(stdout: bytes) -> tuple[frozenset[str], int]:
+    """Parse a node's answer to the reuse plan: the paths it holds with the right sha256, their bytes."""
+    doc = _json(stdout, "reuse")
+    have, size = doc.get("have"), doc.get("bytes")
+    if not isinstance(have, list) or not all(isinstance(p, str) for p in have):
+        raise NodeAnswerError("reuse: answer field 'have' should be a list of paths")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise NodeAnswerError("reuse: answer field 'bytes' should be a number of bytes")
+    return frozenset(have), size
 
 
 def retarget(root: str) -> list[str]:

@@ -333,35 +333,211 @@ def op_probe(root):
     sys.stdout.write(probe_text(root))
 
 
-def op_deploy(root, digest, size, keep, *protect):
-    """Preflight, stage and switch in one process: answer the probe at once, wait for the artifact,
-    then go on as `stage`. End of input before the artifact changes nothing (preflight stopped it)."""
-    import signal
+def op_deploy(root, digest, keep, *protect):
+    """A rollout's one process per node: answer the probe at once, then build the release from what
+    the node has and what is sent (content-addressed staging), then switch on request.
 
-    _stage_args(root, digest, size, keep)
+    Input, each step answered on stdout before the next is read:
+      1. a reuse plan line {"files": {path: sha256}, "hints": {path: [[release, path], ...]}}: the
+         files the controller thinks the node may hold, and where. Each is copied (never linked: a
+         later tamper must not reach two releases) into the stage folder and hashed; only a copy with
+         the right sha256 is kept. Answer {"have": [paths], "bytes": N}.
+      2. a line with the size of the tar that follows, then the tar: the manifest and the files the
+         node lacks. Every file, the release digest and the signature are checked as `stage` does.
+      3. the switch request (held_switch).
+    End of input at any wait changes nothing (the stage folder is removed).
+    """
+    import shutil
+
+    _stage_args(root, digest, "0", keep)
     out({"probe": probe_text(root)})
     sys.stdout.flush()
-    signal.alarm(HOLD_SECONDS)  # SIGALRM's default action ends the process
-    head = sys.stdin.buffer.raw.read(512)
-    signal.alarm(0)
-    if head:
-        op_stage(root, digest, size, keep, *protect, head=head)
-
-
-def op_stage(root, digest, size, keep, *protect, head=b""):
-    """Receive the artifact tar (`size` bytes) on stdin, check every file, rename it into place, prune.
-
-    Then answer, and wait on stdin: a switch request (one JSON line, see held_switch) makes this same
-    process switch and restart; end of input (or no request in time) leaves the node as it is.
-    """
-    import shutil  # imported here: only stage and prune need it, and every op pays for startup
-
-    final = _stage_args(root, digest, size, keep)
+    request = Lines()
+    plan = request.line(HOLD_SECONDS, 64 << 20)
+    if plan is None:
+        return
     stage = os.path.join(root, "releases", ".stage-%s-%d" % (digest[:12], os.getpid()))
     try:
-        os.makedirs(stage, mode=0o755)
+        try:
+            os.makedirs(stage, mode=0o755)
+            have = reuse(root, stage, *reuse_plan(plan))
+        except OSError as exc:
+            raise Refused(("disk full: " if exc.errno == 28 else "") + "%s" % exc)
+        out({"have": sorted(have), "bytes": sum(os.path.getsize(os.path.join(stage, r)) for r in have)})
+        sys.stdout.flush()
+        size = request.line(HOLD_SECONDS, 32)
+        if size is None:
+            return
+        size = size.decode("ascii", "replace").strip()
+        if not re.match(r"[0-9]{1,12}\Z", size):
+            raise Refused("bad upload size line")
+        head = request.rest()  # what came with the size line: the upload's start, maybe more
+        staged = stage_upload(root, digest, keep, protect, Upload(int(size), head[:int(size)]), stage, have)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    out(staged)
+    sys.stdout.flush()
+    held_switch(root, digest, head[int(size):])
+
+
+class Lines:
+    """stdin read raw, line by line; what was read past the last line is handed to the upload."""
+
+    def __init__(self):
+        self.raw, self.buf = sys.stdin.buffer.raw, b""
+
+    def line(self, seconds, limit):
+        """Return the next line (without its newline), or None at end of input; refuse a longer one."""
+        import signal
+
+        signal.alarm(seconds)  # SIGALRM's default action ends the process: a gone controller
+        try:
+            while b"\n" not in self.buf:
+                if len(self.buf) > limit:
+                    raise Refused("request line longer than %d bytes" % limit)
+                chunk = self.raw.read(1 << 16)
+                if not chunk:
+                    return None
+                self.buf += chunk
+        finally:
+            signal.alarm(0)
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line
+
+    def rest(self):
+        rest, self.buf = self.buf, b""
+        return rest
+
+
+def reuse_plan(line):
+    """Parse and check a reuse plan line; return (files, hints)."""
+    try:
+        doc = json.loads(line)
+    except (ValueError, RecursionError):
+        raise Refused("reuse plan is not JSON")
+    if not isinstance(doc, dict) or set(doc) != {"files", "hints"}:
+        raise Refused("reuse plan should have exactly files and hints")
+    files, hints = doc["files"], doc["hints"]
+    if not isinstance(files, dict) or not isinstance(hints, dict) or set(hints) != set(files):
+        raise Refused("reuse plan: hints should name exactly the files")
+    for rel, sha in files.items():
+        sources = hints[rel]
+        if not (safe_rel(rel) and isinstance(sha, str) and HEX64.match(sha) and isinstance(sources, list)
+                and all(isinstance(h, list) and len(h) == 2 and isinstance(h[0], str) and HEX64.match(h[0])
+                        and safe_rel(h[1]) for h in sources)):
+            raise Refused("reuse plan: bad entry for %r" % (rel,))
+    return files, hints
+
+
+def safe_rel(rel):
+    """A release-relative path of plain parts: nothing absolute, no . or .., no odd characters."""
+    return isinstance(rel, str) and all(PART.match(p) and p not in (".", "..") for p in rel.split("/"))
+
+
+def reuse(root, stage, files, hints):
+    """Copy each file the node holds with the right sha256 into `stage`; return {path: sha256} of those.
+
+    A copy whose sha256 differs (a tampered or corrupted old file) is deleted, journaled on the node,
+    and left to be sent."""
+    have = {}
+    for rel in sorted(files):
+        for old, old_rel in hints[rel]:
+            src = os.path.join(release_dir(root, old), old_rel)
+            dst = os.path.join(stage, rel)
+            os.makedirs(os.path.dirname(dst), mode=0o755, exist_ok=True)
+            got = copy_hashing(src, dst)
+            if got == files[rel]:
+                have[rel] = got
+                break
+            if got is not None:
+                os.unlink(dst)
+                append_journal(root, {"action": "stage", "event": "not-reused", "file": rel, "from": old,
+                                      "from_file": old_rel, "expected": files[rel], "found": got})
+    return have
+
+
+def copy_hashing(src, dst=None):
+    """Return the sha256 of the regular file `src` (None if it is not one), copying it to a new `dst`
+    as it is read when one is given."""
+    import stat
+
+    try:
+        fin = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    fd = None
+    try:
+        if not stat.S_ISREG(os.fstat(fin).st_mode):
+            return None
+        h, buf = hashlib.sha256(), bytearray(1 << 20)
+        view = memoryview(buf)
+        if dst is not None:
+            fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.fchmod(fd, 0o644)
+        while True:
+            n = os.readv(fin, [buf])
+            if not n:
+                break
+            h.update(view[:n])
+            done = 0
+            while fd is not None and done < n:
+                done += os.write(fd, view[done:n])
+        if fd is not None:
+            os.fsync(fd)
+        return h.hexdigest()
+    finally:
+        os.close(fin)
+        if fd is not None:
+            os.close(fd)
+
+
+def op_have(root):
+    """`rollout --dry-run`: read a reuse plan on stdin; answer the probe and which files the node holds
+    with the right sha256 (hashed where they are: nothing is copied or written)."""
+    files, hints = reuse_plan(sys.stdin.buffer.read(64 << 20))
+    have = {}
+    for rel in sorted(files):
+        for old, old_rel in hints[rel]:
+            src = os.path.join(release_dir(root, old), old_rel)
+            if copy_hashing(src) == files[rel]:
+                have[rel] = os.path.getsize(src)
+                break
+    out({"probe": probe_text(root), "have": sorted(have), "bytes": sum(have.values())})
+
+
+def op_stage(root, digest, size, keep, *protect):
+    """Receive the whole artifact tar (`size` bytes) on stdin, check every file, rename it into place,
+    prune, answer; then wait on stdin for a switch request (held_switch), as `deploy` does."""
+    import shutil  # imported here: only stage and prune need it, and every op pays for startup
+
+    _stage_args(root, digest, size, keep)
+    stage = os.path.join(root, "releases", ".stage-%s-%d" % (digest[:12], os.getpid()))
+    try:
+        try:
+            os.makedirs(stage, mode=0o755)
+        except OSError as exc:
+            raise Refused(("disk full: " if exc.errno == 28 else "") + "%s" % exc)
+        staged = stage_upload(root, digest, keep, protect, Upload(int(size)), stage, {})
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    out(staged)
+    sys.stdout.flush()
+    held_switch(root, digest)
+
+
+def stage_upload(root, digest, keep, protect, up, stage, have):
+    """Extract the upload into `stage` beside the files already there (`have`: path -> sha256), check
+    the release digest and the signature, rename the folder into place and prune; return the answer."""
+    import shutil
+
+    final = release_dir(root, digest)
+    try:
         meta = {}
-        files = extract(Upload(int(size), head), stage, meta)
+        files = extract(up, stage, meta)
+        both = set(files) & set(have)
+        if both:
+            raise Refused("upload repeats a file the node already had: %s" % sorted(both)[0])
+        files.update(have)
         got = digest_of(files)
         if got != digest:
             raise Refused("staged files hash to %s, expected %s" % (got, digest))
@@ -374,12 +550,8 @@ def op_stage(root, digest, size, keep, *protect, head=b""):
             fsync_dir(os.path.dirname(final))
     except OSError as exc:
         raise Refused(("disk full: " if exc.errno == 28 else "") + "%s" % exc)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    removed = prune(root, int(keep), (digest,) + protect)
-    out({"digest": got, "files": len(files), "reused": reused, "removed": removed})
-    sys.stdout.flush()
-    held_switch(root, digest)
+    removed = prune(root, int(keep), (digest,) + tuple(protect))
+    return {"digest": got, "files": len(files), "reused": reused, "removed": removed, "copied": len(have)}
 
 
 class Fault(Exception):
@@ -480,7 +652,7 @@ def switch_and_restart(root, digest, record, sup=None, restart=None):
 HOLD_SECONDS = 600  # a controller that neither switches nor ends a held stage by then is gone
 
 
-def held_switch(root, digest=None):
+def held_switch(root, digest=None, pending=b""):
     """Wait for the controller's word on stdin, then switch.
 
     One JSON line {"digest": D, "record": {...}, "supervisor": [socket, program]} (or "restart":
@@ -490,9 +662,11 @@ def held_switch(root, digest=None):
     """
     import signal
 
-    signal.alarm(HOLD_SECONDS)  # SIGALRM's default action ends the process
-    line = sys.stdin.buffer.readline(1 << 20)
-    signal.alarm(0)
+    line = pending  # input already read past the upload
+    if b"\n" not in line:
+        signal.alarm(HOLD_SECONDS)  # SIGALRM's default action ends the process
+        line += sys.stdin.buffer.readline(1 << 20)
+        signal.alarm(0)
     if not line.strip():
         return
     try:
@@ -613,7 +787,7 @@ def op_halt(root):
     out({"halted": True})
 
 
-OPS = {"probe": op_probe, "deploy": op_deploy, "stage": op_stage, "retarget": op_retarget, "switch": op_switch,
+OPS = {"probe": op_probe, "have": op_have, "deploy": op_deploy, "stage": op_stage, "retarget": op_retarget, "switch": op_switch,
        "prune": op_prune, "journal": op_journal, "halt": op_halt, "stop": op_stop}
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from deployctl import artifact as artifact_mod, commands, phases as sm
 from deployctl.context import Context
 from deployctl.errors import DeployctlError
-from deployctl.run import PlanRow, Run, RunResult, locked, outcomes, probe_all, refuse_if_interrupted
-from deployctl.ssh import Call
+from deployctl.run import PlanRow, Run, RunResult, locked, outcomes, refuse_if_interrupted
+from deployctl.ssh import Call, raise_for_unreachable
 
 
 def build(ctx: Context, out_dir: Path | None = None, source: Path | None = None) -> artifact_mod.Artifact:
@@ -40,7 +40,7 @@ def rollout(ctx: Context, artifact_path: Path, break_lock: bool = False) -> RunR
         state = run.walk(sm.State(tuple(run.names), art.digest), {
             sm.Phase.PREFLIGHT: lambda s: _preflight(run, art, len(payload)),
             sm.Phase.CLOSE_GATE: run.close_gates,
-            sm.Phase.STAGE: lambda s: _stage(run, art.digest, payload),
+            sm.Phase.STAGE: lambda s: _stage(run, art),
             sm.Phase.SWITCH: run.switch,
             sm.Phase.HEALTH: run.settle,
             sm.Phase.OPEN_GATE: run.open_gates,
@@ -49,34 +49,68 @@ def rollout(ctx: Context, artifact_path: Path, break_lock: bool = False) -> RunR
 
 
 def _preflight(run: Run, art: artifact_mod.Artifact, size: int) -> dict[str, sm.Outcome]:
-    """Connect and start the rollout's one command on every node; it answers a probe at once and then
-    waits for the artifact (see STAGE), so preflight changes nothing and stage starts no program."""
+    """Connect and start the rollout's one command on every node, with the reuse plan as its first
+    input; it answers a probe at once and then looks for the files it already holds (see STAGE), so
+    preflight changes nothing and stage starts no program."""
     ctx = run.ctx
     # Each worker connects and starts its node's command at once: no barrier between handshakes and probe.
-    call = Call(_deploy_command(ctx, art.digest, size), None, timeout=min(15, ctx.playbook.timeouts.command))
+    call = Call(_deploy_command(ctx, art.digest), reuse_plan(ctx, art), timeout=min(15, ctx.playbook.timeouts.command))
     res = run.fleet.hold({n: call for n in run.names})
     run.unreachable = {n: r for n, r in res.items() if r.error}
     results = outcomes(res, lambda n, out: run.probes.__setitem__(n, commands.parse_probe_answer(out)))
+    # Copies of reused files take room too: the whole artifact's size is needed, whatever is sent.
     for node, problem in sm.preflight_problems(run.probes, size, ctx.playbook.min_free_mb).items():
         results[node] = sm.Outcome(False, problem)
     return results
 
 
-def _stage(run: Run, digest: str, payload: bytes) -> dict[str, sm.Outcome]:
-    """Send the artifact down every node's held command; each answers with the digest it staged."""
-    def progress(node: str, sent: int, total: int) -> None:
-        run.ctx.emit("upload", node=node, sent=sent, total=total)
+def _stage(run: Run, art: artifact_mod.Artifact) -> dict[str, sm.Outcome]:
+    """Content-addressed staging: read which files each node already holds (it checked their sha256
+    while the gates closed), send each node a tar of only the files it lacks, and take its answer:
+    the digest of the whole release it staged, checked file by file and against the signature."""
+    ctx = run.ctx
+    have: dict[str, frozenset[str]] = {}
+    results = outcomes(run.fleet.step({n: b"" for n in run.names}, ctx.playbook.timeouts.command),
+                       lambda n, out: have.__setitem__(n, commands.parse_have(out)[0]))
+    sent = {n: commands.upload(art.subset(frozenset(art.files) - have[n])) for n in have}
+    ctx.emit("step", message=_sending(art, have, sent))
 
-    results = run.fleet.step({n: payload for n in run.names}, run.ctx.playbook.timeouts.command, progress)
-    return outcomes(results, lambda n, out: _expect_digest(commands.parse_stage(out), digest))
+    def progress(node: str, done: int, total: int) -> None:
+        ctx.emit("upload", node=node, sent=done, total=total)
+
+    staged = outcomes(run.fleet.step(sent, ctx.playbook.timeouts.command, progress),
+                      lambda n, out: _expect_digest(commands.parse_stage(out), art.digest))
+    return {**results, **staged}
 
 
-def _deploy_command(ctx: Context, digest: str, size: int) -> str:
-    """Probe, stage, prune and (on request) switch: pruning keeps keep_releases, and never the new
-    release, the current one (the previous release after the switch) or the last good one."""
+def _sending(art: artifact_mod.Artifact, have: dict[str, frozenset[str]], sent: dict[str, bytes]) -> str:
+    reused = sum(len(h) for h in have.values())
+    return (f"sending {sum(map(len, sent.values())) / 2**20:.2f} MiB to {len(sent)} nodes "
+            f"({reused} of {len(art.files) * len(have)} files already on the nodes)")
+
+
+def reuse_plan(ctx: Context, art: artifact_mod.Artifact, releases: int = 16) -> bytes:
+    """The reuse plan line: for each file of the release, where a node may already hold it (release
+    digest and path): in this release itself (a node that has it), then in the releases whose
+    manifests the controller kept from its last `releases` rollouts, the same path first. A node
+    checks every such file's sha256 before it uses it."""
+    kept = sorted(ctx.state.manifests.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)[:releases]
+    where: dict[str, list[tuple[str, str]]] = {}
+    for path in kept:
+        if path.stem != art.digest:
+            for rel, sha in (ctx.manifest(path.stem) or {}).items():
+                where.setdefault(sha, []).append((path.stem, rel))
+    hints = {rel: [(art.digest, rel)] + sorted(where.get(sha, []), key=lambda h: h[1] != rel)[:3]
+             for rel, sha in art.files.items()}
+    return commands.reuse_plan(dict(art.files), hints)
+
+
+def _deploy_command(ctx: Context, digest: str) -> str:
+    """Probe, reuse, stage, prune and (on request) switch: pruning keeps keep_releases, and never the
+    new release, the current one (the previous release after the switch) or the last good one."""
     last_good = ctx.journal.last_good()
     protect = sorted({digest} | ({last_good} if last_good else set()))
-    return commands.render(commands.deploy(ctx.root, digest, size, ctx.playbook.keep_releases, protect))
+    return commands.render(commands.deploy(ctx.root, digest, ctx.playbook.keep_releases, protect))
 
 
 def _expect_digest(got: str, want: str) -> None:
@@ -85,10 +119,19 @@ def _expect_digest(got: str, want: str) -> None:
 
 
 def plan(ctx: Context, artifact_path: Path) -> list[PlanRow]:
-    """Dry run of a rollout: read each node's current release and say what would change; change nothing."""
+    """Dry run of a rollout: each node's current release, what would change and how many bytes it
+    would be sent (it hashes the files it could reuse where they are); changes nothing."""
     art = ctx.load_artifact(artifact_path)
+    command = Call(commands.render(commands.have(ctx.root)), reuse_plan(ctx, art), timeout=60)
     with ctx.ssh() as fleet:
-        probes = probe_all(ctx, fleet, "plan")
-    size = len(art.payload())
-    return [PlanRow(n.name, probes[n.name].current, art.digest, size,
-                    "already current" if probes[n.name].current == art.digest else "") for n in ctx.nodes]
+        res = fleet.run_all(lambda n: command)
+    raise_for_unreachable(res, "plan")
+    bad = sorted(n for n, r in res.items() if not r.ok)
+    if bad:
+        raise DeployctlError("plan: " + "; ".join(f"{n}: {commands.agent_error(res[n].stderr)}" for n in bad))
+    rows = []
+    for n in ctx.nodes:
+        probe, (have, _) = commands.parse_probe_answer(res[n.name].stdout), commands.parse_have(res[n.name].stdout)
+        note = "already current" if probe.current == art.digest else f"{len(have)} of {len(art.files)} files on the node"
+        rows.append(PlanRow(n.name, probe.current, art.digest, len(art.subset(frozenset(art.files) - have)), note))
+    return rows

@@ -90,6 +90,7 @@ class FakeNode:
     journal: list[dict] = field(default_factory=list)  # state/journal.jsonl
     faults: dict[str, str] = field(default_factory=dict)  # fault -> the error text the node gives
     crash_on: set[str] = field(default_factory=set)  # releases the router dies on when started
+    tampered: set[tuple[str, str]] = field(default_factory=set)  # (release, path) whose bytes were changed on disk
 
     def state(self) -> dict:
         """The node's whole state, for one assert."""
@@ -101,6 +102,23 @@ class FakeNode:
         lines = ["root yes", "current " + (f"releases/{self.current}" if self.current else ""),
                  "halted " + ("yes" if self.halted else "no"), "free %d" % self.free]
         return "\n".join(lines + ["release " + d for d in sorted(self.releases)]) + "\n"
+
+    def reuse(self, plan: dict, journal: bool = True) -> dict[str, str]:
+        """node_agent.reuse: each hinted file the node holds with the right sha256; a tampered copy is
+        journaled (not by the dry run, op `have`) and not used."""
+        have = {}
+        for rel, sha in sorted(plan["files"].items()):
+            for old, old_rel in plan["hints"][rel]:
+                if self.releases.get(old, {}).get(old_rel) is None:
+                    continue
+                found = "0" * 64 if (old, old_rel) in self.tampered else self.releases[old][old_rel]
+                if found == sha:
+                    have[rel] = sha
+                    break
+                if journal:
+                    self.journal.append({"action": "stage", "event": "not-reused", "file": rel, "from": old,
+                                         "from_file": old_rel, "expected": sha, "found": found})
+        return have
 
     def restart(self) -> None:
         """supervisord restarts the router: it hashes `current` and starts with its gate closed."""
@@ -145,9 +163,10 @@ class Held:
 
     op: str
     digest: str | None = None
-    size: int = 0
     keep: int = 0
     protect: tuple[str, ...] = ()
+    plan: dict | None = None  # the reuse plan sent with the command
+    have: dict[str, str] | None = None  # files the node found it holds (path -> sha256), once answered
     staged: bool = False
 
 
@@ -251,12 +270,14 @@ class FakeFleet:
         op, args = self._agent(node, call.command)
         self.world.log.append(("hold", node.name, op))
         if op == "deploy":
-            digest, size, keep, *protect = args
-            if not (size.isdigit() and keep.isdigit()):
+            digest, keep, *protect = args
+            if not keep.isdigit():
                 raise Refused("bad size or keep argument")
             if not commands.HEX64.match(digest):
                 raise Refused("bad digest %r" % digest)
-            held = Held(op, digest, int(size), int(keep), tuple(protect))
+            plan = json.loads(call.stdin)
+            assert set(plan) == {"files", "hints"} and set(plan["hints"]) == set(plan["files"]), plan
+            held = Held(op, digest, int(keep), tuple(protect), plan)
         elif op == "retarget":
             assert not args, args
             held = Held(op)
@@ -274,21 +295,29 @@ class FakeFleet:
     def _step_one(self, node: FakeNode, data: bytes) -> bytes:
         held = self._take(node)
         assert held.op == "deploy" and not held.staged, held
+        if held.have is None:  # the first step reads the answer to the reuse plan
+            assert data == b"", data[:40]
+            self.world.log.append(("reuse", node.name, held.digest))
+            held.have = node.reuse(held.plan)
+            return _line({"have": sorted(held.have), "bytes": 0})
         self.world.log.append(("step", node.name, held.digest))
-        if len(data) != held.size:
-            raise Refused("upload ended after %d of %d bytes" % (len(data), held.size))
+        size, _, data = data.partition(b"\n")
+        assert size.isdigit() and int(size) == len(data), (size, len(data))
+        self.world.log.append(("sent", node.name, len(data)))
         node.refuse("stage")
         if len(data) > node.free:
             raise Refused("disk full: [Errno 28] No space left on device")
-        files, version = _unpack(data, held.digest, node.signing_pub)
+        files, version = _unpack(data, held.digest, node.signing_pub, tuple(sorted(held.have.items())))
         files = dict(files)
         reused = node.releases.get(held.digest) == files
         node.releases[held.digest], node.versions[held.digest] = files, version
+        node.tampered = {t for t in node.tampered if t[0] != held.digest} if not reused else node.tampered
         if not reused:
             node.mtimes[held.digest] = len(self.world.log)
         removed = _prune(node, held.keep, (held.digest,) + held.protect)
         held.staged = True
-        return _line({"digest": held.digest, "files": len(files), "reused": reused, "removed": removed})
+        return _line({"digest": held.digest, "files": len(files), "reused": reused, "removed": removed,
+                      "copied": len(held.have)})
 
     def _finish_one(self, node: FakeNode, line: bytes | None) -> bytes:
         held = self._take(node)
@@ -340,6 +369,10 @@ class FakeFleet:
         if op == "probe":
             node.refuse("probe")
             return node.probe_text().encode()
+        if op == "have":
+            node.refuse("probe")
+            have = node.reuse(json.loads(call.stdin), journal=False)
+            return _line({"probe": node.probe_text(), "have": sorted(have), "bytes": 0})
         raise AssertionError(f"op {op!r} is not modelled")
 
     def _hashes(self, node: FakeNode, which: str) -> bytes:
@@ -376,8 +409,9 @@ def _record(stdin: bytes | None) -> dict | None:
 
 
 @functools.lru_cache(maxsize=64)  # eight nodes get the same bytes: read them once (callers copy the dict)
-def _unpack(data: bytes, digest: str, pinned: str) -> tuple[dict[str, str], str]:
-    """Read the artifact tar as the agent does: hash files/, check the digest, then the signature."""
+def _unpack(data: bytes, digest: str, pinned: str, have: tuple[tuple[str, str], ...]) -> tuple[dict[str, str], str]:
+    """Read the artifact tar as the agent does: hash files/, add the files the node already had, check
+    the digest, then the signature."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -390,6 +424,10 @@ def _unpack(data: bytes, digest: str, pinned: str) -> tuple[dict[str, str], str]
                     files[m.name[len("files/"):]] = hashlib.sha256(body).hexdigest()
                 else:
                     meta[m.name] = body
+    have = dict(have)
+    if set(files) & set(have):
+        raise Refused("upload repeats a file the node already had: %s" % sorted(set(files) & set(have))[0])
+    files.update(have)
     got = artifact_mod.digest_of(files)
     if got != digest:
         raise Refused("staged files hash to %s, expected %s" % (got, digest))
@@ -556,7 +594,7 @@ def make_rig(tmp: Path, nodes: int = 8, versions: tuple[str, ...] = ("1.0.0", "1
         (src / "lib").mkdir(parents=True)
         (src / "router.json").write_text(json.dumps({"version": v}) + "\n")
         (src / "router.py").write_text(f"print('order router {v}')\n")
-        (src / "lib" / "book.py").write_text("BOOK = {}\n")
+        (src / "lib" / "book.py").write_text("BOOK = {}\n" + "# the same in every release\n" * 4096)
         artifacts.append(artifact_mod.build(src, tmp / "dist", "order-router", state.signing_key))
     return _wire(inventory, playbook, state.root, world, artifacts)
 

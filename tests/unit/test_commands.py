@@ -52,6 +52,8 @@ BUILDERS = [
     ("prune-no-protect", lambda: commands.prune(ROOT, 2, []), ["prune", ROOT, "2"]),
     ("journal", lambda: commands.journal_append(ROOT), ["journal", ROOT]),
     ("halt", lambda: commands.halt(ROOT), ["halt", ROOT]),
+    ("deploy", lambda: commands.deploy(ROOT, D1, 3, [D1, D2]), ["deploy", ROOT, D1, "3", D1, D2]),
+    ("have", lambda: commands.have(ROOT), ["have", ROOT]),
     ("root-with-space", lambda: commands.stage("/srv/my router", D1, 0, 2), ["stage", "/srv/my router", D1, "0", "2"]),
 ]
 
@@ -61,6 +63,14 @@ def test_builder_argv(name, build, tail):
     argv = build()
     assert agent_tail(argv) == tail
     assert all(isinstance(t, str) for t in argv)
+
+
+def test_reuse_plan_and_upload_bytes():
+    assert commands.reuse_plan({"a/b": D1, "c": D2}, {"a/b": [(D2, "a/b"), (D1, "x")], "c": []}) == (
+        b'{"files":{"a/b":"' + D1.encode() + b'","c":"' + D2.encode() + b'"},"hints":{"a/b":[["' + D2.encode()
+        + b'","a/b"],["' + D1.encode() + b'","x"]],"c":[]}}\n')
+    assert commands.reuse_plan({}, {}) == b'{"files":{},"hints":{}}\n'
+    assert commands.upload(b"tar") == b"3\ntar" and commands.upload(b"") == b"0\n"
 
 
 def test_agent_is_the_node_agent_source():

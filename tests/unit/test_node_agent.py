@@ -201,7 +201,7 @@ def test_deploy_answers_preflight_with_the_probe(tmp_path, shape):
         _shapes(root)
     if shape == "no-releases-folder":
         (root / "releases").rmdir()
-    line = _lines(run(commands.deploy(str(root), DIGEST, 10, 3)))[0]
+    line = _lines(run(commands.deploy(str(root), DIGEST, 3)))[0]
     from_agent = commands.parse_probe_answer(json.dumps(line).encode())
     from_probe = probe(root)
     assert dataclasses.replace(from_agent, free=0) == dataclasses.replace(from_probe, free=0)
@@ -215,30 +215,33 @@ def test_deploy_answers_preflight_with_the_probe(tmp_path, shape):
 def test_deploy_answers_the_probe_then_stages_and_switches_on_request(root):
     data = make_tar()
     request = commands.switch_request(DIGEST, {"action": "rollout"}, Service(None, None, "/health", None))
-    probed, staged, switched = _lines(run(commands.deploy(str(root), DIGEST, len(data), 3), data + request))
+    plan = commands.reuse_plan({}, {})
+    probed, have, staged, switched = _lines(run(commands.deploy(str(root), DIGEST, 3),
+                                                plan + commands.upload(data) + request))
     assert commands.parse_probe(probed["probe"].encode()).current is None
-    assert staged["digest"] == DIGEST and switched["current"] == DIGEST
+    assert have == {"have": [], "bytes": 0}
+    assert staged["digest"] == DIGEST and staged["copied"] == 0 and switched["current"] == DIGEST
     assert os.readlink(root / "current") == f"releases/{DIGEST}"
 
 
 def test_deploy_ended_before_the_artifact_changes_nothing(root):
     before = tree(root)
-    proc = run(commands.deploy(str(root), DIGEST, len(make_tar()), 3), b"")
+    proc = run(commands.deploy(str(root), DIGEST, 3), b"")
     assert proc.returncode == 0 and proc.stderr == b""
     assert list(_lines(proc)[0]) == ["probe"] and len(_lines(proc)) == 1
     assert tree(root) == before  # no release, no stage folder, no current
 
 
 def test_deploy_refuses_bad_arguments_before_probing(root):
-    assert "bad digest" in refusal(run(commands.deploy(str(root), "../x", 10, 3)))
-    assert "bad size or keep" in refusal(run(commands.deploy(str(root), DIGEST, -1, 3)))
+    assert "bad digest" in refusal(run(commands.deploy(str(root), "../x", 3)))
+    assert "bad size or keep" in refusal(run(commands.deploy(str(root), DIGEST, -1)))
 
 
 # --- stage ------------------------------------------------------------------------------------------------------
 
 def test_stage_then_reuse(root):
     doc = answer(stage(root))
-    assert doc == {"digest": DIGEST, "files": len(FILES), "reused": False, "removed": []}
+    assert doc == {"digest": DIGEST, "files": len(FILES), "reused": False, "removed": [], "copied": 0}
     assert commands.parse_stage(stage(root).stdout) == DIGEST  # second stage: same answer shape
     release = root / "releases" / DIGEST
     assert tree(release) == expected_tree(FILES)
@@ -246,7 +249,7 @@ def test_stage_then_reuse(root):
     assert all((release / rel).stat().st_mode & 0o777 == 0o644 for rel in FILES)
     assert sorted(os.listdir(root / "releases")) == [DIGEST]
     again = answer(stage(root))
-    assert again == {"digest": DIGEST, "files": len(FILES), "reused": True, "removed": []}
+    assert again == {"digest": DIGEST, "files": len(FILES), "reused": True, "removed": [], "copied": 0}
     assert sorted(os.listdir(root / "releases")) == [DIGEST]
 
 
@@ -278,7 +281,7 @@ def test_stage_a_real_built_artifact(root, tmp_path):
     (root / "state" / "signing.pub").write_text(public.read_text())
     art = build(src, tmp_path / "dist", "router", private)
     doc = answer(run(commands.stage(str(root), art.digest, len(art.payload()), 3), art.payload()))
-    assert doc == {"digest": art.digest, "files": len(art.files), "reused": False, "removed": []}
+    assert doc == {"digest": art.digest, "files": len(art.files), "reused": False, "removed": [], "copied": 0}
     release = root / "releases" / art.digest
     assert {rel: sha(data) for rel, data in tree(release).items() if data != "dir"} == art.files
 
@@ -688,3 +691,92 @@ def test_unknown_op_refused(root):
 
 def test_wrong_arity_is_one_json_line(root):
     refusal(run(commands.switch(str(root), A)[:-1]))  # switch without a digest
+
+
+# --- content-addressed staging (deploy's reuse plan) ------------------------------------------------------------
+
+NEW_FILES = {**FILES, "router.py": b"print('router v2')\n"}  # one file changed, four the same
+NEW = digest(NEW_FILES)
+
+
+def deploy(root: Path, files: dict[str, bytes], hints: dict, sent: dict[str, bytes] | None = None,
+           then: bytes = b"") -> subprocess.CompletedProcess:
+    """Run `deploy` as a rollout does: the reuse plan, then a tar of the files `sent` (default: those the
+    node said it lacks is not known in advance here, so the caller says), then `then`."""
+    want = digest(files)
+    plan = commands.reuse_plan({r: sha(d) for r, d in files.items() if r in hints}, hints)
+    body = make_tar(sent, manifest=signed_manifest(files)) if sent is not None else b""
+    return run(commands.deploy(str(root), want, 3), plan + (commands.upload(body) if sent is not None else b"") + then)
+
+
+@pytest.fixture
+def old(root: Path) -> Path:
+    """A node holding release DIGEST (FILES)."""
+    assert answer(stage(root))["digest"] == DIGEST
+    return root
+
+
+def test_deploy_reuses_the_files_it_holds_and_takes_only_the_rest(old):
+    hints = {r: [(DIGEST, r)] for r in FILES}
+    probed, have, staged = _lines(deploy(old, NEW_FILES, hints, {"router.py": NEW_FILES["router.py"]}))
+    assert have == {"have": sorted(set(FILES) - {"router.py"}),
+                    "bytes": sum(len(d) for r, d in FILES.items() if r != "router.py")}
+    assert staged["digest"] == NEW and staged["copied"] == 4 and staged["files"] == 5
+    assert tree(old / "releases" / NEW) == expected_tree(NEW_FILES)
+    # copies, never links: a later tamper of one release cannot reach the other
+    a, b = (old / "releases" / DIGEST / "lib/util.py").stat(), (old / "releases" / NEW / "lib/util.py").stat()
+    assert a.st_ino != b.st_ino
+    assert [p.name for p in (old / "releases").iterdir() if p.name.startswith(".stage")] == []
+
+
+def test_a_tampered_old_file_is_not_reused_and_the_node_journals_it(old):
+    (old / "releases" / DIGEST / "lib" / "util.py").write_bytes(b"X = 2\n")  # same size, other bytes
+    hints = {r: [(DIGEST, r)] for r in FILES if r != "router.py"}  # as the controller hints: unchanged files
+    probed, have, = _lines(deploy(old, NEW_FILES, hints))
+    assert "lib/util.py" not in have["have"] and "router.json" in have["have"]
+    journal = [json.loads(line) for line in (old / "state" / "journal.jsonl").read_text().splitlines()]
+    assert journal == [{"action": "stage", "event": "not-reused", "file": "lib/util.py", "from": DIGEST,
+                        "from_file": "lib/util.py", "expected": sha(FILES["lib/util.py"]), "found": sha(b"X = 2\n")}]
+    sent = {r: NEW_FILES[r] for r in ("lib/util.py", "router.py")}
+    probed, have, staged = _lines(deploy(old, NEW_FILES, hints, sent))
+    assert staged["digest"] == NEW and tree(old / "releases" / NEW) == expected_tree(NEW_FILES)
+
+
+def test_deploy_refuses_a_release_that_misses_a_file_nobody_sent(old):
+    hints = {r: [(DIGEST, r)] for r in FILES}
+    (old / "releases" / DIGEST / "empty.txt").unlink()  # the node no longer has it, and it is not sent
+    proc = deploy(old, NEW_FILES, hints, {"router.py": NEW_FILES["router.py"]})
+    assert proc.returncode == 1 and "staged files hash to" in json.loads(proc.stderr)["error"]
+    assert not (old / "releases" / NEW).exists()
+
+
+def test_deploy_refuses_a_file_both_reused_and_sent(old):
+    hints = {r: [(DIGEST, r)] for r in FILES}
+    proc = deploy(old, NEW_FILES, hints, NEW_FILES)
+    assert proc.returncode == 1 and not (old / "releases" / NEW).exists()
+
+
+@pytest.mark.parametrize("plan, words", [
+    (b"not json\n", "reuse plan is not JSON"),
+    (b'{"files": {}}\n', "exactly files and hints"),
+    (b'{"files": {"a": "' + b"0" * 64 + b'"}, "hints": {}}\n', "hints should name exactly the files"),
+    (b'{"files": {"../etc/passwd": "' + b"0" * 64 + b'"}, "hints": {"../etc/passwd": []}}\n', "bad entry"),
+    (b'{"files": {"a": "' + b"0" * 64 + b'"}, "hints": {"a": [["' + b"0" * 64 + b'", "../../x"]]}}\n', "bad entry"),
+    (b'{"files": {"a": "' + b"0" * 64 + b'"}, "hints": {"a": [["nothex", "a"]]}}\n', "bad entry"),
+])
+def test_deploy_refuses_a_bad_reuse_plan_and_changes_nothing(root, plan, words):
+    before = tree(root)
+    proc = run(commands.deploy(str(root), DIGEST, 3), plan)
+    assert proc.returncode == 1 and words in json.loads(proc.stderr.decode().splitlines()[-1])["error"]
+    assert tree(root) == before
+
+
+def test_have_hashes_in_place_and_writes_nothing(old):
+    (old / "releases" / DIGEST / "router.json").write_bytes(b"tampered")
+    before = tree(old)
+    hints = {r: [(DIGEST, r)] for r in FILES}
+    doc = answer(run(commands.have(str(old)), commands.reuse_plan({r: sha(d) for r, d in NEW_FILES.items()}, hints)))
+    assert doc["have"] == ["empty.txt", "lib/deep/data.bin", "lib/util.py"]
+    assert doc["bytes"] == sum(len(FILES[r]) for r in doc["have"])
+    assert commands.parse_probe_answer(json.dumps(doc).encode()).current is None
+    assert tree(old) == before

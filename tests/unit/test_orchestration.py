@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 import fakefleet as ff
-from deployctl import control, rollback as rollback_mod, rollout as rollout_mod, run as run_mod
+from deployctl import commands, control, rollback as rollback_mod, rollout as rollout_mod, run as run_mod
 from deployctl.errors import (ArtifactError, DeployctlError, ExitCode, HaltedError, HostKeyError, InconsistentError,
                               LockHeldError, RolledBackError, UnreachableError, UsageError)
 from deployctl.journal import actor
@@ -116,7 +116,7 @@ def test_rollout_events_report_each_phase_and_node(rig):
     assert nodes == [(p, n, True) for p in ("preflight", "close-gate", "stage", "switch", "health", "open-gate")
                      for n in NODES]
     assert [(d["node"], d["sent"]) for k, d in rig.events if k == "upload"] == [
-        (n, len(rig.artifacts[0].payload())) for n in NODES]
+        (n, len(commands.upload(rig.artifacts[0].payload()))) for n in NODES]
 
 
 def test_upgrade_records_the_previous_release_on_every_node(live):
