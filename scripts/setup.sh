@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Install what deployctl needs on a Debian machine (root): debootstrap for the
-# local base image, and a virtualenv in .venv with deployctl and its test tools.
+# local base image, rsync for the delta benchmark, and a virtualenv in .venv with
+# deployctl and its test tools.
 # Idempotent; sourced by demo.sh and test.sh.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
-if ! command -v debootstrap >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+# rsync: bench/bench_delta.py compares content-addressed staging with it (the nodes have it too).
+if { ! command -v debootstrap || ! command -v rsync; } >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
-  apt-get install -y -qq debootstrap >/dev/null
+  apt-get install -y -qq debootstrap rsync >/dev/null
 fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv

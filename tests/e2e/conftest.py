@@ -90,8 +90,6 @@ def _restore(ctx: api.Context, art) -> None:
     if any(a.ok and a.body.get("halted") for a in health.values()) or not all(a.ok for a in health.values()):
         api.halt(ctx)  # a node whose router is down must not come back un-halted while others are halted
         gate.control(ctx.nodes, "resume", ctx.token())
-
-
     # A fault test may leave a node with a small releases folder: restoring must not need the reserve.
     roomy = dataclasses.replace(ctx, playbook=dataclasses.replace(ctx.playbook, min_free_mb=0))
     api.rollout(roomy, art.path, break_lock=True)
