@@ -116,8 +116,13 @@ def plan(rows, json_out: bool) -> None:
         return dump([r.__dict__ for r in rows])
     t = Table("node", "current", "→ target", "upload", "note", title="plan (dry run: nothing changed)")
     for r in rows:
-        t.add_row(r.node, short(r.current), short(r.target), f"{r.upload_bytes / 2**20:.1f} MiB", r.note)
+        t.add_row(r.node, short(r.current), short(r.target), size(r.upload_bytes), r.note)
     out.print(t)
+
+
+def size(n: int) -> str:
+    """Bytes for people: KiB below a MiB, MiB above."""
+    return f"{n / 2**10:.1f} KiB" if n < 2**20 else f"{n / 2**20:.1f} MiB"
 
 
 def verify_table(report) -> None:

@@ -416,19 +416,20 @@ def test_a_staged_file_corrupted_before_the_switch_is_caught_and_the_fleet_goes_
 @pytest.mark.parametrize("step", ["preflight", "stage"])
 def test_commands_held_on_every_node_then_dropped_change_nothing_and_leave_no_agent(
         ctx, base_release, make_release, node_exec, step):
-    """A rollout's command waits on each node after preflight (for the artifact) and after the stage (for
-    the switch request). A controller that closes its channels instead must leave every node as it was,
+    """A rollout's command waits on each node after preflight and the reuse plan (for the artifact) and
+    after the stage (for the switch request). A controller that closes its channels instead must leave every node as it was,
     with no agent left waiting."""
     v2 = make_release("6.1.0")
     agents = "pgrep -f '^python3 -I -S -c' | wc -l"
-    size = len(v2.payload())
     with ctx.ssh() as f:
-        held = f.hold({n.name: Call(commands.render(commands.deploy(ctx.root, v2.digest, size, 3)))
-                       for n in ctx.nodes})
+        held = f.hold({n.name: Call(commands.render(commands.deploy(ctx.root, v2.digest, 3)),
+                                    commands.reuse_plan({}, {})) for n in ctx.nodes})
         assert all(r.ok and commands.parse_probe_answer(r.stdout).current == base_release.digest
                    for r in held.values()), held
+        have = f.step({n.name: b"" for n in ctx.nodes})  # the answer to the (empty) reuse plan
+        assert all(r.ok and commands.parse_have(r.stdout) == (frozenset(), 0) for r in have.values()), have
         if step == "stage":
-            staged = f.step({n.name: v2.payload() for n in ctx.nodes})
+            staged = f.step({n.name: commands.upload(v2.payload()) for n in ctx.nodes})
             assert all(r.ok and commands.parse_stage(r.stdout) == v2.digest for r in staged.values()), staged
         assert node_exec("node3", agents) == (0, "1\n")  # answered, waiting
     assert wait(lambda: all(node_exec(n.name, agents) == (0, "0\n") for n in ctx.nodes), 10)

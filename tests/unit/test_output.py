@@ -87,3 +87,9 @@ def test_the_progress_sink_routes_upload_events_and_stops_bars_when_the_phase_en
     output.progress("upload", node="node1", sent=5, total=10)
     output.progress("phase", phase="stage", status="done", seconds=1.0, failures=[])
     assert seen == [("node1", 5, 10), "stop"]
+
+
+@pytest.mark.parametrize("n, text", [(0, "0.0 KiB"), (10240, "10.0 KiB"), (2**20 - 1, "1024.0 KiB"),
+                                     (2**20, "1.0 MiB"), (10 * 2**20 + 2**19, "10.5 MiB")])
+def test_sizes_for_people(n, text):
+    assert output.size(n) == text
