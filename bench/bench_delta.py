@@ -73,8 +73,8 @@ class Fleet:
 
     def rsync(self, src: Path) -> float:
         shell = " ".join(self.ssh)
-        return self.each(lambda n: ["rsync", "-a", "--delete", "-e", f"{shell} -p {n.ssh_port}", f"{src}/",
-                                    f"{n.user}@{n.host}:/tmp/bench/rsync/"])
+        return self.each(lambda n: ["rsync", "-a", "--delete", "--mkpath", "-e", f"{shell} -p {n.ssh_port}",
+                                    f"{src}/", f"{n.user}@{n.host}:/tmp/bench/rsync/"])
 
 
 def rollout(inventory: Path, artifact: Path) -> tuple[float, dict]:
