@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from deployctl import artifact as artifact_mod, signing
 from deployctl.config import Inventory, Node, Playbook, load_inventory, load_playbook
 from deployctl.errors import UsageError
 from deployctl.gate import Routers
 from deployctl.journal import Journal, Lock, actor
 from deployctl.ssh import Fleet, SSHFleet, Target
 from deployctl.statedir import StateDir
+
+if TYPE_CHECKING:  # imported where used: read-only commands never load tar and key code
+    from deployctl.artifact import Artifact
 
 Event = Callable[..., None]
 
@@ -87,18 +89,22 @@ class Context:
 
     def signing_key(self) -> Path:
         """Return the controller's artifact signing key, creating the pair on first use."""
+        from deployctl import signing
+
         if not self.state.signing_key.exists():
             signing.generate(self.state.keys)
         return self.state.signing_key
 
-    def load_artifact(self, path: Path) -> artifact_mod.Artifact:
+    def load_artifact(self, path: Path) -> Artifact:
         """Load and check a signed artifact against the controller's signing key; ArtifactError if bad."""
+        from deployctl import artifact as artifact_mod
+
         pub = self.state.signing_pub
         if not pub.exists():
             raise UsageError(f"no signing key at {pub}: build the artifact with `deployctl build` first")
         return artifact_mod.load(Path(path), pub)
 
-    def keep_manifest(self, art: artifact_mod.Artifact) -> None:
+    def keep_manifest(self, art: Artifact) -> None:
         """Keep the artifact's manifest, so `verify` can name the files that drifted from it."""
         self.state.manifests.mkdir(parents=True, exist_ok=True)
         self.state.manifest(art.digest).write_bytes(art.manifest_bytes)

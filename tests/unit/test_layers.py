@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import sys
 from pathlib import Path
 
@@ -115,8 +116,34 @@ def test_cli_uses_the_tool_only_through_the_facade():
     assert sorted({dst for src, dst, _ in internal_edges() if src == "cli"}) == ["__init__", "api", "errors", "output"]
     assert [dst for src, dst, _ in internal_edges() if src == "output"] == []  # it renders values, decides nothing
     body = [stmt for stmt in modules()["api"].body if not isinstance(stmt, (ast.Import, ast.ImportFrom))]
-    kinds = {type(stmt).__name__ for stmt in body}
-    assert kinds <= {"Expr", "Assign"}, kinds  # the docstring and __all__: no code of its own
+    kinds = [type(stmt).__name__ for stmt in body]
+    # the docstring, the table of names, __all__ and the one lazy lookup (PEP 562): no code of its own
+    assert kinds == ["Expr", "Assign", "Assign", "FunctionDef"] and body[-1].name == "__getattr__", kinds
+
+
+def test_the_facade_names_resolve_to_modules_below_it():
+    from deployctl import api
+
+    for name, (module, attr) in api.EXPORTS.items():
+        assert LAYERS[module] < LAYERS["api"], (name, module)
+        assert getattr(api, name) is getattr(importlib.import_module(f"deployctl.{module}"), attr), name
+    assert sorted(api.__all__) == sorted(api.EXPORTS)
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        api.nothing  # noqa: B018
+
+
+def test_a_read_only_command_does_not_load_rollout_artifact_or_docker_code():
+    """STYLE.md 13: `verify`, `halt` and `gate` pay only for what they use."""
+    import subprocess
+
+    code = ("import sys; from deployctl import api, cli; api.verify, api.halt, api.gate_status, api.open_context; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('deployctl', 'docker', 'paramiko', 'tarfile', "
+            "'cryptography')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    loaded = set(eval(out.stdout))  # noqa: S307 - our own print of a list of names
+    assert not loaded & {"deployctl.rollout", "deployctl.rollback", "deployctl.artifact", "deployctl.testfleet",
+                         "deployctl.docker_fleet", "docker", "paramiko", "tarfile", "cryptography"}, loaded
 
 
 @pytest.mark.parametrize("package, owner", sorted(ADAPTERS.items()))
