@@ -63,25 +63,27 @@ def test_a_node_without_the_previous_release_gets_everything(live):
     assert sent(live)["node1"] < len(new.payload())
 
 
-def test_a_release_already_on_a_node_is_sent_as_its_manifest_alone(live):
+def test_a_release_already_on_a_node_is_sent_only_its_small_files(live):
     old = live.artifacts[0]
     rollout_mod.rollout(live.ctx, live.artifacts[1].path)
     live.world.log.clear()
+    live.events.clear()
     rollout_mod.rollout(live.ctx, old.path)  # back to a release every node keeps
-    assert sent(live) == {n: subset_size(old, ()) for n in NODES}
+    small = {r for r in old.files if old.sizes[r] < rollout_mod.MIN_REUSE_BYTES}
+    assert small == {"router.json", "router.py"}  # below the threshold copying costs what sending does
+    assert sent(live) == {n: subset_size(old, small) for n in NODES}
+    assert "(8 of 24 files already on the nodes)" in next(d["message"] for k, d in live.events if k == "step")
 
 
-def test_the_reuse_plan_hints_the_release_itself_then_kept_releases_same_path_first(live):
-    old, new = live.artifacts[0], live.artifacts[1]
-    plan = commands.reuse_plan  # the builder: its output is what the agent parses
-    line = rollout_mod.reuse_plan(live.ctx, new)
+def test_the_reuse_plan_hints_big_files_in_the_release_itself_then_kept_releases_same_path_first(live):
     import json
 
+    old, new = live.artifacts[0], live.artifacts[1]
+    line = rollout_mod.reuse_plan(live.ctx, new)
     doc = json.loads(line)
-    assert doc["files"] == new.files
-    assert doc["hints"]["lib/book.py"] == [[new.digest, "lib/book.py"], [old.digest, "lib/book.py"]]
-    assert doc["hints"]["router.py"] == [[new.digest, "router.py"]]  # changed: no old copy can match
-    assert line == plan(new.files, {r: [tuple(h) for h in hs] for r, hs in doc["hints"].items()})
+    assert doc["files"] == {"lib/book.py": new.files["lib/book.py"]}  # the only file of 64 KiB or more
+    assert doc["hints"] == {"lib/book.py": [[new.digest, "lib/book.py"], [old.digest, "lib/book.py"]]}
+    assert line == commands.reuse_plan(doc["files"], {r: [tuple(h) for h in hs] for r, hs in doc["hints"].items()})
 
 
 def test_dry_run_says_how_many_bytes_each_node_would_be_sent(live):
