@@ -72,7 +72,10 @@ def _stage(run: Run, art: artifact_mod.Artifact) -> dict[str, sm.Outcome]:
     have: dict[str, frozenset[str]] = {}
     results = outcomes(run.fleet.step({n: b"" for n in run.names}, ctx.playbook.timeouts.command),
                        lambda n, out: have.__setitem__(n, commands.parse_have(out)[0]))
-    sent = {n: commands.upload(art.subset(frozenset(art.files) - have[n])) for n in have}
+    uploads: dict[frozenset[str], bytes] = {}  # one copy per distinct need set, not one per node
+    for need in {frozenset(art.files) - h for h in have.values()}:
+        uploads[need] = commands.upload(art.subset(need))
+    sent = {n: uploads[frozenset(art.files) - have[n]] for n in have}
     ctx.emit("step", message=_sending(art, have, sent))
 
     def progress(node: str, done: int, total: int) -> None:
