@@ -390,7 +390,11 @@ class Lines:
         """Return the next line (without its newline), or None at end of input; refuse a longer one."""
         import signal
 
-        signal.alarm(seconds)  # SIGALRM's default action ends the process: a gone controller
+        def gone(signum, frame):  # an exception, not SIGALRM's default end: the stage folder is removed
+            raise Refused("the controller sent nothing for %d s" % seconds)
+
+        signal.signal(signal.SIGALRM, gone)
+        signal.alarm(seconds)
         try:
             while b"\n" not in self.buf:
                 if len(self.buf) > limit:

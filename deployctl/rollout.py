@@ -2,8 +2,9 @@
 
 A rollout walks PREFLIGHT -> CLOSE_GATE -> STAGE -> SWITCH -> HEALTH -> OPEN_GATE on the one phase
 runner (run.py). Preflight, stage and switch are one command per node, each step answered on the
-same SSH channel: the artifact goes down once all nodes passed preflight, the switch request once
-all staged. Any failure on any node reverts the whole fleet to its previous release, gate closed.
+same SSH channel: the reuse plan goes with the command, each node's missing files once all nodes
+passed preflight (content-addressed staging), the switch request once all staged. Any failure on
+any node reverts the whole fleet to its previous release, gate closed.
 """
 
 from __future__ import annotations

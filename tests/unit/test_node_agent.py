@@ -780,3 +780,23 @@ def test_have_hashes_in_place_and_writes_nothing(old):
     assert doc["bytes"] == sum(len(FILES[r]) for r in doc["have"])
     assert commands.parse_probe_answer(json.dumps(doc).encode()).current is None
     assert tree(old) == before
+
+
+def test_deploy_waiting_past_its_hold_time_removes_its_stage_folder(old, monkeypatch):
+    """A controller gone between the reuse answer and the upload: the agent gives up after its hold
+    time (here 1 s) with one error line, and leaves no stage folder behind."""
+    source = commands.AGENT.replace("HOLD_SECONDS = 600", "HOLD_SECONDS = 1")
+    assert source != commands.AGENT
+    argv = commands.deploy(str(old), NEW, 3)
+    argv[argv.index(commands.AGENT)] = source
+    hints = {r: [(DIGEST, r)] for r in FILES}
+    plan = commands.reuse_plan({r: sha(d) for r, d in FILES.items()}, hints)
+    proc = subprocess.Popen([sys.executable, *argv[1:]], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdin.write(plan)
+    proc.stdin.flush()  # and then nothing more, input left open
+    assert b'"probe"' in proc.stdout.readline() and b'"have"' in proc.stdout.readline()
+    assert proc.wait(timeout=30) == 1  # an error line and exit 1, not killed by SIGALRM (-14)
+    assert "sent nothing for 1 s" in json.loads(proc.stderr.read())["error"]
+    proc.stdin.close()
+    assert [p.name for p in (old / "releases").iterdir() if p.name.startswith(".stage")] == []
