@@ -715,8 +715,18 @@ def run_restart(argv):
 
 
 def op_stop(root, sock_path, program):
+    """A revert with no release to go back to (a failed first rollout): stop the service, then remove
+    `current`, so that nothing (a reboot, supervisord) starts the failed release again. A journal
+    record on stdin is appended first, with the release it leaves."""
+    record, previous = read_record(), current_name(root)
+    if record is not None:
+        append_journal(root, dict(record, previous=previous))
     supervised(sock_path, program, start=False)
-    out({"stopped": program})
+    link = os.path.join(root, "current")
+    if os.path.islink(link):
+        os.unlink(link)
+        fsync_dir(root)
+    out({"stopped": program, "previous": previous})
 
 
 def prune(root, keep, protect):

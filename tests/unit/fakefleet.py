@@ -353,9 +353,12 @@ class FakeFleet:
             return node.switch_and_restart(digest, record, "revert")
         if op == "stop":
             assert args == [SOCKET, PROGRAM], args
+            previous = node.current
+            if record is not None:
+                node.journal.append(dict(record, previous=previous))
             node.refuse("revert")
-            node.running = None
-            return _line({"stopped": PROGRAM})
+            node.running, node.current = None, None
+            return _line({"stopped": PROGRAM, "previous": previous})
         if op == "journal":
             node.refuse("journal")
             if record is None:

@@ -800,3 +800,36 @@ def test_deploy_waiting_past_its_hold_time_removes_its_stage_folder(old, monkeyp
     assert "sent nothing for 1 s" in json.loads(proc.stderr.read())["error"]
     proc.stdin.close()
     assert [p.name for p in (old / "releases").iterdir() if p.name.startswith(".stage")] == []
+
+
+def test_stop_after_a_failed_first_rollout_stops_the_service_and_removes_current(old, tmp_path):
+    """activate(None): the revert of a node that had no release before. It stops the router through
+    supervisord (a stand-in answering on a unix socket) and removes `current`, journaling first."""
+    import socket
+    import threading
+
+    path = str(tmp_path / "supervisor.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(1)
+    seen = []
+
+    def answer_once():
+        conn, _ = server.accept()
+        with conn:
+            seen.append(conn.recv(65536))
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/xml\r\n\r\n<?xml version='1.0'?><methodResponse>"
+                         b"<params><param><value><boolean>1</boolean></value></param></params></methodResponse>")
+
+    thread = threading.Thread(target=answer_once, daemon=True)
+    thread.start()
+    assert answer(run(commands.switch(str(old), DIGEST), b""))["current"] == DIGEST
+    record = json.dumps({"action": "rollout", "phase": "revert", "digest": None}).encode()
+    doc = answer(run(commands.stop(str(old), (path, "router")), record))
+    thread.join(10)
+    server.close()
+    assert doc == {"stopped": "router", "previous": DIGEST}
+    assert b"supervisor.stopProcess" in seen[0] and b"<string>router</string>" in seen[0]
+    assert not os.path.lexists(old / "current") and (old / "releases" / DIGEST).is_dir()
+    journal = [json.loads(line) for line in (old / "state" / "journal.jsonl").read_text().splitlines()]
+    assert journal[-1] == {"action": "rollout", "phase": "revert", "digest": None, "previous": DIGEST}

@@ -328,9 +328,11 @@ def test_failed_first_rollout_stops_the_service_it_started(rig):
     rig.world.fail("node3", "switch")
     with pytest.raises(RolledBackError):
         rollout(rig, 0)
-    # There was no release to go back to: the routers are stopped (`current` stays on the new release).
-    assert rig.world.states() == fleet(a, "closed", [a], running=None)
+    # There was no release to go back to: the routers are stopped and `current` is removed, so that
+    # nothing (a reboot, supervisord) starts the failed release again.
+    assert rig.world.states() == fleet(None, "closed", [a], running=None)
     assert rig.world.ran("stop") == NODES
+    assert [r["phase"] for r in rig.world["node1"].journal if r.get("phase") == "revert"] == ["revert"]
 
 
 def test_failed_revert_is_inconsistent_and_recover_repairs_it(live):
