@@ -56,6 +56,16 @@ def fsync_dir(path):
         os.close(fd)
 
 
+def refusal(exc):
+    """The one-line refusal for an OSError while staging; ENOSPC says so plainly."""
+    return Refused(("disk full: " if exc.errno == 28 else "") + "%s" % exc)
+
+
+def stage_dir(root, digest):
+    """This process's stage folder for `digest`: a dot name, never a release; prune removes leftovers."""
+    return os.path.join(root, "releases", ".stage-%s-%d" % (digest[:12], os.getpid()))
+
+
 def release_dir(root, digest):
     if not HEX64.match(digest):
         raise Refused("bad digest %r" % digest)
@@ -278,7 +288,10 @@ def extract(up, stage, meta):
         path = os.path.join(stage, rel)
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
         h, left = hashlib.sha256(), size
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:  # copied from an earlier release (deploy's reuse) or sent twice
+            raise Refused("upload repeats a file the node already had: %s" % rel)
         try:
             os.fchmod(fd, 0o644)
             while left:
@@ -356,14 +369,16 @@ def op_deploy(root, digest, keep, *protect):
     plan = request.line(HOLD_SECONDS, 64 << 20)
     if plan is None:
         return
-    stage = os.path.join(root, "releases", ".stage-%s-%d" % (digest[:12], os.getpid()))
+    stage = stage_dir(root, digest)
     try:
         try:
             os.makedirs(stage, mode=0o755)
-            have = reuse(root, stage, *reuse_plan(plan))
+            files, hints = reuse_plan(plan)
+            found = reuse(root, files, hints, stage)
         except OSError as exc:
-            raise Refused(("disk full: " if exc.errno == 28 else "") + "%s" % exc)
-        out({"have": sorted(have), "bytes": sum(os.path.getsize(os.path.join(stage, r)) for r in have)})
+            raise refusal(exc)
+        have = {rel: files[rel] for rel in found}
+        out({"have": sorted(have), "bytes": sum(os.path.getsize(src) for src in found.values())})
         sys.stdout.flush()
         size = request.line(HOLD_SECONDS, 32)
         if size is None:
@@ -438,8 +453,9 @@ def safe_rel(rel):
     return isinstance(rel, str) and all(PART.match(p) and p not in (".", "..") for p in rel.split("/"))
 
 
-def reuse(root, stage, files, hints):
-    """Copy each file the node holds with the right sha256 into `stage`; return {path: sha256} of those.
+def reuse(root, files, hints, stage=None):
+    """Find each file the node holds with the right sha256 and return {path: where it was found}: copied
+    into `stage`, hashed as it is copied, or, without a stage (the dry run), hashed where it lies.
 
     A copy whose sha256 differs (a tampered or corrupted old file) is deleted, journaled on the node,
     and left to be sent."""
@@ -447,13 +463,14 @@ def reuse(root, stage, files, hints):
     for rel in sorted(files):
         for old, old_rel in hints[rel]:
             src = os.path.join(release_dir(root, old), old_rel)
-            dst = os.path.join(stage, rel)
-            os.makedirs(os.path.dirname(dst), mode=0o755, exist_ok=True)
+            dst = None if stage is None else os.path.join(stage, rel)
+            if dst is not None:
+                os.makedirs(os.path.dirname(dst), mode=0o755, exist_ok=True)
             got = copy_hashing(src, dst)
             if got == files[rel]:
-                have[rel] = got
+                have[rel] = src
                 break
-            if got is not None:
+            if got is not None and dst is not None:
                 os.unlink(dst)
                 append_journal(root, {"action": "stage", "event": "not-reused", "file": rel, "from": old,
                                       "from_file": old_rel, "expected": files[rel], "found": got})
@@ -498,15 +515,8 @@ def copy_hashing(src, dst=None):
 def op_have(root):
     """`rollout --dry-run`: read a reuse plan on stdin; answer the probe and which files the node holds
     with the right sha256 (hashed where they are: nothing is copied or written)."""
-    files, hints = reuse_plan(sys.stdin.buffer.read(64 << 20))
-    have = {}
-    for rel in sorted(files):
-        for old, old_rel in hints[rel]:
-            src = os.path.join(release_dir(root, old), old_rel)
-            if copy_hashing(src) == files[rel]:
-                have[rel] = os.path.getsize(src)
-                break
-    out({"probe": probe_text(root), "have": sorted(have), "bytes": sum(have.values())})
+    found = reuse(root, *reuse_plan(sys.stdin.buffer.read(64 << 20)))
+    out({"probe": probe_text(root), "have": sorted(found), "bytes": sum(os.path.getsize(p) for p in found.values())})
 
 
 def op_stage(root, digest, size, keep, *protect):
@@ -515,12 +525,12 @@ def op_stage(root, digest, size, keep, *protect):
     import shutil  # imported here: only stage and prune need it, and every op pays for startup
 
     _stage_args(root, digest, size, keep)
-    stage = os.path.join(root, "releases", ".stage-%s-%d" % (digest[:12], os.getpid()))
+    stage = stage_dir(root, digest)
     try:
         try:
             os.makedirs(stage, mode=0o755)
         except OSError as exc:
-            raise Refused(("disk full: " if exc.errno == 28 else "") + "%s" % exc)
+            raise refusal(exc)
         staged = stage_upload(root, digest, keep, protect, Upload(int(size)), stage, {})
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -538,9 +548,6 @@ def stage_upload(root, digest, keep, protect, up, stage, have):
     try:
         meta = {}
         files = extract(up, stage, meta)
-        both = set(files) & set(have)
-        if both:
-            raise Refused("upload repeats a file the node already had: %s" % sorted(both)[0])
         files.update(have)
         got = digest_of(files)
         if got != digest:
@@ -553,7 +560,7 @@ def stage_upload(root, digest, keep, protect, up, stage, have):
             os.rename(stage, final)
             fsync_dir(os.path.dirname(final))
     except OSError as exc:
-        raise Refused(("disk full: " if exc.errno == 28 else "") + "%s" % exc)
+        raise refusal(exc)
     removed = prune(root, int(keep), (digest,) + tuple(protect))
     return {"digest": got, "files": len(files), "reused": reused, "removed": removed, "copied": len(have)}
 

@@ -86,10 +86,6 @@ class Run:
         self.started = time.monotonic()
         self.journal("start", **start)
 
-    @property
-    def nodes(self):
-        return [n for n in self.ctx.nodes if n.name in self.names]
-
     def journal(self, phase: str, **fields) -> None:
         self.ctx.journal.append(entry(self.action, run=self.id, phase=phase, digest=self.digest, **fields))
 
@@ -123,9 +119,9 @@ class Run:
         if state.phase == sm.Phase.REVERT:  # nodes that needed no revert count as done
             results = {**{n: sm.Outcome(True) for n in state.nodes}, **results}
         nxt = sm.advance(state, results, self.probes if state.phase == sm.Phase.PREFLIGHT else None)
+        # Only this phase's failures: a forward phase starts with none, a revert after the run's own.
         self.ctx.emit("phase", phase=name, status="done", seconds=self.timings[name],
-                      failures=[f.describe() for f in nxt.failures[len(state.failures):]]
-                      if state.phase == sm.Phase.REVERT else [f.describe() for f in nxt.failures])
+                      failures=[f.describe() for f in nxt.failures[len(state.failures):]])
         return nxt
 
     # ---- the steps every run shares -------------------------------------------------------------
@@ -155,7 +151,8 @@ class Run:
     def open_gates(self, state: sm.State, keep_closed: str | None = None) -> Outcomes:
         """Open every gate (only reached once every node reported the target), all or none.
         With `keep_closed` (a reason), or after a halt, the gates stay closed."""
-        if keep_closed is None and self.halted_since():
+        # A run that stops on a halt has just checked (Run.walk); one that goes on looks here.
+        if keep_closed is None and not self.stop_on_halt and self.halted_since():
             keep_closed = "the fleet was halted during the run"
         if keep_closed is not None:
             self.ctx.emit("warning", message=f"gate stays closed ({keep_closed})")

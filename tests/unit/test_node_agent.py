@@ -754,6 +754,7 @@ def test_deploy_refuses_a_file_both_reused_and_sent(old):
     hints = {r: [(DIGEST, r)] for r in FILES}
     proc = deploy(old, NEW_FILES, hints, NEW_FILES)
     assert proc.returncode == 1 and not (old / "releases" / NEW).exists()
+    assert json.loads(proc.stderr) == {"error": "upload repeats a file the node already had: empty.txt"}
 
 
 @pytest.mark.parametrize("plan, words", [
