@@ -17,6 +17,7 @@ import time
 
 from book import ParentBook, SimulatedVenue, split_order
 from httpwire import HttpError
+from release import release_digest
 
 _log_lock = threading.Lock()
 
@@ -78,9 +79,10 @@ ACTOR_RE = re.compile(r"[A-Za-z0-9._@-]{1,128}")
 class Router:
     """The service: gate, halt, counters, parent book and venue. No HTTP, so unit tests drive it directly."""
 
-    def __init__(self, config, digest, release_dir, state_dir):
+    def __init__(self, config, digest, release_dir, state_dir, disk_digest=release_digest):
         self.config, self.digest = config, digest
         self.release_dir, self.state_dir = release_dir, state_dir
+        self.disk_digest = disk_digest  # folder -> release digest of its files now (release.release_digest)
         self.halted_path = os.path.join(state_dir, "halted")
         self.token_path = os.path.join(state_dir, "token")
         self._lock = threading.RLock()  # gate, halt and counters
@@ -155,8 +157,16 @@ class Router:
     def set_gate(self, action, digest):
         """Open the gate (only if not halted and digest is this release's) or close it; return health.
 
-        HttpError 409 when it refuses to open; the gate then stays closed.
+        HttpError 409 when it refuses to open; the gate then stays closed. Before it opens, the
+        release folder is hashed again: a file changed on disk since this process hashed it at start
+        (FAULTS.md row 6: bit flip between start and gate open) keeps the gate closed.
         """
+        on_disk = None
+        if action == "open" and digest == self.digest:
+            try:
+                on_disk = self.disk_digest(self.release_dir)  # outside the lock: orders keep flowing
+            except (OSError, ValueError) as error:
+                on_disk = f"unreadable ({error})"
         with self._lock:
             if action == "close":
                 self._gate_open = False
@@ -164,6 +174,10 @@ class Router:
                 raise HttpError(409, "halted: resume before opening the gate")
             elif digest != self.digest:
                 raise HttpError(409, f"digest mismatch: this node runs {self.digest}")
+            elif on_disk != self.digest:
+                self.count("errors")
+                raise HttpError(409, f"files changed on disk since start: they hash to {on_disk}, "
+                                     f"this node runs {self.digest}")
             else:
                 self._gate_open = True
             return self.health()

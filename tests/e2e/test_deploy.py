@@ -20,6 +20,7 @@ from helpers import order, post_order, wait
 from conftest import ROOT
 
 DCTL = [str(ROOT / ".venv" / "bin" / "deployctl")]
+BLOB_24M = os.urandom(24 << 20)  # incompressible: node4's upload lasts long enough to kill it midway
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -39,6 +40,14 @@ def currents(ctx) -> dict[str, str | None]:
     with ctx.ssh() as f:
         res = f.run_all(lambda n: Call(commands.render(commands.probe(ctx.root))))
     return {n: commands.parse_probe(r.stdout).current for n, r in res.items()}
+
+
+def releases_listing(ctx, name: str) -> str:
+    """`ls -A releases/` on one node."""
+    with ctx.ssh([n for n in ctx.nodes if n.name == name]) as f:
+        r = f.run_all(lambda n: Call(commands.render(["ls", "-A", f"{ctx.root}/releases"])))[name]
+    assert r.ok, r.reason()
+    return r.stdout.decode()
 
 
 def run_records(ctx, digest: str) -> list[dict]:
@@ -108,18 +117,30 @@ def test_verify_catches_new_files_while_the_process_runs_the_old_release(ctx, ba
     assert not api.verify(ctx, base_release.digest).ok  # against the old release its disk is wrong
 
 
-def test_rollout_with_a_node_stopped_midway_leaves_the_previous_release_and_gate_closed(
+def test_a_node_killed_during_its_upload_leaves_the_previous_release_and_gate_closed(
         ctx, base_release, make_release, docker_spec):
+    """FAULTS 2: node4's container is killed while its upload is under way (after its first MiB went out,
+    long before its last): no node switches, the rest stay on the old release with gates closed, nothing
+    partial is left on node4, and once it is back the same rollout succeeds."""
     dc, spec = docker_spec
-    v2 = make_release("2.2.0")
+    v2 = make_release("2.2.0", {"blob.bin": BLOB_24M})
+    killed: list[tuple[int, int]] = []
 
-    def kill_node4_at_stage(kind, **data):
-        if kind == "phase" and data.get("phase") == "stage" and data.get("status") == "start":
+    def kill_node4_mid_upload(kind, **data):
+        if kind == "upload" and data["node"] == "node4" and data["sent"] >= 1 << 20 and not killed:
+            killed.append((data["sent"], data["total"]))
             docker_fleet.container(dc, spec, "node4").kill()
 
+    offset = ctx.journal.path.stat().st_size
     with pytest.raises(RolledBackError) as err:
-        api.rollout(dataclasses.replace(ctx, on_event=kill_node4_at_stage), v2.path)
-    assert "node4 failed in stage" in str(err.value)
+        api.rollout(dataclasses.replace(ctx, on_event=kill_node4_mid_upload), v2.path)
+    assert killed and killed[0][0] < killed[0][1] // 4, killed  # the kill landed early in node4's upload
+    assert str(err.value).startswith("rollout failed: node4 failed in stage: ")
+    assert all(f"node{i} failed" not in str(err.value) for i in (1, 2, 3, 5, 6, 7, 8))
+    recs = [json.loads(line) for line in ctx.journal.path.read_bytes()[offset:].splitlines()]
+    assert [r["phase"] for r in recs if r.get("action") == "rollout"] == [
+        "start", "preflight", "close-gate", "stage", "done"]  # never switched
+    assert recs[-1]["outcome"] == "rolled-back" and recs[-1]["digest"] == v2.digest
     others = [n for n in ctx.nodes if n.name != "node4"]
     health = gate.health(others)
     assert {a.body["digest"] for a in health.values()} == {base_release.digest}
@@ -129,8 +150,13 @@ def test_rollout_with_a_node_stopped_midway_leaves_the_previous_release_and_gate
     assert wait(lambda: gate.request(ctx.nodes[3], "GET", "/health").ok, 30)
     assert set(currents(ctx).values()) == {base_release.digest}
     assert api.verify(ctx, base_release.digest).ok
-    done = [r for r in ctx.journal.read() if r.get("phase") == "done"][-1]
-    assert done["outcome"] == "rolled-back" and done["digest"] == v2.digest
+    # Killed with its container, node4's agent could not clean up: its partial upload is left in a
+    # `.stage-*` folder, never under the release's own name, and the next rollout prunes it.
+    assert v2.digest not in releases_listing(ctx, "node4")
+
+    api.rollout(ctx, v2.path)  # the rerun, with node4 back, succeeds
+    assert set(currents(ctx).values()) == {v2.digest} and api.verify(ctx, v2.digest).ok
+    assert ".stage-" not in releases_listing(ctx, "node4")
 
 
 def test_rollback_all_returns_every_node_to_the_previous_release(ctx, base_release, make_release):

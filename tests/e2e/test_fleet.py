@@ -299,41 +299,6 @@ def test_control_without_a_good_token_is_refused_and_the_token_is_never_logged(c
     assert token.encode() not in ctx.journal.path.read_bytes()
 
 
-# ---- 8: unknown flag ------------------------------------------------------------------------------
-
-_ADD_FLAG = ("import json, sys\n"
-             "p = sys.argv[1]\n"
-             "c = json.load(open(p))\n"
-             "c['flags']['power_peg'] = True\n"
-             "open(p, 'w').write(json.dumps(c))\n")
-
-
-def test_an_unknown_flag_fails_the_router_startup_check(ctx, base_release):
-    made = _ssh(ctx, "node2", ["mktemp", "-d", "/tmp/e2e-power-peg.XXXXXXXX"])
-    assert made.ok, made.reason()
-    tmp = made.stdout.decode().strip()
-    assert tmp.startswith("/tmp/e2e-power-peg.")
-    try:
-        r = _ssh(ctx, "node2", ["cp", "-a", "/opt/router/current/.", f"{tmp}/"])
-        assert r.ok, r.reason()
-        r = _ssh(ctx, "node2", ["python3", "-B", f"{tmp}/router.py", "--check"])
-        assert (r.exit_code, r.stderr) == (0, b""), r.reason()
-        assert json.loads(r.stdout) == {"digest": base_release.digest, "version": CONFIG["version"]}
-
-        r = _ssh(ctx, "node2", ["python3", "-c", _ADD_FLAG, f"{tmp}/router.json"])
-        assert r.ok, r.reason()
-        r = _ssh(ctx, "node2", ["python3", "-B", f"{tmp}/router.py", "--check"])
-        assert r.exit_code == 2, r.reason()
-        assert r.stdout == b""
-        assert r.stderr == b"router: unknown flag 'power_peg' in router.json\n"
-    finally:
-        r = _ssh(ctx, "node2", [["rm", "-rf", "--", tmp], ["test", "!", "-e", tmp]])
-    assert r.ok, r.reason()
-    r = _ssh(ctx, "node2", ["python3", "-B", "/opt/router/current/router.py", "--check"])
-    assert r.ok and json.loads(r.stdout)["digest"] == base_release.digest
-    assert _health(_node(ctx, "node2"))["digest"] == base_release.digest
-
-
 # ---- 9: malformed orders --------------------------------------------------------------------------
 
 _BASE = order("e2e-malformed", 250)

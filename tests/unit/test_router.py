@@ -295,8 +295,9 @@ def test_parse_json_rejects(raw):
 
 # ---------------------------------------------------------------- Router object
 
-def _router(state_dir, config=CONFIG):
-    return service_module.Router(copy.deepcopy(config), DIGEST, "/opt/router/releases/x", str(state_dir))
+def _router(state_dir, config=CONFIG, disk=DIGEST):
+    return service_module.Router(copy.deepcopy(config), DIGEST, "/opt/router/releases/x", str(state_dir),
+                                 disk_digest=lambda folder: disk)
 
 
 def _status(call):
@@ -319,6 +320,28 @@ def test_gate_opens_only_for_own_digest(tmp_path):
     assert service.health()["gate"] == "closed"
     assert service.set_gate("open", DIGEST)["gate"] == "open"
     assert service.set_gate("close", None)["gate"] == "closed"
+
+
+def test_gate_stays_closed_when_the_files_changed_on_disk_since_start(tmp_path):
+    service = _router(tmp_path, disk="ef" * 32)
+    status, body = _status(lambda: service.set_gate("open", DIGEST))
+    assert (status, body) == (409, {"error": f"files changed on disk since start: they hash to {'ef' * 32}, "
+                                             f"this node runs {DIGEST}"})
+    assert service.health()["gate"] == "closed" and service.health()["errors"] == 1
+
+
+def test_the_gate_hashes_the_real_release_folder_before_it_opens(tmp_path):
+    folder = tmp_path / "release"
+    folder.mkdir()
+    (folder / "router.py").write_bytes(b"print('v1')\n")
+    digest = release.release_digest(str(folder))
+    service = service_module.Router(copy.deepcopy(CONFIG), digest, str(folder), str(tmp_path))
+    assert service.set_gate("open", digest)["gate"] == "open"
+    service.set_gate("close", None)
+    (folder / "router.py").write_bytes(b"print('v2')\n")  # same size, one byte flipped
+    status, body = _status(lambda: service.set_gate("open", digest))
+    assert status == 409 and "files changed on disk since start" in body["error"]
+    assert service.health()["gate"] == "closed"
 
 
 def test_order_splits_fills_and_counts(tmp_path):
