@@ -51,6 +51,21 @@ def fleet_view(ctx) -> dict[str, tuple]:
     return view
 
 
+def pause(container, tries: int = 5) -> None:
+    """`docker pause`, retried: with cgroup v1 the freezer may fail ("unable to freeze") while the
+    container's processes are busy (forking, in a syscall); a moment later it works."""
+    import docker
+
+    for i in range(tries):
+        try:
+            container.pause()
+            return
+        except docker.errors.APIError as exc:
+            if "unable to freeze" not in str(exc) or i == tries - 1:
+                raise
+            time.sleep(0.2)
+
+
 def revive(ctx, dc, spec) -> bool:
     """Every container running, unpaused and on the fleet network; return whether all sshd answer (bounded)."""
     for n in spec.nodes:

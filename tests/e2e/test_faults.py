@@ -21,7 +21,7 @@ import time
 from typing import Callable
 
 import pytest
-from helpers import fleet_view, in_background, order, post_order, revive, wait
+from helpers import fleet_view, in_background, order, pause, post_order, revive, wait
 from observer import observer  # noqa: F401 - a fixture, used by _every_fault_test
 
 from conftest import COMPOSE, ROOT
@@ -177,6 +177,32 @@ def test_the_observer_catches_two_open_gates_on_different_releases(ctx, base_rel
         observer.mixed_open.clear()  # made on purpose: not a finding
 
 
+def test_the_observer_reports_a_node_it_cannot_read_and_waits_for_a_slow_one(ctx, docker_spec, observer):
+    """A paused node is unknown in the sweeps made while it is paused, and the summary says so; the
+    other nodes, answering, are read in every sweep (a slow node is waited for, not skipped)."""
+    dc, spec = docker_spec
+    node5 = docker_fleet.container(dc, spec, "node5")
+    pause(node5)
+    try:
+        assert wait(lambda: observer.unknown.get("node5", 0) >= 2, 15), observer.unknown
+    finally:
+        node5.unpause()
+    assert set(observer.unknown) == {"node5"}, observer.unknown
+    assert f"node5 unknown in {observer.unknown['node5']} of " in observer.summary()
+
+
+def test_an_observer_that_runs_out_of_time_says_so(ctx, monkeypatch):
+    """Reaching its time bound before the test ends is a problem reported, never a silent stop."""
+    import observer as observer_module
+
+    monkeypatch.setattr(observer_module, "MAX_RUN_S", 0.3)
+    obs = observer_module.Observer(ctx).start()
+    assert wait(lambda: not obs._thread.is_alive(), 10)
+    obs.stop()
+    assert obs.ran_out and obs.sweeps >= 1
+    assert "observer stopped after 0 s, before the test ended: the rest was not watched" in obs.problems()
+
+
 # ---- 1: node down before the upload ---------------------------------------------------------------
 
 def test_a_node_down_before_the_rollout_is_refused_in_preflight_and_nothing_changes(
@@ -305,7 +331,7 @@ def test_a_paused_node_fails_the_rollout_within_a_bounded_time(ctx, base_release
     v2 = make_release("1.1.0")
     node5 = docker_fleet.container(dc, spec, "node5")
     offset = journal_size(ctx)
-    node5.pause()
+    pause(node5)
     try:
         start = time.monotonic()
         with pytest.raises(UnreachableError) as err:
@@ -313,8 +339,9 @@ def test_a_paused_node_fails_the_rollout_within_a_bounded_time(ctx, base_release
         took = time.monotonic() - start
     finally:
         node5.unpause()
-    # quick() sets a 3 s connect timeout: the refusal comes from that timeout (not sooner, not much later).
-    assert 2.5 <= took < 3 + 5, f"rollout took {took:.1f}s against a paused node with a 3 s connect timeout"
+    # quick() sets a 3 s connect timeout: the refusal comes from that timeout, not sooner; the slack covers
+    # the other seven handshakes and the failed run's node journal on a loaded 2-core machine (alone: ~4 s).
+    assert 2.5 <= took < 3 + 10, f"rollout took {took:.1f}s against a paused node with a 3 s connect timeout"
     assert str(err.value).startswith("rollout refused in preflight, nothing changed: node5: ")
     assert all(f"node{i}" not in str(err.value) for i in (1, 2, 3, 4, 6, 7, 8))
     recs = records_since(ctx, offset)
@@ -326,7 +353,7 @@ def test_the_cli_names_a_silent_node_in_one_line_without_a_traceback(ctx, base_r
     """FAULTS 19 and 32: an anomaly is a non-zero exit with one clear line, never a traceback."""
     dc, spec = docker_spec
     node5 = docker_fleet.container(dc, spec, "node5")
-    node5.pause()
+    pause(node5)
     try:
         proc = cli(ctx, "-q", "rollout", str(base_release.path), timeout=60)
     finally:
