@@ -6,6 +6,7 @@ stderr with exit 1. It is not installed on the node: what runs is always the
 controller's own copy, so the two cannot drift apart.
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -778,10 +779,18 @@ def read_record():
 
 
 def append_journal(root, record):
+    """Append one record as one line and fsync it; a torn last line (no newline) is ended first, never
+    merged into. OSError if the whole line cannot be written."""
     line = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()  # one record, one line
-    fd = os.open(os.path.join(root, "state", "journal.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = os.open(os.path.join(root, "state", "journal.jsonl"), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        os.write(fd, line + b"\n")
+        size = os.fstat(fd).st_size
+        data = (b"\n" if size and os.pread(fd, 1, size - 1) != b"\n" else b"") + line + b"\n"
+        while data:
+            n = os.write(fd, data)
+            if n <= 0:
+                raise OSError(errno.ENOSPC, "short write")
+            data = data[n:]
         os.fsync(fd)
     finally:
         os.close(fd)

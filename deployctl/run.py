@@ -11,18 +11,22 @@ from __future__ import annotations
 
 import time
 import uuid
+from itertools import takewhile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from deployctl import commands, phases as sm
 from deployctl.context import Context
-from deployctl.errors import DeployctlError, HaltedError, InconsistentError, RolledBackError
+from deployctl.errors import DeployctlError, HaltedError, InconsistentError, JournalError, RolledBackError
 from deployctl.gate import Answer
 from deployctl.journal import encode, entry
 from deployctl.ssh import Call, Fleet, NodeResult, raise_for_unreachable
 
 Outcomes = dict[str, sm.Outcome]
+# Phases before which a run that cannot journal has switched no node.
+SAFE_TO_STOP = ("start", sm.Phase.PREFLIGHT.value, sm.Phase.CLOSE_GATE.value, sm.Phase.STAGE.value,
+                sm.Phase.SWITCH.value)
 Work = Callable[[sm.State], Outcomes]
 
 
@@ -82,16 +86,28 @@ class Run:
         self.unreachable: dict[str, NodeResult] = {}  # nodes preflight could not reach
         self.gate_opened = False
         self.outcomes = {n: "ok" for n in self.names}  # per node, for the journal: "ok" or its first failure
-        self.journal_start = ctx.journal.size()  # where this run's records begin
+        self.journal_start = ctx.journal.mark()  # where this run's records begin
         self.started = time.monotonic()
         self.journal("start", **start)
 
     def journal(self, phase: str, **fields) -> None:
-        self.ctx.journal.append(entry(self.action, run=self.id, phase=phase, digest=self.digest, **fields))
+        """Journal a phase before it starts; a journal that cannot be written stops the run there."""
+        try:
+            self.ctx.journal.append(entry(self.action, run=self.id, phase=phase, digest=self.digest, **fields))
+        except JournalError as exc:
+            if phase in SAFE_TO_STOP:
+                raise JournalError(f"{exc}; the {self.action} stopped before its {phase} phase, no node "
+                                   "switched") from None
+            raise InconsistentError(f"{exc}; the {self.action} stopped before its {phase} phase, the fleet may "
+                                    "be mixed: run `deployctl recover` once the journal can be written") from None
 
     def halted_since(self) -> bool:
         """A halt issued while this run works wins: look for one journaled since the run started."""
-        return any(rec.get("action") == "halt" for rec in self.ctx.journal.read(since=self.journal_start))
+        since = self.ctx.journal.read_from(self.journal_start)
+        if since is None:  # the journal changed under the run: what follows the run's own start record
+            since = takewhile(lambda r: (r.get("run"), r.get("phase")) != (self.id, "start"),
+                              self.ctx.journal.newest_first())
+        return any(rec.get("action") == "halt" for rec in since)
 
     def walk(self, state: sm.State, steps: dict[sm.Phase, Work], revert: bool = True) -> sm.State:
         """Run the state's phase while `steps` has one for it; a revert, once due, is walked too
@@ -269,9 +285,19 @@ def locked(ctx: Context, command: str, break_lock: bool) -> Iterator[None]:
 
 def interrupted(ctx: Context) -> str | None:
     """Describe an interrupted rollout/rollback (journal start without done, and its lock stale), if any."""
-    run = ctx.journal.interrupted()
-    held = ctx.lock.info()
-    if run is None or (held is not None and not held.stale):
+    # Lock, journal, lock, journal: a run that took or left the lock between two reads is seen, and
+    # the answer is used only when neither changed meanwhile (a run takes the lock before its start
+    # record and writes its done record before it lets go).
+    for _ in range(10):
+        held = ctx.lock.info()
+        if held is not None and not held.stale:
+            return None  # a run holds the lock: in progress, not interrupted
+        run = ctx.journal.interrupted()
+        if ctx.lock.info() == held and ctx.journal.interrupted() == run:
+            break
+    else:
+        return None  # runs keep starting and ending: none of them is interrupted
+    if run is None:
         return None
     return (f"interrupted {run.get('action')} (run {run.get('run')}, {str(run.get('digest'))[:12]}, "
             f"started {run.get('ts')} by {run.get('who')}): run `deployctl recover`")
