@@ -121,9 +121,10 @@ def rollback(all_nodes: bool = typer.Option(False, "--all", help="Every node (th
 
 
 @app.command()
-def recover(json_out: bool = JSON) -> None:
+def recover(json_out: bool = JSON,
+            break_lock: bool = typer.Option(False, "--break-lock", help="Take over the fleet deploy lock on the nodes.")) -> None:
     """After an interrupted rollout: bring every node to one release (the last good), gate closed."""
-    output.run_done("recover", api.recover(_ctx(json_out)), json_out)
+    output.run_done("recover", api.recover(_ctx(json_out), break_lock=break_lock), json_out)
 
 
 @gate_app.command("open")

@@ -57,11 +57,24 @@ def stage(root: str, digest: str, size: int, keep: int, protect: list[str] = ())
     return _agent("stage", root, digest, str(size), str(keep), *protect)
 
 
-def deploy(root: str, digest: str, keep: int, protect: list[str] = ()) -> list[str]:
-    """A rollout's one command per node: answer a probe at once (parse_probe_answer), then take the
-    reuse plan (reuse_plan) and answer what the node already has (parse_have), then the rest of the
-    artifact (upload) and go on as `stage`. Closing its input at any wait changes nothing."""
-    return _agent("deploy", root, digest, str(keep), *protect)
+def deploy(root: str, digest: str, keep: int, protect: list[str] = (), lock: dict | None = None) -> list[str]:
+    """A rollout's one command per node: take the fleet deploy `lock` (if given), answer a probe at once
+    (parse_probe_answer), then take the reuse plan (reuse_plan) and answer what the node already has
+    (parse_have), then the rest of the artifact (upload) and go on as `stage`. Closing its input at
+    any wait changes nothing (and releases the lock)."""
+    return _agent("deploy", root, digest, str(keep), *protect, *_lock_arg(lock))
+
+
+def _lock_arg(lock: dict | None) -> list[str]:
+    return ["--lock=" + json.dumps(lock, sort_keys=True, separators=(",", ":"))] if lock else []
+
+
+def unlock(root: str, lock_id: str) -> list[str]:
+    """Release the fleet deploy lock `lock_id` on the node, if it still holds it ({"unlocked": bool})."""
+    return _agent("unlock", root, lock_id)
+
+
+LOCK_HELD = "fleet deploy lock held by "  # how a node's refusal to give the lock begins
 
 
 def have(root: str) -> list[str]:
@@ -93,10 +106,11 @@ def parse_have(stdout: bytes) -> tuple[frozenset[str], int]:
     return frozenset(have), size
 
 
-def retarget(root: str) -> list[str]:
-    """Rollback's and recover's one command per node: answer a probe at once, then switch on
-    request (`switch_request`) to a release already on the node. Closing its input changes nothing."""
-    return _agent("retarget", root)
+def retarget(root: str, lock: dict | None = None) -> list[str]:
+    """Rollback's and recover's one command per node: take the fleet deploy `lock` (if given), answer a
+    probe at once, then switch on request (`switch_request`) to a release already on the node.
+    Closing its input changes nothing (and releases the lock)."""
+    return _agent("retarget", root, *_lock_arg(lock))
 
 
 def switch_request(digest: str, record: dict | None, service: Service) -> bytes:

@@ -84,6 +84,10 @@ class HaltedError(DeployctlError):
     exit_code = ExitCode.HALTED
 
 
+class JournalError(DeployctlError):
+    """The controller's journal cannot be written (disk full, short write, I/O error)."""
+
+
 class InconsistentError(DeployctlError):
     """The fleet could not be brought back to one release."""
 

@@ -1,25 +1,38 @@
 """The controller's append-only journal and the fleet deploy lock.
 
 Journal: one JSON object per line, appended with O_APPEND and fsync'd before the
-phase it announces starts, never rewritten. Lock: created atomically with
-O_EXCL (never check-then-write), holding who, where, which process and since when.
+phase it announces starts. Each line carries its own checksum (a last key "crc32": the
+CRC-32 of the line's bytes without it), so a damaged line is detected, and a line without
+one (written before checksums existed) is read as before. A torn tail (bytes after the last
+newline: a write cut short) is moved to journal.jsonl.torn before the next append, never
+merged; every write is checked (a short write or ENOSPC raises JournalError, and the partial
+bytes are cut off again). Lock: a temp file holding who, where, which process and since when,
+put in place by link(2) (take: never check-then-write, never empty) or rename(2) (break).
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import getpass
 import json
 import os
+import re
 import socket
 import time
+import uuid
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from deployctl.errors import DeployctlError, LockHeldError
+from deployctl.errors import DeployctlError, JournalError, LockHeldError
 
 SECRET_WORDS = ("token", "password", "secret", "passphrase")
 RUNS = ("rollout", "rollback", "recover")  # the actions that move the fleet, journaled phase by phase
+CRC_KEY = "crc32"
+CHECKED = re.compile(rb'(,?)"crc32":"([0-9a-f]{8})"}$')  # the checksum, last in a checked line
+TORN_SUFFIX = ".torn"  # where a torn tail is kept: journal.jsonl.torn
 
 
 def good_run(record: dict) -> str | None:
@@ -53,22 +66,91 @@ def encode(record: dict) -> bytes:
     return (json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n").encode()
 
 
+def checked_line(record: dict) -> bytes:
+    """Return the record as one journal line ending with its own checksum (see the module docstring)."""
+    if CRC_KEY in record:
+        raise DeployctlError(f"journal: a record may not carry its own {CRC_KEY!r} key")
+    body = encode(record)[:-1]
+    sep = b"," if len(body) > 2 else b""
+    return body[:-1] + sep + b'"crc32":"%08x"}\n' % zlib.crc32(body)
+
+
+def parse_line(line: bytes) -> dict | None:
+    """Return the record of one journal line (without its newline), or None if it is damaged: a
+    checksum that does not match, or a line that is not a JSON object. A line without a checksum
+    (written before checksums existed) is taken if it is a JSON object."""
+    m = CHECKED.search(line)
+    if m:
+        body = line[:m.start()] + b"}"
+        if b'"crc32":' in body or zlib.crc32(body) != int(m.group(2), 16):
+            return None
+        line = body
+    try:
+        rec = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
 @dataclass(frozen=True)
 class Journal:
     """The controller's journal file."""
 
     path: Path
 
+    @property
+    def torn_path(self) -> Path:
+        """Where torn tails are set aside."""
+        return self.path.with_name(self.path.name + TORN_SUFFIX)
+
     def append(self, record: dict) -> dict:
-        """Append and fsync one record; return it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        """Append and fsync one record (setting a torn tail aside first); return it.
+        JournalError, one line, if it cannot be written whole: nothing of it is left in the journal."""
+        data = checked_line(record)
         try:
-            os.write(fd, encode(record))
-            os.fsync(fd)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise JournalError(f"journal: cannot open {self.path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # appenders of this journal take turns: the tail check needs it
+            size = os.fstat(fd).st_size
+            if size == 0:
+                _fsync_dir(self.path.parent)  # a new (or re-created) journal: its name must survive too
+            elif os.pread(fd, 1, size - 1) != b"\n":
+                size, data = self._set_aside(fd, size, data)
+            _write_all(fd, data, size, self.path, record.get("action"))
         finally:
             os.close(fd)
         return record
+
+    def _set_aside(self, fd: int, size: int, data: bytes) -> tuple[int, bytes]:
+        """Move the torn tail (bytes after the last newline) to the side file and cut it off; return the
+        new size and the data to append, which now starts with one line saying so."""
+        start = size
+        while start > 0:  # back to just after the last newline, 64 KiB at a time
+            lo = max(0, start - 65536)
+            cut = os.pread(fd, start - lo, lo).rfind(b"\n")
+            if cut >= 0:
+                start = lo + cut + 1
+                break
+            start = lo
+        tail = os.pread(fd, size - start, start)
+        if parse_line(tail) is not None and CHECKED.search(tail):  # whole and checked: only its newline is missing
+            return size, b"\n" + data
+        try:
+            side = os.open(self.torn_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                _write_all(side, tail + b"\n", os.fstat(side).st_size, self.torn_path, "torn tail")
+            finally:
+                os.close(side)
+            os.ftruncate(fd, start)
+            os.fsync(fd)
+        except OSError as exc:
+            raise JournalError(f"journal: cannot set its torn tail aside in {self.torn_path}: "
+                               f"{exc.strerror or exc}") from None
+        note = entry("journal-torn", bytes=len(tail), kept=str(self.torn_path))
+        return start, checked_line(note) + data
 
     def size(self) -> int:
         """Return the journal's length in bytes (0 when absent): an offset for `read(since=...)`."""
@@ -77,34 +159,50 @@ class Journal:
         except FileNotFoundError:
             return 0
 
+    def mark(self) -> tuple[int, int, int]:
+        """Return where the journal ends now, for `read_from`: (device, inode, size); zeros when absent."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return (0, 0, 0)
+        return (st.st_dev, st.st_ino, st.st_size)
+
+    def read_from(self, mark: tuple[int, int, int]) -> Iterator[dict] | None:
+        """Yield the records appended since `mark`; None if the journal was deleted, replaced or cut
+        shorter (a torn tail set aside) since: the offset no longer means anything."""
+        now = self.mark()
+        return self.read(since=mark[2]) if now[:2] == mark[:2] and now[2] >= mark[2] else None
+
     def read(self, since: int = 0) -> Iterator[dict]:
         """Yield every record (from byte offset `since`), oldest first; a damaged line is yielded as
         {"action": "unreadable"}."""
         try:
             with self.path.open("rb") as f:
                 f.seek(since)
-                lines = f.read().splitlines()
+                data = f.read()
+                lines = data.splitlines()
         except FileNotFoundError:
             return
+        torn = not data.endswith(b"\n") and bool(lines)
         for i, line in enumerate(lines, 1):
-            try:
-                rec = json.loads(line)
-                yield rec if isinstance(rec, dict) else {"action": "unreadable", "line": i}
-            except (ValueError, RecursionError):
-                yield {"action": "unreadable", "line": i}
+            rec = parse_line(line)
+            if rec is None or (torn and i == len(lines)):
+                yield {"action": "unreadable", "line": i, **({"torn": True} if torn and i == len(lines) else {})}
+            else:
+                yield rec
 
     def newest_first(self) -> Iterator[dict]:
         """Yield records newest first, parsing only as far as the caller reads (the journal only grows)."""
         try:
-            lines = self.path.read_bytes().splitlines()
+            data = self.path.read_bytes()
         except FileNotFoundError:
             return
+        lines = data.splitlines()
+        if not data.endswith(b"\n") and lines:
+            lines.pop()  # a torn tail is no record
         for i in range(len(lines) - 1, -1, -1):
-            try:
-                rec = json.loads(lines[i])
-            except (ValueError, RecursionError):
-                continue
-            if isinstance(rec, dict):
+            rec = parse_line(lines[i])
+            if rec is not None:
                 yield rec
 
     def last_good(self) -> str | None:
@@ -124,6 +222,37 @@ class Journal:
             elif rec.get("phase") == "start":
                 return None if rec.get("run") in finished else rec
         return None
+
+
+_write = os.write  # the one write call of the journal: a seam for the disk-full tests
+
+
+def _write_all(fd: int, data: bytes, size: int, path: Path, what: object) -> None:
+    """Write all of data at the end of fd (opened O_APPEND, `size` bytes long) and fsync it. On a short
+    write or an error, cut the file back to `size` (best effort) and raise JournalError."""
+    done = 0
+    try:
+        while done < len(data):
+            n = _write(fd, data[done:])
+            if n <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            done += n
+        os.fsync(fd)
+    except OSError as exc:
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        except OSError:
+            pass  # left torn: the next append sets it aside
+        raise JournalError(f"journal: cannot write {path} ({what} not recorded): {exc.strerror or exc}") from None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -166,31 +295,73 @@ class Lock:
         return LockInfo(holder, pid, since, command, _stale(holder, pid))
 
     def acquire(self, command: str, break_stale: bool = False) -> LockInfo | None:
-        """Take the lock atomically; LockHeldError naming the holder if taken. Returns a broken stale lock's info."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        broken = None
-        held = self.info()
-        if held and held.stale and break_stale:
-            self.path.unlink(missing_ok=True)
-            broken = held
-        body = json.dumps({"holder": actor(), "pid": os.getpid(), "since": time.time(), "command": command})
+        """Take the lock atomically; LockHeldError naming the holder if taken. Returns a broken stale lock's info.
+
+        The lock file appears whole or not at all: its body is written to a temp file first, which is
+        then linked into place (link(2) fails if the lock exists: never check-then-write, never an empty
+        lock). A stale lock is replaced by rename(2), so the path never goes missing while it is broken
+        (a plain taker cannot slip in), and breakers take turns under flock on the folder, each checking
+        again that the lock is still the stale one it saw."""
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._temp(command)
+        except OSError as exc:
+            raise JournalError(f"deploy lock: cannot write in {self.path.parent}: {exc.strerror or exc}") from None
+        try:
+            try:
+                os.link(tmp, self.path)
+                _fsync_dir(self.path.parent)
+                return None
+            except FileExistsError:
+                pass
             held = self.info()
-            hint = " (use --break-lock to take it over)" if held and held.stale else ""
-            raise LockHeldError((held.describe() if held else "deploy lock held") + hint) from None
-        with os.fdopen(fd, "w") as f:
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        return broken
+            if held and held.stale and break_stale:
+                return self._break(tmp, held)
+            raise _held(held)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _temp(self, command: str) -> Path:
+        """Write this process's lock body to a fresh temp file beside the lock, fsync'd; return its path."""
+        body = json.dumps({"holder": actor(), "pid": os.getpid(), "since": time.time(), "command": command})
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, body.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return tmp
+
+    def _break(self, tmp: Path, seen: LockInfo) -> LockInfo:
+        """Replace the stale lock `seen` by ours (rename), one breaker at a time; LockHeldError if someone
+        else took or broke it first."""
+        folder = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            now = self.info()
+            if now != seen:  # another breaker was first (or the lock went): never break a lock not seen stale
+                raise _held(now)
+            mine = json.loads(tmp.read_text())
+            os.rename(tmp, self.path)
+            os.fsync(folder)
+            back = self.info()
+            if back is None or (back.pid, back.holder, back.since) != (mine["pid"], mine["holder"], mine["since"]):
+                raise _held(back)
+            return seen
+        finally:
+            os.close(folder)  # drops the flock
 
     def release(self) -> None:
         """Drop the lock if this process holds it."""
         held = self.info()
         if held and held.pid == os.getpid() and held.holder == actor():
             self.path.unlink(missing_ok=True)
+
+
+def _held(held: LockInfo | None) -> LockHeldError:
+    hint = " (use --break-lock to take it over)" if held and held.stale else ""
+    return LockHeldError((held.describe() if held else "deploy lock held") + hint)
 
 
 def _stale(holder: str, pid: int) -> bool:

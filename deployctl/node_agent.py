@@ -6,6 +6,7 @@ stderr with exit 1. It is not installed on the node: what runs is always the
 controller's own copy, so the two cannot drift apart.
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -363,12 +364,13 @@ def op_deploy(root, digest, keep, *protect):
     import shutil
 
     _stage_args(root, digest, "0", keep)
+    take_lock(root)
     out({"probe": probe_text(root)})
     sys.stdout.flush()
     request = Lines()
     plan = request.line(HOLD_SECONDS, 64 << 20)
     if plan is None:
-        return
+        return release_lock(root)
     stage = stage_dir(root, digest)
     try:
         try:
@@ -382,7 +384,7 @@ def op_deploy(root, digest, keep, *protect):
         sys.stdout.flush()
         size = request.line(HOLD_SECONDS, 32)
         if size is None:
-            return
+            return release_lock(root)
         size = size.decode("ascii", "replace").strip()
         if not re.match(r"[0-9]{1,12}\Z", size):
             raise Refused("bad upload size line")
@@ -679,7 +681,7 @@ def held_switch(root, digest=None, pending=b""):
         line += sys.stdin.buffer.readline(1 << 20)
         signal.alarm(0)
     if not line.strip():
-        return
+        return release_lock(root)  # the run ended (or its controller died) before any switch here
     try:
         doc = json.loads(line)
     except (ValueError, RecursionError):
@@ -703,6 +705,7 @@ def held_switch(root, digest=None, pending=b""):
 def op_retarget(root):
     """Rollback and recover: answer the probe at once, then switch on request to a release the node
     already has (held_switch). End of input changes nothing."""
+    take_lock(root)
     out({"probe": probe_text(root)})
     sys.stdout.flush()
     held_switch(root)
@@ -778,10 +781,18 @@ def read_record():
 
 
 def append_journal(root, record):
+    """Append one record as one line and fsync it; a torn last line (no newline) is ended first, never
+    merged into. OSError if the whole line cannot be written."""
     line = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()  # one record, one line
-    fd = os.open(os.path.join(root, "state", "journal.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = os.open(os.path.join(root, "state", "journal.jsonl"), os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        os.write(fd, line + b"\n")
+        size = os.fstat(fd).st_size
+        data = (b"\n" if size and os.pread(fd, 1, size - 1) != b"\n" else b"") + line + b"\n"
+        while data:
+            n = os.write(fd, data)
+            if n <= 0:
+                raise OSError(errno.ENOSPC, "short write")
+            data = data[n:]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -793,6 +804,119 @@ def op_journal(root):
     if record is None:
         raise Refused("journal record is not JSON")
     out({"appended": append_journal(root, record)})
+
+
+LOCK_FIELDS = ("holder", "pid", "since", "command", "id")
+
+
+def lock_path(root):
+    return os.path.join(root, "state", "deploy.lock")
+
+
+def read_lock(root):
+    """Return the holder document of the node's fleet deploy lock, {} if it is damaged, None if free."""
+    try:
+        with open(os.path.join(lock_path(root), "holder.json"), "rb") as f:
+            doc = json.loads(f.read())
+        return doc if isinstance(doc, dict) else {}
+    except FileNotFoundError:
+        return None if not os.path.isdir(lock_path(root)) else {}
+    except (OSError, ValueError, RecursionError):
+        return {}
+
+
+def describe_lock(doc):
+    when = doc.get("since")
+    when = time_text(when) if isinstance(when, (int, float)) else "?"
+    return "fleet deploy lock held by %s (pid %s) running '%s' since %s (run %s)" % (
+        doc.get("holder", "unknown (damaged lock)"), doc.get("pid", "?"), doc.get("command", "?"), when,
+        doc.get("id", "?"))
+
+
+def time_text(ts):
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
+def take_lock(root):
+    """Take the fleet deploy lock on this node (when the command was given one): a folder
+    state/deploy.lock holding holder.json, put in place whole by rename(2) of a temp folder, which
+    fails while another holder's lock is there. A lock the controller may break ("break": "any",
+    or the holder and pid of its own dead run) is replaced, one breaker at a time, and journaled.
+    Refused, naming the holder, if it is held."""
+    if not LOCK:
+        return
+    import fcntl
+    import shutil
+
+    state = os.path.join(root, "state")
+    tmp = os.path.join(state, ".deploy.lock-%d" % os.getpid())
+    try:
+        os.mkdir(tmp, 0o700)
+        doc = {k: LOCK.get(k) for k in LOCK_FIELDS}
+        fd = os.open(os.path.join(tmp, "holder.json"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, json.dumps(doc, sort_keys=True).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.rename(tmp, lock_path(root))  # a held lock is a folder with a file in it: rename fails
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            held = read_lock(root)
+            if held is not None and held.get("id") == LOCK.get("id"):
+                return  # ours already (a retry on the same run)
+            if not may_break(held):
+                raise Refused(describe_lock(held or {}))
+            folder = os.open(state, os.O_RDONLY)
+            try:
+                fcntl.flock(folder, fcntl.LOCK_EX)  # breakers take turns, each checking again
+                if read_lock(root) != held:
+                    raise Refused(describe_lock(read_lock(root) or {}))
+                gone = tmp + "-broken"
+                os.rename(lock_path(root), gone)
+                os.rename(tmp, lock_path(root))
+                append_journal(root, {"action": "lock-broken", "broken": held, "by": doc})
+                shutil.rmtree(gone, ignore_errors=True)
+            finally:
+                os.close(folder)
+        fsync_dir(state)
+    except OSError as exc:
+        raise Refused("fleet deploy lock: %s" % exc)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def may_break(held):
+    """Whether this command may break the lock `held`: --break-lock breaks any; recover breaks the lock
+    of the controller run it recovers from (same holder and pid)."""
+    how = LOCK.get("break")
+    if how == "any":
+        return True
+    return isinstance(how, dict) and held is not None and all(held.get(k) == how.get(k) for k in ("holder", "pid"))
+
+
+def release_lock(root, lock_id=None):
+    """Drop the node's fleet deploy lock if it is this command's (or `lock_id`'s); return whether it did."""
+    import shutil
+
+    lock_id = lock_id or LOCK.get("id")
+    held = read_lock(root)
+    if not lock_id or held is None or held.get("id") != lock_id:
+        return False
+    gone = os.path.join(root, "state", ".deploy.lock-released-%d" % os.getpid())
+    os.rename(lock_path(root), gone)
+    fsync_dir(os.path.join(root, "state"))
+    shutil.rmtree(gone, ignore_errors=True)
+    return True
+
+
+def op_unlock(root, lock_id):
+    """The end of a run: release the fleet deploy lock it took, if it still holds it."""
+    out({"unlocked": release_lock(root, lock_id)})
 
 
 def op_halt(root):
@@ -809,10 +933,18 @@ def op_halt(root):
 
 
 OPS = {"probe": op_probe, "have": op_have, "deploy": op_deploy, "stage": op_stage, "retarget": op_retarget, "switch": op_switch,
-       "prune": op_prune, "journal": op_journal, "halt": op_halt, "stop": op_stop}
+       "prune": op_prune, "journal": op_journal, "halt": op_halt, "stop": op_stop, "unlock": op_unlock}
+
+
+LOCK = {}  # the fleet deploy lock this command takes (deploy, retarget), from a last "--lock=JSON" argument
 
 
 def main(argv):
+    if argv and argv[-1].startswith("--lock="):
+        try:
+            LOCK.update(json.loads(argv.pop()[len("--lock="):]))
+        except (ValueError, TypeError, RecursionError):
+            raise Refused("bad --lock argument")
     if len(argv) < 2 or argv[0] not in OPS:
         raise Refused("usage: OP ROOT ARGS...")
     if not os.path.isabs(argv[1]):

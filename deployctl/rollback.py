@@ -14,7 +14,8 @@ from deployctl.commands import Probe
 from deployctl.context import Context
 from deployctl.errors import InconsistentError, UsageError
 from deployctl.journal import good_run
-from deployctl.run import PlanRow, Run, RunResult, locked, probe_all, probe_held, refuse_if_interrupted
+from deployctl.run import (PlanRow, Run, RunResult, locked, probe_all, probe_held, refuse_if_interrupted,
+                           release_fleet)
 
 
 def rollback(ctx: Context, to: str | None = None, nodes: list[str] | None = None, force: bool = False,
@@ -25,18 +26,21 @@ def rollback(ctx: Context, to: str | None = None, nodes: list[str] | None = None
     """
     chosen = _chosen(ctx, to, nodes, force)
     refuse_if_interrupted(ctx)
-    with locked(ctx, "rollback", break_lock), ctx.ssh() as fleet:
-        probes = probe_held(ctx, fleet, "rollback preflight")
+    with locked(ctx, "rollback", break_lock) as lock, ctx.ssh() as fleet:
+        probes = probe_held(ctx, fleet, "rollback preflight", lock)
         target = rollback_target(ctx, probes, to)
         missing = sorted(n for n in chosen if target not in probes[n].releases)
-        if missing:
+        if missing:  # the held commands release the fleet lock as the fleet closes
             raise UsageError(f"rollback refused, nothing changed: release {target[:12]} is not on {', '.join(missing)}")
         run = Run(ctx, fleet, "rollback", target, names=chosen, stop_on_halt=False, nodes=chosen,
                   partial=bool(nodes))
-        state = sm.State(tuple(run.names), target, sm.Phase.SWITCH, previous={n: probes[n].current for n in chosen})
-        run.close_gates()  # whatever a router answers, the rollback goes on: it is the way out of a bad release
-        state = run.walk(state, _switch_steps(run, _keep_closed_reason(nodes, probes)))
-        return run.finish(state)
+        try:
+            state = sm.State(tuple(run.names), target, sm.Phase.SWITCH, previous={n: probes[n].current for n in chosen})
+            run.close_gates()  # whatever a router answers, the rollback goes on: it is the way out of a bad release
+            state = run.walk(state, _switch_steps(run, _keep_closed_reason(nodes, probes)))
+            return run.finish(state)
+        finally:  # switched commands have ended, keeping the lock
+            release_fleet(ctx, fleet, lock)
 
 
 def _chosen(ctx: Context, to: str | None, nodes: list[str] | None, force: bool) -> list[str]:
@@ -92,22 +96,27 @@ def plan(ctx: Context, to: str | None = None) -> list[PlanRow]:
             for n in ctx.nodes]
 
 
-def recover(ctx: Context) -> RunResult:
+def recover(ctx: Context, break_lock: bool = False) -> RunResult:
     """Bring the fleet to one consistent release after an interrupted run, gate closed.
 
     The target is the last release the whole fleet ran (from the journal), which must be on every
-    node; failing that, the release every node already has as `current`. Breaks only a stale lock.
+    node; failing that, the release every node already has as `current`. Breaks only a stale lock
+    (and, on the nodes, the fleet lock of the run whose stale lock it broke); with `break_lock`, any
+    node's fleet lock.
     """
-    with locked(ctx, "recover", break_lock=True), ctx.ssh() as fleet:
+    with locked(ctx, "recover", break_lock=True, break_fleet=break_lock) as lock, ctx.ssh() as fleet:
         ctx.routers.close_gate(ctx.nodes)
-        probes = probe_held(ctx, fleet, "recover")
+        probes = probe_held(ctx, fleet, "recover", lock)
         target = _recover_target(ctx, probes)
         run = Run(ctx, fleet, "recover", target, stop_on_halt=False, interrupted=ctx.journal.interrupted())
-        state = sm.State(tuple(run.names), target, sm.Phase.SWITCH, previous={n: p.current for n, p in probes.items()})
-        state = run.walk(state, _switch_steps(run, "recover"), revert=False)
-        if state.phase == sm.Phase.REVERT:  # a recovery that fails has nothing better to go back to
-            state = dataclasses.replace(state, phase=sm.Phase.REVERT_FAILED)
-        return run.finish(state)
+        try:
+            state = sm.State(tuple(run.names), target, sm.Phase.SWITCH, previous={n: p.current for n, p in probes.items()})
+            state = run.walk(state, _switch_steps(run, "recover"), revert=False)
+            if state.phase == sm.Phase.REVERT:  # a recovery that fails has nothing better to go back to
+                state = dataclasses.replace(state, phase=sm.Phase.REVERT_FAILED)
+            return run.finish(state)
+        finally:
+            release_fleet(ctx, fleet, lock)
 
 
 def _recover_target(ctx: Context, probes: dict[str, Probe]) -> str:

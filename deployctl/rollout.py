@@ -14,7 +14,8 @@ from pathlib import Path
 from deployctl import artifact as artifact_mod, commands, phases as sm
 from deployctl.context import Context
 from deployctl.errors import DeployctlError
-from deployctl.run import PlanRow, Run, RunResult, locked, outcomes, refuse_if_interrupted
+from deployctl.run import (PlanRow, Run, RunResult, hold_locked, locked, outcomes, refuse_if_interrupted,
+                           release_fleet)
 from deployctl.ssh import Call, raise_for_unreachable
 
 
@@ -34,29 +35,35 @@ def rollout(ctx: Context, artifact_path: Path, break_lock: bool = False) -> RunR
     art = ctx.load_artifact(artifact_path)
     payload = art.payload()
     refuse_if_interrupted(ctx)
-    with locked(ctx, f"rollout {art.digest[:12]}", break_lock), ctx.ssh() as fleet:
+    with locked(ctx, f"rollout {art.digest[:12]}", break_lock) as lock, ctx.ssh() as fleet:
         ctx.keep_manifest(art)
         run = Run(ctx, fleet, "rollout", art.digest, version=art.version, artifact=art.path.name,
                   nodes=[n.name for n in ctx.nodes])
-        state = run.walk(sm.State(tuple(run.names), art.digest), {
-            sm.Phase.PREFLIGHT: lambda s: _preflight(run, art, len(payload)),
-            sm.Phase.CLOSE_GATE: run.close_gates,
-            sm.Phase.STAGE: lambda s: _stage(run, art),
-            sm.Phase.SWITCH: run.switch,
-            sm.Phase.HEALTH: run.settle,
-            sm.Phase.OPEN_GATE: run.open_gates,
-        })
-        return run.finish(state)
+        try:
+            state = run.walk(sm.State(tuple(run.names), art.digest), {
+                sm.Phase.PREFLIGHT: lambda s: _preflight(run, art, len(payload), lock),
+                sm.Phase.CLOSE_GATE: run.close_gates,
+                sm.Phase.STAGE: lambda s: _stage(run, art),
+                sm.Phase.SWITCH: run.switch,
+                sm.Phase.HEALTH: run.settle,
+                sm.Phase.OPEN_GATE: run.open_gates,
+            })
+            return run.finish(state)
+        finally:
+            # A command still held releases the lock when the fleet closes; one that staged (and maybe
+            # switched) or refused has ended, keeping it: past preflight, release it on every node.
+            if set(run.timings) - {"preflight"}:
+                release_fleet(ctx, fleet, lock)
 
 
-def _preflight(run: Run, art: artifact_mod.Artifact, size: int) -> dict[str, sm.Outcome]:
+def _preflight(run: Run, art: artifact_mod.Artifact, size: int, lock: dict | None = None) -> dict[str, sm.Outcome]:
     """Connect and start the rollout's one command on every node, with the reuse plan as its first
     input; it answers a probe at once and then looks for the files it already holds (see STAGE), so
     preflight changes nothing and stage starts no program."""
     ctx = run.ctx
     # Each worker connects and starts its node's command at once: no barrier between handshakes and probe.
-    call = Call(_deploy_command(ctx, art.digest), reuse_plan(ctx, art), timeout=min(15, ctx.playbook.timeouts.command))
-    res = run.fleet.hold({n: call for n in run.names})
+    call = Call(_deploy_command(ctx, art.digest, lock), reuse_plan(ctx, art), timeout=min(15, ctx.playbook.timeouts.command))
+    res = hold_locked(run.fleet, {n: call for n in run.names})
     run.unreachable = {n: r for n, r in res.items() if r.error}
     results = outcomes(res, lambda n, out: run.probes.__setitem__(n, commands.parse_probe_answer(out)))
     # Copies of reused files take room too: the whole artifact's size is needed, whatever is sent.
@@ -116,12 +123,12 @@ def reuse_plan(ctx: Context, art: artifact_mod.Artifact, releases: int = 16) -> 
     return commands.reuse_plan(files, hints)
 
 
-def _deploy_command(ctx: Context, digest: str) -> str:
+def _deploy_command(ctx: Context, digest: str, lock: dict | None = None) -> str:
     """Probe, reuse, stage, prune and (on request) switch: pruning keeps keep_releases, and never the
     new release, the current one (the previous release after the switch) or the last good one."""
     last_good = ctx.journal.last_good()
     protect = sorted({digest} | ({last_good} if last_good else set()))
-    return commands.render(commands.deploy(ctx.root, digest, ctx.playbook.keep_releases, protect))
+    return commands.render(commands.deploy(ctx.root, digest, ctx.playbook.keep_releases, protect, lock))
 
 
 def _expect_digest(got: str, want: str) -> None:

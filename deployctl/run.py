@@ -9,20 +9,26 @@ start a run and the check for an interrupted run live here too.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
+from itertools import takewhile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from deployctl import commands, phases as sm
 from deployctl.context import Context
-from deployctl.errors import DeployctlError, HaltedError, InconsistentError, RolledBackError
+from deployctl.errors import (DeployctlError, HaltedError, InconsistentError, JournalError, LockHeldError,
+                              RolledBackError)
 from deployctl.gate import Answer
-from deployctl.journal import encode, entry
+from deployctl.journal import actor, encode, entry
 from deployctl.ssh import Call, Fleet, NodeResult, raise_for_unreachable
 
 Outcomes = dict[str, sm.Outcome]
+# Phases before which a run that cannot journal has switched no node.
+SAFE_TO_STOP = ("start", sm.Phase.PREFLIGHT.value, sm.Phase.CLOSE_GATE.value, sm.Phase.STAGE.value,
+                sm.Phase.SWITCH.value)
 Work = Callable[[sm.State], Outcomes]
 
 
@@ -82,16 +88,28 @@ class Run:
         self.unreachable: dict[str, NodeResult] = {}  # nodes preflight could not reach
         self.gate_opened = False
         self.outcomes = {n: "ok" for n in self.names}  # per node, for the journal: "ok" or its first failure
-        self.journal_start = ctx.journal.size()  # where this run's records begin
+        self.journal_start = ctx.journal.mark()  # where this run's records begin
         self.started = time.monotonic()
         self.journal("start", **start)
 
     def journal(self, phase: str, **fields) -> None:
-        self.ctx.journal.append(entry(self.action, run=self.id, phase=phase, digest=self.digest, **fields))
+        """Journal a phase before it starts; a journal that cannot be written stops the run there."""
+        try:
+            self.ctx.journal.append(entry(self.action, run=self.id, phase=phase, digest=self.digest, **fields))
+        except JournalError as exc:
+            if phase in SAFE_TO_STOP:
+                raise JournalError(f"{exc}; the {self.action} stopped before its {phase} phase, no node "
+                                   "switched") from None
+            raise InconsistentError(f"{exc}; the {self.action} stopped before its {phase} phase, the fleet may "
+                                    "be mixed: run `deployctl recover` once the journal can be written") from None
 
     def halted_since(self) -> bool:
         """A halt issued while this run works wins: look for one journaled since the run started."""
-        return any(rec.get("action") == "halt" for rec in self.ctx.journal.read(since=self.journal_start))
+        since = self.ctx.journal.read_from(self.journal_start)
+        if since is None:  # the journal changed under the run: what follows the run's own start record
+            since = takewhile(lambda r: (r.get("run"), r.get("phase")) != (self.id, "start"),
+                              self.ctx.journal.newest_first())
+        return any(rec.get("action") == "halt" for rec in since)
 
     def walk(self, state: sm.State, steps: dict[sm.Phase, Work], revert: bool = True) -> sm.State:
         """Run the state's phase while `steps` has one for it; a revert, once due, is walked too
@@ -229,6 +247,11 @@ def _failure(kind: str, state: sm.State, refused: bool, unreachable: dict[str, N
     """The error a run that did not reach DONE ends with; its class carries the exit code."""
     failures = [f.describe() for f in state.failures]
     first = failures[0] if failures else "aborted"
+    if refused:
+        try:
+            raise_if_fleet_locked(f"{kind} refused", {f.node: f.reason for f in state.failures})
+        except LockHeldError as exc:
+            return exc
     if refused and unreachable:
         try:
             raise_for_unreachable(unreachable, f"{kind} refused in preflight, nothing changed")
@@ -256,22 +279,78 @@ def _switched_to(targets: dict[str, str | None]) -> Callable[[str, bytes], None]
 # ---- before a run: lock, interrupted runs, probes ---------------------------------------------------
 
 @contextmanager
-def locked(ctx: Context, command: str, break_lock: bool) -> Iterator[None]:
-    """Hold the deploy lock for the block (journaling a broken stale one); LockHeldError if taken."""
+def locked(ctx: Context, command: str, break_lock: bool, break_fleet: bool | None = None) -> Iterator[dict]:
+    """Hold the controller's deploy lock for the block (journaling a broken stale one); LockHeldError if
+    taken. Yields the fleet deploy lock to take on the nodes (commands.deploy/retarget; release_fleet):
+    with `break_fleet` (default: `break_lock`) it breaks any node's lock, else only the lock of the
+    controller run whose stale lock was just broken here (same holder and pid)."""
     broken = ctx.lock.acquire(command, break_stale=break_lock)
     if broken:
         ctx.journal.append(entry("lock-broken", holder=broken.holder, pid=broken.pid, since=broken.since))
+    fleet_lock = {"holder": actor(), "pid": os.getpid(), "since": round(time.time(), 3), "command": command,
+                  "id": uuid.uuid4().hex[:16]}
+    if break_lock if break_fleet is None else break_fleet:
+        fleet_lock["break"] = "any"
+    elif broken:
+        fleet_lock["break"] = {"holder": broken.holder, "pid": broken.pid}
     try:
-        yield
+        yield fleet_lock
     finally:
         ctx.lock.release()
 
 
+def release_fleet(ctx: Context, fleet: Fleet, lock: dict) -> None:
+    """Release the fleet deploy lock on every node that holds it (a failed or reverted run too); a node
+    not reached keeps it, named in a warning (`--break-lock` takes it over)."""
+    res = fleet.run_all(lambda n: Call(commands.render(commands.unlock(ctx.root, lock["id"])), timeout=15))
+    missed = sorted(n for n, r in res.items() if not r.ok)
+    if missed:
+        ctx.emit("warning", message=f"fleet deploy lock not released on: {', '.join(missed)}")
+
+
+LOCK_PATIENCE = 10.0  # seconds a run holding the designated node waits for a loser to let go of the rest
+
+
+def hold_locked(fleet: Fleet, calls: dict[str, Call]) -> dict[str, NodeResult]:
+    """fleet.hold(calls) for commands that take the fleet deploy lock. The first node is the designated
+    one: two controllers starting together may each take part of the fleet, and the one holding the
+    first node wins. It asks the nodes it was refused again (for up to LOCK_PATIENCE seconds) while
+    the loser, refused by the first node, ends its commands, which releases them."""
+    res = fleet.hold(calls)
+    first, deadline = next(iter(calls)), time.monotonic() + LOCK_PATIENCE
+    while res[first].ok and time.monotonic() < deadline:
+        waiting = [n for n, r in res.items() if not r.ok and not r.error
+                   and commands.LOCK_HELD in commands.agent_error(r.stderr)]
+        if not waiting:
+            break
+        time.sleep(0.2)
+        res.update(fleet.hold({n: calls[n] for n in waiting}))
+    return res
+
+
+def raise_if_fleet_locked(what: str, reasons: dict[str, str]) -> None:
+    """LockHeldError naming the holder and host if a node refused because another run holds its lock."""
+    held = sorted((n, r) for n, r in reasons.items() if commands.LOCK_HELD in r)
+    if held:
+        raise LockHeldError(f"{what}, nothing changed: {held[0][0]}: {held[0][1]}"
+                            + (f" (and {len(held) - 1} more nodes)" if len(held) > 1 else ""))
+
+
 def interrupted(ctx: Context) -> str | None:
     """Describe an interrupted rollout/rollback (journal start without done, and its lock stale), if any."""
-    run = ctx.journal.interrupted()
-    held = ctx.lock.info()
-    if run is None or (held is not None and not held.stale):
+    # Lock, journal, lock, journal: a run that took or left the lock between two reads is seen, and
+    # the answer is used only when neither changed meanwhile (a run takes the lock before its start
+    # record and writes its done record before it lets go).
+    for _ in range(10):
+        held = ctx.lock.info()
+        if held is not None and not held.stale:
+            return None  # a run holds the lock: in progress, not interrupted
+        run = ctx.journal.interrupted()
+        if ctx.lock.info() == held and ctx.journal.interrupted() == run:
+            break
+    else:
+        return None  # runs keep starting and ending: none of them is interrupted
+    if run is None:
         return None
     return (f"interrupted {run.get('action')} (run {run.get('run')}, {str(run.get('digest'))[:12]}, "
             f"started {run.get('ts')} by {run.get('who')}): run `deployctl recover`")
@@ -290,17 +369,20 @@ def probe_all(ctx: Context, fleet: Fleet, what: str) -> dict[str, commands.Probe
     return _probes(res, what, commands.parse_probe)
 
 
-def probe_held(ctx: Context, fleet: Fleet, what: str) -> dict[str, commands.Probe]:
-    """probe_all through a `retarget` command left waiting on each node: Run.switch can then switch
-    it with no new exec; closing the fleet ends the ones not switched, changing nothing."""
-    command = commands.render(commands.retarget(ctx.root))
-    res = fleet.hold({t.name: Call(command, None, timeout=min(15, ctx.playbook.timeouts.command))
-                      for t in fleet.targets})
+def probe_held(ctx: Context, fleet: Fleet, what: str, lock: dict | None = None) -> dict[str, commands.Probe]:
+    """probe_all through a `retarget` command left waiting on each node (taking the fleet deploy `lock`
+    there first): Run.switch can then switch it with no new exec; closing the fleet ends the ones not
+    switched, changing nothing. LockHeldError naming the holder if a node's lock is another run's."""
+    command = commands.render(commands.retarget(ctx.root, lock))
+    calls = {t.name: Call(command, None, timeout=min(15, ctx.playbook.timeouts.command)) for t in fleet.targets}
+    res = hold_locked(fleet, calls) if lock else fleet.hold(calls)
     return _probes(res, what, commands.parse_probe_answer)
 
 
 def _probes(res: dict[str, NodeResult], what: str, parse) -> dict[str, commands.Probe]:
     raise_for_unreachable(res, what)
+    raise_if_fleet_locked(f"{what} refused", {n: commands.agent_error(r.stderr) for n, r in res.items()
+                                              if not r.ok and not r.error})
     bad = sorted(n for n, r in res.items() if not r.ok)
     if bad:
         raise InconsistentError(f"{what}: cannot probe " + "; ".join(f"{n}: {res[n].reason()}" for n in bad))

@@ -110,6 +110,7 @@ class SSHFleet:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
+        sshconnect.require_strict_kex()  # before any connection: never handshake without the Terrapin fix
         self._pool = ThreadPoolExecutor(max_workers=max(1, self.parallel), thread_name_prefix="ssh")
         self._by_name = {t.name: t for t in self.targets}
 

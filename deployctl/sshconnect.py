@@ -2,7 +2,8 @@
 
 The controller's own known_hosts is the only source of trust: a missing or different key is
 refused (RejectPolicy; Fabric's Connection would install AutoAddPolicy here). paramiko is
-imported on first use, without invoke, and prefers AES-GCM.
+imported on first use, without invoke, and prefers AES-GCM. A paramiko without strict key
+exchange (the Terrapin fix, CVE-2023-48795) is refused before any connection.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import threading
 from pathlib import Path
 
 from deployctl.channel import NodeError
+from deployctl.errors import DeployctlError
 
 # paramiko logs failed handshakes with tracebacks; our results carry the reason instead.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
@@ -55,6 +57,18 @@ def open_client(host: str, port: int, user: str, client_key: Path, known_hosts: 
 
 
 _import_lock = threading.Lock()
+
+
+def require_strict_kex(paramiko=None) -> None:
+    """Return if paramiko (the installed one by default) negotiates strict key exchange, the fix for
+    the Terrapin prefix-truncation attack; DeployctlError, one line, if it cannot. The feature is
+    looked for (the Transport's `strict_kex` switch and its enforcement), not a version string."""
+    paramiko = paramiko or import_paramiko()
+    transport = getattr(paramiko, "Transport", None)
+    init = getattr(getattr(transport, "__init__", None), "__code__", None)
+    if init is None or "strict_kex" not in init.co_varnames or not hasattr(transport, "_enforce_strict_kex"):
+        raise DeployctlError(f"paramiko {getattr(paramiko, '__version__', '?')} lacks strict key exchange "
+                             "(Terrapin, CVE-2023-48795): install paramiko 3.4 or newer; no SSH work started")
 
 
 def import_paramiko():

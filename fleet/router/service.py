@@ -64,10 +64,18 @@ def remove_durably(path):
 
 
 def append_durably(path, data):
-    """Append the bytes data to path (created mode 0600 if missing) and fsync it; OSError if it cannot."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    """Append the bytes data (whole lines) to path (created mode 0600 if missing) and fsync it; a torn
+    last line is ended first, never merged into. OSError if it cannot be written whole."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        os.write(fd, data)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        while data:
+            n = os.write(fd, data)
+            if n <= 0:
+                raise OSError(28, "short write")
+            data = data[n:]
         os.fsync(fd)
     finally:
         os.close(fd)

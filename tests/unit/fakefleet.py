@@ -91,6 +91,26 @@ class FakeNode:
     faults: dict[str, str] = field(default_factory=dict)  # fault -> the error text the node gives
     crash_on: set[str] = field(default_factory=set)  # releases the router dies on when started
     tampered: set[tuple[str, str]] = field(default_factory=set)  # (release, path) whose bytes were changed on disk
+    lock: dict | None = None  # state/deploy.lock/holder.json: the fleet deploy lock
+
+    def take_lock(self, lock: dict | None) -> None:
+        """As node_agent.take_lock: refused naming the holder unless free, ours, or breakable."""
+        if not lock:
+            return
+        held, how = self.lock, lock.get("break")
+        if held and held["id"] != lock["id"] and not (
+                how == "any" or (isinstance(how, dict) and (held["holder"], held["pid"]) == (how["holder"], how["pid"]))):
+            raise Refused(f"fleet deploy lock held by {held['holder']} (pid {held['pid']}) running "
+                          f"'{held['command']}' (run {held['id']})")
+        if held and held["id"] != lock["id"]:
+            self.journal.append({"action": "lock-broken", "broken": held})
+        self.lock = {k: lock[k] for k in ("holder", "pid", "since", "command", "id")}
+
+    def release_lock(self, lock_id: str | None) -> bool:
+        if lock_id and self.lock and self.lock["id"] == lock_id:
+            self.lock = None
+            return True
+        return False
 
     def state(self) -> dict:
         """The node's whole state, for one assert."""
@@ -168,6 +188,7 @@ class Held:
     plan: dict | None = None  # the reuse plan sent with the command
     have: dict[str, str] | None = None  # files the node found it holds (path -> sha256), once answered
     staged: bool = False
+    lock_id: str | None = None  # the fleet deploy lock it took, released if its input ends before a switch
 
 
 class World:
@@ -217,6 +238,7 @@ class FakeFleet:
         """Every held command reads end of input: it changes nothing and exits."""
         for name in sorted(self.held):
             self.world.log.append(("end", name, self.held[name].op))
+            self.world[name].release_lock(self.held[name].lock_id)
         self.held, self.closed = {}, True
 
     # ---- the Fleet protocol ----------------------------------------------------------------------
@@ -262,6 +284,8 @@ class FakeFleet:
     def _agent(self, node: FakeNode, command: str) -> tuple[str, list[str]]:
         argv = list(split(command))
         assert argv[:4] == ["python3", "-I", "-S", "-c"] and argv[4] == commands.AGENT, argv[:4]
+        if argv[-1].startswith("--lock="):
+            argv.pop()
         assert len(argv) >= 7, argv[5:]
         assert argv[6] == ROOT, f"{node.name}: root {argv[6]!r}"
         return argv[5], argv[7:]
@@ -283,6 +307,9 @@ class FakeFleet:
             held = Held(op)
         else:
             raise AssertionError(f"hold of {op!r}: only deploy and retarget are held")
+        lock = _lock_of(call.command)
+        node.take_lock(lock)
+        held.lock_id = lock and lock["id"]
         node.refuse("probe")
         self.held[node.name] = held
         return _line({"probe": node.probe_text()})
@@ -324,6 +351,7 @@ class FakeFleet:
         del self.held[node.name]  # whatever happens next, the command ends
         self.world.log.append(("finish", node.name, "end" if line is None else "switch"))
         if line is None or not line.strip():
+            node.release_lock(held.lock_id)
             return b""
         if held.op == "deploy" and not held.staged:
             raise Refused("not a valid artifact tar: header checksum mismatch")  # the line read as a tar header
@@ -365,6 +393,8 @@ class FakeFleet:
                 raise Refused("journal record is not JSON")
             node.journal.append(record)
             return _line({"appended": len(json.dumps(record, sort_keys=True, separators=(",", ":")))})
+        if op == "unlock":
+            return _line({"unlocked": node.release_lock(args[0])})
         if op == "halt":
             node.refuse("halt")
             node.halted, node.gate = True, "closed"
@@ -388,6 +418,11 @@ class FakeFleet:
                  "halted " + ("yes" if node.halted else "no")]
         lines += [f"{sha}  ./{path}" for path, sha in sorted(node.releases[digest].items())]
         return ("\n".join(lines) + "\n").encode()
+
+
+def _lock_of(command: str) -> dict | None:
+    last = split(command)[-1]
+    return json.loads(last[len("--lock="):]) if last.startswith("--lock=") else None
 
 
 class _NotHeld(Exception):

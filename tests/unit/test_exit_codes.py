@@ -35,6 +35,7 @@ ERROR_CODES = {
     "InconsistentError": ExitCode.INCONSISTENT,
     "DockerUnavailableError": ExitCode.NO_DOCKER,
     "NodeAnswerError": ExitCode.FAILED,  # commands.py
+    "JournalError": ExitCode.FAILED,
 }
 
 LIBRARY = [p.stem for p in sorted((REPO / "deployctl").glob("*.py")) if p.stem not in ("__main__", "node_agent")]

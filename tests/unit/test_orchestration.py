@@ -576,8 +576,10 @@ def test_rollback_goes_to_the_newest_good_release_no_node_runs(three):
         assert plain(three.world[n].journal[-2]) == {"action": "rollback", "phase": "switch", "digest": b,
                                                       "node": n, "previous": c}
     ssh = [(k, n, w) for k, n, w in three.world.log[log:] if k != "http"]
-    assert ssh == [("hold", n, "retarget") for n in NODES] + [
+    assert [e for e in ssh if e[0] != "unlock"] == [("hold", n, "retarget") for n in NODES] + [
         e for n in NODES for e in (("finish", n, "switch"), ("switch", n, b))]  # one held command, no upload
+    assert [e[:2] for e in ssh if e[0] == "unlock"] == [("unlock", n) for n in NODES]  # the fleet lock, at the end
+    assert all(three.world[n].lock is None for n in NODES)
 
 
 def test_rollback_to_a_named_release(three):

@@ -1,0 +1,185 @@
+"""The fleet deploy lock (issue 9 item 5): taken on the nodes by the rollout's and rollback's one command
+per node, so two controllers with different state folders cannot both move the same fleet.
+
+The node side runs the real agent as a process; the orchestration side runs on the fake fleet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+import fakefleet as ff
+from deployctl import commands, rollback as rollback_mod, rollout as rollout_mod, run as run_mod
+from deployctl.errors import ExitCode, LockHeldError
+from deployctl.journal import actor
+from deployctl.statedir import StateDir
+from test_node_agent import A, DIGEST, answer, make_tar, refusal, root, run, _release  # noqa: F401
+from deployctl.config import Service
+
+SVC = Service(None, None, "/health", None)
+
+
+def lock(lock_id="L1", holder="alice@ctl-a", pid=111, **extra):
+    return {"holder": holder, "pid": pid, "since": 1_800_000_000.0, "command": "rollout abc", "id": lock_id, **extra}
+
+
+def held(root):
+    path = root / "state" / "deploy.lock" / "holder.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+# --- the node agent -------------------------------------------------------------------------------------------
+
+def test_deploy_takes_the_lock_before_its_probe_and_releases_it_when_its_input_ends(root):  # noqa: F811
+    proc = run(commands.deploy(str(root), DIGEST, 3, lock=lock()), b"")
+    assert proc.returncode == 0 and list(json.loads(proc.stdout.splitlines()[0])) == ["probe"]
+    assert held(root) is None and sorted(os.listdir(root / "state")) == ["signing.pub"]  # released, no temp left
+
+
+def test_a_held_lock_is_refused_naming_the_holder_and_host(root):  # noqa: F811
+    (root / "state" / "deploy.lock").mkdir()
+    (root / "state" / "deploy.lock" / "holder.json").write_text(json.dumps(lock("L1")))
+    for argv in (commands.deploy(str(root), DIGEST, 3, lock=lock("L2", holder="bob@ctl-b")),
+                 commands.retarget(str(root), lock=lock("L2", holder="bob@ctl-b"))):
+        error = refusal(run(argv, b""))
+        assert error == ("fleet deploy lock held by alice@ctl-a (pid 111) running 'rollout abc' since "
+                         "2027-01-15 08:00:00 UTC (run L1)")
+    assert held(root) == lock("L1")
+
+
+def test_a_switched_command_keeps_the_lock_until_unlock(root):  # noqa: F811
+    _release(root, A)
+    request = commands.switch_request(A, {"action": "rollback"}, SVC)
+    assert run(commands.retarget(str(root), lock=lock()), request).returncode == 0
+    assert held(root) == lock()
+    assert answer(run(commands.unlock(str(root), "other"))) == {"unlocked": False}
+    assert held(root) == lock()
+    assert answer(run(commands.unlock(str(root), "L1"))) == {"unlocked": True}
+    assert held(root) is None
+
+
+@pytest.mark.parametrize("how", ["any", {"holder": "alice@ctl-a", "pid": 111}])
+def test_break_lock_replaces_it_and_journals_it_on_the_node(root, how):  # noqa: F811
+    (root / "state" / "deploy.lock").mkdir()
+    (root / "state" / "deploy.lock" / "holder.json").write_text(json.dumps(lock("L1")))
+    mine = lock("L2", holder="bob@ctl-b", pid=222, **{"break": how})
+    request = commands.switch_request("0" * 64, None, SVC)  # any refusal after the probe: lock kept
+    run(commands.retarget(str(root), lock=mine), request)
+    assert held(root) == {k: v for k, v in mine.items() if k != "break"}
+    records = [json.loads(x) for x in (root / "state" / "journal.jsonl").read_text().splitlines()]
+    assert records == [{"action": "lock-broken", "broken": lock("L1"), "by": held(root)}]
+
+
+def test_recover_breaks_only_the_lock_of_the_run_it_recovers_from(root):  # noqa: F811
+    (root / "state" / "deploy.lock").mkdir()
+    (root / "state" / "deploy.lock" / "holder.json").write_text(json.dumps(lock("L1")))
+    other = lock("L2", holder="bob@ctl-b", pid=222, **{"break": {"holder": "alice@ctl-a", "pid": 999}})
+    assert "held by alice@ctl-a" in refusal(run(commands.retarget(str(root), lock=other), b""))
+    assert held(root) == lock("L1")
+
+
+# --- the controller, on the fake fleet -----------------------------------------------------------------------
+
+def someone_else(i=1):
+    return lock("theirs", holder="carol@other-controller", pid=4242 + i)
+
+
+def test_a_rollout_refused_by_one_node_lock_exits_5_naming_holder_and_host_and_releases_the_rest(tmp_path,
+                                                                                                  monkeypatch):
+    monkeypatch.setattr(run_mod, "LOCK_PATIENCE", 0.5)
+    rig = ff.make_rig(tmp_path)
+    rollout_mod.rollout(rig.ctx, rig.artifacts[0].path)
+    before = rig.world.states()
+    rig.world["node5"].lock = someone_else()
+    with pytest.raises(LockHeldError) as info:
+        rollout_mod.rollout(rig.ctx, rig.artifacts[1].path)
+    assert info.value.exit_code == ExitCode.LOCKED
+    assert str(info.value).startswith("rollout refused, nothing changed: node5: fleet deploy lock held by "
+                                      "carol@other-controller (pid 4243)")
+    assert rig.world.states() == before
+    assert [n for n in rig.world.nodes if rig.world[n].lock] == ["node5"]  # the other seven let go on close
+    assert rig.world["node5"].lock == someone_else()
+    assert not rig.ctx.lock.path.exists()
+
+
+def test_two_controllers_with_their_own_state_folders_one_proceeds(tmp_path):
+    rig = ff.make_rig(tmp_path / "a")
+    rollout_mod.rollout(rig.ctx, rig.artifacts[0].path)
+    shutil.copytree(rig.ctx.state_dir, tmp_path / "b")
+    second = ff.Rig(rig.ctx.__class__(rig.ctx.inventory, rig.ctx.playbook, tmp_path / "b", connect=rig.ctx.connect,
+                                      http=rig.ctx.http), rig.world, rig.artifacts, [])
+    outcome = {}
+
+    def second_rolls_out_during_the_first(kind, **data):
+        if kind == "phase" and data == {"phase": "stage", "status": "start"} and "second" not in outcome:
+            try:
+                rollout_mod.rollout(second.ctx, rig.artifacts[2].path)
+                outcome["second"] = "ran"
+            except LockHeldError as exc:
+                outcome["second"] = str(exc)
+
+    rig.ctx.on_event = second_rolls_out_during_the_first
+    rollout_mod.rollout(rig.ctx, rig.artifacts[1].path)
+    assert outcome["second"].startswith(f"rollout refused, nothing changed: node1: fleet deploy lock held by {actor()}")
+    assert {s["current"] for s in rig.world.states().values()} == {rig.artifacts[1].digest}
+    assert all(rig.world[n].lock is None for n in rig.world.nodes)  # released at the end
+
+
+def test_a_failed_rollout_releases_the_lock_on_every_node(tmp_path):
+    rig = ff.make_rig(tmp_path)
+    rollout_mod.rollout(rig.ctx, rig.artifacts[0].path)
+    rig.world.fail("node3", "switch")
+    with pytest.raises(Exception):
+        rollout_mod.rollout(rig.ctx, rig.artifacts[1].path)
+    assert all(rig.world[n].lock is None for n in rig.world.nodes)
+
+
+def test_a_rollback_finding_the_lock_held_exits_5(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_mod, "LOCK_PATIENCE", 0.5)
+    rig = ff.make_rig(tmp_path)
+    for i in (0, 1):
+        rollout_mod.rollout(rig.ctx, rig.artifacts[i].path)
+    rig.world["node2"].lock = someone_else()
+    with pytest.raises(LockHeldError, match="rollback preflight refused, nothing changed: node2: fleet deploy lock "
+                                            "held by carol@other-controller"):
+        rollback_mod.rollback(rig.ctx)
+    assert {s["current"] for s in rig.world.states().values()} == {rig.artifacts[1].digest}
+    rollback_mod.rollback(rig.ctx, break_lock=True)  # --break-lock: taken over, journaled on the node
+    assert {s["current"] for s in rig.world.states().values()} == {rig.artifacts[0].digest}
+    assert any(r.get("action") == "lock-broken" for r in rig.world["node2"].journal)
+    assert all(rig.world[n].lock is None for n in rig.world.nodes)
+
+
+def test_two_controllers_that_split_the_fleet_the_one_holding_the_first_node_proceeds(tmp_path):
+    """The loser took node5 first; refused by node1, it ends its commands (releasing node5), and the winner,
+    which holds node1, asks node5 again."""
+    rig = ff.make_rig(tmp_path)
+    rollout_mod.rollout(rig.ctx, rig.artifacts[0].path)
+    node5 = rig.world["node5"]
+    node5.lock = someone_else()
+    tries = []
+    real = node5.take_lock
+
+    def loser_lets_go_after_one_refusal(lock):
+        tries.append(lock["id"])
+        try:
+            real(lock)
+        finally:
+            node5.lock = None  # the loser closed its fleet: its command on node5 read end of input
+
+    node5.take_lock = loser_lets_go_after_one_refusal
+    rollout_mod.rollout(rig.ctx, rig.artifacts[1].path)
+    assert len(tries) == 2 and tries[0] == tries[1]
+    assert {s["current"] for s in rig.world.states().values()} == {rig.artifacts[1].digest}
+
+
+def test_a_rollout_refused_by_the_first_node_does_not_wait(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_mod, "LOCK_PATIENCE", 60)
+    rig = ff.make_rig(tmp_path)
+    rig.world["node1"].lock = someone_else()
+    with pytest.raises(LockHeldError, match="node1: fleet deploy lock held by carol@other-controller"):
+        rollout_mod.rollout(rig.ctx, rig.artifacts[0].path)
