@@ -338,3 +338,45 @@ def inventory_text(nodes: int, first_ssh_port: int = 2201, first_router_port: in
     lines += [f"  - {{name: {name}, host: 127.0.0.1, ssh_port: {ssh}, router_port: {router}}}"
               for name, ssh, router in ports]
     return "\n".join(lines) + "\n"
+
+
+_BARE_HEADER = """\
+# The bare test fleet: N plain Debian servers that deployctl did not make (sshd, python3,
+# sudo, supervisor and a `deploy` user, nothing of deployctl), reached through a bastion.
+# `deployctl fleet up --kind bare --nodes N` writes this file (config.bare_inventory_text)
+# and containers/compose-bare.yaml. Each node publishes its SSH server and its (future)
+# router on 127.0.0.1; the bastion's sshd listens on 127.0.0.1 (host networking) and
+# forwards to those ports. deploy logs in with the fleet's key; its sudo asks for a password.
+#
+#   nodes[].user          login user on the node (deploy, not root)
+#   nodes[].become        how root work is done: sudo
+#   nodes[].proxy_jump    the bastion, as OpenSSH's ProxyJump: user@host:port
+"""
+
+
+def bare_ports(nodes: int, first_ssh_port: int, first_router_port: int,
+               bastion_port: int) -> list[tuple[str, int, int]]:
+    """Return fleet_ports for a bare fleet; ConfigError, one line, also if the bastion's port is outside 1..65535
+    or inside the nodes' SSH or router ranges."""
+    ports = fleet_ports(nodes, first_ssh_port, first_router_port)
+    if isinstance(bastion_port, bool) or not isinstance(bastion_port, int) or not 1 <= bastion_port <= 65535:
+        raise ConfigError("--bastion-port: should be an integer between 1 and 65535")
+    for option, first in (("SSH", first_ssh_port), ("router", first_router_port)):
+        if first <= bastion_port < first + nodes:
+            raise ConfigError(f"--bastion-port: {bastion_port} is one of the nodes' {option} ports "
+                              f"{first}-{first + nodes - 1}")
+    return ports
+
+
+def bare_inventory_text(nodes: int, first_ssh_port: int = 2601, first_router_port: int = 8601,
+                        bastion_port: int = 2600, fleet_name: str = "bare-fleet") -> str:
+    """Return the YAML text of a bare fleet's inventory (fleet/bare.yaml): node1..nodeN on 127.0.0.1, each logged
+    into as deploy through the bastion on 127.0.0.1:bastion_port, with sudo; ConfigError, one line, on bad numbers."""
+    ports = bare_ports(nodes, first_ssh_port, first_router_port, bastion_port)
+    if not isinstance(fleet_name, str) or not NAME_RE.fullmatch(fleet_name):
+        raise ConfigError(f"--fleet-name: should be a name matching ^{NAME_RE.pattern}$, got {show(fleet_name)}")
+    lines = [_BARE_HEADER, f"fleet: {fleet_name}", "", "ssh:", "  user: deploy", "  connect_timeout: 5",
+             "  parallel: 8", "", "nodes:"]
+    lines += [f"  - {{name: {name}, host: 127.0.0.1, ssh_port: {ssh}, router_port: {router}, user: deploy, "
+              f"become: sudo, proxy_jump: 'deploy@127.0.0.1:{bastion_port}'}}" for name, ssh, router in ports]
+    return "\n".join(lines) + "\n"

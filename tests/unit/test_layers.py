@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "deployctl"
 #   STYLE layer 1 (no I/O but files):     errors 0; schema, statedir, signing, sshconfig 1; config 2
 #   STYLE layer 2 (pure):                 phases, node_agent 1; commands, trust, manifest 3; artifact, verify 4
 #   STYLE layer 3 (adapters, journal):    channel 1; journal 2; gate, docker_fleet, sshconnect 3; ssh, fabricconn 4
-#   STYLE layer 4:                        context 5; run 6
+#   STYLE layer 4:                        context, barefleet 5 (the bare test fleet: Docker and keys only); run 6
 #   STYLE layer 5 (what commands do):     rollout, rollback, control 7; testfleet 8 (it rolls out the first release)
 #   STYLE layer 6:                        api, output (the CLI's rendering) 9; cli 10; __main__ 11
 LAYERS = {
@@ -27,7 +27,7 @@ LAYERS = {
     "commands": 3, "trust": 3, "gate": 3, "docker_fleet": 3, "sshconnect": 3,
     "artifact": 4,
     "verify": 4, "ssh": 4, "fabricconn": 4,
-    "context": 5,
+    "context": 5, "barefleet": 5,
     "run": 6,
     "rollout": 7, "rollback": 7, "control": 7,
     "testfleet": 8,
