@@ -69,6 +69,22 @@ def ensure(state: StateDir, nodes: list[tuple[str, str, int]]) -> dict[str, Host
     return keys
 
 
+def host_keys(state: StateDir, names: list[str]) -> dict[str, HostKey]:
+    """Return the host key of each name (made on first use, kept after) and make sure the client key exists."""
+    _load_or_create(state.client_key, "deployctl-controller")
+    return {name: _load_or_create(state.host_key(name), f"{name}-host") for name in names}
+
+
+def pin(state: StateDir, entries: dict[tuple[str, int], str | None]) -> None:
+    """Set the known_hosts line of each (host, port) to its public key line, or drop it where None;
+    every other line is kept (unlike `ensure`, which rewrites the file for one fleet)."""
+    patterns = {f"[{host}]:{port}": line for (host, port), line in entries.items()}
+    old = state.known_hosts.read_text().splitlines() if state.known_hosts.exists() else []
+    kept = [line for line in old if line.split(" ", 1)[0] not in patterns]
+    kept += [f"{pattern} {' '.join(line.split()[:2])}" for pattern, line in patterns.items() if line]
+    _write_secret(state.known_hosts, "".join(f"{line}\n" for line in kept).encode())
+
+
 def client_public_line(state: StateDir) -> str:
     """Return the controller's public key line for authorized_keys."""
     return state.client_pub.read_text().strip()
