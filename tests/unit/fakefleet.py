@@ -91,6 +91,9 @@ class FakeNode:
     faults: dict[str, str] = field(default_factory=dict)  # fault -> the error text the node gives
     crash_on: set[str] = field(default_factory=set)  # releases the router dies on when started
     tampered: set[tuple[str, str]] = field(default_factory=set)  # (release, path) whose bytes were changed on disk
+    # The node's clock minus the controller's: past the router's 30 s window its signed gate opens
+    # and resumes are refused (401), while halt and gate close are signed again with its clock.
+    clock_skew: float = 0.0
 
     def state(self) -> dict:
         """The node's whole state, for one assert."""
@@ -475,11 +478,15 @@ class FakeRouters:
                                             "(ConnectionRefusedError)", down=True)
         if not fake.answers:
             return Answer(node.name, 0, {}, f"router unreachable at {node.host}:{node.router_port}: timed out")
+        skewed = abs(fake.clock_skew) > 30 and action not in ("health", "wait")
+        if skewed and action in ("gate-open", "resume"):
+            return Answer(node.name, 401, {"error": f"unauthorized: timestamp {-fake.clock_skew:+.1f} s off this "
+                                                    "node's clock (window 30 s)"})
         status, body = handle(fake)
         if status == 200 and action in ("gate-open", "gate-close", "halt", "resume"):
             fake.journal.append({"action": action.split("-")[0], "source": "router", "digest": fake.running,
                                  "gate": fake.gate, "halted": fake.halted})
-        return Answer(node.name, status, body)
+        return Answer(node.name, status, body, skew=round(fake.clock_skew, 1) if skewed else None)
 
     def health(self, nodes: list[Node], timeout: float = 2.0) -> dict[str, Answer]:
         return {n.name: self._ask(n, "health", lambda f: (200, f.health())) for n in nodes}
