@@ -18,7 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "deployctl"
 #   STYLE layer 3 (adapters, journal):    channel 1; journal 2; gate, docker_fleet, sshconnect 3; ssh 4
 #   STYLE layer 4:                        context 5; run 6
 #   STYLE layer 5 (what commands do):     rollout, rollback, control 7; testfleet 8 (it rolls out the first release)
-#   STYLE layer 6:                        api, output (the CLI's rendering) 9; cli 10; __main__ 11
+#   STYLE layer 6:                        api, output (the CLI's rendering) 9; cli, quick (halt without Typer) 10;
+#                                         __main__ 11
 LAYERS = {
     "__init__": 0, "errors": 0,
     "schema": 1, "statedir": 1, "signing": 1, "reqsign": 1, "phases": 1, "node_agent": 1, "channel": 1,
@@ -32,7 +33,7 @@ LAYERS = {
     "rollout": 7, "rollback": 7, "control": 7,
     "testfleet": 8,
     "api": 9, "output": 9,
-    "cli": 10,
+    "cli": 10, "quick": 10,
     "__main__": 11,
 }
 
