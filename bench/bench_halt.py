@@ -29,6 +29,8 @@ sys.path.insert(0, str(ROOT))
 from deployctl import api, gate  # noqa: E402
 
 DCTL = [str(ROOT / ".venv" / "bin" / "deployctl"), "-q"]
+# The same halt through cli.py's Typer app, as every halt ran before deployctl/quick.py (A/B in one run).
+TYPER = [sys.executable, "-c", "import sys; from deployctl.cli import main; main()", "-q"]
 EARLIER = {"idle": "0.18 s", "load": "0.45-0.50 s"}  # issue 10 item 5, before this bench existed
 ORDER = {"symbol": "AAPL", "side": "buy", "quantity": 250, "limit_price": 10.5}
 
@@ -92,7 +94,7 @@ def reopen(ctx: api.Context) -> None:
         sys.exit("bench_halt: could not open every gate: " + "; ".join(a.reason() for a in answers.values() if not a.ok))
 
 
-def one_run(ctx: api.Context, loaded: bool, threads: int, tmp: Path) -> tuple[float, float, str]:
+def one_run(ctx: api.Context, loaded: bool, threads: int, tmp: Path, door: list[str]) -> tuple[float, float, str]:
     """One halt: (seconds until every node refused, seconds until the halt process exited, load rate)."""
     reopen(ctx)
     stopfile, gen, rate = tmp.with_suffix(".stop"), None, ""
@@ -103,7 +105,7 @@ def one_run(ctx: api.Context, loaded: bool, threads: int, tmp: Path) -> tuple[fl
         time.sleep(1.0)
     refused: dict[str, float] = {}
     t0 = time.monotonic()
-    proc = subprocess.Popen(DCTL + ["halt"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(door + ["halt"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     probes = [threading.Thread(target=probe_until_refused, args=(n.router_port, t0, refused, n.name, t0 + 10))
               for n in ctx.nodes]
     for p in probes:
@@ -133,21 +135,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="load senders per node")
+    parser.add_argument("--typer", action="store_true", help="also time the halt through the Typer app (A/B)")
     args = parser.parse_args()
     ctx = api.open_context(ROOT / "fleet/fleet.yaml", ROOT / "playbooks/router.yaml")
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-halt-{os.getpid()}"
-    results: dict[str, list[tuple[float, float, str]]] = {"idle": [], "load": []}
-    for _ in range(args.runs):  # alternated, so both see the same machine
-        for case in ("idle", "load"):
-            results[case].append(one_run(ctx, case == "load", args.threads, tmp))
+    cases = [("idle", False, DCTL), ("load", True, DCTL)]
+    if args.typer:
+        cases += [("idle, Typer door", False, TYPER), ("load, Typer door", True, TYPER)]
+    results: dict[str, list[tuple[float, float, str]]] = {case: [] for case, _, _ in cases}
+    for _ in range(args.runs):  # alternated, so every case sees the same machine
+        for case, loaded, door in cases:
+            results[case].append(one_run(ctx, loaded, args.threads, tmp, door))
     reopen(ctx)
     print(f"halt as a process until every node refuses orders ({len(ctx.nodes)} nodes, medians of {args.runs}):")
     for case, runs in results.items():
         refused = statistics.median(r[0] for r in runs)
         exited = statistics.median(r[1] for r in runs)
         rates = ", ".join(r[2] for r in runs if r[2])
-        print(f"  {case:4}: all refusing after {refused:.3f} s (process exited after {exited:.3f} s); "
-              f"earlier {EARLIER[case]}; target < 0.2 s" + (f"\n        load: {rates}" if rates else ""))
+        print(f"  {case}: all refusing after {refused:.3f} s (process exited after {exited:.3f} s); "
+              f"earlier {EARLIER[case.split(',')[0]]}; target < 0.2 s" + (f"\n    load: {rates}" if rates else ""))
 
 
 if __name__ == "__main__":

@@ -83,6 +83,7 @@ class Router:
         self.halted_path = os.path.join(state_dir, "halted")
         self.token_path = os.path.join(state_dir, "token")
         self._lock = threading.RLock()  # gate, halt and counters
+        self._persist = threading.Lock()  # the halt file: one halt or resume writes it at a time
         self._gate_open = False  # closed at every start; only a digest check opens it
         self._halted = os.path.exists(self.halted_path)
         self._counters = dict.fromkeys(("orders", "child_orders", "rejected", "errors"), 0)
@@ -166,9 +167,14 @@ class Router:
             return self.health()
 
     def halt(self):
-        """Close the gate, set halted and persist the halt file before returning health; idempotent."""
-        with self._lock:
-            self._halted, self._gate_open = True, False  # stop routing first, then persist
+        """Close the gate, set halted and persist the halt file before returning health; idempotent.
+
+        Routing stops first; the fsyncs happen outside the routing lock, so orders arriving
+        meanwhile are refused at once instead of queueing behind the disk (and the probe of
+        bench/bench_halt.py sees the halt sooner). _persist keeps a resume from overtaking them."""
+        with self._persist:
+            with self._lock:
+                self._halted, self._gate_open = True, False
             try:
                 write_durably(self.halted_path, json.dumps({"halted_at": time.time(), "pid": os.getpid()}) + "\n")
             except OSError as error:
@@ -178,7 +184,7 @@ class Router:
 
     def resume(self):
         """Remove the halt file and clear halted, leaving the gate closed; return health. Idempotent."""
-        with self._lock:
+        with self._persist, self._lock:
             remove_durably(self.halted_path)
             self._halted = False
             return self.health()

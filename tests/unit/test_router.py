@@ -389,6 +389,29 @@ def test_halt_survives_a_new_router_and_blocks_opening(tmp_path):
     assert reborn.resume()["gate"] == "closed"  # idempotent, and the gate stays closed
 
 
+def test_orders_are_refused_while_the_halt_file_is_still_being_written(tmp_path, monkeypatch):
+    service, writing, done = _router(tmp_path), threading.Event(), threading.Event()
+    service.set_gate("open", DIGEST)
+    real = service_module.write_durably
+
+    def slow_write(path, text):
+        writing.set()
+        assert done.wait(5)  # the disk is slow: the halt's fsync has not returned yet
+        real(path, text)
+
+    monkeypatch.setattr(service_module, "write_durably", slow_write)
+    halting = threading.Thread(target=service.halt)
+    halting.start()
+    assert writing.wait(5)
+    answer = []
+    refusing = threading.Thread(target=lambda: answer.append(service.routing_blocker()), daemon=True)
+    refusing.start()
+    refusing.join(2)  # it must not wait for the fsync
+    done.set()
+    halting.join(5)
+    assert answer == ["halted"] and (tmp_path / "halted").exists()
+
+
 def test_halt_file_placed_by_someone_else_closes_the_gate(tmp_path):
     service = _router(tmp_path)
     service.set_gate("open", DIGEST)
