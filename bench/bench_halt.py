@@ -118,9 +118,11 @@ def one_run(ctx: api.Context, loaded: bool, threads: int, tmp: Path, door: list[
         stopfile.touch()
         rate = gen.communicate(timeout=30)[0].strip()
         stopfile.unlink(missing_ok=True)
-    if proc.returncode != 0 or len(refused) != len(ctx.nodes):
-        sys.exit(f"bench_halt: halt exited {proc.returncode}, nodes refusing: {sorted(refused)}; "
-                 f"{proc.stderr.read().decode().strip()}")
+    said = proc.stderr.read().decode().strip()
+    if len(refused) != len(ctx.nodes):
+        sys.exit(f"bench_halt: halt exited {proc.returncode}, nodes refusing: {sorted(refused)}; {said}")
+    if proc.returncode != 0:  # every node refuses, but deployctl could not confirm it: say so, keep the figure
+        print(f"  note: halt exited {proc.returncode} though every node refused orders: {said}")
     return max(refused.values()), exited, rate
 
 
