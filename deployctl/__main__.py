@@ -1,3 +1,19 @@
-from deployctl.cli import main
+"""`deployctl` and `python -m deployctl`: a halt takes the fast door (quick.py), everything else Typer's."""
 
-main()
+import sys
+
+
+def main() -> None:
+    """Run `halt` through quick.py if that is the command line, else the Typer app; exit with its code."""
+    from deployctl import quick
+
+    code = quick.run(sys.argv[1:])
+    if code is not None:
+        quick.finish(code)
+    from deployctl.cli import main as cli_main
+
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()

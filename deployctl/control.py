@@ -116,7 +116,8 @@ def halt(ctx: Context) -> dict[str, str]:
     UnreachableError lists any node reached neither way.
     """
     answers = ctx.routers.control(ctx.nodes, "halt", timeout=1.0)
-    done = {n: "halted" for n, a in answers.items() if a.ok and a.body.get("halted") is True}
+    done = {n: "halted" if a.skew is None else f"halted (node clock {a.skew:+.0f} s off ours; signed with its clock)"
+            for n, a in answers.items() if a.ok and a.body.get("halted") is True}
     missing = [n for n in ctx.nodes if n.name not in done]
     if missing:
         with ctx.ssh(missing) as fleet:

@@ -1,11 +1,13 @@
 """HTTP client for each node's router: health, gate, halt and resume, all nodes in parallel.
 
-Reaches routers only at their published 127.0.0.1 ports from the inventory. The
-control token goes in a header, never on a command line or in a log line.
+Reaches routers only at their published 127.0.0.1 ports from the inventory. A control request
+never carries the token: it is signed with it (deployctl/reqsign.py: HMAC over method, path, body,
+timestamp and a fresh nonce), so a captured request neither reveals the token nor can be replayed.
 """
 
 from __future__ import annotations
 
+import hmac
 import http.client
 import json
 import time
@@ -13,10 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
+from deployctl import reqsign
 from deployctl.config import Node
-
-TOKEN_HEADER = "X-Deployctl-Token"
-ACTOR_HEADER = "X-Deployctl-Actor"
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,9 @@ class Answer:
     # Nothing listens (refused, or reset by Docker's port proxy): the router is not
     # running, so it takes no orders either. A timeout is never "down".
     down: bool = False
+    # The node's clock differs from ours by this many seconds, more than its window allows: the
+    # request was signed again with the node's own clock (halt and gate close only, see request()).
+    skew: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -42,22 +45,49 @@ class Answer:
 
 
 def request(node: Node, method: str, path: str, body: dict | None = None, token: str | None = None,
-            timeout: float = 2.0, actor: str = "") -> Answer:
-    """Send one request to `node`'s router; never raises, a failure is an Answer with status 0.
+            timeout: float = 2.0, actor: str = "", safe: bool = False) -> Answer:
+    """Send one request to `node`'s router, signed with `token` if given; never raises, a failure is an
+    Answer with status 0.
 
-    `actor` (user@host) goes with a token, for the node's journal of who asked."""
-    headers = {"Content-Type": "application/json"}
-    if token is not None:
-        headers[TOKEN_HEADER] = token
-        if actor:
-            headers[ACTOR_HEADER] = actor
+    `actor` (user@host) is signed with the request, for the node's journal of who asked. With `safe`
+    (halt, gate close: requests that only ever stop orders), a refusal for a stale timestamp that
+    carries the node's clock, proven with the token, is answered by signing the request again with
+    that clock, once: a node whose clock is off can always be stopped, never opened or resumed."""
+    raw = json.dumps(body).encode() if body is not None else b""
+    signed = reqsign.headers(token, method, path, raw, actor) if token is not None else {}
+    answer = _send(node, method, path, raw, signed, timeout)
+    if safe and token is not None and answer.status == 401:
+        clock = _proven_clock(answer.body, token, signed[reqsign.NONCE_HEADER])
+        if clock is not None:
+            again = _send(node, method, path, raw, reqsign.headers(token, method, path, raw, actor, now=clock), timeout)
+            return Answer(again.node, again.status, again.body, again.error, again.down, round(clock - time.time(), 1))
+    return answer
+
+
+def _proven_clock(body: dict, token: str, nonce: str) -> float | None:
+    """The node's clock from its refusal of our request `nonce` for a stale timestamp, if the node
+    proved it with the token; else None (nobody on the path can make us sign for another time)."""
+    now, proof = body.get("now"), body.get("proof")
+    if body.get("nonce") != nonce or not isinstance(now, str) or not isinstance(proof, str):
+        return None
+    if not hmac.compare_digest(proof, reqsign.clock_proof(token, nonce, now)):
+        return None
+    try:
+        return float(now)
+    except ValueError:
+        return None
+
+
+def _send(node: Node, method: str, path: str, raw: bytes, signed: dict[str, str], timeout: float) -> Answer:
+    """One HTTP exchange with `node`'s router; never raises."""
+    headers = {"Content-Type": "application/json", **signed}
     conn = http.client.HTTPConnection(node.host, node.router_port, timeout=timeout)
     try:
-        conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+        conn.request(method, path, body=raw if raw else None, headers=headers)
         resp = conn.getresponse()
-        raw = resp.read(1 << 20)
+        data = resp.read(1 << 20)
         try:
-            doc = json.loads(raw)
+            doc = json.loads(data)
         except ValueError:
             return Answer(node.name, resp.status, {}, f"HTTP {resp.status}: answer is not JSON")
         return Answer(node.name, resp.status, doc if isinstance(doc, dict) else {})
@@ -82,8 +112,12 @@ def health(nodes: list[Node], path: str = "/health", timeout: float = 2.0) -> di
 
 def control(nodes: list[Node], action: str, token: str, body: dict | None = None,
             timeout: float = 2.0, actor: str = "") -> dict[str, Answer]:
-    """POST /control/<action> to every node with the token; return node -> Answer."""
-    return each(nodes, lambda n: request(n, "POST", f"/control/{action}", body or {}, token, timeout, actor))
+    """POST /control/<action> to every node, signed with the token; return node -> Answer.
+
+    Halt and gate close are signed again with a node's own clock if it is too far off ours."""
+    body = body or {}
+    safe = action == "halt" or (action == "gate" and body.get("action") == "close")
+    return each(nodes, lambda n: request(n, "POST", f"/control/{action}", body, token, timeout, actor, safe))
 
 
 def open_gate(nodes: list[Node], digest: str, token: str, actor: str = "") -> dict[str, Answer]:

@@ -1,4 +1,4 @@
-"""The router's HTTP endpoints: routes, token-checked control (gate, halt, resume), orders, health.
+"""The router's HTTP endpoints: routes, signed control (gate, halt, resume), orders, health.
 
 One thread per connection and one request per connection (socketserver); every answer is JSON,
 and no exception a handler raises stops the server.
@@ -11,9 +11,9 @@ from book import validate_gate_request, validate_order
 from httpwire import BadRequest, HttpError, parse_json
 from service import log
 
-TOKEN_HEADER = "X-Deployctl-Token"
-ACTOR_HEADER = "X-Deployctl-Actor"  # who asked, for the node journal (not trusted for anything else)
-SINGLE_HEADERS = (TOKEN_HEADER.lower(),)  # besides the framing ones: a second token must not sneak in
+ACTOR_HEADER = "X-Deployctl-Actor"  # who asked, for the node journal (signed with the request)
+# Besides the framing ones, given once only: a second value must not sneak past the signature.
+SINGLE_HEADERS = ("x-deployctl-timestamp", "x-deployctl-nonce", "x-deployctl-signature", ACTOR_HEADER.lower())
 
 
 class Handler(socketserver.StreamRequestHandler):
@@ -116,13 +116,13 @@ class Handler(socketserver.StreamRequestHandler):
             raise
 
     def _control(self, action):
-        """Check the token, then run action(raw, reason) and log the outcome; 401 without a good token."""
+        """Check the signature, then run action(raw, reason) and log the outcome; 401 naming why otherwise."""
         router, path, client = self.server.router, httpwire.request_path(self.path), self.client_address[0]
         raw, reason = self._read_body()
-        refusal = router.check_token(self.headers.get(TOKEN_HEADER))
+        refusal = router.check_signature(self.command, self.path, raw, self.headers)
         if refusal:
-            log(f"refused control request {path} from {client}: {refusal}")  # never the token itself
-            raise HttpError(401, "unauthorized")
+            log(f"refused control request {path} from {client}: {refusal[0]}")
+            raise HttpError(401, f"unauthorized: {refusal[0]}", extra=refusal[1])
         health = action(raw, reason)
         log(f"control {path} from {client}: gate {health['gate']}, halted {str(health['halted']).lower()}")
         router.journal(path.rsplit("/", 1)[-1], self.headers.get(ACTOR_HEADER), health)

@@ -1,4 +1,4 @@
-"""The Router object: gate, halt, counters, token check, node journal, placing orders, and the log.
+"""The Router object: gate, halt, counters, signed control requests, node journal, placing orders, and the log.
 
 No HTTP here, so unit tests drive it directly. The gate is closed at every start and opens only
 for this release's digest; a halt file in the state dir keeps it shut across restarts. Every
@@ -7,7 +7,6 @@ rename or removal), which is why the router may end with os._exit and skip the i
 teardown. The log is one `router: ...` line on stderr per event (supervisord keeps it in router.log).
 """
 
-import hmac
 import json
 import os
 import re
@@ -15,6 +14,7 @@ import sys
 import threading
 import time
 
+import signed
 from book import ParentBook, SimulatedVenue, split_order
 from httpwire import HttpError
 from release import release_digest
@@ -83,7 +83,6 @@ def append_durably(path, data):
 
 ACTOR_RE = re.compile(r"[A-Za-z0-9._@-]{1,128}")
 
-
 class Router:
     """The service: gate, halt, counters, parent book and venue. No HTTP, so unit tests drive it directly."""
 
@@ -94,10 +93,12 @@ class Router:
         self.halted_path = os.path.join(state_dir, "halted")
         self.token_path = os.path.join(state_dir, "token")
         self._lock = threading.RLock()  # gate, halt and counters
+        self._persist = threading.Lock()  # the halt file: one halt or resume writes it at a time
         self._gate_open = False  # closed at every start; only a digest check opens it
         self._halted = os.path.exists(self.halted_path)
         self._counters = dict.fromkeys(("orders", "child_orders", "rejected", "errors"), 0)
         self._started = time.monotonic()
+        self.nonces = signed.NonceBook(os.path.join(state_dir, "nonces"), log)
         self.book = ParentBook()
         self.venue = SimulatedVenue(config["flags"]["price_improvement"])
 
@@ -146,21 +147,18 @@ class Router:
             self.count("errors")
             log(f"journal not written: {error.strerror}")
 
-    def check_token(self, presented):
-        """Return None if presented matches the installed token, else why the request is refused."""
-        if not presented:
-            return "missing token"
+    def check_signature(self, method, target, body, fields):
+        """Return None if the control request is signed with the installed token, fresh and not seen
+        before (its nonce is then recorded); else (reason, extra fields of the 401 body): see signed.check."""
         try:
             with open(self.token_path, "rb") as handle:
                 # Read per request: `fleet up` may install or rotate the token after start.
-                expected = handle.read().strip()
+                key = handle.read().strip()
         except OSError:
-            expected = b""
-        if not expected:
-            return "no token installed"
-        if not hmac.compare_digest(presented.encode("latin-1"), expected):
-            return "bad token"
-        return None
+            key = b""
+        if not key:
+            return "no token installed", {}
+        return signed.check(key, method, target, body, fields, self.nonces)
 
     def set_gate(self, action, digest):
         """Open the gate (only if not halted and digest is this release's) or close it; return health.
@@ -191,9 +189,14 @@ class Router:
             return self.health()
 
     def halt(self):
-        """Close the gate, set halted and persist the halt file before returning health; idempotent."""
-        with self._lock:
-            self._halted, self._gate_open = True, False  # stop routing first, then persist
+        """Close the gate, set halted and persist the halt file before returning health; idempotent.
+
+        Routing stops first; the fsyncs happen outside the routing lock, so orders arriving
+        meanwhile are refused at once instead of queueing behind the disk (and the probe of
+        bench/bench_halt.py sees the halt sooner). _persist keeps a resume from overtaking them."""
+        with self._persist:
+            with self._lock:
+                self._halted, self._gate_open = True, False
             try:
                 write_durably(self.halted_path, json.dumps({"halted_at": time.time(), "pid": os.getpid()}) + "\n")
             except OSError as error:
@@ -203,7 +206,7 @@ class Router:
 
     def resume(self):
         """Remove the halt file and clear halted, leaving the gate closed; return health. Idempotent."""
-        with self._lock:
+        with self._persist, self._lock:
             remove_durably(self.halted_path)
             self._halted = False
             return self.health()

@@ -14,10 +14,13 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from deployctl import reqsign
 
 ROUTER_DIR = Path(__file__).resolve().parents[2] / "fleet" / "router"
 TOKEN = "tok-4f1c9e2b7a"
@@ -52,14 +55,17 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def call(url, method="GET", body=None, raw=None, token=None, timeout=5):
-    """Send one request; return (status, parsed JSON body)."""
+def call(url, method="GET", body=None, raw=None, token=None, timeout=5, fields=None):
+    """Send one request, signed with token as deployctl signs it (or with the given header fields);
+    return (status, parsed JSON body)."""
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     request = urllib.request.Request(url, data=data, method=method)
     if data is not None:
         request.add_header("Content-Type", "application/json")
-    if token is not None:
-        request.add_header("X-Deployctl-Token", token)
+    if token is not None and fields is None:
+        fields = reqsign.headers(token, method, urllib.parse.urlsplit(url).path, data or b"")
+    for name, value in (fields or {}).items():
+        request.add_header(name, value)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             status, payload, kind = response.status, response.read(), response.headers["Content-Type"]
@@ -207,10 +213,10 @@ def test_right_digest_opens_the_gate_and_orders_route(node, release):
     assert (status, body["gate"]) == (200, "closed")
 
 
-@pytest.mark.parametrize(("token", "reason"), [(None, "missing token"), (WRONG_TOKEN, "bad token")])
+@pytest.mark.parametrize(("token", "reason"), [(None, "unsigned request"), (WRONG_TOKEN, "bad signature")])
 def test_control_needs_the_token(node, token, reason):
-    assert node.control("halt", token=token) == (401, {"error": "unauthorized"})
-    assert node.control("gate", {"action": "close"}, token=token) == (401, {"error": "unauthorized"})
+    assert node.control("halt", token=token) == (401, {"error": f"unauthorized: {reason}"})
+    assert node.control("gate", {"action": "close"}, token=token) == (401, {"error": f"unauthorized: {reason}"})
     assert node.health()["halted"] is False
     log = node.log()
     assert f"router: refused control request /control/halt from 127.0.0.1: {reason}\n" in log

@@ -111,6 +111,9 @@ class FakeNode:
             self.lock = None
             return True
         return False
+    # The node's clock minus the controller's: past the router's 30 s window its signed gate opens
+    # and resumes are refused (401), while halt and gate close are signed again with its clock.
+    clock_skew: float = 0.0
 
     def state(self) -> dict:
         """The node's whole state, for one assert."""
@@ -510,11 +513,15 @@ class FakeRouters:
                                             "(ConnectionRefusedError)", down=True)
         if not fake.answers:
             return Answer(node.name, 0, {}, f"router unreachable at {node.host}:{node.router_port}: timed out")
+        skewed = abs(fake.clock_skew) > 30 and action not in ("health", "wait")
+        if skewed and action in ("gate-open", "resume"):
+            return Answer(node.name, 401, {"error": f"unauthorized: timestamp {-fake.clock_skew:+.1f} s off this "
+                                                    "node's clock (window 30 s)"})
         status, body = handle(fake)
         if status == 200 and action in ("gate-open", "gate-close", "halt", "resume"):
             fake.journal.append({"action": action.split("-")[0], "source": "router", "digest": fake.running,
                                  "gate": fake.gate, "halted": fake.halted})
-        return Answer(node.name, status, body)
+        return Answer(node.name, status, body, skew=round(fake.clock_skew, 1) if skewed else None)
 
     def health(self, nodes: list[Node], timeout: float = 2.0) -> dict[str, Answer]:
         return {n.name: self._ask(n, "health", lambda f: (200, f.health())) for n in nodes}

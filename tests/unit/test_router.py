@@ -19,6 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from deployctl import reqsign
+
 ROUTER_DIR = Path(__file__).resolve().parents[2] / "fleet" / "router"
 
 
@@ -39,8 +41,8 @@ def _load_router_modules(*names):
         sys.dont_write_bytecode = saved
 
 
-book, endpoints, httpwire, release, router_main, service_module = _load_router_modules(
-    "book", "endpoints", "httpwire", "release", "router", "service")
+book, endpoints, httpwire, release, router_main, service_module, signed_module = _load_router_modules(
+    "book", "endpoints", "httpwire", "release", "router", "service", "signed")
 
 CONFIG = {
     "service": "order-router", "version": "1.0.0", "max_child_qty": 100, "max_order_qty": 1000000,
@@ -410,6 +412,29 @@ def test_halt_survives_a_new_router_and_blocks_opening(tmp_path):
     assert reborn.resume()["gate"] == "closed"  # idempotent, and the gate stays closed
 
 
+def test_orders_are_refused_while_the_halt_file_is_still_being_written(tmp_path, monkeypatch):
+    service, writing, done = _router(tmp_path), threading.Event(), threading.Event()
+    service.set_gate("open", DIGEST)
+    real = service_module.write_durably
+
+    def slow_write(path, text):
+        writing.set()
+        assert done.wait(5)  # the disk is slow: the halt's fsync has not returned yet
+        real(path, text)
+
+    monkeypatch.setattr(service_module, "write_durably", slow_write)
+    halting = threading.Thread(target=service.halt)
+    halting.start()
+    assert writing.wait(5)
+    answer = []
+    refusing = threading.Thread(target=lambda: answer.append(service.routing_blocker()), daemon=True)
+    refusing.start()
+    refusing.join(2)  # it must not wait for the fsync
+    done.set()
+    halting.join(5)
+    assert answer == ["halted"] and (tmp_path / "halted").exists()
+
+
 def test_halt_file_placed_by_someone_else_closes_the_gate(tmp_path):
     service = _router(tmp_path)
     service.set_gate("open", DIGEST)
@@ -418,19 +443,71 @@ def test_halt_file_placed_by_someone_else_closes_the_gate(tmp_path):
     assert service.health()["gate"] == "closed"
 
 
-@pytest.mark.parametrize(("file_text", "presented", "expected"), [
-    (None, "t0k", "no token installed"),
-    ("  \n", "t0k", "no token installed"),
-    ("t0k\n", None, "missing token"),
-    ("t0k\n", "", "missing token"),
-    ("t0k\n", "t0K", "bad token"),
-    ("t0k\n", "t0k\n", "bad token"),
-    ("t0k\n", "t0k", None),
-])
-def test_check_token(tmp_path, file_text, presented, expected):
+def _signed(method, path, body=b"", token="t0k", **kw):
+    """The header fields deployctl's own signer (deployctl/reqsign.py) puts on a control request."""
+    return reqsign.headers(token, method, path, body, **kw)
+
+
+@pytest.mark.parametrize(("file_text", "fields", "expected"), [
+    (None, lambda: _signed("POST", "/control/halt"), "no token installed"),
+    ("  \n", lambda: _signed("POST", "/control/halt"), "no token installed"),
+    ("t0k\n", lambda: {}, "unsigned request"),
+    ("t0k\n", lambda: {"X-Deployctl-Token": "t0k"}, "unsigned request"),  # a token is no longer accepted
+    ("t0k\n", lambda: {**_signed("POST", "/control/halt"), "X-Deployctl-Nonce": "Z" * 32},
+     "malformed signature fields"),
+    ("t0k\n", lambda: _signed("POST", "/control/halt", token="t0K"), "bad signature"),
+    ("t0k\n", lambda: _signed("POST", "/control/resume"), "bad signature"),  # signed for another path
+    ("t0k\n", lambda: _signed("POST", "/control/halt", b"{}"), "bad signature"),  # for another body
+    ("t0k\n", lambda: {**_signed("POST", "/control/halt", actor="a@b"), "X-Deployctl-Actor": "c@d"}, "bad signature"),
+    ("t0k\n", lambda: _signed("POST", "/control/halt", now=time.time() - 31), "timestamp -31."),
+    ("t0k\n", lambda: _signed("POST", "/control/halt", now=time.time() + 45), "timestamp +4"),
+    ("t0k\n", lambda: _signed("POST", "/control/halt", now=time.time() - 29), None),
+    ("t0k\n", lambda: _signed("POST", "/control/halt", actor="ops@host"), None),
+], ids=["no-file", "blank-file", "unsigned", "token-header", "bad-nonce", "wrong-key", "other-path", "other-body",
+        "other-actor", "stale", "future", "late-but-inside", "good"])
+def test_check_signature(tmp_path, file_text, fields, expected):
     if file_text is not None:
         (tmp_path / "token").write_text(file_text)
-    assert _router(tmp_path).check_token(presented) == expected
+    got = _router(tmp_path).check_signature("POST", "/control/halt", b"", endpoints.httpwire.Headers(
+        {k.lower(): v for k, v in fields().items()}))
+    assert (got if got is None else got[0][:len(expected)]) == expected
+
+
+def test_a_nonce_is_accepted_once_also_across_a_restart_and_forgotten_after_the_window(tmp_path):
+    (tmp_path / "token").write_text("t0k")
+    fields = endpoints.httpwire.Headers({k.lower(): v for k, v in _signed("POST", "/control/halt").items()})
+    assert _router(tmp_path).check_signature("POST", "/control/halt", b"", fields) is None
+    assert _router(tmp_path).check_signature("POST", "/control/halt", b"", fields) == (
+        "nonce already seen (a replayed request)", {})  # a new Router: the nonce was kept in state/nonces
+    old = f"{time.time() - 40:.3f} {'0' * 32}\n"
+    (tmp_path / "nonces").write_text(old + (tmp_path / "nonces").read_text() + "garbage\n")
+    reborn = _router(tmp_path)
+    assert (tmp_path / "nonces").read_text().split() == [fields["x-deployctl-timestamp"], fields["x-deployctl-nonce"]]
+    assert reborn.check_signature("POST", "/control/halt", b"", fields)[0] == "nonce already seen (a replayed request)"
+
+
+def test_the_nonce_book_is_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(signed_module, "NONCE_CAP", 3)
+    book_ = signed_module.NonceBook(str(tmp_path / "nonces"), print)
+    now = time.time()
+    for i in range(3):
+        assert book_.take(f"{i:032x}", f"{now:.3f}", now) is None
+    assert book_.take(f"{9:032x}", f"{now:.3f}", now) == "more than 3 control requests within 30 s"
+    assert book_.take(f"{9:032x}", f"{now:.3f}", now + 31) is None  # the first three have left the window
+    assert len((tmp_path / "nonces").read_text().splitlines()) <= 3
+
+
+def test_a_stale_request_under_a_good_signature_gets_this_clock_with_a_proof(tmp_path):
+    (tmp_path / "token").write_text("t0k")
+    fields = _signed("POST", "/control/halt", now=time.time() - 100)
+    reason, extra = _router(tmp_path).check_signature("POST", "/control/halt", b"", endpoints.httpwire.Headers(
+        {k.lower(): v for k, v in fields.items()}))
+    assert reason.startswith("timestamp -100.0 s off") and extra["nonce"] == fields["X-Deployctl-Nonce"]
+    assert abs(float(extra["now"]) - time.time()) < 5
+    assert extra["proof"] == reqsign.clock_proof("t0k", extra["nonce"], extra["now"])
+    bad = _signed("POST", "/control/halt", token="nope", now=time.time() - 100)
+    assert _router(tmp_path).check_signature("POST", "/control/halt", b"", endpoints.httpwire.Headers(
+        {k.lower(): v for k, v in bad.items()})) == ("bad signature", {})  # no clock for a stranger
 
 
 def test_price_improvement_is_one_tick_better():
@@ -629,15 +706,20 @@ def test_handler_answers_json_with_404_and_405(tmp_path):
     assert fields["Content-Type"] == "application/json"
 
 
-def test_handler_control_needs_token_and_never_logs_it(tmp_path, capsys):
+def test_handler_control_needs_a_signature_and_refuses_a_replay(tmp_path, capsys):
     (tmp_path / "token").write_text("sekrit\n")
     service = _router(tmp_path)
-    assert _handle(service, "POST", "/control/halt", b"{}", [("X-Deployctl-Token", "guess")])[::2] == (
-        401, {"error": "unauthorized"})
+    assert _handle(service, "POST", "/control/halt", b"{}", [("X-Deployctl-Token", "sekrit")])[::2] == (
+        401, {"error": "unauthorized: unsigned request"})
     err = capsys.readouterr().err
-    assert err == "router: refused control request /control/halt from 10.0.0.9: bad token\n"
-    status, _fields, body = _handle(service, "POST", "/control/halt", b"", [("X-Deployctl-Token", "sekrit")])
+    assert err == "router: refused control request /control/halt from 10.0.0.9: unsigned request\n"
+    fields = list(_signed("POST", "/control/halt", b"", token="sekrit").items())
+    status, _fields, body = _handle(service, "POST", "/control/halt", b"", fields)
     assert (status, body["halted"]) == (200, True)
+    service.resume()
+    assert _handle(service, "POST", "/control/halt", b"", fields)[::2] == (
+        401, {"error": "unauthorized: nonce already seen (a replayed request)"})
+    assert service.health()["halted"] is False
     assert "sekrit" not in capsys.readouterr().err
 
 
@@ -645,7 +727,8 @@ def test_handler_order_flow(tmp_path):
     (tmp_path / "token").write_text("sekrit")
     service = _router(tmp_path)
     gate = json.dumps({"action": "open", "digest": DIGEST}).encode()
-    assert _handle(service, "POST", "/control/gate", gate, [("X-Deployctl-Token", "sekrit")])[2]["gate"] == "open"
+    fields = list(_signed("POST", "/control/gate", gate, token="sekrit").items())
+    assert _handle(service, "POST", "/control/gate", gate, fields)[2]["gate"] == "open"
     status, _fields, body = _handle(service, "POST", "/orders", json.dumps(GOOD_ORDER).encode())
     assert (status, body["filled"], len(body["children"])) == (200, 250, 3)
     assert _handle(service, "POST", "/orders", b"{" + b" " * 70000 + b"}")[::2] == (
