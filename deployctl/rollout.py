@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deployctl import artifact as artifact_mod, commands, phases as sm
+from deployctl import artifact as artifact_mod, commands, flags, phases as sm
 from deployctl.context import Context
 from deployctl.errors import DeployctlError
 from deployctl.run import PlanRow, Run, RunResult, locked, outcomes, refuse_if_interrupted
@@ -19,9 +19,16 @@ from deployctl.ssh import Call, raise_for_unreachable
 
 
 def build(ctx: Context, out_dir: Path | None = None, source: Path | None = None) -> artifact_mod.Artifact:
-    """Build the reproducible, signed artifact of the playbook's source into `out_dir` (./dist); return it."""
+    """Build the reproducible, signed artifact of the playbook's source into `out_dir` (./dist); return it.
+
+    With a flag registry in the playbook, a release using a flag missing from it or retired is refused
+    (UsageError) before anything is written."""
     out = Path(out_dir or Path.cwd() / "dist")
-    art = artifact_mod.build(Path(source or ctx.playbook.source), out, ctx.playbook.name, ctx.signing_key())
+    check = None
+    if ctx.playbook.flag_registry is not None:
+        registry, label = flags.load(ctx.playbook.flag_registry), ctx.playbook.flag_registry.name
+        check = lambda used, version: flags.check(registry, used, version, label)  # noqa: E731
+    art = artifact_mod.build(Path(source or ctx.playbook.source), out, ctx.playbook.name, ctx.signing_key(), check)
     ctx.emit("built", artifact=str(art.path), digest=art.digest, version=art.version)
     return art
 
