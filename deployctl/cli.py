@@ -174,11 +174,11 @@ def history(limit: Optional[int] = typer.Option(None, "--limit", min=1), json_ou
 
 @app.command()
 def status(json_out: bool = JSON) -> None:
-    """One table of the fleet: release, running digest, gate, halt, errors, last deploy."""
-    rows = api.status(_ctx(json_out))
+    """One table of the fleet: release, running digest, gate, halt, errors, last deploy; nodes grouped by release."""
+    doc = api.status(_ctx(json_out))
     if json_out:
-        return output.dump(rows)
-    output.status_table(rows)
+        return output.dump(doc)
+    output.status_table(doc)
 
 
 COMPOSE = typer.Option(Path("containers/compose.yaml"), "--compose", help="The fleet's compose file.")
