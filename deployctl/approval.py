@@ -100,7 +100,8 @@ def _body_problem(body: Any) -> str | None:
         return "created and expires should be integers, expires after created"
     nodes = body["nodes"]
     if not isinstance(nodes, dict) or not nodes or not all(
-            isinstance(n, str) and (c is None or (isinstance(c, str) and HEX64.fullmatch(c))) for n, c in nodes.items()):
+            isinstance(n, str) and (c is None or (isinstance(c, str) and HEX64.fullmatch(c)))
+            for n, c in nodes.items()):
         return "nodes should map each node to its current release digest or null"
     return None
 
