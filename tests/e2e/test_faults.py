@@ -501,13 +501,20 @@ def test_a_file_corrupted_after_the_router_started_keeps_every_gate_closed(
 
 def test_a_release_with_an_unknown_flag_is_rolled_out_and_the_fleet_goes_back(
         ctx, base_release, tmp_path, node_exec):
-    """¶13-14: a flag the router code does not know fails its startup check on every node, so no node
-    ever reports the release running; the rollout reverts the whole fleet, gates closed."""
+    """SEC ¶13-14: a flag the router code does not know fails its startup check on every node, so no node
+    ever reports the release running; the rollout reverts the whole fleet, gates closed. (The flag registry
+    would refuse the build of an unregistered flag; here the flag is registered, as an operator might
+    register a flag before the router code that reads it exists.)"""
     src = tmp_path / "router"
     shutil.copytree(ROOT / "fleet" / "router", src)
     cfg = json.loads((src / "router.json").read_text())
-    cfg["version"], cfg["flags"]["power_peg"] = "6.6.6", True
+    cfg["version"], cfg["flags"]["turbo_mode"] = "6.6.6", True
     (src / "router.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    registry = tmp_path / "flags.yaml"
+    registry.write_text((ROOT / "playbooks" / "flags.yaml").read_text()
+                        + '  turbo_mode:\n    meaning: "not in any router yet"\n    state: active\n'
+                          '    introduced: "6.6.6"\n')
+    ctx = dataclasses.replace(ctx, playbook=dataclasses.replace(ctx.playbook, flag_registry=registry))
     peg = api.build(ctx, tmp_path / "dist", src)
     offset = journal_size(ctx)
     with pytest.raises(RolledBackError) as err:
@@ -518,7 +525,7 @@ def test_a_release_with_an_unknown_flag_is_rolled_out_and_the_fleet_goes_back(
     assert recs[-1]["outcome"] == "rolled-back"
     assert fleet_view(ctx) == {n.name: on_base(base_release, "closed") for n in ctx.nodes}
     code, log = node_exec("node2", "tail -n 50 /var/log/router.log")
-    assert "router: unknown flag 'power_peg' in router.json" in log, log
+    assert "router: unknown flag 'turbo_mode' in router.json" in log, log
 
 
 @pytest.mark.parametrize("step", ["preflight", "stage"])
