@@ -109,3 +109,13 @@ def test_forwarding_off_fails_naming_the_bastion(ctx, bastion, via, base_release
     finally:
         bastion.set_forwarding(True)
     assert all(not a.body["halted"] for a in gate.health(ctx.nodes).values())
+
+
+def test_a_missing_identity_file_is_named(ctx, tmp_path):
+    node = ctx.nodes[0]
+    (tmp_path / "fleet.yaml").write_text(
+        f"fleet: f\nnodes:\n  - {{name: {node.name}, host: {node.host}, ssh_port: {node.ssh_port}, "
+        f"router_port: {node.router_port}, identity_file: no/such/key}}\n")
+    bad = api.open_context(tmp_path / "fleet.yaml", ROOT / "playbooks" / "router.yaml", ctx.state_dir)
+    with bad.ssh() as fleet:
+        assert fleet.connect()[node.name].error == f"cannot read identity file {tmp_path / 'no/such/key'}"
