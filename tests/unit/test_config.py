@@ -274,8 +274,8 @@ def test_real_router_playbook_loads():
 
 SERVICE_CASES = [
     ("supervisor-only", "  supervisor: {program: router}\n", None),
-    ("neither", "", "router.yaml: service: needs `supervisor`, or both `restart` and `stop`"),
-    ("restart-without-stop", "  restart: [x]\n", "router.yaml: service: needs `supervisor`, or both `restart` and `stop`"),
+    ("neither", "", "router.yaml: service: needs `supervisor`, `manager`, or both `restart` and `stop`"),
+    ("restart-without-stop", "  restart: [x]\n", "router.yaml: service: needs `supervisor`, `manager`, or both `restart` and `stop`"),
     ("supervisor-bad-program", "  supervisor: {program: 'a b'}\n",
      "router.yaml: service/supervisor/program: should be a name matching ^[a-z0-9][a-z0-9_-]{0,62}$, got 'a b'"),
     ("supervisor-relative-socket", "  supervisor: {program: router, socket: run/s.sock}\n",
