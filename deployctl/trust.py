@@ -69,6 +69,13 @@ def ensure(state: StateDir, nodes: list[tuple[str, str, int]]) -> dict[str, Host
     return keys
 
 
+def ensure_controller(state: StateDir) -> None:
+    """Create the controller's SSH key and the control token if missing; known_hosts is left alone."""
+    _load_or_create(state.client_key, "deployctl-controller")
+    if not state.token_file.exists():
+        _write_secret(state.token_file, secrets.token_hex(32).encode() + b"\n")
+
+
 def client_public_line(state: StateDir) -> str:
     """Return the controller's public key line for authorized_keys."""
     return state.client_pub.read_text().strip()

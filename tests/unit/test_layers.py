@@ -30,7 +30,7 @@ LAYERS = {
     "verify": 4, "ssh": 4, "nodecontract": 4,
     "context": 5,
     "run": 6,
-    "rollout": 7, "rollback": 7, "control": 7,
+    "rollout": 7, "rollback": 7, "control": 7, "enroll": 7,
     "testfleet": 8,
     "api": 9, "output": 9,
     "cli": 10,
