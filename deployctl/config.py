@@ -33,6 +33,8 @@ class Node:
     ssh_port: int
     router_port: int
     user: str
+    identity_file: str | None = None
+    proxy_jump: tuple = ()
     become: str | None = None  # "sudo": the login user restarts the service with `sudo -n`
 
 

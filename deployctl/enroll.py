@@ -61,13 +61,17 @@ def contract(ctx: Context, node: Node, tools: tuple[str, ...] = ()) -> nodecontr
     """Return the node contract for `node`: the service runs as the login user, who owns the install root."""
     service = ctx.playbook.service
     return nodecontract.Contract(ctx.root, service.unit_name, service.manager_name, node.user, node.user, service.port,
-                                 ctx.token, ctx.state.signing_pub.read_text().strip(), tools)
+                                 ctx.token(), ctx.state.signing_pub.read_text().strip(), tools)
 
 
 def enroll(ctx: Context, names: list[str] | None = None, dry_run: bool = False, sudo_password: str | None = None,
-           fingerprints: list[str] = (), ask=None, user_known_hosts: str = "") -> dict[str, Enrolled]:
-    """Enroll the named nodes (default: all) and return a result per node; UsageError for unknown names,
-    DeployctlError (HostKeyError if only host keys were refused) naming every node that failed."""
+           fingerprints: list[str] = (), ask=None, user_known_hosts: Path = Path("~/.ssh/known_hosts")
+           ) -> dict[str, Enrolled]:
+    """Enroll the named nodes (default: all) and return a result per node. A host key not pinned yet is
+    pinned from `user_known_hosts`, a `fingerprints` entry (NODE=SHA256:...) or `ask`'s yes, else refused.
+    UsageError for unknown names; DeployctlError (HostKeyError if only host keys were refused) naming
+    every node that failed, after every node was tried."""
+    known = _read(Path(user_known_hosts).expanduser())
     nodes = _select(ctx, names)
     given = trust.parse_fingerprints(list(fingerprints), [n.name for n in ctx.nodes])
     trust.ensure_controller(ctx.state)
@@ -85,7 +89,7 @@ def enroll(ctx: Context, names: list[str] | None = None, dry_run: bool = False, 
     failed = [r for r in results.values() if r.error]
     if failed:
         kind = HostKeyError if all(r.host_key for r in failed) else DeployctlError
-        raise kind("enroll: " + "; ".join(r.error for r in failed))
+        raise kind("enroll: " + "; ".join(r.error if r.host_key else f"{r.node}: {r.error}" for r in failed))
     return results
 
 
@@ -113,9 +117,9 @@ def _one(ctx: Context, node: Node, dry_run: bool, password: str | None, given: s
     except HostKeyError as exc:
         result.error, result.host_key = str(exc), True
     except DeployctlError as exc:
-        result.error = f"{node.name}: {exc}"
+        result.error = str(exc)
     except Exception as exc:  # noqa: BLE001 - a node's failure is a value (STYLE.md 5), named with its cause
-        result.error = f"{node.name}: {_describe(exc)}"
+        result.error = _describe(exc)
     return result
 
 
@@ -132,18 +136,23 @@ def _enroll_node(ctx: Context, node: Node, conn, dry_run: bool, result: Enrolled
     problem = nodecontract.check_manager(wanted, facts)
     if problem:
         raise DeployctlError(problem)
-    tmp = "/nonexistent" if dry_run else None
-    steps = nodecontract.plan(wanted, facts, tmp or "TMP")
+    steps = nodecontract.plan(wanted, facts, "TMP")  # the folder is made only if there is work
     if not steps or dry_run:
         result.steps = [s.what for s in steps]
         return
     tmp = _run(conn, ["mktemp", "-d", "/tmp/deployctl-enroll.XXXXXXXX"], "make a private folder").strip()
+    steps = nodecontract.plan(wanted, facts, tmp)
     try:
-        for step in nodecontract.plan(wanted, facts, tmp):
+        for step in steps:
             if step.upload is not None:
                 conn.put(io.BytesIO(step.upload.content.encode()), step.argv[0][-1])
-            root_cmd([list(a) for a in step.argv], step.what)
-            result.steps.append(step.what)
+        code, err = root_cmd(nodecontract.apply_script(steps), "apply", check=False)
+        done = len(steps) if code == 0 else (nodecontract.failed_step(steps, code) or 0)
+        result.steps = [s.what for s in steps[:done]]
+        if code != 0:
+            failed = nodecontract.failed_step(steps, code)
+            what = steps[failed].what if failed is not None else "apply"
+            raise DeployctlError(f"{what}: {_last_line(err) or f'exit {code}'}")
     finally:
         _run(conn, ["rm", "-rf", tmp], "remove the private folder", check=False)
         if result.steps:
@@ -152,11 +161,11 @@ def _enroll_node(ctx: Context, node: Node, conn, dry_run: bool, result: Enrolled
 
 
 def _as_root(ctx: Context, node: Node, conn):
-    """Return run(argv, what) -> stdout, as root: directly for a root login, else through `sudo` (Fabric
+    """Return run(argv, what, check=True) -> stdout (check False: (exit code, stderr)), as root: directly for a root login, else through `sudo` (Fabric
     answers its password prompt); DeployctlError naming what failed with the command's last error line."""
     timeout = ctx.playbook.timeouts.command
 
-    def run(argv, what: str) -> str:
+    def run(argv, what: str, check: bool = True):
         text = commands.render(["sh", "-c", commands.render(argv)])
         if node.user == "root":
             res = conn.run(text, hide=True, warn=True, timeout=timeout, in_stream=False)
@@ -164,6 +173,8 @@ def _as_root(ctx: Context, node: Node, conn):
             res = conn.run("sudo -n " + text, hide=True, warn=True, timeout=timeout, in_stream=False)
         else:
             res = conn.sudo(text, hide=True, warn=True, timeout=timeout, in_stream=False)
+        if not check:
+            return res.exited, res.stderr
         if res.exited != 0:
             raise DeployctlError(f"{what}: {_last_line(res.stderr) or f'exit {res.exited}'}")
         return res.stdout

@@ -205,3 +205,21 @@ def reload_step(c: Contract) -> Step:
         return Step(f"systemd: reload units, enable {c.unit}",
                     ((tool, "daemon-reload"), (tool, "enable", f"{c.unit}.service")))
     return Step(f"supervisord: reread, add {c.unit}", ((tool, "reread"), (tool, "update", c.unit)))
+
+
+FIRST_STEP_EXIT = 100  # the apply script exits FIRST_STEP_EXIT + i when step i fails
+
+
+def apply_script(steps: list[Step]) -> list[str]:
+    """One command (run as root) making every step in order: one sudo, not one per step. It stops at
+    the first step that fails, exiting FIRST_STEP_EXIT + its index (failed_step reads it back)."""
+    from deployctl.commands import render
+
+    lines = [f"{render([list(a) for a in s.argv])} || exit {FIRST_STEP_EXIT + i}" for i, s in enumerate(steps)]
+    return ["sh", "-c", "\n".join(lines)]
+
+
+def failed_step(steps: list[Step], code: int) -> int | None:
+    """Return the index of the step an apply script's exit `code` names, or None (it did not get that far)."""
+    i = code - FIRST_STEP_EXIT
+    return i if 0 <= i < len(steps) else None
