@@ -31,6 +31,9 @@ EXPORTS = {
     "enroll": ("enroll", "enroll"),
     "fleet_up": ("testfleet", "fleet_up"), "fleet_down": ("testfleet", "fleet_down"),
     "fleet_status": ("testfleet", "fleet_status"), "write_fleet_files": ("testfleet", "write_files"),
+    "bare_fleet_up": ("barefleet", "up"), "bare_fleet_down": ("barefleet", "down"),
+    "bare_fleet_status": ("barefleet", "status"), "write_bare_fleet_files": ("barefleet", "write_files"),
+    "BARE_SUDO_PASSWORD": ("barefleet", "SUDO_PASSWORD"),
 }
 __all__ = sorted(EXPORTS)
 

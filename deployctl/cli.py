@@ -209,38 +209,85 @@ def status(json_out: bool = JSON) -> None:
     output.status_table(rows)
 
 
-COMPOSE = typer.Option(Path("containers/compose.yaml"), "--compose", help="The fleet's compose file.")
+COMPOSE = typer.Option(None, "--compose", help="The fleet's compose file (default: containers/compose.yaml, "
+                       "with --kind bare containers/compose-bare.yaml).")
+KIND = typer.Option("node", "--kind", help="node: the fleet deployctl makes and installs; bare: plain Debian servers "
+                    "with a deploy user and sudo, nothing of deployctl, reached through a bastion.")
+_COMPOSE = {"node": Path("containers/compose.yaml"), "bare": Path("containers/compose-bare.yaml")}
+
+
+def _given(value, default):
+    return default if value is None else value
+
+
+def _compose(kind: str, compose: Optional[Path]) -> Path:
+    if kind not in _COMPOSE:
+        raise UsageError(f"--kind: should be node or bare, got {kind!r}")
+    return compose or _COMPOSE[kind]
 
 
 @fleet_app.command("up")
-def fleet_up(compose: Path = COMPOSE,
+def fleet_up(compose: Optional[Path] = COMPOSE,
              nodes: Optional[int] = typer.Option(None, "--nodes", help="Write the compose file and the inventory "
                                                  "for this many nodes (1-64) first; default: use them as they are."),
-             project: str = typer.Option("deployctl-fleet", "--project", help="Docker project name (with --nodes)."),
-             first_ssh_port: int = typer.Option(2201, "--first-ssh-port", help="node1's SSH port (with --nodes)."),
-             first_router_port: int = typer.Option(8101, "--first-router-port",
-                                                   help="node1's router port (with --nodes).")) -> None:
-    """Build the node image if needed, start the inventory's nodes, install the first release, wait until all answer."""
+             project: Optional[str] = typer.Option(None, "--project", help="Docker project name (with --nodes; "
+                                                   "default deployctl-fleet, deployctl-bare with --kind bare)."),
+             first_ssh_port: Optional[int] = typer.Option(None, "--first-ssh-port", help="node1's SSH port "
+                                                          "(with --nodes; default 2201, bare 2601)."),
+             first_router_port: Optional[int] = typer.Option(None, "--first-router-port",
+                                                             help="node1's router port (with --nodes; default 8101, "
+                                                             "bare 8601)."),
+             kind: str = KIND,
+             bastion_port: int = typer.Option(2600, "--bastion-port", help="--kind bare: the bastion's SSH port on "
+                                              "127.0.0.1 (with --nodes)."),
+             pin_nodes: bool = typer.Option(True, "--pin-nodes/--no-pin-nodes", help="--kind bare: pin the nodes' "
+                                            "host keys in known_hosts (the bastion's always is).")) -> None:
+    """Build the node image if needed, start the inventory's nodes, install the first release, wait until all answer.
+
+    With --kind bare: start plain servers and their bastion, install only host keys and deploy's authorized key."""
     start = time.monotonic()
+    compose = _compose(kind, compose)
+    if kind == "bare":
+        return _bare_up(compose, nodes, project, first_ssh_port, first_router_port, bastion_port, pin_nodes, start)
     if nodes is not None:
-        api.write_fleet_files(_opts["inventory"], compose, nodes, project, first_ssh_port, first_router_port)
+        api.write_fleet_files(_opts["inventory"], compose, nodes, _given(project, "deployctl-fleet"),
+                              _given(first_ssh_port, 2201), _given(first_router_port, 8101))
     ctx = _ctx()
     api.fleet_up(ctx, compose)
     output.fleet_table(api.fleet_status(ctx, compose))
     output.out.print(f"fleet up in {time.monotonic() - start:.1f}s")
 
 
+def _bare_up(compose: Path, nodes: Optional[int], project: Optional[str], first_ssh_port: Optional[int],
+             first_router_port: Optional[int], bastion_port: int, pin_nodes: bool, start: float) -> None:
+    if nodes is not None:  # the inventory: -i if given, else fleet/bare.yaml (fleet/fleet.yaml is the other kind's)
+        inventory = _opts["inventory"] if _opts["inventory"] != Path("fleet/fleet.yaml") else Path("fleet/bare.yaml")
+        api.write_bare_fleet_files(inventory, compose, nodes, _given(project, "deployctl-bare"),
+                                   _given(first_ssh_port, 2601), _given(first_router_port, 8601), bastion_port)
+    sink = (lambda kind, **data: None) if _opts.get("quiet") else output.progress
+    fleet = api.bare_fleet_up(compose, _opts["state_dir"], pin_nodes, sink)
+    output.bare_table(api.bare_fleet_status(compose), fleet.fingerprints)
+    output.out.print(f"bare fleet up in {time.monotonic() - start:.1f}s; sudo password of deploy: "
+                     f"{api.BARE_SUDO_PASSWORD}")
+
+
 @fleet_app.command("down")
-def fleet_down(compose: Path = COMPOSE,
+def fleet_down(compose: Optional[Path] = COMPOSE, kind: str = KIND,
                keep_images: bool = typer.Option(False, "--keep-images", help="Keep the built images.")) -> None:
     """Remove everything `fleet up` made (containers, network, images); idempotent."""
-    removed = api.fleet_down(_ctx(), compose, keep_images)
+    compose = _compose(kind, compose)
+    removed = api.bare_fleet_down(compose, keep_images) if kind == "bare" else api.fleet_down(_ctx(), compose,
+                                                                                                keep_images)
     output.out.print("removed: " + (", ".join(removed) if removed else "nothing (fleet already down)"))
 
 
 @fleet_app.command("status")
-def fleet_status(compose: Path = COMPOSE, json_out: bool = JSON) -> None:
-    """A table of the nodes: container, sshd, router, running digest, gate."""
+def fleet_status(compose: Optional[Path] = COMPOSE, kind: str = KIND, json_out: bool = JSON) -> None:
+    """A table of the nodes: container, sshd, router, running digest, gate (--kind bare: container and sshd)."""
+    compose = _compose(kind, compose)
+    if kind == "bare":
+        rows = api.bare_fleet_status(compose)
+        return output.dump(rows) if json_out else output.bare_table(rows)
     rows = api.fleet_status(_ctx(json_out), compose)
     output.dump(rows) if json_out else output.fleet_table(rows)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 
+from deployctl import sshconfig
 from deployctl.errors import ConfigError
 from deployctl.schema import (CONTROL_RE, Invalid, argv, integer, list_of, load_yaml, mapping, message, seconds,
                               show, string)
@@ -33,9 +34,9 @@ class Node:
     ssh_port: int
     router_port: int
     user: str
-    identity_file: str | None = None
-    proxy_jump: tuple = ()
-    become: str | None = None  # "sudo": the login user restarts the service with `sudo -n`
+    identity_file: str | None = None  # None: the controller's key in the state folder
+    proxy_jump: tuple[sshconfig.Jump, ...] = ()  # bastions, first hop first (OpenSSH's order)
+    become: str | None = None  # "sudo": the login user is not root and uses sudo for service work
 
 
 @dataclass(frozen=True)
@@ -127,10 +128,34 @@ _install_root = string(_is_root, "an absolute normalized path of [A-Za-z0-9._/-]
 _health_path = string(_URL_PATH_RE.fullmatch, "a URL path starting with '/'")
 _source = string(lambda s: s and not CONTROL_RE.search(s), "a folder path")
 
-_SSH = mapping({"user": (_user, False, "root"), "connect_timeout": (seconds, False, 5.0),
-                 "parallel": (integer(1, 256), False, 8)})
-_NODE = mapping({"name": (_name, True, None), "host": (_host, True, None), "ssh_port": (_port, False, 22),
-                  "router_port": (_port, True, None), "user": (_user, False, None)})  # user None: ssh's user
+_identity = string(lambda s: s.strip() and not CONTROL_RE.search(s), "a key file path")
+_become = string(lambda s: s == "sudo", "'sudo'")
+
+
+def _proxy_jump(value: Any, path: str) -> tuple:
+    text = string()(value, path)
+    try:
+        return sshconfig.parse_jump(text)
+    except ValueError:
+        raise Invalid(path, "should be [user@]host[:port], comma-separated for a chain, or none; "
+                            f"got {show(text)}") from None
+
+
+def _ssh_config(value: Any, path: str) -> str | None:
+    if value is True:
+        return "~/.ssh/config"
+    if value is False:
+        return None
+    return string(lambda s: s.strip() and not CONTROL_RE.search(s), "true, false or a file path")(value, path)
+
+
+# None means "not written": ssh_config (when read) fills it, else the built-in default.
+_SSH = mapping({"user": (_user, False, None), "connect_timeout": (seconds, False, 5.0),
+                 "parallel": (integer(1, 256), False, 8), "ssh_config": (_ssh_config, False, None)})
+_NODE = mapping({"name": (_name, True, None), "host": (_host, True, None), "ssh_port": (_port, False, None),
+                  "router_port": (_port, True, None), "user": (_user, False, None),
+                  "identity_file": (_identity, False, None), "proxy_jump": (_proxy_jump, False, None),
+                  "become": (_become, False, None)})
 _INVENTORY = mapping({"fleet": (_name, True, None), "ssh": (_SSH, False, _SSH({}, "ssh")),
                        "nodes": (list_of(_NODE), True, None)})
 MANAGERS = ("supervisord", "systemd")
@@ -179,6 +204,74 @@ def _check_unique(nodes: tuple[Node, ...]) -> None:
             used[key] = f"nodes/{i}/{field}"
 
 
+def _config_file(value: str | None, inventory: Path) -> Path | None:
+    if value is None:
+        return None
+    file = Path(value).expanduser()
+    return file if file.is_absolute() else inventory.parent / file
+
+
+def _lookup(config: Path | None, host: str, path: str) -> dict[str, list[str]]:
+    if config is None:
+        return {}
+    try:
+        return sshconfig.lookup(config, host)
+    except sshconfig.SSHConfigError as exc:
+        raise Invalid(path, f"ssh config: {exc}") from None
+
+
+def _resolve(host: str, port: int | None, user: str | None, config: Path | None, path: str
+             ) -> tuple[str, int, str | None, str | None, dict[str, list[str]]]:
+    """Return (hostname, port, user, identity file, options) for `host`: written values win over ssh_config's."""
+    found = _lookup(config, host, path)
+    hostname = host
+    try:
+        if "hostname" in found:
+            hostname = sshconfig.expand(found["hostname"][0], host, user, host)
+        if user is None and "user" in found:
+            user = _user(found["user"][0], f"{path}: ssh config User")
+        if port is None and "port" in found:
+            port = _port(int(found["port"][0]) if found["port"][0].isdigit() else found["port"][0],
+                         f"{path}: ssh config Port")
+        identity = (sshconfig.expand(found["identityfile"][0], hostname, user, host)
+                    if "identityfile" in found else None)
+    except sshconfig.SSHConfigError as exc:
+        raise Invalid(path, f"ssh config: {exc}") from None
+    _host(hostname, f"{path}: ssh config HostName for {host!r}")
+    return hostname, port or 22, user, identity, found
+
+
+def _jumps(spec: tuple, user: str, identity: str | None, config: Path | None, path: str,
+           depth: int = 0) -> tuple[sshconfig.Jump, ...]:
+    """Resolve each hop of a ProxyJump chain through ssh_config as ssh would (the first hop's own
+    ProxyJump goes in front of it); a hop's user and key default to the node's."""
+    hops: list[sshconfig.Jump] = []
+    for i, (hop_user, host, port) in enumerate(spec):
+        _host(host, f"{path}: {host!r}")
+        hostname, port, hop_user, hop_key, found = _resolve(host, port, hop_user, config, path)
+        if i == 0 and "proxyjump" in found:
+            if depth > 8:
+                raise Invalid(path, f"ssh config: ProxyJump of {host!r} loops")
+            hops += _jumps(_proxy_jump(found["proxyjump"][0], f"{path}: ssh config ProxyJump of {host!r}"),
+                           user, identity, config, path, depth + 1)
+        hops.append(sshconfig.Jump(hostname, port, hop_user or user, hop_key or identity))
+    return tuple(hops)
+
+
+def _node(n: dict, fleet_user: str | None, config: Path | None, folder: Path, path: str) -> Node:
+    """Build one Node: the node's written fields, then the fleet's `ssh.user`, then ssh_config, then defaults."""
+    hostname, port, user, identity, found = _resolve(n["host"], n["ssh_port"], n["user"] or fleet_user, config,
+                                                     f"{path}/host")
+    user = user or "root"
+    if n["identity_file"] is not None:
+        identity = str(folder / Path(n["identity_file"]).expanduser())
+    spec = n["proxy_jump"]
+    if spec is None and "proxyjump" in found:
+        spec = _proxy_jump(found["proxyjump"][0], f"{path}/host: ssh config ProxyJump")
+    jumps = _jumps(spec or (), user, identity, config, f"{path}/proxy_jump")
+    return Node(n["name"], hostname, port, n["router_port"], user, identity, jumps, n["become"])
+
+
 def load_inventory(path: Path) -> Inventory:
     """Return the validated inventory in `path`; ConfigError naming file, path and problem otherwise."""
     path = Path(path).absolute()
@@ -186,8 +279,8 @@ def load_inventory(path: Path) -> Inventory:
     try:
         doc = _INVENTORY(raw, "")
         ssh = doc["ssh"]
-        nodes = tuple(Node(n["name"], n["host"], n["ssh_port"], n["router_port"], n["user"] or ssh["user"])
-                      for n in doc["nodes"])
+        config = _config_file(ssh["ssh_config"], path)
+        nodes = tuple(_node(n, ssh["user"], config, path.parent, f"nodes/{i}") for i, n in enumerate(doc["nodes"]))
         _check_unique(nodes)
     except Invalid as exc:
         raise ConfigError(message(path.name, exc.path, exc.problem)) from None
@@ -218,11 +311,18 @@ _INVENTORY_HEADER = """\
 # be unique, and no host:port pair may be used twice.
 #
 #   fleet                 name of the fleet ([a-z0-9][a-z0-9_-]*)
-#   ssh.user              default login user; a node may override it with `user`
+#   ssh.user              default login user (default root); a node may override it with `user`
+#   ssh.ssh_config        true: read ~/.ssh/config as ssh does (or give a file's path): Host
+#                         aliases, HostName, Port, User, IdentityFile, ProxyJump; values written
+#                         here win over it, the first value ssh_config gives wins within it
 #   ssh.connect_timeout   seconds to wait for an SSH connection (number > 0)
 #   ssh.parallel          at most this many nodes are worked on at once (1..256)
 #   nodes[].ssh_port      SSH port on the host (default 22)
 #   nodes[].router_port   port where the node's router answers HTTP
+#   nodes[].user          login user for this node
+#   nodes[].identity_file private key for this node (default: the controller's key)
+#   nodes[].proxy_jump    bastion [user@]host[:port]; a,b chains as ssh -J does; none: no bastion
+#   nodes[].become        sudo: the login user is not root and runs service work with sudo
 """
 
 
@@ -260,4 +360,46 @@ def inventory_text(nodes: int, first_ssh_port: int = 2201, first_router_port: in
              "  parallel: 8", "", "nodes:"]
     lines += [f"  - {{name: {name}, host: 127.0.0.1, ssh_port: {ssh}, router_port: {router}}}"
               for name, ssh, router in ports]
+    return "\n".join(lines) + "\n"
+
+
+_BARE_HEADER = """\
+# The bare test fleet: N plain Debian servers that deployctl did not make (sshd, python3,
+# sudo, supervisor and a `deploy` user, nothing of deployctl), reached through a bastion.
+# `deployctl fleet up --kind bare --nodes N` writes this file (config.bare_inventory_text)
+# and containers/compose-bare.yaml. Each node publishes its SSH server and its (future)
+# router on 127.0.0.1; the bastion's sshd listens on 127.0.0.1 (host networking) and
+# forwards to those ports. deploy logs in with the fleet's key; its sudo asks for a password.
+#
+#   nodes[].user          login user on the node (deploy, not root)
+#   nodes[].become        how root work is done: sudo
+#   nodes[].proxy_jump    the bastion, as OpenSSH's ProxyJump: user@host:port
+"""
+
+
+def bare_ports(nodes: int, first_ssh_port: int, first_router_port: int,
+               bastion_port: int) -> list[tuple[str, int, int]]:
+    """Return fleet_ports for a bare fleet; ConfigError, one line, also if the bastion's port is outside 1..65535
+    or inside the nodes' SSH or router ranges."""
+    ports = fleet_ports(nodes, first_ssh_port, first_router_port)
+    if isinstance(bastion_port, bool) or not isinstance(bastion_port, int) or not 1 <= bastion_port <= 65535:
+        raise ConfigError("--bastion-port: should be an integer between 1 and 65535")
+    for option, first in (("SSH", first_ssh_port), ("router", first_router_port)):
+        if first <= bastion_port < first + nodes:
+            raise ConfigError(f"--bastion-port: {bastion_port} is one of the nodes' {option} ports "
+                              f"{first}-{first + nodes - 1}")
+    return ports
+
+
+def bare_inventory_text(nodes: int, first_ssh_port: int = 2601, first_router_port: int = 8601,
+                        bastion_port: int = 2600, fleet_name: str = "bare-fleet") -> str:
+    """Return the YAML text of a bare fleet's inventory (fleet/bare.yaml): node1..nodeN on 127.0.0.1, each logged
+    into as deploy through the bastion on 127.0.0.1:bastion_port, with sudo; ConfigError, one line, on bad numbers."""
+    ports = bare_ports(nodes, first_ssh_port, first_router_port, bastion_port)
+    if not isinstance(fleet_name, str) or not NAME_RE.fullmatch(fleet_name):
+        raise ConfigError(f"--fleet-name: should be a name matching ^{NAME_RE.pattern}$, got {show(fleet_name)}")
+    lines = [_BARE_HEADER, f"fleet: {fleet_name}", "", "ssh:", "  user: deploy", "  connect_timeout: 5",
+             "  parallel: 8", "", "nodes:"]
+    lines += [f"  - {{name: {name}, host: 127.0.0.1, ssh_port: {ssh}, router_port: {router}, user: deploy, "
+              f"become: sudo, proxy_jump: 'deploy@127.0.0.1:{bastion_port}'}}" for name, ssh, router in ports]
     return "\n".join(lines) + "\n"

@@ -45,7 +45,7 @@ class _Evidence:
         presented = f"{key.get_name()} {key.get_base64()}"
         why = trust.decide(self.node, f"{host}:{port}", presented, trust.known_keys(self.user_known, host, port),
                            self.given, self.ask)
-        trust.pin(self.ctx.state, host, port, presented)
+        trust.pin_host_key(self.ctx.state, host, port, presented)
         client.get_host_keys().add(hostname, key.get_name(), key)
         self.pinned.append(f"{host}:{port} {trust.fingerprint(presented)} ({why})")
 
@@ -201,28 +201,20 @@ def _last_line(text: str) -> str:
 
 
 def _connection(ctx: Context, node: Node, password: str | None, policy):
-    """A Fabric Connection to `node`, through its bastions (each a Fabric gateway), with the evidence
-    policy in place of Fabric's AutoAddPolicy and only the state folder's known_hosts loaded."""
-    gateway = None
-    for hop in node.proxy_jump:
-        hop_policy = _Evidence(ctx, f"{node.name} (bastion {hop.user}@{hop.host}:{hop.port})", None, policy.ask,
-                               policy.user_known, policy.pinned)
-        gateway = _fabric(ctx, hop.host, hop.port, hop.user, hop.identity, None, hop_policy, gateway)
-    return _fabric(ctx, node.host, node.ssh_port, node.user, node.identity_file, password, policy, gateway)
+    """fabricconn's Connection to `node` (its bastions are gateway Connections), each with the evidence
+    policy in place of fabricconn's RejectPolicy: an unknown key is pinned on evidence or refused."""
+    from deployctl import fabricconn
 
-
-def _fabric(ctx: Context, host: str, port: int, user: str, identity: str | None, password: str | None, policy,
-            gateway=None):
-    import math
-
-    from fabric import Config, Connection
-
-    config = Config(lazy=True, overrides={"sudo": {"password": password}, "load_ssh_configs": False})
-    key = identity or str(ctx.state.client_key)
-    conn = Connection(host, user=user, port=port, config=config, gateway=gateway,
-                      connect_timeout=math.ceil(ctx.inventory.connect_timeout),
-                      connect_kwargs={"key_filename": key, "look_for_keys": False, "allow_agent": False})
-    conn.client.set_missing_host_key_policy(policy)  # Fabric's __init__ installed AutoAddPolicy: replaced
-    if ctx.state.known_hosts.exists():
-        conn.client.load_host_keys(str(ctx.state.known_hosts))
+    if not ctx.state.known_hosts.exists():
+        trust.pin_host_keys_file(ctx.state)
+    conn = fabricconn.connection(node, ctx.state.client_key, ctx.state.known_hosts, ctx.inventory.connect_timeout,
+                                 {"sudo": {"password": password}})
+    hop, hops = conn.gateway, list(node.proxy_jump)
+    conn.client.set_missing_host_key_policy(policy)
+    while hop and hops:  # the last hop is the node's own gateway, the one before it that hop's
+        jump = hops.pop()
+        hop.client.set_missing_host_key_policy(_Evidence(
+            ctx, f"{node.name} (bastion {jump.user or node.user}@{jump.host}:{jump.port})", None, policy.ask,
+            policy.user_known, policy.pinned))
+        hop = hop.gateway
     return conn

@@ -172,6 +172,14 @@ def status_table(rows) -> None:
     out.print(f"last deploy: {rows[0]['last_deploy'] if rows else '-'}")
 
 
+def bare_table(rows, fingerprints=None) -> None:
+    t = Table("node", "container", "ssh", "sshd", *(["host key"] if fingerprints else []))
+    for r in rows:
+        t.add_row(r["node"], r["container"], r["ssh"], "up" if r["sshd"] else "[red]down[/]",
+                  *([fingerprints.get(r["node"], "-")] if fingerprints else []))
+    out.print(t)
+
+
 def fleet_table(rows) -> None:
     t = Table("node", "container", "ssh", "sshd", "router", "running", "gate", "halted")
     for r in rows:

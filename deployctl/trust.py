@@ -76,6 +76,22 @@ def ensure_controller(state: StateDir) -> None:
         _write_secret(state.token_file, secrets.token_hex(32).encode() + b"\n")
 
 
+def host_keys(state: StateDir, names: list[str]) -> dict[str, HostKey]:
+    """Return the host key of each name (made on first use, kept after) and make sure the client key exists."""
+    _load_or_create(state.client_key, "deployctl-controller")
+    return {name: _load_or_create(state.host_key(name), f"{name}-host") for name in names}
+
+
+def pin(state: StateDir, entries: dict[tuple[str, int], str | None]) -> None:
+    """Set the known_hosts line of each (host, port) to its public key line, or drop it where None;
+    every other line is kept (unlike `ensure`, which rewrites the file for one fleet)."""
+    patterns = {f"[{host}]:{port}": line for (host, port), line in entries.items()}
+    old = state.known_hosts.read_text().splitlines() if state.known_hosts.exists() else []
+    kept = [line for line in old if line.split(" ", 1)[0] not in patterns]
+    kept += [f"{pattern} {' '.join(line.split()[:2])}" for pattern, line in patterns.items() if line]
+    _write_secret(state.known_hosts, "".join(f"{line}\n" for line in kept).encode())
+
+
 def client_public_line(state: StateDir) -> str:
     """Return the controller's public key line for authorized_keys."""
     return state.client_pub.read_text().strip()
@@ -165,7 +181,7 @@ def decide(node: str, where: str, presented: str, user_known: tuple[list[str], l
                        f"--fingerprint {node}={fp}")
 
 
-def pin(state: StateDir, host: str, port: int, presented: str) -> None:
+def pin_host_key(state: StateDir, host: str, port: int, presented: str) -> None:
     """Append the host key ("keytype base64") to the state folder's known_hosts, the one SSH trusts."""
     state.keys.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(state.known_hosts, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -173,6 +189,12 @@ def pin(state: StateDir, host: str, port: int, presented: str) -> None:
         f.write(f"{host_pattern(host, port)} {presented}\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def pin_host_keys_file(state: StateDir) -> None:
+    """Create an empty known_hosts in the state folder (mode 0600) if there is none."""
+    if not state.known_hosts.exists():
+        _write_secret(state.known_hosts, b"")
 
 
 def parse_fingerprints(values: list[str], nodes: list[str]) -> dict[str, str]:

@@ -67,8 +67,8 @@ def test_refusals_name_the_node_and_the_fingerprint():
 
 def test_pin_appends_to_the_state_known_hosts(tmp_path):
     state = StateDir(tmp_path / "s")
-    trust.pin(state, "10.0.0.5", 2222, KEY)
-    trust.pin(state, "web", 22, OTHER)
+    trust.pin_host_key(state, "10.0.0.5", 2222, KEY)
+    trust.pin_host_key(state, "web", 22, OTHER)
     assert state.known_hosts.read_text() == f"[10.0.0.5]:2222 {KEY}\nweb {OTHER}\n"
     assert state.known_hosts.stat().st_mode & 0o777 == 0o600
 

@@ -13,22 +13,22 @@ PACKAGE = Path(__file__).resolve().parents[2] / "deployctl"
 
 # Each module's rank: a module imports only modules of a lower rank (none sideways, none upward).
 # The ranks refine STYLE.md's six layers into a total order, so that no exception list is needed:
-#   STYLE layer 1 (no I/O but files):     errors 0; schema, statedir, signing 1; config 2
+#   STYLE layer 1 (no I/O but files):     errors 0; schema, statedir, signing, sshconfig 1; config 2
 #   STYLE layer 2 (pure):                 phases, node_agent 1; commands, trust, manifest 3; artifact, verify,
 #                                         nodecontract 4
-#   STYLE layer 3 (adapters, journal):    channel 1; journal 2; gate, docker_fleet, sshconnect 3; ssh 4
-#   STYLE layer 4:                        context 5; run 6
+#   STYLE layer 3 (adapters, journal):    channel 1; journal 2; gate, docker_fleet, sshconnect 3; ssh, fabricconn 4
+#   STYLE layer 4:                        context, barefleet 5 (the bare test fleet: Docker and keys only); run 6
 #   STYLE layer 5 (what commands do):     rollout, rollback, control, enroll 7; testfleet 8 (it rolls out the first release)
 #   STYLE layer 6:                        api, output (the CLI's rendering) 9; cli 10; __main__ 11
 LAYERS = {
     "__init__": 0, "errors": 0,
-    "schema": 1, "statedir": 1, "signing": 1, "phases": 1, "node_agent": 1, "channel": 1,
+    "schema": 1, "statedir": 1, "sshconfig": 1, "signing": 1, "phases": 1, "node_agent": 1, "channel": 1,
     "config": 2, "journal": 2,
     "manifest": 3,
     "commands": 3, "trust": 3, "gate": 3, "docker_fleet": 3, "sshconnect": 3,
     "artifact": 4,
-    "verify": 4, "ssh": 4, "nodecontract": 4,
-    "context": 5,
+    "verify": 4, "ssh": 4, "fabricconn": 4, "nodecontract": 4,
+    "context": 5, "barefleet": 5,
     "run": 6,
     "rollout": 7, "rollback": 7, "control": 7, "enroll": 7,
     "testfleet": 8,
@@ -41,7 +41,8 @@ LAYERS = {
 SAME_LAYER_ALLOWED: set[tuple[str, str]] = set()
 
 # Third-party packages and the only module allowed to import each.
-ADAPTERS = {"paramiko": "sshconnect", "docker": "docker_fleet", "typer": "cli", "rich": "output", "yaml": "schema"}
+ADAPTERS = {"paramiko": "sshconnect", "fabric": "fabricconn", "invoke": "fabricconn", "docker": "docker_fleet",
+            "typer": "cli", "rich": "output", "yaml": "schema"}
 
 
 def modules() -> dict[str, ast.Module]:
@@ -139,12 +140,13 @@ def test_a_read_only_command_does_not_load_rollout_artifact_or_docker_code():
 
     code = ("import sys; from deployctl import api, cli; api.verify, api.halt, api.gate_status, api.open_context; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('deployctl', 'docker', 'paramiko', 'tarfile', "
-            "'cryptography')))")
+            "'cryptography', 'fabric', 'invoke')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     loaded = set(eval(out.stdout))  # noqa: S307 - our own print of a list of names
     assert not loaded & {"deployctl.rollout", "deployctl.rollback", "deployctl.artifact", "deployctl.testfleet",
-                         "deployctl.docker_fleet", "docker", "paramiko", "tarfile", "cryptography"}, loaded
+                         "deployctl.docker_fleet", "deployctl.fabricconn", "docker", "paramiko", "tarfile",
+                         "cryptography", "fabric", "invoke"}, loaded
 
 
 @pytest.mark.parametrize("package, owner", sorted(ADAPTERS.items()))
@@ -155,7 +157,7 @@ def test_adapter_packages_only_in_their_module(package, owner):
     assert users == []
 
 
-@pytest.mark.parametrize("package, owner", [("paramiko", "sshconnect"),
+@pytest.mark.parametrize("package, owner", [("paramiko", "sshconnect"), ("fabric", "fabricconn"),
                                             ("docker", "docker_fleet")])
 def test_heavy_adapters_import_lazily(package, owner):
     """STYLE.md 13: paramiko and docker are imported inside the functions that need them."""

@@ -1,0 +1,65 @@
+"""The Fabric factory refuses unknown host keys (hops included), and no code path installs an auto-add policy."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import paramiko
+
+from deployctl import fabricconn
+from deployctl.config import Node
+from deployctl.sshconfig import Jump
+
+PACKAGE = Path(__file__).resolve().parents[2] / "deployctl"
+
+
+def test_fabric_connection_rejects_unknown_keys_at_every_hop(tmp_path, monkeypatch):
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "config").write_text("Host *\n  ProxyJump evil\n  IdentityFile /evil\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    known = tmp_path / "known_hosts"
+    known.write_text("[10.0.0.5]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n")
+    node = Node("a", "10.0.0.5", 2222, 80, "deploy", "/keys/a",
+                (Jump("outer", 22, "o", "/keys/o"), Jump("inner", 2200, "i", None)))
+    conn = fabricconn.connection(node, tmp_path / "id", known, 3.0)
+    chain = [conn, conn.gateway, conn.gateway.gateway]
+    assert [(c.host, c.port, c.user) for c in chain] == [("10.0.0.5", 2222, "deploy"), ("inner", 2200, "i"),
+                                                          ("outer", 22, "o")]
+    assert conn.gateway.gateway.gateway is False  # the first hop is reached directly, whatever ssh_config says
+    assert [c.connect_kwargs["key_filename"] for c in chain] == [["/keys/a"], [str(tmp_path / "id")], ["/keys/o"]]
+    for c in chain:
+        assert type(c.client._policy) is paramiko.RejectPolicy
+        assert c.connect_kwargs["look_for_keys"] is False and c.connect_kwargs["allow_agent"] is False
+    assert conn.client.get_host_keys().lookup("[10.0.0.5]:2222") is not None
+    assert conn.ssh_config == {"hostname": "10.0.0.5"}  # Fabric read no ~/.ssh/config: config.py did
+
+
+def _calls(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            yield node
+
+
+def test_no_code_path_installs_an_auto_add_policy():
+    """Any set_missing_host_key_policy call in deployctl/ passes RejectPolicy(); AutoAddPolicy and
+    WarningPolicy (which also lets an unknown key in) appear nowhere in the code."""
+    policies, bad = [], []
+    for path in sorted(PACKAGE.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Name, ast.Attribute)):
+                name = node.id if isinstance(node, ast.Name) else node.attr
+                if name in ("AutoAddPolicy", "WarningPolicy"):
+                    bad.append(f"{path.name}:{node.lineno}")
+        for call in _calls(tree):
+            if isinstance(call.func, ast.Attribute) and call.func.attr == "set_missing_host_key_policy":
+                arg = call.args[0] if call.args else None
+                ok = (isinstance(arg, ast.Call) and isinstance(arg.func, ast.Attribute)
+                      and arg.func.attr == "RejectPolicy")
+                # enroll.py's own policy pins a new key only on evidence (trust.decide; tests/unit/test_enroll_policy.py)
+                ok = ok or (path.name == "enroll.py" and (isinstance(arg, ast.Name) and arg.id == "policy" or
+                                                          isinstance(arg, ast.Call) and getattr(arg.func, "id", "") == "_Evidence"))
+                policies.append((path.name, ok))
+    assert bad == []
+    assert sorted(policies) == [("enroll.py", True), ("enroll.py", True), ("fabricconn.py", True), ("sshconnect.py", True)]
