@@ -123,8 +123,19 @@ def _one(ctx: Context, node: Node, dry_run: bool, password: str | None, given: s
     return result
 
 
+def _timeout(ctx: Context) -> float:
+    # Setup work, not the hot path: a handshake through a bastion on a busy machine may take longer
+    # than the inventory's connect_timeout, and paramiko then fails late with "No existing session".
+    return max(ctx.inventory.connect_timeout, ENROLL_CONNECT_TIMEOUT)
+
+
+ENROLL_CONNECT_TIMEOUT = 20.0
+
+
 def _describe(exc: Exception) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
+    if text == "No existing session":  # paramiko: the key exchange did not finish within the timeout
+        text = "the SSH handshake did not finish in time (no existing session)"
     return f"{type(exc).__name__}: {text}"[:300]
 
 
@@ -207,7 +218,7 @@ def _connection(ctx: Context, node: Node, password: str | None, policy):
 
     if not ctx.state.known_hosts.exists():
         trust.pin_host_keys_file(ctx.state)
-    conn = fabricconn.connection(node, ctx.state.client_key, ctx.state.known_hosts, ctx.inventory.connect_timeout,
+    conn = fabricconn.connection(node, ctx.state.client_key, ctx.state.known_hosts, _timeout(ctx),
                                  {"sudo": {"password": password}})
     hop, hops = conn.gateway, list(node.proxy_jump)
     conn.client.set_missing_host_key_policy(policy)
