@@ -21,9 +21,10 @@ MAX_LINE = 1 << 20  # an agent's answer line is a few KiB
 class NodeError(Exception):
     """A node could not be worked with: no connection, a refused host key, or an answer out of protocol."""
 
-    def __init__(self, reason: str, host_key: bool = False):
+    def __init__(self, reason: str, host_key: bool = False, refused: bool = False):
         super().__init__(reason)
-        self.reason, self.host_key = reason, host_key
+        # refused: a bastion could not connect onward (nothing listens there), told apart for the router's HTTP
+        self.reason, self.host_key, self.refused = reason, host_key, refused
 
 
 def run(transport, command: str, stdin: bytes | None, timeout: float) -> tuple[int, bytes, bytes]:

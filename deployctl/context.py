@@ -17,6 +17,7 @@ from deployctl.errors import UsageError
 from deployctl.gate import Routers
 from deployctl.journal import Journal, Lock, actor
 from deployctl.ssh import Fleet, SSHFleet, Target
+from deployctl.sshconnect import Bastions
 from deployctl.statedir import StateDir
 
 if TYPE_CHECKING:  # imported where used: read-only commands never load tar and key code
@@ -40,6 +41,7 @@ class Context:
     connect: Callable[[list[Node]], Fleet] | None = field(default=None, repr=False)
     http: Routers | None = field(default=None, repr=False)
     _token: str | None = field(default=None, repr=False)
+    _bastions: Bastions | None = field(default=None, repr=False)
 
     @property
     def state(self) -> StateDir:
@@ -64,7 +66,26 @@ class Context:
     @property
     def routers(self) -> Routers:
         """The fleet's routers over HTTP (or the injected fake)."""
-        return self.http or Routers(self.token, actor(), self.playbook.service.health_path)
+        if self.http is not None:
+            return self.http
+        opener = self._router_socket if any(n.proxy_jump for n in self.nodes) else None
+        return Routers(self.token, actor(), self.playbook.service.health_path, opener)
+
+    def bastions(self) -> Bastions:
+        """Return the command's bastion connections, shared by SSH and the routers' HTTP (made on first use)."""
+        if self._bastions is None:
+            state = self.state
+            self._bastions = Bastions(state.client_key, state.known_hosts,
+                                      min(self.inventory.connect_timeout, self.playbook.timeouts.connect))
+        return self._bastions
+
+    def _router_socket(self, node: Node, timeout: float):
+        return self.bastions().socket(node.proxy_jump, node.host, node.router_port, timeout)
+
+    def close(self) -> None:
+        """Close the bastion connections, if any were opened; safe to call twice."""
+        if self._bastions is not None:
+            self._bastions.close()
 
     def token(self) -> str:
         """Return the routers' control token, read once; ConfigError if there is none."""
@@ -83,9 +104,11 @@ class Context:
         state = self.state
         if not state.client_key.exists() or not state.known_hosts.exists():
             raise UsageError(f"no fleet keys in {state.keys}: run `deployctl fleet up` first")
-        targets = [Target(n.name, n.host, n.ssh_port, n.user) for n in nodes]
+        targets = [Target(n.name, n.host, n.ssh_port, n.user, Path(n.identity_file) if n.identity_file else None,
+                          n.proxy_jump) for n in nodes]
         return SSHFleet(targets, state.client_key, state.known_hosts,
-                        min(self.inventory.connect_timeout, self.playbook.timeouts.connect), self.inventory.parallel)
+                        min(self.inventory.connect_timeout, self.playbook.timeouts.connect), self.inventory.parallel,
+                        self.bastions() if any(t.jumps for t in targets) else None)
 
     def signing_key(self) -> Path:
         """Return the controller's artifact signing key, creating the pair on first use."""

@@ -1,7 +1,9 @@
 """HTTP client for each node's router: health, gate, halt and resume, all nodes in parallel.
 
-Reaches routers only at their published 127.0.0.1 ports from the inventory. The
-control token goes in a header, never on a command line or in a log line.
+Reaches routers at the host and router port of the inventory; for a node behind a bastion
+(proxy_jump), through a direct-tcpip channel over the bastion's SSH transport that an `opener`
+gives (http.client then speaks over that channel as its socket). The control token goes in a
+header, never on a command line or in a log line.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from deployctl.config import Node
+
+# (node, timeout) -> a connected socket-like object to its router; raises ConnectionRefusedError when nothing
+# listens there, OSError (naming the bastion) for anything else
+Opener = Callable[[Node, float], object]
 
 TOKEN_HEADER = "X-Deployctl-Token"
 ACTOR_HEADER = "X-Deployctl-Actor"
@@ -42,10 +48,11 @@ class Answer:
 
 
 def request(node: Node, method: str, path: str, body: dict | None = None, token: str | None = None,
-            timeout: float = 2.0, actor: str = "") -> Answer:
+            timeout: float = 2.0, actor: str = "", opener: Opener | None = None) -> Answer:
     """Send one request to `node`'s router; never raises, a failure is an Answer with status 0.
 
-    `actor` (user@host) goes with a token, for the node's journal of who asked."""
+    `actor` (user@host) goes with a token, for the node's journal of who asked; `opener` reaches a node
+    with a proxy_jump."""
     headers = {"Content-Type": "application/json"}
     if token is not None:
         headers[TOKEN_HEADER] = token
@@ -53,6 +60,8 @@ def request(node: Node, method: str, path: str, body: dict | None = None, token:
             headers[ACTOR_HEADER] = actor
     conn = http.client.HTTPConnection(node.host, node.router_port, timeout=timeout)
     try:
+        if opener is not None and node.proxy_jump:
+            conn.sock = opener(node, timeout)  # http.client sends over it and never connects itself
         conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
         resp = conn.getresponse()
         raw = resp.read(1 << 20)
@@ -76,43 +85,47 @@ def each(nodes: list[Node], fn: Callable[[Node], Answer]) -> dict[str, Answer]:
         return dict(zip((n.name for n in nodes), pool.map(fn, nodes)))
 
 
-def health(nodes: list[Node], path: str = "/health", timeout: float = 2.0) -> dict[str, Answer]:
-    return each(nodes, lambda n: request(n, "GET", path, timeout=timeout))
+def health(nodes: list[Node], path: str = "/health", timeout: float = 2.0,
+           opener: Opener | None = None) -> dict[str, Answer]:
+    return each(nodes, lambda n: request(n, "GET", path, timeout=timeout, opener=opener))
 
 
 def control(nodes: list[Node], action: str, token: str, body: dict | None = None,
-            timeout: float = 2.0, actor: str = "") -> dict[str, Answer]:
+            timeout: float = 2.0, actor: str = "", opener: Opener | None = None) -> dict[str, Answer]:
     """POST /control/<action> to every node with the token; return node -> Answer."""
-    return each(nodes, lambda n: request(n, "POST", f"/control/{action}", body or {}, token, timeout, actor))
+    return each(nodes, lambda n: request(n, "POST", f"/control/{action}", body or {}, token, timeout, actor, opener))
 
 
-def open_gate(nodes: list[Node], digest: str, token: str, actor: str = "") -> dict[str, Answer]:
+def open_gate(nodes: list[Node], digest: str, token: str, actor: str = "",
+              opener: Opener | None = None) -> dict[str, Answer]:
     """Ask every router to open its gate for `digest` (each refuses unless it runs that digest)."""
-    return control(nodes, "gate", token, {"action": "open", "digest": digest}, actor=actor)
+    return control(nodes, "gate", token, {"action": "open", "digest": digest}, actor=actor, opener=opener)
 
 
-def close_gate(nodes: list[Node], token: str, actor: str = "") -> dict[str, Answer]:
+def close_gate(nodes: list[Node], token: str, actor: str = "", opener: Opener | None = None) -> dict[str, Answer]:
     """Close every router's gate; return node -> Answer."""
-    return control(nodes, "gate", token, {"action": "close"}, actor=actor)
+    return control(nodes, "gate", token, {"action": "close"}, actor=actor, opener=opener)
 
 
-def open_all_or_none(nodes: list[Node], digest: str, token: str, actor: str = "") -> dict[str, Answer]:
+def open_all_or_none(nodes: list[Node], digest: str, token: str, actor: str = "",
+                     opener: Opener | None = None) -> dict[str, Answer]:
     """Open every gate for `digest`; if any node refuses or does not answer, close them all again.
 
     The one place this rule lives: a fleet with some gates open and some closed takes orders on
     only part of the fleet, which is never what anyone asked for. Returns the open answers."""
-    answers = open_gate(nodes, digest, token, actor)
+    answers = open_gate(nodes, digest, token, actor, opener)
     if not all(a.ok for a in answers.values()):
-        close_gate(nodes, token, actor)
+        close_gate(nodes, token, actor, opener)
     return answers
 
 
-def wait_running(nodes: list[Node], digest: str, deadline_s: float, path: str = "/health") -> dict[str, Answer]:
+def wait_running(nodes: list[Node], digest: str, deadline_s: float, path: str = "/health",
+                 opener: Opener | None = None) -> dict[str, Answer]:
     """Poll each node's health until it reports `digest` or the deadline passes; return the last answers."""
     def one(node: Node) -> Answer:
         end = time.monotonic() + deadline_s
         while True:
-            ans = request(node, "GET", path, timeout=min(2.0, deadline_s))
+            ans = request(node, "GET", path, timeout=min(2.0, deadline_s), opener=opener)
             if (ans.ok and ans.body.get("digest") == digest) or time.monotonic() >= end:
                 return ans
             time.sleep(0.02)
@@ -124,26 +137,27 @@ class Routers:
     """Every router of a fleet over HTTP, with the control token read on first use; the seam that
     run and control use (unit tests give tests/unit/fakefleet.py's in-memory routers instead)."""
 
-    def __init__(self, token: Callable[[], str], actor: str = "", health_path: str = "/health"):
-        self._token, self.actor, self.health_path = token, actor, health_path
+    def __init__(self, token: Callable[[], str], actor: str = "", health_path: str = "/health",
+                 opener: Opener | None = None):
+        self._token, self.actor, self.health_path, self.opener = token, actor, health_path, opener
 
     def health(self, nodes: list[Node], timeout: float = 2.0) -> dict[str, Answer]:
         """Return node -> its router's health answer."""
-        return health(nodes, self.health_path, timeout)
+        return health(nodes, self.health_path, timeout, self.opener)
 
     def control(self, nodes: list[Node], action: str, body: dict | None = None,
                 timeout: float = 2.0) -> dict[str, Answer]:
         """POST /control/<action> (gate, halt, resume) to every node; return node -> Answer."""
-        return control(nodes, action, self._token(), body, timeout, self.actor)
+        return control(nodes, action, self._token(), body, timeout, self.actor, self.opener)
 
     def close_gate(self, nodes: list[Node]) -> dict[str, Answer]:
         """Close every gate; return node -> Answer."""
-        return close_gate(nodes, self._token(), self.actor)
+        return close_gate(nodes, self._token(), self.actor, self.opener)
 
     def open_all_or_none(self, nodes: list[Node], digest: str) -> dict[str, Answer]:
         """Open every gate for `digest`, or close them all again (see the module function)."""
-        return open_all_or_none(nodes, digest, self._token(), self.actor)
+        return open_all_or_none(nodes, digest, self._token(), self.actor, self.opener)
 
     def wait_running(self, nodes: list[Node], digest: str, deadline_s: float) -> dict[str, Answer]:
         """Poll until every router reports `digest` or the deadline passes; return the last answers."""
-        return wait_running(nodes, digest, deadline_s, self.health_path)
+        return wait_running(nodes, digest, deadline_s, self.health_path, self.opener)

@@ -57,6 +57,8 @@ class Target:
     host: str
     port: int
     user: str
+    key: Path | None = None  # None: the fleet's client key
+    jumps: tuple = ()  # bastions (sshconfig.Jump), first hop first: reached through a shared Bastions
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class SSHFleet:
     known_hosts: Path
     connect_timeout: float = 5.0
     parallel: int = 8
+    bastions: sshconnect.Bastions | None = None  # shared with the routers' HTTP; made here if not given
     _conns: dict = field(default_factory=dict)
     _failed: dict = field(default_factory=dict)
     _held: dict = field(default_factory=dict)
@@ -112,6 +115,9 @@ class SSHFleet:
     def __post_init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=max(1, self.parallel), thread_name_prefix="ssh")
         self._by_name = {t.name: t for t in self.targets}
+        self._own_bastions = self.bastions is None and any(t.jumps for t in self.targets)
+        if self._own_bastions:
+            self.bastions = sshconnect.Bastions(self.client_key, self.known_hosts, self.connect_timeout)
 
     def __enter__(self) -> "SSHFleet":
         return self
@@ -150,8 +156,9 @@ class SSHFleet:
             raise self._failed[name]
         try:
             t = self._by_name[name]
-            conn = sshconnect.open_client(t.host, t.port, t.user, self.client_key, self.known_hosts,
-                                          self.connect_timeout)
+            sock = self.bastions.tunnel(t.jumps, t.host, t.port) if t.jumps else None
+            conn = sshconnect.open_client(t.host, t.port, t.user, t.key or self.client_key, self.known_hosts,
+                                          self.connect_timeout, sock)
         except NodeError as exc:
             with self._lock:
                 self._failed[name] = exc  # one attempt per command: no reconnect storms
@@ -271,6 +278,8 @@ class SSHFleet:
             h.chan.close()
         for conn in conns:
             conn.close()
+        if self._own_bastions:
+            self.bastions.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 

@@ -1,4 +1,5 @@
-"""Open one SSH connection with a pinned host key: the only module that imports paramiko.
+"""Open one SSH connection with a pinned host key, directly or through bastions: the only module that
+imports paramiko.
 
 The controller's own known_hosts is the only source of trust: a missing or different key is
 refused (RejectPolicy; Fabric's Connection would install AutoAddPolicy here). paramiko is
@@ -19,8 +20,10 @@ from deployctl.channel import NodeError
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
-def open_client(host: str, port: int, user: str, client_key: Path, known_hosts: Path, timeout: float):
-    """Return a connected paramiko SSHClient; NodeError (host_key set for key trouble) if it cannot be."""
+def open_client(host: str, port: int, user: str, client_key: Path, known_hosts: Path, timeout: float, sock=None):
+    """Return a connected paramiko SSHClient; NodeError (host_key set for key trouble) if it cannot be.
+    `sock` (a channel from open_tunnel) carries the connection through a bastion; the host key is still
+    looked up as [host]:port, the node's own address."""
     paramiko = import_paramiko()
     client = paramiko.SSHClient()
     # Pinned keys only: RejectPolicy for unknown hosts (Fabric's Connection would install
@@ -31,7 +34,7 @@ def open_client(host: str, port: int, user: str, client_key: Path, known_hosts: 
         client.connect(
             host, port=port, username=user, key_filename=str(client_key), look_for_keys=False,
             allow_agent=False, timeout=timeout, banner_timeout=timeout,
-            auth_timeout=timeout, transport_factory=_gcm_first_transport(),
+            auth_timeout=timeout, transport_factory=_gcm_first_transport(), sock=sock,
             disabled_algorithms={"ciphers": ["aes128-cbc", "aes192-cbc", "aes256-cbc", "3des-cbc"]},
         )
     except paramiko.BadHostKeyException as exc:
@@ -48,10 +51,28 @@ def open_client(host: str, port: int, user: str, client_key: Path, known_hosts: 
         else:
             msg = f"ssh: {exc}"
         raise NodeError(msg, host_key=host_key) from None
+    except FileNotFoundError as exc:
+        raise NodeError(f"cannot read identity file {exc.filename or client_key}") from None
     except (OSError, socket.timeout, EOFError) as exc:
         raise NodeError(f"unreachable at {host}:{port}: {exc.__class__.__name__}: {exc}") from None
     client.get_transport().set_keepalive(5)
     return client
+
+
+def open_tunnel(transport, host: str, port: int, via: str, timeout: float):
+    """Return a direct-tcpip channel to host:port over a bastion's open transport (a socket-like object for
+    open_client or http.client); NodeError naming the bastion `via` if it refuses or cannot reach it."""
+    paramiko = import_paramiko()
+    try:
+        chan = transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout)
+    except paramiko.ChannelException as exc:
+        # RFC 4254 5.1 reason codes: 1 administratively prohibited (AllowTcpForwarding no), 2 connect failed
+        why = {1: "forwarding refused", 2: f"cannot reach {host}:{port} from there"}.get(exc.code, exc.text)
+        raise NodeError(f"via bastion {via}: {why}", refused=exc.code == 2) from None
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        raise NodeError(f"via bastion {via}: connection lost ({exc or exc.__class__.__name__})") from None
+    chan.settimeout(timeout)
+    return chan
 
 
 _import_lock = threading.Lock()
@@ -89,3 +110,71 @@ def _gcm_first_transport():
 
 def _fp(key) -> str:
     return key.fingerprint if hasattr(key, "fingerprint") else key.get_base64()[:16]
+
+
+class Bastions:
+    """Connections to the bastions of one command, each shared by every node behind it: one per hop chain
+    (a later hop is reached through a direct-tcpip channel of the one before), opened on first use with
+    the same pinned known_hosts, one attempt per command. Close it when the command is done."""
+
+    def __init__(self, client_key: Path, known_hosts: Path, timeout: float):
+        self.client_key, self.known_hosts, self.timeout = client_key, known_hosts, timeout
+        self._clients: dict[tuple, object] = {}  # hop chain -> SSHClient, or the NodeError it failed with
+        self._lock = threading.Lock()
+        # paramiko keeps one saved exception per transport: two channel opens refused at once would lose
+        # a reason ("Unable to open channel."), so opens go one at a time (each is one round trip).
+        self._channel_lock = threading.Lock()
+
+    def transport(self, chain: tuple):
+        """Return the open transport of the chain's last hop; NodeError naming the bastion otherwise."""
+        with self._lock:  # the first node behind a bastion opens it; the others wait and share it
+            return self._open(chain)
+
+    def _open(self, chain: tuple):
+        got = self._clients.get(chain)
+        if isinstance(got, NodeError):
+            raise got
+        hop = chain[-1]
+        if got is not None:
+            transport = got.get_transport()
+            if transport is not None and transport.is_active():
+                return transport
+            got.close()  # dropped: never reconnect within a command, as for nodes
+            self._clients[chain] = err = NodeError(f"bastion {hop.label()}: connection lost earlier in this command")
+            raise err
+        try:
+            sock = open_tunnel(self._open(chain[:-1]), hop.host, hop.port, chain[-2].label(),
+                               self.timeout) if len(chain) > 1 else None
+            key = Path(hop.identity_file) if hop.identity_file else self.client_key
+            client = open_client(hop.host, hop.port, hop.user, key, self.known_hosts, self.timeout, sock)
+        except NodeError as exc:
+            reason = exc.reason if exc.reason.startswith(("via bastion", "bastion ")) else \
+                f"bastion {hop.label()}: {exc.reason}"
+            self._clients[chain] = err = NodeError(reason, host_key=exc.host_key)
+            raise err from None
+        self._clients[chain] = client
+        return client.get_transport()
+
+    def tunnel(self, chain: tuple, host: str, port: int):
+        """Return a direct-tcpip channel to host:port through the chain; NodeError naming the bastion."""
+        transport = self.transport(chain)
+        with self._channel_lock:
+            return open_tunnel(transport, host, port, chain[-1].label(), self.timeout)
+
+    def socket(self, chain: tuple, host: str, port: int, timeout: float):
+        """tunnel() for http.client: ConnectionRefusedError when nothing listens at host:port (the bastion
+        said so), OSError naming the bastion for anything else."""
+        try:
+            chan = self.tunnel(chain, host, port)
+        except NodeError as exc:
+            raise (ConnectionRefusedError if exc.refused else OSError)(exc.reason) from None
+        chan.settimeout(timeout)
+        return chan
+
+    def close(self) -> None:
+        """Close every bastion connection, later hops first; safe to call twice."""
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in reversed(clients):
+            if not isinstance(client, NodeError):
+                client.close()
