@@ -120,6 +120,8 @@ def _one(ctx: Context, node: Node, dry_run: bool, password: str | None, given: s
         result.error = str(exc)
     except Exception as exc:  # noqa: BLE001 - a node's failure is a value (STYLE.md 5), named with its cause
         result.error = _describe(exc)
+        if type(exc).__name__ == "ChannelException" and node.proxy_jump:  # the last hop refused direct-tcpip
+            result.error = f"via bastion {node.proxy_jump[-1].label()}: forwarding refused ({exc.args[-1]})"
     return result
 
 

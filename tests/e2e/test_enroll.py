@@ -145,11 +145,11 @@ def test_rollout_verify_drift_rollback_halt_resume_as_deploy_through_the_bastion
 def test_without_forwarding_on_the_bastion_the_run_fails_naming_it(bare, cli):
     bare.set_forwarding(False)
     try:
-        out = cli("verify")
-        assert out.returncode != 0
-        assert f"127.0.0.1:{bare.fleet.bastion_port}" in out.stderr + out.stdout
+        refused = f"bastion deploy@127.0.0.1:{bare.fleet.bastion_port}: forwarding refused"
+        out = cli("verify", "--json")
+        assert out.returncode == 4 and refused in out.stdout, out.stdout + out.stderr  # 4: unreachable
         again = cli("enroll", "node1")
-        assert again.returncode != 0
+        assert again.returncode == 1 and f"node1: via {refused}" in again.stderr, again.stderr
     finally:
         bare.set_forwarding(True)
     assert cli("verify").returncode == 0
