@@ -10,6 +10,7 @@ each node that changed journals it in its own state/journal.jsonl. A second run 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from concurrent.futures import ThreadPoolExecutor
@@ -19,8 +20,9 @@ from pathlib import Path
 from deployctl import commands, nodecontract, trust
 from deployctl.config import Node
 from deployctl.context import Context
-from deployctl.errors import DeployctlError, HostKeyError, UsageError
+from deployctl.errors import DeployctlError, HostKeyError, UnreachableError, UsageError
 from deployctl.journal import encode, entry
+from deployctl.run import locked
 
 
 @dataclass
@@ -31,6 +33,7 @@ class Enrolled:
     pinned: list[str] = field(default_factory=list)
     error: str | None = None
     host_key: bool = False
+    unreachable: bool = False
 
 
 class _Evidence:
@@ -69,26 +72,29 @@ def enroll(ctx: Context, names: list[str] | None = None, dry_run: bool = False, 
            ) -> dict[str, Enrolled]:
     """Enroll the named nodes (default: all) and return a result per node. A host key not pinned yet is
     pinned from `user_known_hosts`, a `fingerprints` entry (NODE=SHA256:...) or `ask`'s yes, else refused.
-    UsageError for unknown names; DeployctlError (HostKeyError if only host keys were refused) naming
+    UsageError for unknown names; DeployctlError (HostKeyError, UnreachableError if only those) naming
     every node that failed, after every node was tried."""
     known = _read(Path(user_known_hosts).expanduser())
     nodes = _select(ctx, names)
     given = trust.parse_fingerprints(list(fingerprints), [n.name for n in ctx.nodes])
     trust.ensure_controller(ctx.state)
     ctx.signing_key()
-    ctx.journal.append(entry("enroll", phase="start", nodes=[n.name for n in nodes], dry_run=dry_run))
-    with ThreadPoolExecutor(max_workers=ctx.inventory.parallel) as pool:
-        results = dict(zip([n.name for n in nodes], pool.map(
-            lambda n: _one(ctx, n, dry_run, sudo_password, given.get(n.name), ask, known), nodes)))
+    # Not "start"/"done": those phases are the rollout runs' own, which `recover` looks for.
+    ctx.journal.append(entry("enroll", phase="begin", nodes=[n.name for n in nodes], dry_run=dry_run))
+    with contextlib.nullcontext() if dry_run else locked(ctx, "enroll", break_lock=False):
+        with ThreadPoolExecutor(max_workers=ctx.inventory.parallel) as pool:
+            results = dict(zip([n.name for n in nodes], pool.map(
+                lambda n: _one(ctx, n, dry_run, sudo_password, given.get(n.name), ask, known), nodes)))
     for r in results.values():
         ctx.emit("node", phase="enroll", node=r.node, ok=r.error is None,
                  reason=r.error or ("; ".join(r.steps) if r.steps else "nothing to change"))
-    ctx.journal.append(entry("enroll", phase="done", dry_run=dry_run,
+    ctx.journal.append(entry("enroll", phase="end", dry_run=dry_run,
                              nodes={r.node: {"steps": r.steps, "pinned": r.pinned, "error": r.error}
                                     for r in results.values()}))
     failed = [r for r in results.values() if r.error]
     if failed:
-        kind = HostKeyError if all(r.host_key for r in failed) else DeployctlError
+        kind = (HostKeyError if all(r.host_key for r in failed) else
+                UnreachableError if all(r.unreachable for r in failed) else DeployctlError)
         raise kind("enroll: " + "; ".join(r.error if r.host_key else f"{r.node}: {r.error}" for r in failed))
     return results
 
@@ -120,6 +126,8 @@ def _one(ctx: Context, node: Node, dry_run: bool, password: str | None, given: s
         result.error = str(exc)
     except Exception as exc:  # noqa: BLE001 - a node's failure is a value (STYLE.md 5), named with its cause
         result.error = _describe(exc)
+        if isinstance(exc, OSError):  # refused, no route, timed out (paramiko's NoValidConnectionsError too)
+            result.error, result.unreachable = f"unreachable at {node.host}:{node.ssh_port}: {result.error}", True
         if type(exc).__name__ == "ChannelException" and node.proxy_jump:  # the last hop refused direct-tcpip
             result.error = f"via bastion {node.proxy_jump[-1].label()}: forwarding refused ({exc.args[-1]})"
     return result

@@ -156,3 +156,14 @@ def test_a_node_without_the_manager_is_refused():
     assert check_manager(SUP, Facts({}, (), False)) == (
         "the playbook's service manager is supervisord, but supervisorctl is not installed on this node")
     assert check_manager(SUP, Facts({}, ("/usr/bin/supervisorctl",), False)) is None
+
+
+def test_apply_script_stops_at_the_failing_step_and_names_it(tmp_path):
+    from deployctl.nodecontract import Step, apply_script, failed_step
+
+    made = tmp_path / "made"
+    steps = [Step("one", (("touch", str(made)),)), Step("two", (("false",),)), Step("three", (("touch", str(tmp_path / "x")),))]
+    code = subprocess.run(apply_script(steps)).returncode
+    assert failed_step(steps, code) == 1 and made.exists() and not (tmp_path / "x").exists()
+    assert subprocess.run(apply_script(steps[:1])).returncode == 0
+    assert failed_step(steps, 1) is None  # sh's own failure names no step
