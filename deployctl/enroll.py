@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,8 @@ def enroll(ctx: Context, names: list[str] | None = None, dry_run: bool = False, 
     known = _read(Path(user_known_hosts).expanduser())
     nodes = _select(ctx, names)
     given = trust.parse_fingerprints(list(fingerprints), [n.name for n in ctx.nodes])
+    if ask is not None:  # nodes are enrolled in parallel: one question on the terminal at a time
+        ask = _one_at_a_time(ask)
     trust.ensure_controller(ctx.state)
     ctx.signing_key()
     # Not "start"/"done": those phases are the rollout runs' own, which `recover` looks for.
@@ -97,6 +100,15 @@ def enroll(ctx: Context, names: list[str] | None = None, dry_run: bool = False, 
                 UnreachableError if all(r.unreachable for r in failed) else DeployctlError)
         raise kind("enroll: " + "; ".join(r.error if r.host_key else f"{r.node}: {r.error}" for r in failed))
     return results
+
+
+def _one_at_a_time(ask):
+    lock = threading.Lock()
+
+    def asked(*args):
+        with lock:
+            return ask(*args)
+    return asked
 
 
 def _read(path: Path) -> str:
@@ -140,6 +152,7 @@ def _timeout(ctx: Context) -> float:
 
 
 ENROLL_CONNECT_TIMEOUT = 20.0
+ENROLL_COMMAND_TIMEOUT = 300.0
 
 
 def _describe(exc: Exception) -> str:
@@ -176,15 +189,17 @@ def _enroll_node(ctx: Context, node: Node, conn, dry_run: bool, result: Enrolled
             raise DeployctlError(f"{what}: {_last_line(err) or f'exit {code}'}")
     finally:
         _run(conn, ["rm", "-rf", tmp], "remove the private folder", check=False)
-        if result.steps:
+        if result.steps:  # checked only after a whole apply: a failure's own message must not be masked
             record = entry("enroll", node=node.name, steps=result.steps)
-            _run(conn, commands.journal_append(ctx.root), "journal on the node", stdin=encode(record))
+            _run(conn, commands.journal_append(ctx.root), "journal on the node", stdin=encode(record),
+                 check=len(result.steps) == len(steps))
 
 
 def _as_root(ctx: Context, node: Node, conn):
     """Return run(argv, what, check=True) -> stdout (check False: (exit code, stderr)), as root: directly for a root login, else through `sudo` (Fabric
     answers its password prompt); DeployctlError naming what failed with the command's last error line."""
-    timeout = ctx.playbook.timeouts.command
+    # Setup work: sudo's password check alone took 8 s on the busy test machine; bounded all the same.
+    timeout = max(ctx.playbook.timeouts.command, ENROLL_COMMAND_TIMEOUT)
 
     def run(argv, what: str, check: bool = True):
         text = commands.render(["sh", "-c", commands.render(argv)])
