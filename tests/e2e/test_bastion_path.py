@@ -34,16 +34,34 @@ def bastion(ctx, base_release, tmp_path_factory):
         yield handle
 
 
+def _through(ctx, folder: Path, jump: str):
+    """A context on the same eight nodes, each with proxy_jump `jump`."""
+    lines = ["fleet: test-fleet", "ssh:", "  user: root", "nodes:"]
+    lines += [f"  - {{name: {n.name}, host: {n.host}, ssh_port: {n.ssh_port}, router_port: {n.router_port}, "
+              f"proxy_jump: '{jump}'}}" for n in ctx.nodes]
+    (folder / "fleet.yaml").write_text("\n".join(lines) + "\n")
+    return api.open_context(folder / "fleet.yaml", ROOT / "playbooks" / "router.yaml", ctx.state_dir)
+
+
 @pytest.fixture
 def via(ctx, bastion, tmp_path):
     """A context on the same eight nodes, each with proxy_jump through the bastion."""
-    lines = ["fleet: test-fleet", "ssh:", "  user: root", "nodes:"]
-    lines += [f"  - {{name: {n.name}, host: {n.host}, ssh_port: {n.ssh_port}, router_port: {n.router_port}, "
-              f"proxy_jump: 'deploy@127.0.0.1:{BASTION_PORT}'}}" for n in ctx.nodes]
-    (tmp_path / "fleet.yaml").write_text("\n".join(lines) + "\n")
-    through = api.open_context(tmp_path / "fleet.yaml", ROOT / "playbooks" / "router.yaml", ctx.state_dir)
+    through = _through(ctx, tmp_path, f"deploy@127.0.0.1:{BASTION_PORT}")
     yield through
     through.close()
+
+
+def test_a_two_hop_chain(ctx, bastion, tmp_path, base_release):
+    """The bastion twice (it listens on the host's 127.0.0.1, so from itself it reaches itself): the second
+    hop is opened through a channel of the first, the nodes through the second."""
+    hop = f"deploy@127.0.0.1:{BASTION_PORT}"
+    chained = _through(ctx, tmp_path, f"{hop},{hop}")
+    try:
+        assert len(chained.nodes[0].proxy_jump) == 2
+        assert api.verify(chained, base_release.digest).ok
+        assert len(chained.bastions()._clients) == 2  # one per hop, shared by the eight nodes
+    finally:
+        chained.close()
 
 
 def test_verify_and_halt_through_the_bastion(ctx, via, base_release):
@@ -91,3 +109,13 @@ def test_forwarding_off_fails_naming_the_bastion(ctx, bastion, via, base_release
     finally:
         bastion.set_forwarding(True)
     assert all(not a.body["halted"] for a in gate.health(ctx.nodes).values())
+
+
+def test_a_missing_identity_file_is_named(ctx, tmp_path):
+    node = ctx.nodes[0]
+    (tmp_path / "fleet.yaml").write_text(
+        f"fleet: f\nnodes:\n  - {{name: {node.name}, host: {node.host}, ssh_port: {node.ssh_port}, "
+        f"router_port: {node.router_port}, identity_file: no/such/key}}\n")
+    bad = api.open_context(tmp_path / "fleet.yaml", ROOT / "playbooks" / "router.yaml", ctx.state_dir)
+    with bad.ssh() as fleet:
+        assert fleet.connect()[node.name].error == f"cannot read identity file {tmp_path / 'no/such/key'}"
