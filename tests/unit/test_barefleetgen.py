@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from deployctl import barefleet, docker_fleet, trust
-from deployctl.config import bare_inventory_text, inventory_text
+from deployctl.config import bare_inventory_text, inventory_text, load_inventory
 from deployctl.errors import ConfigError
 from deployctl.schema import load_yaml
+from deployctl.sshconfig import Jump
 from deployctl.statedir import StateDir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,6 +97,14 @@ def test_bad_numbers_are_one_line_errors_in_both_generators(nodes, ssh, router, 
     with pytest.raises(ConfigError) as inventory_error:
         bare_inventory_text(nodes, ssh, router, bastion)
     assert str(compose_error.value) == str(inventory_error.value) == message
+
+
+def test_the_bare_inventory_loads_strictly_as_deploy_with_sudo_through_the_bastion(tmp_path):
+    inv = load_inventory(write(tmp_path, "bare.yaml", bare_inventory_text(3, 3751, 9751, 3750)))
+    assert [(n.name, n.host, n.ssh_port, n.router_port, n.user, n.become, n.proxy_jump) for n in inv.nodes] == [
+        (f"node{i}", "127.0.0.1", 3750 + i, 9750 + i, "deploy", "sudo", (Jump("127.0.0.1", 3750, "deploy"),))
+        for i in (1, 2, 3)]
+    assert (inv.fleet, inv.parallel) == ("bare-fleet", 8)
 
 
 def test_default_bare_ports_stay_clear_of_the_other_fleets():
