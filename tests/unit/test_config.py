@@ -268,7 +268,7 @@ def test_playbook_values_defaults_and_source_resolution(tmp_path):
 def test_real_router_playbook_loads():
     book = load_playbook(ROOT / "playbooks" / "router.yaml")
     assert book == Playbook("order-router", ROOT / "fleet" / "router", "/opt/router", 3,
-                            Service(None, None, "/health", Supervisor("router", "/var/run/supervisor.sock")),
+                            Service(None, None, "/health", Supervisor("router", "/var/run/supervisor.sock"), "supervisord"),
                             Timeouts(5.0, 60.0, 20.0), 64, ROOT / "playbooks" / "router.yaml")
 
 

@@ -167,3 +167,31 @@ def test_apply_script_stops_at_the_failing_step_and_names_it(tmp_path):
     assert failed_step(steps, code) == 1 and made.exists() and not (tmp_path / "x").exists()
     assert subprocess.run(apply_script(steps[:1])).returncode == 0
     assert failed_step(steps, 1) is None  # sh's own failure names no step
+
+
+@pytest.mark.parametrize("service, message", [
+    ("  manager: upstart\n", "router.yaml: service/manager: should be one of supervisord, systemd, got 'upstart'"),
+    ("  manager: systemd\n  supervisor: {program: router}\n", "router.yaml: service/supervisor: only for manager supervisord"),
+    ("  supervisor: {program: router}\n  unit: other\n", "router.yaml: service/unit: should be the supervisor program 'router'"),
+    ("  manager: systemd\n  port: 0\n", "router.yaml: service/port: should be between 1 and 65535"),
+])
+def test_playbook_service_manager_fields_are_strict(tmp_path, service, message):
+    from deployctl.config import load_playbook
+    from deployctl.errors import ConfigError
+
+    book = tmp_path / "router.yaml"
+    book.write_text(f"name: r\nsource: .\ninstall_root: /opt/r\nkeep_releases: 2\nservice:\n  health_path: /h\n{service}")
+    with pytest.raises(ConfigError) as exc:
+        load_playbook(book)
+    assert str(exc.value) == message
+
+
+def test_a_systemd_playbook_needs_no_restart_argv(tmp_path):
+    from deployctl.config import load_playbook
+
+    book = tmp_path / "router.yaml"
+    book.write_text("name: r\nsource: .\ninstall_root: /opt/r\nkeep_releases: 2\nservice:\n  health_path: /h\n"
+                    "  manager: systemd\n  unit: orders\n  port: 9000\n")
+    service = load_playbook(book).service
+    assert (service.manager_name, service.unit_name, service.port) == ("systemd", "orders", 9000)
+    assert commands.activate("/opt/r", "d" * 64, service)[1] == ["systemctl", "restart", "orders"]
