@@ -11,8 +11,6 @@ uses are read: HostName, Port, User, IdentityFile, ProxyJump.
 from __future__ import annotations
 
 import fnmatch
-import getpass
-import glob
 import os
 import re
 import shlex
@@ -116,6 +114,8 @@ def _read(path: Path, host: str, found: dict[str, list[str]], active: bool, dept
                     raise SSHConfigError("Match is not supported (only `Match all`)")
                 active = True
             elif key == "include" and active:
+                import glob  # here: every command loads the inventory, few configs include files
+
                 for arg in args:
                     base = Path(os.path.expanduser(arg))
                     base = base if base.is_absolute() else Path.home() / ".ssh" / base
@@ -139,6 +139,8 @@ def expand(value: str, host: str, user: str | None, original: str) -> str:
     """Expand `~` and the tokens %d %h %n %r %u %% of an IdentityFile or HostName value, as ssh does;
     SSHConfigError on another token."""
     def token(m: re.Match) -> str:
+        import getpass  # here: termios and pwd, for %u alone
+
         table = {"%": "%", "d": str(Path.home()), "h": host, "n": original, "r": user or "",
                  "u": getpass.getuser()}
         if m[1] not in table:

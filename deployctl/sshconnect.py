@@ -81,8 +81,9 @@ _import_lock = threading.Lock()
 def import_paramiko():
     """Import paramiko (once, under a lock: the first connections are opened from eight threads)
     without invoke. paramiko.config imports invoke only to run `Match exec` lines of ssh_config
-    files, which deployctl never reads; invoke pulls in asyncio and unittest.mock, 50 ms of every
-    command here. invoke stays importable: only paramiko's own reference to it is left unset."""
+    files, which deployctl never has paramiko read (sshconfig.py reads them); invoke pulls in asyncio
+    and unittest.mock, 50 ms of every command here. invoke stays importable (Fabric, for setup work,
+    imports it first): only paramiko's own reference to it is left unset."""
     with _import_lock:
         module = sys.modules.get("paramiko")
         if module is None:
