@@ -29,6 +29,7 @@ EXPORTS = {
     "PlanRow": ("run", "PlanRow"), "RunResult": ("run", "RunResult"), "interrupted": ("run", "interrupted"),
     "VerifyReport": ("verify", "VerifyReport"),
     "make_plan": ("signoff", "plan"), "approve_plan": ("signoff", "approve"), "keygen": ("signoff", "keygen"),
+    "enroll": ("enroll", "enroll"),
     "fleet_up": ("testfleet", "fleet_up"), "fleet_down": ("testfleet", "fleet_down"),
     "fleet_status": ("testfleet", "fleet_status"), "write_fleet_files": ("testfleet", "write_files"),
     "bare_fleet_up": ("barefleet", "up"), "bare_fleet_down": ("barefleet", "down"),

@@ -204,6 +204,34 @@ def resume(expect: Optional[str] = typer.Option(None, "--expect"), json_out: boo
 
 
 @app.command()
+def enroll(nodes: Optional[List[str]] = typer.Argument(None, help="Nodes of the inventory (default: all)."),
+           dry_run: bool = typer.Option(False, "--dry-run", help="Show per node what would change; change nothing."),
+           fingerprint: Optional[List[str]] = typer.Option(None, "--fingerprint",
+                                                           help="NODE=SHA256:... pins that node's host key."),
+           sudo_password_env: Optional[str] = typer.Option(None, "--sudo-password-env", metavar="VAR",
+                                                            help="Read the sudo password from this variable."),
+           json_out: bool = JSON) -> None:
+    """Prepare plain servers of the inventory: install root, token, signing key, service, sudoers rule."""
+    password = None
+    if sudo_password_env:
+        password = os.environ.get(sudo_password_env)
+        if password is None:
+            raise UsageError(f"--sudo-password-env: variable {sudo_password_env} is not set")
+    interactive, ctx = sys.stdin.isatty() and not json_out, _ctx(json_out)
+    if password is None and interactive and any(n.user != "root" for n in ctx.nodes):
+        import getpass
+
+        password = getpass.getpass("sudo password (empty: sudo -n): ") or None
+    ask = _ask_host_key if interactive else None
+    results = api.enroll(ctx, nodes or None, dry_run, password, fingerprint or (), ask)
+    output.enroll_table(results, dry_run, json_out)
+
+
+def _ask_host_key(node: str, where: str, kind: str, fingerprint: str) -> bool:
+    return typer.confirm(f"{node}: {where} presents the unknown host key {kind} {fingerprint}. Pin it?", default=False)
+
+
+@app.command()
 def history(limit: Optional[int] = typer.Option(None, "--limit", min=1), json_out: bool = JSON) -> None:
     """Show the deploy journal, oldest first."""
     records = api.history(_ctx(json_out), limit)

@@ -113,14 +113,30 @@ def retarget(root: str, lock: dict | None = None) -> list[str]:
     return _agent("retarget", root, *_lock_arg(lock))
 
 
-def switch_request(digest: str, record: dict | None, service: Service) -> bytes:
-    """The line that makes a held command switch to `digest` and restart: with the journal record and
-    how to restart."""
-    doc: dict = {"digest": digest, "record": record}
+def service_argv(service: Service, action: str, become: bool = False) -> list[str]:
+    """`supervisorctl|systemctl ACTION UNIT` for the playbook's service manager; with `become`, behind
+    `sudo -n` (enroll's sudoers rule allows exactly these commands, without a password)."""
+    tool = "systemctl" if service.manager_name == "systemd" else "supervisorctl"
+    return (["sudo", "-n"] if become else []) + [tool, action, service.unit_name]
+
+
+def _restart_how(service: Service, become: bool, action: str = "restart") -> tuple[str, list[str]]:
+    """("supervisor", [socket, program]) to restart over supervisord's socket (root logins), else
+    ("argv", argv): the manager's command for a `become` login or a playbook without restart argv."""
+    if become or (service.manager and service.supervisor is None and service.restart is None):
+        return "argv", service_argv(service, action, become)
     if service.supervisor:
-        doc["supervisor"] = [service.supervisor.socket, service.supervisor.program]
-    elif service.restart:
-        doc["restart"] = list(service.restart)
+        return "supervisor", [service.supervisor.socket, service.supervisor.program]
+    return "argv", list((service.restart if action == "restart" else service.stop) or ())
+
+
+def switch_request(digest: str, record: dict | None, service: Service, become: bool = False) -> bytes:
+    """The line that makes a held command switch to `digest` and restart: with the journal record and
+    how to restart (with `become`, `sudo -n` and the service manager's own command)."""
+    doc: dict = {"digest": digest, "record": record}
+    kind, how = _restart_how(service, become)
+    if how:
+        doc["supervisor" if kind == "supervisor" else "restart"] = how
     return (json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n").encode()
 
 
@@ -133,16 +149,20 @@ def switch(root: str, digest: str, supervisor: tuple[str, str] | None = None) ->
     return _agent("switch", root, digest, *(supervisor or ()))
 
 
-def stop(root: str, supervisor: tuple[str, str]) -> list[str]:
-    return _agent("stop", root, *supervisor)
+def stop(root: str, supervisor: tuple[str, str] | None = None, argv: list[str] | None = None) -> list[str]:
+    """Journal (record on stdin), stop the service (over supervisord's socket, or by running `argv`), remove
+    `current`."""
+    return _agent("stop", root, *(supervisor or ("--run", *(argv or ()))))
 
 
-def activate(root: str, digest: str | None, service: Service) -> list[str] | list[list[str]]:
+def activate(root: str, digest: str | None, service: Service, become: bool = False) -> list[str] | list[list[str]]:
     """Switch to `digest` and restart the service, or stop it when there is no release to go back to."""
-    sup = (service.supervisor.socket, service.supervisor.program) if service.supervisor else None
+    kind, how = _restart_how(service, become, "restart" if digest else "stop")
     if digest is None:
-        return stop(root, sup) if sup else list(service.stop)
-    return switch(root, digest, sup) if sup else [switch(root, digest), list(service.restart)]
+        if kind == "supervisor":
+            return stop(root, tuple(how))
+        return stop(root, argv=how) if (become or service.restart is None) else how
+    return switch(root, digest, tuple(how)) if kind == "supervisor" else [switch(root, digest), how]
 
 
 def prune(root: str, keep: int, protect: list[str]) -> list[str]:

@@ -61,12 +61,27 @@ class Service:
     """How the service is restarted and stopped, and where it reports health.
 
     With `supervisor` set the node agent restarts it over supervisord's socket in
-    the same SSH command as the switch; otherwise `restart`/`stop` argv run.
+    the same SSH command as the switch; otherwise `restart`/`stop` argv run. `manager` (supervisord or
+    systemd) says which service manager `enroll` installs the service under, as `unit`, listening on
+    `port`; a node whose login user is not root restarts it with `sudo -n` through that manager.
     """
     restart: tuple[str, ...] | None
     stop: tuple[str, ...] | None
     health_path: str
     supervisor: Supervisor | None = None
+    manager: str | None = None
+    unit: str | None = None
+    port: int = 8080
+
+    @property
+    def manager_name(self) -> str:
+        """The service manager: as the playbook says, else supervisord."""
+        return self.manager or "supervisord"
+
+    @property
+    def unit_name(self) -> str:
+        """The supervisord program or systemd unit: `unit`, else the supervisor program, else `router`."""
+        return self.unit or (self.supervisor.program if self.supervisor else "router")
 
 
 @dataclass(frozen=True)
@@ -153,16 +168,24 @@ _NODE = mapping({"name": (_name, True, None), "host": (_host, True, None), "ssh_
                   "become": (_become, False, None)})
 _INVENTORY = mapping({"fleet": (_name, True, None), "ssh": (_SSH, False, _SSH({}, "ssh")),
                        "nodes": (list_of(_NODE), True, None)})
+MANAGERS = ("supervisord", "systemd")
+_manager = string(MANAGERS.__contains__, "one of " + ", ".join(MANAGERS))
 _SUPERVISOR = mapping({"program": (_name, True, None),
                         "socket": (_install_root, False, "/var/run/supervisor.sock")}, Supervisor)
 
 
 def _service(value: Any, path: str) -> Service:
     service = mapping({"restart": (argv, False, None), "stop": (argv, False, None),
-                        "health_path": (_health_path, True, None), "supervisor": (_SUPERVISOR, False, None)},
+                        "health_path": (_health_path, True, None), "supervisor": (_SUPERVISOR, False, None),
+                        "manager": (_manager, False, None), "unit": (_name, False, None),
+                        "port": (_port, False, 8080)},
                        Service)(value, path)
-    if service.supervisor is None and (service.restart is None or service.stop is None):
-        raise Invalid(path, "needs `supervisor`, or both `restart` and `stop`")
+    if service.supervisor is None and service.manager is None and (service.restart is None or service.stop is None):
+        raise Invalid(path, "needs `supervisor`, `manager`, or both `restart` and `stop`")
+    if service.manager == "systemd" and service.supervisor is not None:
+        raise Invalid(f"{path}/supervisor", "only for manager supervisord")
+    if service.supervisor and service.unit and service.unit != service.supervisor.program:
+        raise Invalid(f"{path}/unit", f"should be the supervisor program {service.supervisor.program!r}")
     return service
 
 

@@ -724,19 +724,25 @@ def run_restart(argv):
         raise Refused("restart %s exited %d: %s" % (argv[0], proc.returncode, lines[-1] if lines else "no output"))
 
 
-def op_stop(root, sock_path, program):
-    """A revert with no release to go back to (a failed first rollout): stop the service, then remove
-    `current`, so that nothing (a reboot, supervisord) starts the failed release again. A journal
-    record on stdin is appended first, with the release it leaves."""
+def op_stop(root, *how):
+    """A revert with no release to go back to (a failed first rollout): stop the service (over
+    supervisord's socket: SOCKET PROGRAM; or by running a command: --run ARGV...), then remove
+    `current`, so that nothing (a reboot, the service manager) starts the failed release again. A
+    journal record on stdin is appended first, with the release it leaves."""
+    if not (len(how) == 2 and how[0] != "--run" or len(how) > 1 and how[0] == "--run"):
+        raise Refused("usage: stop ROOT SOCKET PROGRAM | stop ROOT --run ARGV...")
     record, previous = read_record(), current_name(root)
     if record is not None:
         append_journal(root, dict(record, previous=previous))
-    supervised(sock_path, program, start=False)
+    if how[0] == "--run":
+        run_restart(list(how[1:]))
+    else:
+        supervised(how[0], how[1], start=False)
     link = os.path.join(root, "current")
     if os.path.islink(link):
         os.unlink(link)
         fsync_dir(root)
-    out({"stopped": program, "previous": previous})
+    out({"stopped": how[-1], "previous": previous})
 
 
 def prune(root, keep, protect):

@@ -120,6 +120,18 @@ def plan(rows, json_out: bool) -> None:
     out.print(t)
 
 
+def enroll_table(results, dry_run: bool, json_out: bool) -> None:
+    """One row per node: what enroll changed (or, for a dry run, would change), and host keys pinned."""
+    if json_out:
+        return dump({r.node: {"steps": r.steps, "pinned": r.pinned, "changed": bool(r.steps) and not dry_run}
+                     for r in results.values()})
+    t = Table("node", "would change" if dry_run else "changed", "host key pinned",
+              title="enroll (dry run: nothing changed)" if dry_run else "enroll")
+    for r in results.values():
+        t.add_row(r.node, "\n".join(r.steps) or "nothing to change", "\n".join(r.pinned) or "-")
+    out.print(t)
+
+
 def size(n: int) -> str:
     """Bytes for people: KiB below a MiB, MiB above."""
     return f"{n / 2**10:.1f} KiB" if n < 2**20 else f"{n / 2**20:.1f} MiB"

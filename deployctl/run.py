@@ -153,7 +153,8 @@ class Run:
         a rollback's `retarget`): no new exec. Each node journals the switch itself."""
         digest = state.target
         lines = {n: commands.switch_request(digest, entry(self.action, run=self.id, phase="switch", digest=digest,
-                                                          node=n), self.ctx.playbook.service) for n in self.names}
+                                                          node=n), self.ctx.playbook.service, becomes(self.ctx, n))
+                 for n in self.names}
         return outcomes(self.fleet.finish(lines, self.ctx.playbook.timeouts.command), _switched_to(
             {n: digest for n in self.names}))
 
@@ -189,7 +190,8 @@ class Run:
         def call(node: str) -> Call:
             # The node journals the revert itself, in the same command.
             record = encode(entry(self.action, run=self.id, phase="revert", digest=targets[node], node=node))
-            return Call(commands.render(commands.activate(self.ctx.root, targets[node], service)), record, timeout)
+            how = commands.activate(self.ctx.root, targets[node], service, becomes(self.ctx, node))
+            return Call(commands.render(how), record, timeout)
 
         switched = outcomes(self.fleet.run_all(call, list(targets)), _switched_to(targets))
         health = self._health({n: d for n, d in targets.items() if switched[n].ok})
@@ -241,6 +243,11 @@ class Run:
         missed = sorted(n for n, r in res.items() if not r.ok)
         if missed:
             self.ctx.emit("warning", message=f"node journal not written on: {', '.join(missed)}")
+
+
+def becomes(ctx: Context, name: str) -> bool:
+    """Whether node `name` logs in as a user that restarts the service with `sudo -n` (`become: sudo`)."""
+    return any(n.name == name and n.become == "sudo" for n in ctx.nodes)
 
 
 def _failure(kind: str, state: sm.State, refused: bool, unreachable: dict[str, NodeResult]) -> DeployctlError:

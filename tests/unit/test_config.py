@@ -268,15 +268,15 @@ def test_playbook_values_defaults_and_source_resolution(tmp_path):
 def test_real_router_playbook_loads():
     book = load_playbook(ROOT / "playbooks" / "router.yaml")
     assert book == Playbook("order-router", ROOT / "fleet" / "router", "/opt/router", 3,
-                            Service(None, None, "/health", Supervisor("router", "/var/run/supervisor.sock")),
+                            Service(None, None, "/health", Supervisor("router", "/var/run/supervisor.sock"), "supervisord"),
                             Timeouts(5.0, 60.0, 20.0), 64, ROOT / "playbooks" / "router.yaml",
                             flag_registry=ROOT / "playbooks" / "flags.yaml")
 
 
 SERVICE_CASES = [
     ("supervisor-only", "  supervisor: {program: router}\n", None),
-    ("neither", "", "router.yaml: service: needs `supervisor`, or both `restart` and `stop`"),
-    ("restart-without-stop", "  restart: [x]\n", "router.yaml: service: needs `supervisor`, or both `restart` and `stop`"),
+    ("neither", "", "router.yaml: service: needs `supervisor`, `manager`, or both `restart` and `stop`"),
+    ("restart-without-stop", "  restart: [x]\n", "router.yaml: service: needs `supervisor`, `manager`, or both `restart` and `stop`"),
     ("supervisor-bad-program", "  supervisor: {program: 'a b'}\n",
      "router.yaml: service/supervisor/program: should be a name matching ^[a-z0-9][a-z0-9_-]{0,62}$, got 'a b'"),
     ("supervisor-relative-socket", "  supervisor: {program: router, socket: run/s.sock}\n",

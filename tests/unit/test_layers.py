@@ -15,11 +15,11 @@ PACKAGE = Path(__file__).resolve().parents[2] / "deployctl"
 # The ranks refine STYLE.md's six layers into a total order, so that no exception list is needed:
 #   STYLE layer 1 (no I/O but files):     errors 0; schema, statedir, signing, sshconfig, reqsign 1; config, flags 2
 #   STYLE layer 2 (pure):                 phases, node_agent 1; commands, trust, manifest, outliers 3;
-#                                         artifact, verify, approval 4
+#                                         artifact, verify, approval, nodecontract 4
 #   STYLE layer 3 (adapters, journal):    channel 1; journal 2; gate, docker_fleet, sshconnect 3; ssh, fabricconn 4
 #   STYLE layer 4:                        context, barefleet 5 (the bare test fleet: Docker and keys only); run 6
-#   STYLE layer 5 (what commands do):     rollout, rollback, control, signoff 7; testfleet 8 (it rolls out the
-#                                         first release)
+#   STYLE layer 5 (what commands do):     rollout, rollback, control, signoff, enroll 7; testfleet 8 (it rolls out
+#                                         the first release)
 #   STYLE layer 6:                        api, output (the CLI's rendering) 9; cli, quick (halt without Typer) 10;
 #                                         __main__ 11
 LAYERS = {
@@ -30,10 +30,10 @@ LAYERS = {
     "manifest": 3,
     "commands": 3, "trust": 3, "outliers": 3, "gate": 3, "docker_fleet": 3, "sshconnect": 3,
     "artifact": 4,
-    "verify": 4, "ssh": 4, "fabricconn": 4, "approval": 4,
+    "verify": 4, "ssh": 4, "fabricconn": 4, "approval": 4, "nodecontract": 4,
     "context": 5, "barefleet": 5,
     "run": 6,
-    "rollout": 7, "rollback": 7, "control": 7, "signoff": 7,
+    "rollout": 7, "rollback": 7, "control": 7, "signoff": 7, "enroll": 7,
     "testfleet": 8,
     "api": 9, "output": 9,
     "cli": 10, "quick": 10,
