@@ -314,6 +314,8 @@ class Lock:
                 return None
             except FileExistsError:
                 pass
+            except OSError as exc:  # a folder on a filesystem without hard links, say
+                raise JournalError(f"deploy lock: cannot take {self.path}: {exc.strerror or exc}") from None
             held = self.info()
             if held and held.stale and break_stale:
                 return self._break(tmp, held)

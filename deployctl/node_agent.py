@@ -905,11 +905,12 @@ def may_break(held):
     return isinstance(how, dict) and held is not None and all(held.get(k) == how.get(k) for k in ("holder", "pid"))
 
 
-def release_lock(root, lock_id=None):
-    """Drop the node's fleet deploy lock if it is this command's (or `lock_id`'s); return whether it did."""
+def release_lock(root):
+    """Drop the node's fleet deploy lock if it is this command's; return whether it did (the end of a
+    run releases it with commands.unlock)."""
     import shutil
 
-    lock_id = lock_id or LOCK.get("id")
+    lock_id = LOCK.get("id")
     held = read_lock(root)
     if not lock_id or held is None or held.get("id") != lock_id:
         return False
@@ -918,11 +919,6 @@ def release_lock(root, lock_id=None):
     fsync_dir(os.path.join(root, "state"))
     shutil.rmtree(gone, ignore_errors=True)
     return True
-
-
-def op_unlock(root, lock_id):
-    """The end of a run: release the fleet deploy lock it took, if it still holds it."""
-    out({"unlocked": release_lock(root, lock_id)})
 
 
 def op_halt(root):
@@ -939,7 +935,7 @@ def op_halt(root):
 
 
 OPS = {"probe": op_probe, "have": op_have, "deploy": op_deploy, "stage": op_stage, "retarget": op_retarget, "switch": op_switch,
-       "prune": op_prune, "journal": op_journal, "halt": op_halt, "stop": op_stop, "unlock": op_unlock}
+       "prune": op_prune, "journal": op_journal, "halt": op_halt, "stop": op_stop}
 
 
 LOCK = {}  # the fleet deploy lock this command takes (deploy, retarget), from a last "--lock=JSON" argument

@@ -370,6 +370,10 @@ class FakeFleet:
 
     def _run_one(self, node: FakeNode, call: Call) -> bytes:
         argv = list(split(call.command))
+        if argv[:3] == ["sh", "-c", commands.UNLOCK_SH]:
+            assert argv[3:5] == ["sh", ROOT] and len(argv) == 6, argv[3:]
+            self.world.log.append(("unlock", node.name, argv[5]))
+            return _line({"unlocked": node.release_lock(argv[5])})
         if argv[:3] == ["sh", "-c", commands.HASHES_SH]:
             assert argv[3:5] == ["sh", ROOT] and len(argv) == 6, argv[3:]
             self.world.log.append(("hashes", node.name, argv[5]))
@@ -396,8 +400,6 @@ class FakeFleet:
                 raise Refused("journal record is not JSON")
             node.journal.append(record)
             return _line({"appended": len(json.dumps(record, sort_keys=True, separators=(",", ":")))})
-        if op == "unlock":
-            return _line({"unlocked": node.release_lock(args[0])})
         if op == "halt":
             node.refuse("halt")
             node.halted, node.gate = True, "closed"

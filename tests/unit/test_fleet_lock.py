@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 
 import pytest
 
@@ -56,10 +57,18 @@ def test_a_switched_command_keeps_the_lock_until_unlock(root):  # noqa: F811
     request = commands.switch_request(A, {"action": "rollback"}, SVC)
     assert run(commands.retarget(str(root), lock=lock()), request).returncode == 0
     assert held(root) == lock()
-    assert answer(run(commands.unlock(str(root), "other"))) == {"unlocked": False}
+    assert unlock(root, "other") == {"unlocked": False}
+    assert unlock(root, "L") == {"unlocked": False}  # a prefix of the id is not the id
     assert held(root) == lock()
-    assert answer(run(commands.unlock(str(root), "L1"))) == {"unlocked": True}
-    assert held(root) is None
+    assert unlock(root, "L1") == {"unlocked": True}
+    assert held(root) is None and sorted(os.listdir(root / "state")) == ["journal.jsonl", "signing.pub"]
+    assert unlock(root, "L1") == {"unlocked": False}
+
+
+def unlock(root, lock_id):
+    proc = subprocess.run(commands.unlock(str(root), lock_id), capture_output=True, timeout=30)
+    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
+    return json.loads(proc.stdout)
 
 
 @pytest.mark.parametrize("how", ["any", {"holder": "alice@ctl-a", "pid": 111}])
