@@ -133,3 +133,29 @@ def test_the_signal_handlers_are_put_back_after_the_run(live):
     with pytest.raises(DeployctlError):
         rollout_mod.rollout(live.ctx, live.artifacts[2].path)
     assert {s: signal.getsignal(s) for s in run_mod.STOP_SIGNALS} == before
+
+
+def test_the_pause_hook_holds_a_run_at_the_start_of_the_phase_it_names(live, tmp_path, monkeypatch):
+    import threading
+    import time
+
+    marker = tmp_path / "paused"
+    monkeypatch.setenv(run_mod.PAUSE_FILE, str(marker))
+    monkeypatch.setenv(run_mod.PAUSE_AT, "close-gate,switch")
+    seen = []
+
+    def release_each() -> None:
+        for _ in range(2):
+            end = time.monotonic() + 30
+            while not marker.exists() and time.monotonic() < end:
+                time.sleep(0.01)
+            seen.append((marker.read_text(), live.journal()[-1]["phase"], live.world.ran("switch")))
+            marker.unlink()
+
+    t = threading.Thread(target=release_each)
+    t.start()
+    rollout_mod.rollout(live.ctx, live.artifacts[2].path)
+    t.join(30)
+    # Paused after the phase was journaled and before it ran: no node had switched while held at switch.
+    assert seen == [("close-gate", "close-gate", []), ("switch", "switch", [])]
+    assert not marker.exists()
