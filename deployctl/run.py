@@ -3,8 +3,9 @@
 A Run journals each phase (fsync'd) before it starts, runs it on every node, folds the per-node
 outcomes into the pure state machine of phases.py, and stops at the first phase any node fails.
 From SWITCH on, a failure sends the run to REVERT, which walks the same loop: every node that may
-have switched goes back to its previous release, gate closed. The deploy lock, the probes that
-start a run and the check for an interrupted run live here too.
+have switched goes back to its previous release, gate closed. SIGINT, SIGTERM and SIGHUP stop a
+rollout the same way, between phases (Run.walk). The deploy lock, the probes that start a run and
+the check for an interrupted run live here too.
 """
 
 from __future__ import annotations
