@@ -107,9 +107,10 @@ def advance(state: State, results: dict[str, Outcome], probes: dict[str, Fitness
     return replace(state, phase=FORWARD[FORWARD.index(state.phase) + 1])
 
 
-def abort(state: State, node: str, reason: str) -> State:
-    """Stop a run from outside (halt seen, deadline passed): revert if anything may have switched."""
-    failure = Failure(node, state.phase, reason)
+def abort(state: State, node: str, reason: str, phase: Phase | None = None) -> State:
+    """Stop a run from outside (halt seen, deadline passed, a signal): revert if anything may have
+    switched. The failure is recorded in `phase` (default: the phase the run was about to start)."""
+    failure = Failure(node, phase or state.phase, reason)
     # Only nodes recorded as (maybe) switched need reverting; between phases that set is exact.
     next_phase = Phase.REVERT if state.switched else Phase.REVERTED
     return replace(state, phase=next_phase, failures=state.failures + (failure,))

@@ -3,13 +3,16 @@
 A Run journals each phase (fsync'd) before it starts, runs it on every node, folds the per-node
 outcomes into the pure state machine of phases.py, and stops at the first phase any node fails.
 From SWITCH on, a failure sends the run to REVERT, which walks the same loop: every node that may
-have switched goes back to its previous release, gate closed. The deploy lock, the probes that
-start a run and the check for an interrupted run live here too.
+have switched goes back to its previous release, gate closed. SIGINT, SIGTERM and SIGHUP stop a
+rollout the same way, between phases (Run.walk). The deploy lock, the probes that start a run and
+the check for an interrupted run live here too.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 import uuid
 from itertools import takewhile
@@ -30,6 +33,15 @@ Outcomes = dict[str, sm.Outcome]
 SAFE_TO_STOP = ("start", sm.Phase.PREFLIGHT.value, sm.Phase.CLOSE_GATE.value, sm.Phase.STAGE.value,
                 sm.Phase.SWITCH.value)
 Work = Callable[[sm.State], Outcomes]
+
+# Signals that stop a run at its next safe point (between phases) instead of ending the process:
+# Ctrl-C, `kill`, a closed terminal. SIGKILL cannot be caught; an interrupted run is then left to recover.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Test hook: with DEPLOYCTL_TEST_PAUSE=<file> and DEPLOYCTL_TEST_PAUSE_AT=<phase>[,<phase>...], a run
+# writes the phase's name to <file> when that phase starts (journaled, not yet run) and waits until
+# the file is removed (at most PAUSE_SECONDS): tests act on a run in a known phase without sleeps.
+PAUSE_FILE, PAUSE_AT, PAUSE_SECONDS = "DEPLOYCTL_TEST_PAUSE", "DEPLOYCTL_TEST_PAUSE_AT", 60.0
+CONTROLLER = "controller"  # the node name of a failure that is the controller's own (a signal)
 
 
 @dataclass(frozen=True)
@@ -87,6 +99,8 @@ class Run:
         self.probes: dict[str, commands.Probe] = {}  # set by a preflight step
         self.unreachable: dict[str, NodeResult] = {}  # nodes preflight could not reach
         self.gate_opened = False
+        self.signals: list[tuple[str, str]] = []  # (signal name, phase it arrived in), in order of arrival
+        self.current = sm.Phase.PREFLIGHT.value  # the phase running now, for a signal's record
         self.outcomes = {n: "ok" for n in self.names}  # per node, for the journal: "ok" or its first failure
         self.journal_start = ctx.journal.mark()  # where this run's records begin
         self.started = time.monotonic()
@@ -113,20 +127,63 @@ class Run:
 
     def walk(self, state: sm.State, steps: dict[sm.Phase, Work], revert: bool = True) -> sm.State:
         """Run the state's phase while `steps` has one for it; a revert, once due, is walked too
-        (unless `revert` is False: the run stops in REVERT and the caller decides)."""
+        (unless `revert` is False: the run stops in REVERT and the caller decides).
+
+        SIGINT, SIGTERM and SIGHUP are caught meanwhile: a run that stops on a halt (a rollout) stops
+        at the end of the phase the signal arrived in, and reverts whatever may have switched; a
+        rollback or recover goes on to its end, as it is the way back. A second signal changes nothing.
+        """
         steps = {**steps, sm.Phase.REVERT: self.revert} if revert else steps
-        while state.phase in steps:
-            if self.stop_on_halt and state.phase in sm.FORWARD[1:] and self.halted_since():
-                state = sm.abort(state, "fleet", f"halted while the {self.action} ran")
-                continue
-            state = self.phase(state, steps[state.phase])
-        return state
+        with self._catching_signals():
+            while True:
+                if self.stop_on_halt and self.signals and state.phase in sm.FORWARD[1:]:
+                    name, during = self.signals[0]
+                    state = sm.abort(state, CONTROLLER, f"stopped by {name}", sm.Phase(during))
+                    continue
+                if state.phase not in steps:
+                    return state
+                if self.stop_on_halt and state.phase in sm.FORWARD[1:] and self.halted_since():
+                    state = sm.abort(state, "fleet", f"halted while the {self.action} ran")
+                    continue
+                state = self.phase(state, steps[state.phase])
+
+    @contextmanager
+    def _catching_signals(self) -> Iterator[None]:
+        """Record STOP_SIGNALS on this run instead of dying of them (main thread only: elsewhere
+        Python cannot install handlers, and the caller keeps its own)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def record(signum: int, frame) -> None:  # only appends: no I/O in a handler
+            self.signals.append((signal.Signals(signum).name, self.current))
+
+        saved = {s: signal.signal(s, record) for s in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for s, handler in saved.items():
+                signal.signal(s, handler)
+
+    def _pause(self, phase: str) -> None:
+        """The DEPLOYCTL_TEST_PAUSE hook (see PAUSE_FILE); does nothing unless both variables are set."""
+        path, at = os.environ.get(PAUSE_FILE), os.environ.get(PAUSE_AT, "").split(",")
+        if not path or phase not in at:
+            return
+        with open(path, "w") as f:
+            f.write(phase)
+        end = time.monotonic() + PAUSE_SECONDS
+        while os.path.exists(path) and time.monotonic() < end:
+            time.sleep(0.01)
 
     def phase(self, state: sm.State, work: Work) -> sm.State:
         """Journal the phase, run `work(state)` -> outcomes, fold them into the state, time it, emit events."""
-        name = state.phase.value
-        self.journal(name, **({"targets": sm.revert_targets(state)} if state.phase == sm.Phase.REVERT else {}))
+        name = self.current = state.phase.value
+        seen = len(self.signals)
+        self.journal(name, **({"targets": sm.revert_targets(state)} if state.phase == sm.Phase.REVERT else {}),
+                     **({"signals": [s for s, _ in self.signals]} if self.signals else {}))
         self.ctx.emit("phase", phase=name, status="start")
+        self._pause(name)
         start = time.monotonic()
         results = work(state)
         self.timings[name] = time.monotonic() - start
@@ -140,6 +197,10 @@ class Run:
         # Only this phase's failures: a forward phase starts with none, a revert after the run's own.
         self.ctx.emit("phase", phase=name, status="done", seconds=self.timings[name],
                       failures=[f.describe() for f in nxt.failures[len(state.failures):]])
+        for sig, during in self.signals[seen:]:
+            self.ctx.emit("warning", message=f"{sig} received during {during}: " + (
+                "stopping after this phase" if self.stop_on_halt and state.phase in sm.FORWARD else
+                f"the {self.action} goes on to its end" if not self.stop_on_halt else "the revert goes on to its end"))
         return nxt
 
     # ---- the steps every run shares -------------------------------------------------------------
@@ -225,7 +286,8 @@ class Run:
         nodes = {n: o for n, o in self.outcomes.items() if n in self.names}
         record = entry(self.action, run=self.id, phase="done", digest=self.digest, outcome=outcome,
                        failures=failures, nodes=nodes, previous=state.previous,
-                       timings={k: round(v, 3) for k, v in self.timings.items()})
+                       timings={k: round(v, 3) for k, v in self.timings.items()},
+                       **({"signals": [f"{s} during {p}" for s, p in self.signals]} if self.signals else {}))
         self.ctx.journal.append(record)
         if state.phase == sm.Phase.DONE:
             return RunResult(state, self.timings, self.gate_opened)
@@ -259,6 +321,13 @@ def _failure(kind: str, state: sm.State, refused: bool, unreachable: dict[str, N
             raise_if_fleet_locked(f"{kind} refused", {f.node: f.reason for f in state.failures})
         except LockHeldError as exc:
             return exc
+    stop = next((f for f in state.failures if f.node == CONTROLLER), None)
+    if stop is not None and state.phase == sm.Phase.REVERTED:
+        what = f"{kind} {stop.reason} during {stop.phase.value}"
+        if state.switched:
+            return RolledBackError(f"{what}: every node is back on its previous release, gate closed")
+        gates = "gates untouched" if stop.phase == sm.Phase.PREFLIGHT else "gate closed"
+        return DeployctlError(f"{what}: no node switched, every node is on its previous release, {gates}")
     if refused and unreachable:
         try:
             raise_for_unreachable(unreachable, f"{kind} refused in preflight, nothing changed")
