@@ -1,6 +1,7 @@
 """Release artifacts: a reproducible, signed tarball of a source folder, and its strict, in-memory reader.
 
-Tar layout: ``manifest.json`` (canonical JSON: name, version, digest, path -> sha256 and size), then
+Tar layout: ``manifest.json`` (canonical JSON: name, version, digest, path -> sha256 and size, and
+router.json's flags when it has them), then
 ``manifest.sig`` (hex ed25519 signature of manifest.json), then ``files/<relpath>``. The digest is the
 release digest of docs/node-layout.md. Only local files are touched.
 """
@@ -16,14 +17,14 @@ import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:  # cryptography is imported where keys are used: `verify` never pays for it
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from deployctl import signing
 from deployctl.config import NAME_RE
-from deployctl.manifest import VERSION_RE, canonical, digest_of, parents, parse_manifest, show, valid_relpath
+from deployctl.manifest import FLAG_RE, VERSION_RE, canonical, digest_of, parents, parse_manifest, show, valid_relpath
 from deployctl.errors import ArtifactError
 
 MAX_BYTES = 512 * 1024 * 1024
@@ -48,6 +49,7 @@ class Artifact:
     # The exact bytes that were built or checked: uploading these (not re-reading the file) means
     # what reaches the nodes is what was verified, and the file is hashed once.
     data: bytes = field(default=b"", repr=False, compare=False)
+    flags: dict[str, bool] | None = None  # router.json's flags, recorded in the signed manifest
 
     _parts: dict = field(default_factory=dict, repr=False, compare=False)  # subset tars made so far
 
@@ -124,6 +126,19 @@ def _version(source: Path, contents: Mapping[str, bytes]) -> str:
     return version
 
 
+def release_flags(contents: Mapping[str, bytes]) -> dict[str, bool] | None:
+    """Return the `flags` object of router.json in `contents` (name -> value), or None if it has none;
+    ArtifactError if it is not an object of booleans. Called after _version: router.json is a JSON object."""
+    if "router.json" not in contents:
+        return None
+    flags = json.loads(contents["router.json"].decode("utf-8")).get("flags")
+    if flags is None:
+        return None
+    if not isinstance(flags, dict) or not all(FLAG_RE.fullmatch(k) and type(v) is bool for k, v in flags.items()):
+        raise ArtifactError("router.json: flags should be an object of flag name ([a-z][a-z0-9_]*) -> true or false")
+    return dict(flags)
+
+
 def _pack(manifest_bytes: bytes, signature: str, contents: Mapping[str, bytes]) -> bytes:
     dirs = {"files"} | {"files/" + d for rel in contents for d in parents(rel)}
     body = [(d, None) for d in dirs] + [("files/" + rel, data) for rel, data in contents.items()]
@@ -142,22 +157,28 @@ def _pack(manifest_bytes: bytes, signature: str, contents: Mapping[str, bytes]) 
     return buf.getvalue()
 
 
-def build(source: Path, out_dir: Path, name: str, signing_key: Path) -> Artifact:
+def build(source: Path, out_dir: Path, name: str, signing_key: Path,
+          check_flags: Callable[[dict, str], None] | None = None) -> Artifact:
     """Package `source` into a signed, byte-reproducible `<out_dir>/<name>-<version>-<digest12>.tar`.
 
-    Returns the Artifact; raises ArtifactError for a bad name, key, source file (symlink, special file,
-    odd name) or a missing version, and when the tarball cannot be written.
+    The manifest records router.json's flags, if it has any; `check_flags(flags, version)` may refuse
+    them (the flag registry) before anything is written. Returns the Artifact; raises ArtifactError for
+    a bad name, key, source file (symlink, special file, odd name) or a missing version, and when the
+    tarball cannot be written.
     """
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ArtifactError(f"artifact name {show(name)} should match ^{NAME_RE.pattern}$")
     key, source = signing.private_key(signing_key), Path(source)
     contents = _collect(source)
     version = _version(source, contents)
+    flags = release_flags(contents)
+    if check_flags is not None:
+        check_flags(flags or {}, version)
     files = {rel: hashlib.sha256(data).hexdigest() for rel, data in contents.items()}
     sizes = {rel: len(data) for rel, data in contents.items()}
     digest = digest_of(files)
-    manifest_bytes = canonical({"format": 1, "name": name, "version": version, "digest": digest,
-                                 "files": files, "sizes": sizes})
+    doc = {"format": 1, "name": name, "version": version, "digest": digest, "files": files, "sizes": sizes}
+    manifest_bytes = canonical(doc if flags is None else {**doc, "flags": flags})
     signature = key.sign(manifest_bytes).hex()
     data = _pack(manifest_bytes, signature, contents)
     path = Path(out_dir) / f"{name}-{version}-{digest[:12]}.tar"
@@ -169,7 +190,7 @@ def build(source: Path, out_dir: Path, name: str, signing_key: Path) -> Artifact
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise ArtifactError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    return Artifact(path, name, version, digest, files, sizes, manifest_bytes, signature, data)
+    return Artifact(path, name, version, digest, files, sizes, manifest_bytes, signature, data, flags)
 
 
 def _member_path(name: str, label: str) -> str | None:
@@ -266,7 +287,7 @@ def _parse(data: bytes, path: Path, verifier: Ed25519PublicKey | None) -> Artifa
     manifest = parse_manifest(manifest_bytes, label)
     _check_contents(manifest, found, label)
     return Artifact(path, manifest["name"], manifest["version"], manifest["digest"], manifest["files"],
-                    manifest["sizes"], manifest_bytes, signature, data)
+                    manifest["sizes"], manifest_bytes, signature, data, manifest.get("flags"))
 
 
 def _read_capped(path: Path) -> bytes:

@@ -76,13 +76,52 @@ def build(out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to w
 def rollout(artifact: Path = typer.Argument(..., help="Artifact tarball from `deployctl build`."),
             dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan node by node; change nothing."),
             break_lock: bool = typer.Option(False, "--break-lock", help="Take over a stale deploy lock."),
+            plan: Optional[Path] = typer.Option(None, "--plan", help="An approved plan (`deployctl plan`, "
+                                                "`deployctl approve`); required with require_approval."),
             json_out: bool = JSON) -> None:
     """Deploy ARTIFACT to every node of the inventory; open the gate only when every node runs it."""
     ctx = _ctx(json_out)
     if dry_run:
         return output.plan(api.plan_rollout(ctx, artifact), json_out)
-    result = api.rollout(ctx, artifact, break_lock=break_lock)
+    result = api.rollout(ctx, artifact, break_lock=break_lock, plan=plan)
     output.run_done("rollout", result, json_out)
+
+
+@app.command("plan")
+def make_plan(artifact: Path = typer.Argument(..., help="Artifact tarball from `deployctl build`."),
+              out: Path = typer.Option(..., "--out", help="Where to write the signed plan (JSON)."),
+              key: Optional[Path] = typer.Option(None, "--key", help="Your ed25519 key (default: "
+                                                 "keys/operator_ed25519 in the state folder, made on first use)."),
+              expires_in: int = typer.Option(3600, "--expires-in", help="Seconds until the plan expires."),
+              json_out: bool = JSON) -> None:
+    """Write a rollout plan for ARTIFACT (every node's current release, an expiry), signed with your key."""
+    doc = api.make_plan(_ctx(json_out), artifact, out, key, expires_in)
+    if json_out:
+        return output.dump(doc)
+    body = doc["plan"]
+    output.out.print(f"plan for {body['digest'][:12]} on {len(body['nodes'])} nodes written to {out}, signed by "
+                     f"{body['planner'][:12]}, expires in {expires_in}s: a second person runs `deployctl approve {out}"
+                     " --key THEIR_KEY`", markup=False)
+
+
+@app.command()
+def approve(plan: Path = typer.Argument(..., help="A plan written by `deployctl plan`."),
+            key: Path = typer.Option(..., "--key", help="Your ed25519 key: one of the playbook's approvers, "
+                                     "not the planner's."),
+            json_out: bool = JSON) -> None:
+    """Approve a rollout plan with a second person's key (the two-person rule)."""
+    doc = api.approve_plan(_ctx(json_out), plan, key)
+    if json_out:
+        return output.dump(doc)
+    output.out.print(f"approved {plan}: release {doc['plan']['digest'][:12]}, approver "
+                     f"{doc['signatures']['approver']['key'][:12]}", markup=False)
+
+
+@app.command()
+def keygen(path: Path = typer.Argument(..., help="Where to write the private key (the public one goes to PATH.pub).")
+           ) -> None:
+    """Make an ed25519 key pair for signing or approving plans; print the public key (for `approvers`)."""
+    output.out.print(api.keygen(path), markup=False)
 
 
 @app.command()
@@ -175,11 +214,11 @@ def history(limit: Optional[int] = typer.Option(None, "--limit", min=1), json_ou
 
 @app.command()
 def status(json_out: bool = JSON) -> None:
-    """One table of the fleet: release, running digest, gate, halt, errors, last deploy."""
-    rows = api.status(_ctx(json_out))
+    """One table of the fleet: release, running digest, gate, halt, errors, last deploy; nodes grouped by release."""
+    doc = api.status(_ctx(json_out))
     if json_out:
-        return output.dump(rows)
-    output.status_table(rows)
+        return output.dump(doc)
+    output.status_table(doc)
 
 
 COMPOSE = typer.Option(Path("containers/compose.yaml"), "--compose", help="The fleet's compose file.")

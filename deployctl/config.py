@@ -84,6 +84,16 @@ class Playbook:
     timeouts: Timeouts
     min_free_mb: int
     path: Path
+    flag_registry: Path | None = None  # playbooks/flags.yaml: every flag the service has ever had
+    require_approval: bool = False  # rollout needs a plan approved by a second person (`deployctl approve`)
+    approvers: tuple["Approver", ...] = ()
+
+
+@dataclass(frozen=True)
+class Approver:
+    """Someone whose ed25519 key may approve a rollout plan: a name for the journal, the public key in hex."""
+    name: str
+    key: str
 
 
 def _is_host(text: str) -> bool:
@@ -129,12 +139,25 @@ def _service(value: Any, path: str) -> Service:
 
 
 _SERVICE = _service
+
+
+def _boolean(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise Invalid(path, "should be true or false")
+    return value
+
+
+_APPROVER = mapping({"name": (_name, True, None),
+                      "key": (string(re.compile(r"[0-9a-f]{64}").fullmatch, "an ed25519 public key in 64 lowercase "
+                                     "hex digits (the .pub `deployctl keygen` writes)"), True, None)}, Approver)
 _TIMEOUTS = mapping({"connect": (seconds, False, 5.0), "command": (seconds, False, 60.0),
                       "health": (seconds, False, 20.0)}, Timeouts)
 _PLAYBOOK = mapping({
     "name": (_name, True, None), "source": (_source, True, None), "install_root": (_install_root, True, None),
     "keep_releases": (integer(2), True, None), "service": (_SERVICE, True, None),
     "timeouts": (_TIMEOUTS, False, _TIMEOUTS({}, "timeouts")), "min_free_mb": (integer(0), False, 64),
+    "flag_registry": (_source, False, None), "require_approval": (_boolean, False, False),
+    "approvers": (list_of(_APPROVER), False, ()),
 })
 
 
@@ -174,10 +197,14 @@ def load_playbook(path: Path) -> Playbook:
     raw = load_yaml(path)
     try:
         doc = _PLAYBOOK(raw, "")
+        if doc["require_approval"] and not doc["approvers"]:
+            raise Invalid("approvers", "missing: require_approval needs at least one approver")
     except Invalid as exc:
         raise ConfigError(message(path.name, exc.path, exc.problem)) from None
     source = (path.parent / doc.pop("source")).resolve()
-    return Playbook(source=source, path=path, **doc)
+    registry = doc.pop("flag_registry")
+    return Playbook(source=source, path=path, flag_registry=(path.parent / registry).resolve() if registry else None,
+                    **doc)
 
 
 MAX_NODES = 64  # `fleet up --nodes` upper bound: each node is a container with 256 MB on this machine

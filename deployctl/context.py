@@ -109,13 +109,13 @@ class Context:
         self.state.manifests.mkdir(parents=True, exist_ok=True)
         self.state.manifest(art.digest).write_bytes(art.manifest_bytes)
 
-    def manifest(self, digest: str | None) -> dict[str, str] | None:
-        """Return the per-file manifest kept for `digest`, if any."""
-        if not digest:
+    def manifest(self, digest: str | None, key: str = "files") -> dict | None:
+        """Return the per-file manifest kept for `digest` (or its `key` part: "flags"), if any."""
+        if not digest or "/" in digest:
             return None
         try:
             doc = json.loads(self.state.manifest(digest).read_text())
-            return doc["files"] if isinstance(doc.get("files"), dict) else None
+            return doc[key] if isinstance(doc.get(key), dict) else None
         except (OSError, ValueError, KeyError, AttributeError):
             return None
 

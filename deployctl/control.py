@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from deployctl import commands, verify as verify_mod
+from deployctl import commands, outliers, verify as verify_mod
 from deployctl.context import Context
 from deployctl.errors import DeployctlError, ExitCode, HaltedError, MismatchError, UnreachableError, UsageError
 from deployctl.gate import Answer
@@ -60,22 +60,36 @@ def verify(ctx: Context, expect: str | None = None, fleet: Fleet | None = None) 
     if fleet is None:
         with ctx.ssh() as own:
             return verify(ctx, digest, own)
-    report = verify_mod.report(observe(ctx, fleet), digest, ctx.manifest(digest))
+    observations = observe(ctx, fleet)
+    report = verify_mod.report(observations, digest, ctx.manifest(digest), ctx.manifest(digest, "flags"),
+                               _running_manifests(ctx, observations))
     ctx.emit("verify", report=report)
     return report
 
 
-def status(ctx: Context) -> list[dict]:
-    """Return one row per node: release on disk, running digest, gate, halt, errors, last deploy."""
+def _running_manifests(ctx: Context, observations: list[verify_mod.NodeObservation]) -> dict[str, dict]:
+    """Return the kept manifests of the releases the routers run (the outlier report names their files)."""
+    running = {(o.health or {}).get("digest") for o in observations}
+    found = {d: ctx.manifest(d) for d in running if isinstance(d, str) and commands.HEX64.fullmatch(d)}
+    return {d: files for d, files in found.items() if files is not None}
+
+
+def status(ctx: Context) -> dict:
+    """Return {"nodes": one row per node (release on disk, running digest, flags, gate, halt, errors, last
+    deploy), "groups": the outlier report against the largest group}."""
     last = ctx.journal.last_run()
     deploy = (f"{last.get('action')} {str(last.get('digest'))[:12]} {last.get('outcome')} {last.get('ts')}"
               if last else None)
     with ctx.ssh() as fleet:
         observations = observe(ctx, fleet)
-    return [{"node": o.node, "release": o.current, "running": (o.health or {}).get("digest"),
+    verdicts = [verify_mod.judge(o, None, None) for o in observations]
+    groups = outliers.group(verify_mod.members(observations, verdicts), manifests=_running_manifests(ctx, observations))
+    rows = [{"node": o.node, "release": o.current, "running": (o.health or {}).get("digest"),
              "gate": (o.health or {}).get("gate", "unknown"), "halted": (o.health or {}).get("halted"),
              "errors": (o.health or {}).get("errors"), "version": (o.health or {}).get("version"),
-             "problem": o.disk_error or o.health_error, "last_deploy": deploy} for o in observations]
+             "flags": verify_mod.running_flags(o), "problem": o.disk_error or o.health_error, "last_deploy": deploy}
+            for o in observations]
+    return {"nodes": rows, "groups": [g.to_dict() for g in groups]}
 
 
 def history(ctx: Context, limit: int | None = None) -> list[dict]:

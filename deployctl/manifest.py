@@ -18,6 +18,7 @@ from deployctl.errors import ArtifactError
 HEX64 = re.compile(r"[0-9a-f]{64}")
 PART = re.compile(r"[A-Za-z0-9._-]{1,255}")
 VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._+-]{0,63}")
+FLAG_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
 KEYS = ("digest", "files", "format", "name", "sizes", "version")
 
 
@@ -71,8 +72,11 @@ def parse_manifest(raw: bytes, label: str) -> dict[str, Any]:
         doc = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError):
         raise bad("not valid JSON") from None
-    if not isinstance(doc, dict) or tuple(sorted(doc)) != KEYS:
-        raise bad(f"should be an object with exactly the keys {', '.join(KEYS)}")
+    if not isinstance(doc, dict) or tuple(sorted(set(doc) - {"flags"})) != KEYS:
+        raise bad(f"should be an object with exactly the keys {', '.join(KEYS)} (and optionally flags)")
+    flags = doc.get("flags", {})
+    if not isinstance(flags, dict) or not all(FLAG_RE.fullmatch(k) and type(v) is bool for k, v in flags.items()):
+        raise bad("flags should be an object of flag name -> true or false")
     if type(doc["format"]) is not int or doc["format"] != 1:
         raise bad("format should be 1")
     for key, pattern in (("name", NAME_RE), ("version", VERSION_RE), ("digest", HEX64)):

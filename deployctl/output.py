@@ -131,8 +131,15 @@ def verify_table(report) -> None:
         t.add_row(n.node, short(n.disk_digest), short(n.running_digest), n.gate, str(n.halted),
                   "[green]match[/]" if n.ok else "[red]" + "; ".join(n.problems + n.drift) + "[/]")
     out.print(t)
+    groups(g.to_dict() for g in report.groups)
     bad = sum(not n.ok for n in report.nodes)
     out.print("[green]all nodes match[/]" if report.ok else f"[red]{bad} of {len(report.nodes)} nodes do not match[/]")
+
+
+def groups(docs) -> None:
+    """The outlier report: one line per group of nodes, the reference group first."""
+    for g in docs:
+        out.print(("  " if g["reference"] else "[red]! [/]") + g["line"], markup=True, highlight=False)
 
 
 def gate_table(answers) -> None:
@@ -151,12 +158,14 @@ def history_table(records) -> None:
     out.print(t)
 
 
-def status_table(rows) -> None:
+def status_table(doc) -> None:
+    rows = doc["nodes"]
     t = Table("node", "release", "running", "gate", "halted", "errors", "problem")
     for r in rows:
         t.add_row(r["node"], short(r["release"]), short(r["running"]), str(r["gate"]), str(r["halted"]),
                   str(r["errors"]), r["problem"] or "")
     out.print(t)
+    groups(doc["groups"])
     out.print(f"last deploy: {rows[0]['last_deploy'] if rows else '-'}")
 
 

@@ -9,39 +9,50 @@ any node reverts the whole fleet to its previous release, gate closed.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from deployctl import artifact as artifact_mod, commands, phases as sm
+from deployctl import approval, artifact as artifact_mod, commands, flags, phases as sm
 from deployctl.context import Context
-from deployctl.errors import DeployctlError
+from deployctl.errors import DeployctlError, UsageError
 from deployctl.run import (PlanRow, Run, RunResult, hold_locked, locked, outcomes, refuse_if_interrupted,
                            release_fleet)
 from deployctl.ssh import Call, raise_for_unreachable
 
 
 def build(ctx: Context, out_dir: Path | None = None, source: Path | None = None) -> artifact_mod.Artifact:
-    """Build the reproducible, signed artifact of the playbook's source into `out_dir` (./dist); return it."""
+    """Build the reproducible, signed artifact of the playbook's source into `out_dir` (./dist); return it.
+
+    With a flag registry in the playbook, a release using a flag missing from it or retired is refused
+    (UsageError) before anything is written."""
     out = Path(out_dir or Path.cwd() / "dist")
-    art = artifact_mod.build(Path(source or ctx.playbook.source), out, ctx.playbook.name, ctx.signing_key())
+    check = None
+    if ctx.playbook.flag_registry is not None:
+        registry, label = flags.load(ctx.playbook.flag_registry), ctx.playbook.flag_registry.name
+        check = lambda used, version: flags.check(registry, used, version, label)  # noqa: E731
+    art = artifact_mod.build(Path(source or ctx.playbook.source), out, ctx.playbook.name, ctx.signing_key(), check)
     ctx.emit("built", artifact=str(art.path), digest=art.digest, version=art.version)
     return art
 
 
-def rollout(ctx: Context, artifact_path: Path, break_lock: bool = False) -> RunResult:
+def rollout(ctx: Context, artifact_path: Path, break_lock: bool = False, plan: Path | None = None) -> RunResult:
     """Deploy the artifact to every node; return the RunResult, or raise naming the node and phase.
 
+    With `plan` (required when the playbook says `require_approval`), only as an approved plan allows
+    (approval.check; UsageError otherwise) and only onto the fleet as the plan found it (preflight).
     On any failure the fleet goes back to its previous release with the gate closed (RolledBackError).
     """
     art = ctx.load_artifact(artifact_path)
     payload = art.payload()
+    approved, who = _approved(ctx, art, plan)
     refuse_if_interrupted(ctx)
     with locked(ctx, f"rollout {art.digest[:12]}", break_lock) as lock, ctx.ssh() as fleet:
         ctx.keep_manifest(art)
         run = Run(ctx, fleet, "rollout", art.digest, version=art.version, artifact=art.path.name,
-                  nodes=[n.name for n in ctx.nodes])
+                  nodes=[n.name for n in ctx.nodes], **who)
         try:
             state = run.walk(sm.State(tuple(run.names), art.digest), {
-                sm.Phase.PREFLIGHT: lambda s: _preflight(run, art, len(payload), lock),
+                sm.Phase.PREFLIGHT: lambda s: _preflight(run, art, len(payload), lock, approved),
                 sm.Phase.CLOSE_GATE: run.close_gates,
                 sm.Phase.STAGE: lambda s: _stage(run, art),
                 sm.Phase.SWITCH: run.switch,
@@ -56,7 +67,25 @@ def rollout(ctx: Context, artifact_path: Path, break_lock: bool = False) -> RunR
                 release_fleet(ctx, fleet, lock)
 
 
-def _preflight(run: Run, art: artifact_mod.Artifact, size: int, lock: dict | None = None) -> dict[str, sm.Outcome]:
+def _approved(ctx: Context, art: artifact_mod.Artifact,
+              plan: Path | None) -> tuple[approval.Plan | None, dict[str, str]]:
+    """Return the approved plan (or None) and the identities to journal; UsageError if the playbook needs
+    an approved plan and there is none, or the plan does not allow this rollout."""
+    if plan is None:
+        if ctx.playbook.require_approval:
+            raise UsageError("rollout refused: the playbook requires an approved plan (two-person rule): "
+                             "`deployctl plan ARTIFACT --out plan.json`, `deployctl approve plan.json --key KEY` "
+                             "by an approver, then `deployctl rollout ARTIFACT --plan plan.json`")
+        return None, {}
+    loaded = approval.load(plan)
+    approver = approval.check(loaded, ctx.playbook.approvers, time.time(), digest=art.digest,
+                              fleet=ctx.inventory.fleet, nodes=[n.name for n in ctx.nodes])
+    return loaded, {"plan": loaded.path.name, "planner": loaded.planner, "approver": approver.name,
+                    "approver_key": approver.key}
+
+
+def _preflight(run: Run, art: artifact_mod.Artifact, size: int, lock: dict | None = None,
+               plan: approval.Plan | None = None) -> dict[str, sm.Outcome]:
     """Connect and start the rollout's one command on every node, with the reuse plan as its first
     input; it answers a probe at once and then looks for the files it already holds (see STAGE), so
     preflight changes nothing and stage starts no program."""
@@ -69,6 +98,9 @@ def _preflight(run: Run, art: artifact_mod.Artifact, size: int, lock: dict | Non
     # Copies of reused files take room too: the whole artifact's size is needed, whatever is sent.
     for node, problem in sm.preflight_problems(run.probes, size, ctx.playbook.min_free_mb).items():
         results[node] = sm.Outcome(False, problem)
+    if plan is not None:  # the fleet must be as the approved plan found it
+        for node, problem in approval.stale(plan, {n: p.current for n, p in run.probes.items()}).items():
+            results[node] = sm.Outcome(False, problem)
     return results
 
 

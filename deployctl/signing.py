@@ -22,10 +22,23 @@ PUBLIC_KEY_FILE = "signing_ed25519.pub"
 
 def generate(dir: Path) -> tuple[Path, Path]:  # noqa: A002 - the documented parameter name
     """Write a new ed25519 key pair into `dir` and return (private, public) paths; ArtifactError if one exists."""
+    return generate_at(Path(dir) / PRIVATE_KEY_FILE, Path(dir) / PUBLIC_KEY_FILE)
+
+
+def public_hex(key: Ed25519PrivateKey) -> str:
+    """Return the public half of `key` as 64 hex digits (the .pub form)."""
+    from cryptography.hazmat.primitives import serialization
+
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+
+
+def generate_at(private: Path, public: Path) -> tuple[Path, Path]:
+    """Write a new ed25519 key pair at `private` (PEM, 0600) and `public` (hex); ArtifactError if either exists."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    private, public = Path(dir) / PRIVATE_KEY_FILE, Path(dir) / PUBLIC_KEY_FILE
+    private, public = Path(private), Path(public)
+    dir = private.parent  # noqa: A001
     if private.exists() or public.exists():
         raise ArtifactError(f"{private}: a signing key already exists; refusing to replace it")
     key = Ed25519PrivateKey.generate()

@@ -5,6 +5,7 @@
     keys/hosts/<node>_ed25519      each test-fleet node's host key (made before first contact)
     keys/token                     the routers' control token
     keys/signing_ed25519[.pub]     the artifact signing key
+    keys/operator_ed25519[.pub]    this operator's key for signing rollout plans (`deployctl plan`)
     journal.jsonl                  the append-only deploy history
     deploy.lock                    the deploy lock
     manifests/<digest>.json        the manifest of every release rolled out (verify names drifted files)
@@ -60,6 +61,10 @@ class StateDir:
     @property
     def signing_pub(self) -> Path:
         return self.keys / "signing_ed25519.pub"  # artifact.PUBLIC_KEY_FILE
+
+    @property
+    def operator_key(self) -> Path:
+        return self.keys / "operator_ed25519"
 
     @property
     def journal(self) -> Path:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from typing import Mapping
+
+from deployctl import outliers
 from deployctl.manifest import digest_of
 from deployctl.errors import ArtifactError, ExitCode
 
@@ -38,10 +41,12 @@ class NodeVerdict:
     drift: tuple[str, ...] = ()
     problems: tuple[str, ...] = ()
     host_key_refused: bool = False
+    flags: dict | None = None  # the flags the running router reports in /health
+    flags_ok: bool = True  # they are the release's (as its manifest records), and no node runs others
 
     @property
     def ok(self) -> bool:
-        return self.reachable and self.disk_ok and self.running_ok and not self.host_key_refused
+        return self.reachable and self.disk_ok and self.running_ok and self.flags_ok and not self.host_key_refused
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class VerifyReport:
 
     expected: str | None
     nodes: tuple[NodeVerdict, ...] = field(default_factory=tuple)
+    groups: tuple[outliers.Group, ...] = ()  # the outlier report: nodes grouped by disk, running digest, flags
 
     @property
     def ok(self) -> bool:
@@ -61,8 +67,8 @@ class VerifyReport:
             return ExitCode.OK
         if any(n.host_key_refused for n in self.nodes):  # a security incident, not an outage
             return ExitCode.HOST_KEY
-        if any(not n.reachable for n in self.nodes) and all(n.disk_ok and n.running_ok for n in self.nodes
-                                                             if n.reachable):
+        if any(not n.reachable for n in self.nodes) and all(n.disk_ok and n.running_ok and n.flags_ok
+                                                             for n in self.nodes if n.reachable):
             return ExitCode.UNREACHABLE
         return ExitCode.MISMATCH
 
@@ -74,9 +80,10 @@ class VerifyReport:
                 {"node": n.node, "ok": n.ok, "reachable": n.reachable, "disk_digest": n.disk_digest,
                  "running_digest": n.running_digest, "disk_ok": n.disk_ok, "running_ok": n.running_ok,
                  "gate": n.gate, "halted": n.halted, "drift": list(n.drift), "problems": list(n.problems),
-                 "host_key_refused": n.host_key_refused}
+                 "host_key_refused": n.host_key_refused, "flags": n.flags, "flags_ok": n.flags_ok}
                 for n in self.nodes
             ],
+            "groups": [g.to_dict() for g in self.groups],
         }
 
 
@@ -89,8 +96,16 @@ def drift(expected: dict[str, str], actual: dict[str, str], odd: tuple[str, ...]
     return tuple(out)
 
 
-def judge(obs: NodeObservation, expected: str | None, manifest: dict[str, str] | None) -> NodeVerdict:
-    """Return the verdict for one node; unreadable or unknown state never counts as a match."""
+def running_flags(obs: NodeObservation) -> dict | None:
+    """Return the flags the node's router reports in /health (name -> bool), or None if it reports none."""
+    flags = (obs.health or {}).get("flags")
+    return dict(flags) if isinstance(flags, dict) else None
+
+
+def judge(obs: NodeObservation, expected: str | None, manifest: dict[str, str] | None,
+          flags: Mapping[str, bool] | None = None) -> NodeVerdict:
+    """Return the verdict for one node; unreadable or unknown state never counts as a match. `flags` are the
+    release's (from its manifest): a router reporting others fails, named flag by flag."""
     problems: list[str] = []
     try:
         disk = digest_of(obs.files) if obs.files is not None else None
@@ -111,14 +126,40 @@ def judge(obs: NodeObservation, expected: str | None, manifest: dict[str, str] |
         problems.append(f"running digest {(running or '?')[:12]} != expected {(expected or '?')[:12]}")
     gate = h.get("gate") if h.get("gate") in ("open", "closed") else "unknown"
     halted = h.get("halted") if isinstance(h.get("halted"), bool) else None
+    ran = running_flags(obs)
+    flags_ok = flags is None or obs.health is None or ran == dict(flags)
+    if not flags_ok:
+        changes = outliers.flag_changes(flags, ran) if ran is not None else ["no flags reported"]
+        problems.append("flags differ from the release's: " + ", ".join(changes))
     return NodeVerdict(
         obs.node, disk, running, gate, halted, disk_ok, running is not None and running == expected,
         reachable=not obs.unreachable, drift=files_drift, problems=tuple(problems),
-        host_key_refused=obs.host_key_refused,
+        host_key_refused=obs.host_key_refused, flags=ran, flags_ok=flags_ok,
     )
 
 
+def _disagreeing(verdicts: list[NodeVerdict]) -> list[NodeVerdict]:
+    """Without the release's flags to compare with, nodes running different flag sets all fail."""
+    seen = {tuple(sorted(v.flags.items())) for v in verdicts if v.flags is not None}
+    if len(seen) < 2:
+        return verdicts
+    return [replace(v, flags_ok=False, problems=v.problems + ("flags disagree across nodes",))
+            if v.flags is not None else v for v in verdicts]
+
+
 def report(observations: list[NodeObservation], expected: str | None,
-           manifest: dict[str, str] | None = None) -> VerifyReport:
-    """Judge every node against `expected` (None: nothing to compare with, so nothing matches)."""
-    return VerifyReport(expected, tuple(judge(o, expected, manifest) for o in observations))
+           manifest: dict[str, str] | None = None, flags: Mapping[str, bool] | None = None,
+           manifests: Mapping[str, Mapping[str, str]] | None = None) -> VerifyReport:
+    """Judge every node against `expected` (None: nothing to compare with, so nothing matches) and its
+    `flags`, and group them (the outlier report; `manifests` of other releases name running code)."""
+    verdicts = [judge(o, expected, manifest, flags) for o in observations]
+    if flags is None:
+        verdicts = _disagreeing(verdicts)
+    return VerifyReport(expected, tuple(verdicts), tuple(outliers.group(members(observations, verdicts), expected,
+                                                                         manifest, flags, manifests)))
+
+
+def members(observations: list[NodeObservation], verdicts: list[NodeVerdict]) -> list[outliers.Member]:
+    """Return each node as the outlier report sees it."""
+    return [outliers.Member(o.node, v.disk_digest, v.running_digest, v.flags, o.files, not o.unreachable)
+            for o, v in zip(observations, verdicts)]

@@ -308,7 +308,7 @@ def test_bad_artifact_is_refused_with_one_line_and_nothing_changes(ctx, base_rel
 def test_status_and_gate_status_cli(ctx, base_release):
     proc = cli("status", "--json")
     assert proc.returncode == 0, proc.stderr
-    rows = json.loads(proc.stdout)
+    rows = json.loads(proc.stdout)["nodes"]
     assert [r["node"] for r in rows] == [n.name for n in ctx.nodes]
     assert {r["release"] for r in rows} == {base_release.digest} == {r["running"] for r in rows}
     proc = cli("gate", "status", "--json")

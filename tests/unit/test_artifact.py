@@ -369,7 +369,8 @@ MANIFEST_CASES = [
     ({"files": {"a": "0" * 64, "a/b": "0" * 64}, "sizes": {"a": 0, "a/b": 0}},
      "manifest.json: files: 'a/b' is inside another file"),
     ({"sizes": {}}, "manifest.json: sizes should have exactly the paths of files"),
-    ({"extra": 1}, "manifest.json: should be an object with exactly the keys digest, files, format, name, sizes, version"),
+    ({"extra": 1}, "manifest.json: should be an object with exactly the keys digest, files, format, name, sizes, version "
+                    "(and optionally flags)"),
 ]
 
 

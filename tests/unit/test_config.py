@@ -269,7 +269,8 @@ def test_real_router_playbook_loads():
     book = load_playbook(ROOT / "playbooks" / "router.yaml")
     assert book == Playbook("order-router", ROOT / "fleet" / "router", "/opt/router", 3,
                             Service(None, None, "/health", Supervisor("router", "/var/run/supervisor.sock")),
-                            Timeouts(5.0, 60.0, 20.0), 64, ROOT / "playbooks" / "router.yaml")
+                            Timeouts(5.0, 60.0, 20.0), 64, ROOT / "playbooks" / "router.yaml",
+                            flag_registry=ROOT / "playbooks" / "flags.yaml")
 
 
 SERVICE_CASES = [

@@ -267,7 +267,10 @@ def test_resume_names_the_nodes_it_did_not_reach(rig):
 def test_status_has_one_row_per_node(rig):
     b = rig.digest(1)
     rig.world["node3"].running = None
-    rows = control.status(rig.ctx)
+    doc = control.status(rig.ctx)
+    rows = doc["nodes"]
+    assert [g["nodes"] for g in doc["groups"]] == [[n for n in NODES if n != "node3"], ["node3"]]
+    assert doc["groups"][1]["line"] == f"node3 has {b[:12]} on disk, runs ?"
     assert [(r["node"], r["release"], r["running"], r["gate"], r["version"]) for r in rows] == [
         (n, b, None if n == "node3" else b, "unknown" if n == "node3" else "open", None if n == "node3" else "1.1.0")
         for n in NODES]

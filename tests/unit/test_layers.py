@@ -13,23 +13,23 @@ PACKAGE = Path(__file__).resolve().parents[2] / "deployctl"
 
 # Each module's rank: a module imports only modules of a lower rank (none sideways, none upward).
 # The ranks refine STYLE.md's six layers into a total order, so that no exception list is needed:
-#   STYLE layer 1 (no I/O but files):     errors 0; schema, statedir, signing 1; config 2
-#   STYLE layer 2 (pure):                 phases, node_agent 1; commands, trust, manifest 3; artifact, verify 4
+#   STYLE layer 1 (no I/O but files):     errors 0; schema, statedir, signing 1; config, flags 2
+#   STYLE layer 2 (pure):                 phases, node_agent 1; commands, trust, manifest, outliers 3; artifact, verify, approval 4
 #   STYLE layer 3 (adapters, journal):    channel 1; journal 2; gate, docker_fleet, sshconnect 3; ssh 4
 #   STYLE layer 4:                        context 5; run 6
-#   STYLE layer 5 (what commands do):     rollout, rollback, control 7; testfleet 8 (it rolls out the first release)
+#   STYLE layer 5 (what commands do):     rollout, rollback, control, signoff 7; testfleet 8 (it rolls out the first release)
 #   STYLE layer 6:                        api, output (the CLI's rendering) 9; cli 10; __main__ 11
 LAYERS = {
     "__init__": 0, "errors": 0,
     "schema": 1, "statedir": 1, "signing": 1, "phases": 1, "node_agent": 1, "channel": 1,
-    "config": 2, "journal": 2,
+    "config": 2, "journal": 2, "flags": 2,
     "manifest": 3,
-    "commands": 3, "trust": 3, "gate": 3, "docker_fleet": 3, "sshconnect": 3,
+    "commands": 3, "trust": 3, "outliers": 3, "gate": 3, "docker_fleet": 3, "sshconnect": 3,
     "artifact": 4,
-    "verify": 4, "ssh": 4,
+    "verify": 4, "ssh": 4, "approval": 4,
     "context": 5,
     "run": 6,
-    "rollout": 7, "rollback": 7, "control": 7,
+    "rollout": 7, "rollback": 7, "control": 7, "signoff": 7,
     "testfleet": 8,
     "api": 9, "output": 9,
     "cli": 10,

@@ -186,12 +186,12 @@ def test_to_dict_shape():
     rep = report(fleet(n2=NodeObservation("n2", files={**MANIFEST, "x": sha("x")}, health=health())),
                  EXPECTED, MANIFEST)
     doc = rep.to_dict()
-    assert set(doc) == {"ok", "expected", "exit_code", "nodes"}
+    assert set(doc) == {"ok", "expected", "exit_code", "nodes", "groups"}
     assert (doc["ok"], doc["expected"], doc["exit_code"]) == (False, EXPECTED, 3)
     assert type(doc["exit_code"]) is int
     assert [n["node"] for n in doc["nodes"]] == NODES
     keys = {"node", "ok", "reachable", "disk_digest", "running_digest", "disk_ok", "running_ok", "gate", "halted",
-            "drift", "problems", "host_key_refused"}
+            "drift", "problems", "host_key_refused", "flags", "flags_ok"}
     for n in doc["nodes"]:
         assert set(n) == keys
         assert isinstance(n["drift"], list) and isinstance(n["problems"], list)
