@@ -14,23 +14,23 @@ PACKAGE = Path(__file__).resolve().parents[2] / "deployctl"
 # Each module's rank: a module imports only modules of a lower rank (none sideways, none upward).
 # The ranks refine STYLE.md's six layers into a total order, so that no exception list is needed:
 #   STYLE layer 1 (no I/O but files):     errors 0; schema, statedir, signing 1; config, flags 2
-#   STYLE layer 2 (pure):                 phases, node_agent 1; commands, trust, manifest, outliers 3; artifact, verify, approval 4
+#   STYLE layer 2 (pure):                 phases, node_agent 1; commands, trust, manifest, outliers, breakers 3; artifact, verify, approval 4
 #   STYLE layer 3 (adapters, journal):    channel 1; journal 2; gate, docker_fleet, sshconnect 3; ssh 4
 #   STYLE layer 4:                        context 5; run 6
-#   STYLE layer 5 (what commands do):     rollout, rollback, control, signoff 7; testfleet 8 (it rolls out the first release)
+#   STYLE layer 5 (what commands do):     rollout, rollback, control, signoff 7; testfleet 8 (it rolls out the first release), watch 8 (it halts through control)
 #   STYLE layer 6:                        api, output (the CLI's rendering) 9; cli 10; __main__ 11
 LAYERS = {
     "__init__": 0, "errors": 0,
     "schema": 1, "statedir": 1, "signing": 1, "phases": 1, "node_agent": 1, "channel": 1,
     "config": 2, "journal": 2, "flags": 2,
     "manifest": 3,
-    "commands": 3, "trust": 3, "outliers": 3, "gate": 3, "docker_fleet": 3, "sshconnect": 3,
+    "commands": 3, "trust": 3, "outliers": 3, "breakers": 3, "gate": 3, "docker_fleet": 3, "sshconnect": 3,
     "artifact": 4,
     "verify": 4, "ssh": 4, "approval": 4,
     "context": 5,
     "run": 6,
     "rollout": 7, "rollback": 7, "control": 7, "signoff": 7,
-    "testfleet": 8,
+    "testfleet": 8, "watch": 8,
     "api": 9, "output": 9,
     "cli": 10,
     "__main__": 11,
@@ -143,7 +143,8 @@ def test_a_read_only_command_does_not_load_rollout_artifact_or_docker_code():
     assert out.returncode == 0, out.stderr
     loaded = set(eval(out.stdout))  # noqa: S307 - our own print of a list of names
     assert not loaded & {"deployctl.rollout", "deployctl.rollback", "deployctl.artifact", "deployctl.testfleet",
-                         "deployctl.docker_fleet", "docker", "paramiko", "tarfile", "cryptography"}, loaded
+                         "deployctl.docker_fleet", "docker", "paramiko", "tarfile", "cryptography",
+                         "deployctl.watch", "deployctl.breakers"}, loaded
 
 
 @pytest.mark.parametrize("package, owner", sorted(ADAPTERS.items()))
