@@ -10,7 +10,7 @@ judge every sweep; when one trips, the whole fleet is halted (control.halt, the 
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -20,7 +20,7 @@ from deployctl.control import halt
 from deployctl.errors import DeployctlError, HaltedError
 from deployctl.gate import Answer, KeptHealth
 from deployctl.journal import entry
-from deployctl.ssh import Call, Fleet
+from deployctl.ssh import Call, Fleet, NodeResult
 
 
 class HealthLinks(Protocol):
@@ -70,46 +70,64 @@ def _round(value: float | None) -> float | None:
 
 
 class Watcher:
-    """The held SSH commands and kept HTTP connections of one watch; `sweep()` reads every node once."""
+    """The held SSH commands and kept HTTP connections of one watch; `sweep()` reads every node once.
 
-    def __init__(self, ctx: Context, fleet: Fleet, links: HealthLinks, timeout: float = 1.0):
-        self.ctx, self.fleet, self.links, self.timeout = ctx, fleet, links, timeout
-        self.names = [n.name for n in ctx.nodes]
-        self.held: set[str] = set()
+    Each node has its own SSH connection (ctx.ssh([node])): one that fails or times out is closed and
+    opened again in the background after RETRY_S, so a slow moment does not blind the watch for good."""
+
+    RETRY_S = 2.0
+
+    def __init__(self, ctx: Context, links: HealthLinks, timeout: float = 1.0):
+        self.ctx, self.links, self.timeout = ctx, links, timeout
+        self.nodes = {n.name: n for n in ctx.nodes}
+        self.names = list(self.nodes)
+        self.fleets: dict[str, Fleet] = {}
+        self.connecting: dict[str, Future] = {}
+        self.retry_at: dict[str, float] = {}
         self.prev: dict[str, breakers.Reading] = {}
         self.memory = breakers.Memory()
-        self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.names)), thread_name_prefix="watch")
+        self._pool = ThreadPoolExecutor(max_workers=2 * max(1, len(self.names)), thread_name_prefix="watch")
+        self._command = commands.render(commands.watch_loop(ctx.root))
 
-    def _disk(self) -> dict[str, tuple[str | None, float | None, str | None]]:
-        """Ask each held command for its line (the first sweep starts them); node -> (release, switched, error)."""
-        if not self.prev:
-            cmd = commands.render(commands.watch_loop(self.ctx.root))
-            res = self.fleet.hold({n: Call(cmd, b"\n", max(self.timeout, self.ctx.playbook.timeouts.connect))
-                                   for n in self.names})
-        else:
-            res = self.fleet.step({n: b"\n" for n in self.held}, self.timeout)
-        out = {n: (None, None, "no SSH connection (lost earlier)") for n in self.names}
-        self.held = set()
-        for name, r in res.items():
+    def _open(self, name: str) -> tuple[Fleet, NodeResult]:
+        fleet = self.ctx.ssh([self.nodes[name]])
+        connect = max(self.timeout, self.ctx.playbook.timeouts.connect)
+        return fleet, fleet.hold({name: Call(self._command, b"\n", connect)})[name]
+
+    def _disk(self, name: str, first: bool) -> tuple[str | None, float | None, str | None]:
+        """Node `name`'s (release, switch time, problem): the held command's next line, or its reconnection."""
+        if name in self.fleets:
+            return self._take(name, self.fleets[name], self.fleets[name].step({name: b"\n"}, self.timeout)[name])
+        if name not in self.connecting and time.monotonic() >= self.retry_at.get(name, 0.0):
+            self.connecting[name] = self._pool.submit(self._open, name)
+        future = self.connecting.get(name)
+        if future is not None and (first or future.done()):
+            del self.connecting[name]
+            return self._take(name, *future.result())
+        return None, None, "SSH connection lost: connecting again"
+
+    def _take(self, name: str, fleet: Fleet, r: NodeResult) -> tuple[str | None, float | None, str | None]:
+        try:
             if r.error or r.exit_code != 0:
-                out[name] = (None, None, r.error or f"watch command ended (exit {r.exit_code})")
-                continue
-            try:
-                out[name] = (*commands.parse_watch(r.stdout), None)
-                self.held.add(name)
-            except DeployctlError as exc:
-                out[name] = (None, None, str(exc))
-        return out
+                raise DeployctlError(r.error or f"watch command ended (exit {r.exit_code})")
+            parsed = commands.parse_watch(r.stdout)
+            self.fleets[name] = fleet
+            return (*parsed, None)
+        except DeployctlError as exc:
+            self.fleets.pop(name, None)
+            fleet.close()
+            self.retry_at[name] = time.monotonic() + self.RETRY_S
+            return None, None, str(exc)
 
     def sweep(self) -> Sweep:
         """Read every node once (SSH and HTTP at the same time); judge the playbook's breakers."""
-        start = time.monotonic()
+        start, first = time.monotonic(), not self.prev
         health = {n: self._pool.submit(self.links.read, n) for n in self.names}
-        disk = self._disk()
+        disk = {n: self._pool.submit(self._disk, n, first) for n in self.names}
         readings = []
         for name in self.names:
             answer = health[name].result()
-            release, switched, problem = disk[name]
+            release, switched, problem = disk[name].result()
             readings.append(breakers.Reading(name, time.monotonic(), answer.body if answer.ok else None, release,
                                              switched, problem if answer.ok else answer.reason()))
         rates = {r.node: breakers.rates(self.prev.get(r.node), r) for r in readings}
@@ -118,6 +136,11 @@ class Watcher:
         return Sweep(time.time(), time.monotonic() - start, readings, rates, outlier_line(readings), trips)
 
     def close(self) -> None:
+        """Close every SSH connection (a held command reads end of input and exits) and the workers."""
+        for future in self.connecting.values():
+            future.add_done_callback(lambda f: f.result()[0].close())
+        for fleet in self.fleets.values():
+            fleet.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -145,33 +168,32 @@ def watch(ctx: Context, on_sweep: Callable[[Sweep], None], interval: float = 1.0
     """Sweep the fleet every `interval` s, handing each Sweep to `on_sweep`, until `sweeps` are done or `key`
     gives "q"; "h" halts the fleet. A tripped breaker halts the fleet at once; with `stop_on_trip` the
     watch then ends with HaltedError naming it. Returns the number of sweeps made."""
-    links = links or KeptHealth(ctx.nodes, ctx.playbook.service.health_path, timeout=interval)
+    links = links or KeptHealth(ctx.nodes, ctx.playbook.service.health_path, timeout=1.0)
     wait = key or (lambda seconds: time.sleep(seconds))
     tripped: set[str] = set()
     done = 0
-    with ctx.ssh() as fleet:
-        watcher = Watcher(ctx, fleet, links, timeout=max(interval, 1.0))
-        try:
-            while sweeps is None or done < sweeps:
-                began = time.monotonic()
-                sweep = watcher.sweep()
-                done += 1
-                sweep.trips = [t for t in sweep.trips if t.breaker not in tripped]
-                if sweep.trips:
-                    tripped.update(t.breaker for t in sweep.trips)
-                    halt_fleet(ctx, sweep, "breaker")
-                on_sweep(sweep)
-                if sweep.trips and stop_on_trip:
-                    raise HaltedError("watch: breaker tripped, fleet halted: "
-                                      + "; ".join(t.line for t in sweep.trips))
-                pressed = wait(max(0.0, interval - (time.monotonic() - began)))
-                if pressed == "q":
-                    break
-                if pressed == "h":
-                    halted = Sweep(time.time(), 0.0, sweep.readings, sweep.rates, sweep.outliers)
-                    halt_fleet(ctx, halted, "key")
-                    on_sweep(halted)
-        finally:
-            watcher.close()
-            links.close()
+    watcher = Watcher(ctx, links, timeout=max(interval, 1.0))
+    try:
+        while sweeps is None or done < sweeps:
+            began = time.monotonic()
+            sweep = watcher.sweep()
+            done += 1
+            sweep.trips = [t for t in sweep.trips if t.breaker not in tripped]
+            if sweep.trips:
+                tripped.update(t.breaker for t in sweep.trips)
+                halt_fleet(ctx, sweep, "breaker")
+            on_sweep(sweep)
+            if sweep.trips and stop_on_trip:
+                raise HaltedError("watch: breaker tripped, fleet halted: "
+                                  + "; ".join(t.line for t in sweep.trips))
+            pressed = wait(max(0.0, interval - (time.monotonic() - began)))
+            if pressed == "q":
+                break
+            if pressed == "h":
+                halted = Sweep(time.time(), 0.0, sweep.readings, sweep.rates, sweep.outliers)
+                halt_fleet(ctx, halted, "key")
+                on_sweep(halted)
+    finally:
+        watcher.close()
+        links.close()
     return done
