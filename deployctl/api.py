@@ -28,6 +28,7 @@ EXPORTS = {
     "rollback": ("rollback", "rollback"), "recover": ("rollback", "recover"), "plan_rollback": ("rollback", "plan"),
     "PlanRow": ("run", "PlanRow"), "RunResult": ("run", "RunResult"), "interrupted": ("run", "interrupted"),
     "VerifyReport": ("verify", "VerifyReport"),
+    "watch": ("watch", "watch"),
     "make_plan": ("signoff", "plan"), "approve_plan": ("signoff", "approve"), "keygen": ("signoff", "keygen"),
     "enroll": ("enroll", "enroll"),
     "fleet_up": ("testfleet", "fleet_up"), "fleet_down": ("testfleet", "fleet_down"),

@@ -249,6 +249,21 @@ def status(json_out: bool = JSON) -> None:
     output.status_table(doc)
 
 
+@app.command()
+def watch(interval: float = typer.Option(1.0, "--interval", min=0.1, max=1.0, help="Seconds between sweeps (at most 1)."),
+          sweeps: Optional[int] = typer.Option(None, "--sweeps", min=1, help="Stop after this many sweeps "
+                                               "(default: until q, or a breaker trips when not on a terminal).")) -> None:
+    """Live view of the fleet, read every second; the playbook's breakers halt the whole fleet. Keys: h halts, q quits.
+
+    When stdout is not a terminal: one JSON line per sweep, and a tripped breaker ends it with exit 7."""
+    ctx = _ctx(True)
+    if not sys.stdout.isatty():
+        api.watch(ctx, output.watch_line, interval, sweeps, stop_on_trip=True)
+        return
+    with output.WatchScreen() as screen:
+        api.watch(ctx, screen.show, interval, sweeps, key=screen.key)
+
+
 COMPOSE = typer.Option(None, "--compose", help="The fleet's compose file (default: containers/compose.yaml, "
                        "with --kind bare containers/compose-bare.yaml).")
 KIND = typer.Option("node", "--kind", help="node: the fleet deployctl makes and installs; bare: plain Debian servers "

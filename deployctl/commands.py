@@ -153,6 +153,24 @@ def hashes(root: str, digest: str = "current") -> list[str]:
     return ["sh", "-c", HASHES_SH, "sh", root, digest]
 
 
+# `deployctl watch`'s one held command per node: each input line asks for one answer line, the
+# release `current` points to and when it was switched (node clock), "-" for what is missing.
+WATCH_SH = """while read -r _; do c=$(readlink "$1/current") || c=-; m=$(stat -c %Y "$1/current" 2>/dev/null) || m=-
+echo "${c##*/} $m"; done"""
+
+
+def watch_loop(root: str) -> list[str]:
+    return ["sh", "-c", WATCH_SH, "sh", root]
+
+
+def parse_watch(line: bytes) -> tuple[str | None, float | None]:
+    """Return (release digest or None, switch time or None) from one watch answer; DeployctlError if malformed."""
+    parts = line.decode("utf-8", "replace").split()
+    if len(parts) != 2 or not (parts[0] == "-" or HEX64.match(parts[0])) or not re.fullmatch(r"-|[0-9]{1,12}", parts[1]):
+        raise DeployctlError(f"watch: unexpected answer from the node: {line[:80]!r}")
+    return (None if parts[0] == "-" else parts[0]), (None if parts[1] == "-" else float(parts[1]))
+
+
 def switch(root: str, digest: str, supervisor: tuple[str, str] | None = None) -> list[str]:
     """Rename `current` to the release; with (socket, program), restart it through supervisord too."""
     return _agent("switch", root, digest, *(supervisor or ()))

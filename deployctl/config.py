@@ -106,6 +106,17 @@ class Playbook:
     flag_registry: Path | None = None  # playbooks/flags.yaml: every flag the service has ever had
     require_approval: bool = False  # rollout needs a plan approved by a second person (`deployctl approve`)
     approvers: tuple["Approver", ...] = ()
+    breakers: "Breakers | None" = None  # what `deployctl watch` halts the fleet on; None: no breaker
+
+
+@dataclass(frozen=True)
+class Breakers:
+    """The playbook's circuit breakers: `deployctl watch` halts the whole fleet when one trips (None: off)."""
+    child_orders_per_parent: float | None = None  # a node's child orders per parent order, over one sweep
+    child_orders_per_s: float | None = None       # a node's child orders per second
+    gate_open_while_mixed: bool = False           # a gate open anywhere while the nodes' digests differ
+    errors_per_s: float | None = None             # a node's errors per second
+    unreachable_gate_open_s: float | None = None  # a node unreachable this long while its gate was open
 
 
 @dataclass(frozen=True)
@@ -203,12 +214,16 @@ _APPROVER = mapping({"name": (_name, True, None),
                                      "hex digits (the .pub `deployctl keygen` writes)"), True, None)}, Approver)
 _TIMEOUTS = mapping({"connect": (seconds, False, 5.0), "command": (seconds, False, 60.0),
                       "health": (seconds, False, 20.0)}, Timeouts)
+_BREAKERS = mapping({"child_orders_per_parent": (seconds, False, None), "child_orders_per_s": (seconds, False, None),
+                     "gate_open_while_mixed": (_boolean, False, False), "errors_per_s": (seconds, False, None),
+                     "unreachable_gate_open_s": (seconds, False, None)}, Breakers)
+
 _PLAYBOOK = mapping({
     "name": (_name, True, None), "source": (_source, True, None), "install_root": (_install_root, True, None),
     "keep_releases": (integer(2), True, None), "service": (_SERVICE, True, None),
     "timeouts": (_TIMEOUTS, False, _TIMEOUTS({}, "timeouts")), "min_free_mb": (integer(0), False, 64),
     "flag_registry": (_source, False, None), "require_approval": (_boolean, False, False),
-    "approvers": (list_of(_APPROVER), False, ()),
+    "approvers": (list_of(_APPROVER), False, ()), "breakers": (_BREAKERS, False, None),
 })
 
 

@@ -197,3 +197,57 @@ class Routers:
     def wait_running(self, nodes: list[Node], digest: str, deadline_s: float) -> dict[str, Answer]:
         """Poll until every router reports `digest` or the deadline passes; return the last answers."""
         return wait_running(nodes, digest, deadline_s, self.health_path, self.opener)
+
+
+class KeptHealth:
+    """One kept-alive HTTP connection per node for repeated GET /health reads (`deployctl watch`).
+
+    The router keeps a connection open only for GET /health asked with `Connection: keep-alive`; a
+    read that fails closes that node's connection and the next read opens a new one."""
+
+    def __init__(self, nodes: list[Node], path: str = "/health", timeout: float = 1.0):
+        self._nodes, self._path, self._timeout = {n.name: n for n in nodes}, path, timeout
+        self._conns: dict[str, http.client.HTTPConnection] = {}
+
+    def read(self, name: str) -> Answer:
+        """Return node `name`'s health Answer (status 0 with the reason if it did not answer); never raises.
+        A kept connection the router closed meanwhile (idle, restarted) is opened again once."""
+        reused = name in self._conns
+        answer = self._read(name)
+        if reused and answer.status == 0:
+            answer = self._read(name)
+        return answer
+
+    def _read(self, name: str) -> Answer:
+        node = self._nodes[name]
+        conn = self._conns.get(name)
+        if conn is None:
+            conn = self._conns[name] = http.client.HTTPConnection(node.host, node.router_port, timeout=self._timeout)
+        try:
+            conn.request("GET", self._path, headers={"Connection": "keep-alive"})
+            resp = conn.getresponse()
+            raw = resp.read(1 << 20)
+            if resp.getheader("Connection", "").lower() != "keep-alive":
+                self.drop(name)
+            doc = json.loads(raw)
+            return Answer(name, resp.status, doc if isinstance(doc, dict) else {})
+        except ValueError:
+            self.drop(name)
+            return Answer(name, 0, {}, "health answer is not JSON")
+        except ConnectionError as exc:
+            self.drop(name)
+            return Answer(name, 0, {}, f"router not running at {node.host}:{node.router_port} ({exc.__class__.__name__})",
+                          down=True)
+        except (OSError, http.client.HTTPException) as exc:
+            self.drop(name)
+            return Answer(name, 0, {}, f"router unreachable at {node.host}:{node.router_port}: {exc}")
+
+    def drop(self, name: str) -> None:
+        conn = self._conns.pop(name, None)
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        """Close every connection."""
+        for name in list(self._conns):
+            self.drop(name)

@@ -195,3 +195,78 @@ def fleet_table(rows) -> None:
         t.add_row(r["node"], r["container"], r["ssh"], "up" if r["sshd"] else "[red]down[/]", r["router"],
                   short(r["digest"]), str(r["gate"] or r["problem"]), str(r["halted"]))
     out.print(t)
+
+
+def watch_line(sweep) -> None:
+    """One JSON line per watch sweep (stdout not a terminal: a log or an alerting system reads it)."""
+    sys.stdout.write(json.dumps(sweep.to_dict(), sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def _rate(value) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def watch_view(sweep):
+    """The live view of one sweep: the outlier line on top, one row per node, and any breaker or halt."""
+    from rich.console import Group
+    from rich.text import Text
+
+    t = Table("node", "release", "running", "gate", "halted", "orders/s", "child/s", "rejects", "errors",
+              "last deploy", "problem", title=Text(sweep.outliers, style="bold"))
+    for r in sweep.rows():
+        deployed = time.strftime("%H:%M:%S", time.localtime(r["last_deploy"])) if r["last_deploy"] else "-"
+        t.add_row(r["node"], short(r["release"]), short(r["running"]), r["gate"], str(r["halted"]),
+                  _rate(r["orders_per_s"]), _rate(r["child_orders_per_s"]), str(r["rejects"]), str(r["errors"]),
+                  deployed, r["problem"] or "")
+    lines = [Text(f"BREAKER {t_.line}", style="bold red") for t_ in sweep.trips]
+    if sweep.halted:
+        lines.append(Text(f"fleet halted ({sweep.halted}): " + ", ".join(f"{n} {v}" for n, v in sweep.halt.items()),
+                          style="bold red"))
+    lines.append(Text(f"sweep {sweep.took * 1000:.0f} ms   h: halt the whole fleet   q: quit", style="dim"))
+    return Group(t, *lines)
+
+
+class WatchScreen:
+    """rich Live on a terminal in cbreak mode: `show(sweep)` redraws, `key(seconds)` waits for h or q."""
+
+    def __enter__(self):
+        import termios
+        import tty
+
+        from rich.live import Live
+
+        self._fd = sys.stdin.fileno() if sys.stdin.isatty() else None
+        if self._fd is not None:
+            self._saved = termios.tcgetattr(self._fd)
+            tty.setcbreak(self._fd)
+        out.is_terminal  # makes the console
+        self._live = Live(console=out._console, auto_refresh=False)
+        self._live.__enter__()
+        return self
+
+    def show(self, sweep) -> None:
+        self._live.update(watch_view(sweep), refresh=True)
+
+    def key(self, seconds: float):
+        """Wait up to `seconds` for a key; return "h", "q" or None."""
+        import select
+
+        if self._fd is None:
+            time.sleep(seconds)
+            return None
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            ready, _, _ = select.select([self._fd], [], [], left)
+            if ready:
+                pressed = sys.stdin.read(1).lower()
+                if pressed in ("h", "q"):
+                    return pressed
+        return None
+
+    def __exit__(self, *exc) -> None:
+        self._live.__exit__(*exc)
+        if self._fd is not None:
+            import termios
+
+            termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)

@@ -1,7 +1,8 @@
 """The router's HTTP endpoints: routes, signed control (gate, halt, resume), orders, health.
 
-One thread per connection and one request per connection (socketserver); every answer is JSON,
-and no exception a handler raises stops the server.
+One thread per connection (socketserver) and one request per connection, except GET /health asked
+with `Connection: keep-alive` (deployctl watch reads every router once a second over one
+connection); every answer is JSON, and no exception a handler raises stops the server.
 """
 
 import socketserver
@@ -29,10 +30,13 @@ class Handler(socketserver.StreamRequestHandler):
     }
 
     def handle(self):
-        """Read one request and answer it; the connection closes after every answer."""
-        self.command = None
+        """Read one request and answer it; the connection closes after every answer but a kept-alive health read."""
+        self.command, self.keep_alive = None, True
         try:
-            if self._read_request():
+            while self.keep_alive and self._read_request():
+                self.keep_alive = (self.command == "GET" and httpwire.request_path(self.path) == "/health"
+                                   and self.headers.get("connection", "").lower() == "keep-alive"
+                                   and not self.headers.get("content-length") and not self.headers.get("transfer-encoding"))
                 self._dispatch(self.command)
         except HttpError as error:  # the request itself is malformed: answer and close
             log(f"http {self.client_address[0]}: {error.status} {error.message}")
@@ -79,7 +83,8 @@ class Handler(socketserver.StreamRequestHandler):
         return getattr(self, methods[method])()
 
     def _send_json(self, status, body, headers=None, with_body=True):
-        answer = httpwire.json_answer(status, body, headers, with_body)
+        answer = httpwire.json_answer(status, body, headers, with_body, self.keep_alive and status == 200)
+        self.keep_alive = self.keep_alive and status == 200
         try:
             self.wfile.write(answer)
         except (BrokenPipeError, ConnectionResetError):

@@ -149,11 +149,12 @@ def read_body(rfile, headers):
     return None, f"body: larger than {MAX_BODY} bytes"
 
 
-def json_answer(status, body, headers=None, with_body=True):
+def json_answer(status, body, headers=None, with_body=True, keep_alive=False):
     """Return the bytes of a whole answer: status line, fields, and body as JSON (ValueError for NaN)."""
     data = (json.dumps(body, allow_nan=False) + "\n").encode("utf-8")
     head = [f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}", "Server: order-router",
-            "Content-Type: application/json", f"Content-Length: {len(data)}", "Connection: close"]
+            "Content-Type: application/json", f"Content-Length: {len(data)}",
+            "Connection: keep-alive" if keep_alive else "Connection: close"]
     head += [f"{name}: {value}" for name, value in (headers or {}).items()]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (data if with_body else b"")
 

@@ -14,6 +14,9 @@ from httpwire import is_type, parse_json, short
 
 CONFIG_NAME = "router.json"
 CONFIG_TYPES = {"service": str, "version": str, "max_child_qty": int, "max_order_qty": int, "flags": dict}
+# Optional keys. max_child_orders_per_s is the router's own breaker: above it (child orders in the last
+# second) the router halts itself, so one runaway node stops even when no `deployctl watch` runs.
+OPTIONAL_TYPES = {"max_child_orders_per_s": int}
 KNOWN_FLAGS = ("price_improvement", "log_orders")
 TYPE_NAMES = {str: "a string", int: "an integer", dict: "an object", bool: "a boolean"}
 
@@ -40,19 +43,22 @@ def validate_config(data):
     if not isinstance(data, dict):
         raise ConfigError(f"{CONFIG_NAME}: should be an object")
     for key in data:
-        if key not in CONFIG_TYPES:
+        if key not in CONFIG_TYPES and key not in OPTIONAL_TYPES:
             raise ConfigError(f"{CONFIG_NAME}: unknown key {short(key)}")
     for key, kind in CONFIG_TYPES.items():
         if key not in data:
             raise ConfigError(f"{CONFIG_NAME}: missing key {key!r}")
         if not is_type(data[key], kind):
             raise ConfigError(f"{CONFIG_NAME}: {key}: should be {TYPE_NAMES[kind]}")
+    for key, kind in OPTIONAL_TYPES.items():
+        if key in data and not is_type(data[key], kind):
+            raise ConfigError(f"{CONFIG_NAME}: {key}: should be {TYPE_NAMES[kind]}")
     _validate_flags(data["flags"])
     for key in ("service", "version"):
         if not data[key]:
             raise ConfigError(f"{CONFIG_NAME}: {key}: should not be empty")
-    for key in ("max_child_qty", "max_order_qty"):
-        if data[key] < 1:
+    for key in ("max_child_qty", "max_order_qty", *OPTIONAL_TYPES):
+        if data.get(key, 1) < 1:
             raise ConfigError(f"{CONFIG_NAME}: {key}: should be at least 1")
     return data
 

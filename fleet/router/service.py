@@ -16,6 +16,7 @@ import time
 
 import signed
 from book import ParentBook, SimulatedVenue, split_order
+from breaker import ChildRateBreaker
 from httpwire import HttpError
 from release import release_digest
 
@@ -97,6 +98,8 @@ class Router:
         self._gate_open = False  # closed at every start; only a digest check opens it
         self._halted = os.path.exists(self.halted_path)
         self._counters = dict.fromkeys(("orders", "child_orders", "rejected", "errors"), 0)
+        self._max_children = 0  # the most child orders any one parent order got
+        self.breaker = ChildRateBreaker(config.get("max_child_orders_per_s"))
         self._started = time.monotonic()
         self.nonces = signed.NonceBook(os.path.join(state_dir, "nonces"), log)
         self.book = ParentBook()
@@ -132,7 +135,8 @@ class Router:
                 "service": self.config["service"], "version": self.config["version"], "digest": self.digest,
                 "gate": "open" if self._gate_open else "closed", "halted": halted,
                 "flags": dict(self.config["flags"]), "uptime_s": round(time.monotonic() - self._started, 3),
-                **self._counters, "pid": os.getpid(), "release_dir": self.release_dir,
+                **self._counters, "max_children_per_order": self._max_children,
+                "breaker": self.breaker.state(), "pid": os.getpid(), "release_dir": self.release_dir,
             }
 
     def journal(self, action, actor, health):
@@ -204,11 +208,23 @@ class Router:
                 raise HttpError(500, f"halted in memory, but the halt file was not written: {error.strerror}")
             return self.health()
 
+    def trip_breaker(self):
+        """The router's own breaker: halt this router (durably, as a halt request does), log and journal why."""
+        figures = self.breaker.state()
+        log(f"breaker: {figures['rate']} child orders in the last second, above the limit "
+            f"{figures['limit']} (router.json max_child_orders_per_s): halting this router")
+        try:
+            health = self.halt()
+        except HttpError:  # halted in memory; halt() counted the error
+            health = self.health()
+        self.journal("breaker", "router", health)
+
     def resume(self):
         """Remove the halt file and clear halted, leaving the gate closed; return health. Idempotent."""
         with self._persist, self._lock:
             remove_durably(self.halted_path)
             self._halted = False
+            self.breaker.reset()
             return self.health()
 
     def place(self, order):
@@ -229,6 +245,8 @@ class Router:
         if not children:  # a concurrent request for this id routed the rest
             raise HttpError(409, f"parent {order['id']} already fully routed")
         self.count("orders")
+        with self._lock:
+            self._max_children = max(self._max_children, len(children))
         if self.config["flags"]["log_orders"]:
             log(f"order {order['id']} {order['side']} {order['quantity']} {order['symbol']} "
                 f"limit {order['limit_price']}: {len(children)} children, filled {result['filled']}")
@@ -248,4 +266,6 @@ class Router:
             self.book.record_fill(order["id"], fill["qty"])
             self.count("child_orders")
             children.append(fill)
+            if self.breaker.tripped_by_one():
+                self.trip_breaker()
         return children, None

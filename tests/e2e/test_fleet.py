@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG = json.loads((ROOT / "fleet" / "router" / "router.json").read_text())
 MAX_CHILD = CONFIG["max_child_qty"]
 HEALTH_KEYS = {"service", "version", "digest", "gate", "halted", "flags", "uptime_s", "orders", "child_orders",
-               "rejected", "errors", "pid", "release_dir"}
+               "rejected", "errors", "max_children_per_order", "breaker", "pid", "release_dir"}
 
 
 def _node(ctx: api.Context, name: str):

@@ -27,7 +27,7 @@ TOKEN = "tok-4f1c9e2b7a"
 WRONG_TOKEN = "tok-wrong-0000"
 ORDER = {"id": "p-1", "symbol": "AAPL", "side": "buy", "quantity": 250, "limit_price": 10.5}
 HEALTH_KEYS = {"service", "version", "digest", "gate", "halted", "flags", "uptime_s", "orders", "child_orders",
-               "rejected", "errors", "pid", "release_dir"}
+               "rejected", "errors", "max_children_per_order", "breaker", "pid", "release_dir"}
 
 
 def folder_digest(folder):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from deployctl.config import Inventory, Node, Playbook, Service, Supervisor, Timeouts, load_inventory, load_playbook
+from deployctl.config import Breakers, Inventory, Node, Playbook, Service, Supervisor, Timeouts, load_inventory, load_playbook
 from deployctl.schema import load_yaml as _load_yaml
 from deployctl.errors import ConfigError, ExitCode
 
@@ -270,7 +270,8 @@ def test_real_router_playbook_loads():
     assert book == Playbook("order-router", ROOT / "fleet" / "router", "/opt/router", 3,
                             Service(None, None, "/health", Supervisor("router", "/var/run/supervisor.sock"), "supervisord"),
                             Timeouts(5.0, 60.0, 20.0), 64, ROOT / "playbooks" / "router.yaml",
-                            flag_registry=ROOT / "playbooks" / "flags.yaml")
+                            flag_registry=ROOT / "playbooks" / "flags.yaml",
+                            breakers=Breakers(50.0, 20000.0, True, 50.0, 5.0))
 
 
 SERVICE_CASES = [

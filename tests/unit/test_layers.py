@@ -14,12 +14,12 @@ PACKAGE = Path(__file__).resolve().parents[2] / "deployctl"
 # Each module's rank: a module imports only modules of a lower rank (none sideways, none upward).
 # The ranks refine STYLE.md's six layers into a total order, so that no exception list is needed:
 #   STYLE layer 1 (no I/O but files):     errors 0; schema, statedir, signing, sshconfig, reqsign 1; config, flags 2
-#   STYLE layer 2 (pure):                 phases, node_agent 1; commands, trust, manifest, outliers 3;
+#   STYLE layer 2 (pure):                 phases, node_agent 1; commands, trust, manifest, outliers, breakers 3;
 #                                         artifact, verify, approval, nodecontract 4
 #   STYLE layer 3 (adapters, journal):    channel 1; journal 2; gate, docker_fleet, sshconnect 3; ssh, fabricconn 4
 #   STYLE layer 4:                        context, barefleet 5 (the bare test fleet: Docker and keys only); run 6
 #   STYLE layer 5 (what commands do):     rollout, rollback, control, signoff, enroll 7; testfleet 8 (it rolls out
-#                                         the first release)
+#                                         the first release), watch 8 (it halts through control)
 #   STYLE layer 6:                        api, output (the CLI's rendering) 9; cli, quick (halt without Typer) 10;
 #                                         __main__ 11
 LAYERS = {
@@ -28,13 +28,13 @@ LAYERS = {
     "channel": 1,
     "config": 2, "journal": 2, "flags": 2,
     "manifest": 3,
-    "commands": 3, "trust": 3, "outliers": 3, "gate": 3, "docker_fleet": 3, "sshconnect": 3,
+    "commands": 3, "trust": 3, "outliers": 3, "breakers": 3, "gate": 3, "docker_fleet": 3, "sshconnect": 3,
     "artifact": 4,
     "verify": 4, "ssh": 4, "fabricconn": 4, "approval": 4, "nodecontract": 4,
     "context": 5, "barefleet": 5,
     "run": 6,
     "rollout": 7, "rollback": 7, "control": 7, "signoff": 7, "enroll": 7,
-    "testfleet": 8,
+    "testfleet": 8, "watch": 8,
     "api": 9, "output": 9,
     "cli": 10, "quick": 10,
     "__main__": 11,
@@ -149,7 +149,7 @@ def test_a_read_only_command_does_not_load_rollout_artifact_or_docker_code():
     loaded = set(eval(out.stdout))  # noqa: S307 - our own print of a list of names
     assert not loaded & {"deployctl.rollout", "deployctl.rollback", "deployctl.artifact", "deployctl.testfleet",
                          "deployctl.docker_fleet", "deployctl.fabricconn", "docker", "paramiko", "tarfile",
-                         "cryptography", "fabric", "invoke"}, loaded
+                         "cryptography", "fabric", "invoke", "deployctl.watch", "deployctl.breakers"}, loaded
 
 
 @pytest.mark.parametrize("package, owner", sorted(ADAPTERS.items()))

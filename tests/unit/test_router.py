@@ -46,7 +46,7 @@ book, endpoints, httpwire, release, router_main, service_module, signed_module =
 
 CONFIG = {
     "service": "order-router", "version": "1.0.0", "max_child_qty": 100, "max_order_qty": 1000000,
-    "flags": {"price_improvement": False, "log_orders": False},
+    "max_child_orders_per_s": 50000, "flags": {"price_improvement": False, "log_orders": False},
 }
 DIGEST = "ab" * 32
 
