@@ -67,10 +67,12 @@ class Service:
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds allowed to connect, to run one remote command, and for a node to turn healthy."""
+    """Seconds allowed to connect, to run one remote command, for a node to turn healthy, and for a
+    whole rollout from preflight to open-gate (its revert, once due, is not cut short by it)."""
     connect: float
     command: float
     health: float
+    rollout: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ def _service(value: Any, path: str) -> Service:
 
 _SERVICE = _service
 _TIMEOUTS = mapping({"connect": (seconds, False, 5.0), "command": (seconds, False, 60.0),
-                      "health": (seconds, False, 20.0)}, Timeouts)
+                      "health": (seconds, False, 20.0), "rollout": (seconds, False, 600.0)}, Timeouts)
 _PLAYBOOK = mapping({
     "name": (_name, True, None), "source": (_source, True, None), "install_root": (_install_root, True, None),
     "keep_releases": (integer(2), True, None), "service": (_SERVICE, True, None),

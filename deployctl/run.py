@@ -9,6 +9,7 @@ start a run and the check for an interrupted run live here too.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from contextlib import contextmanager
@@ -72,7 +73,7 @@ class Run:
     """One rollout, rollback or recover in progress: its id, nodes, journal records, timings, fleet."""
 
     def __init__(self, ctx: Context, fleet: Fleet, action: str, digest: str, names: list[str] | None = None,
-                 stop_on_halt: bool = True, **start: object):
+                 stop_on_halt: bool = True, deadline: float | None = None, **start: object):
         self.ctx, self.fleet, self.action, self.digest = ctx, fleet, action, digest
         self.id = uuid.uuid4().hex[:12]
         self.names = names or [n.name for n in ctx.nodes]
@@ -84,7 +85,11 @@ class Run:
         self.outcomes = {n: "ok" for n in self.names}  # per node, for the journal: "ok" or its first failure
         self.journal_start = ctx.journal.size()  # where this run's records begin
         self.started = time.monotonic()
-        self.journal("start", **start)
+        # A rollout's overall deadline (playbook timeouts.rollout), on the controller's monotonic clock:
+        # no node's clock is read. A rollback or recover has none: it is the way back.
+        self.deadline_s = deadline
+        self.deadline = None if deadline is None else self.started + deadline
+        self.journal("start", **start, **({"deadline": deadline} if deadline is not None else {}))
 
     def journal(self, phase: str, **fields) -> None:
         self.ctx.journal.append(entry(self.action, run=self.id, phase=phase, digest=self.digest, **fields))
@@ -98,6 +103,9 @@ class Run:
         (unless `revert` is False: the run stops in REVERT and the caller decides)."""
         steps = {**steps, sm.Phase.REVERT: self.revert} if revert else steps
         while state.phase in steps:
+            if state.phase in sm.FORWARD[1:] and self.past_deadline():
+                state = sm.abort(state, "fleet", self.deadline_passed())
+                continue
             if self.stop_on_halt and state.phase in sm.FORWARD[1:] and self.halted_since():
                 state = sm.abort(state, "fleet", f"halted while the {self.action} ran")
                 continue
@@ -119,10 +127,29 @@ class Run:
         if state.phase == sm.Phase.REVERT:  # nodes that needed no revert count as done
             results = {**{n: sm.Outcome(True) for n in state.nodes}, **results}
         nxt = sm.advance(state, results, self.probes if state.phase == sm.Phase.PREFLIGHT else None)
+        if state.phase in sm.FORWARD and nxt.failures[len(state.failures):] and self.past_deadline():
+            # The phase was cut short by the run's deadline: say so first, naming the nodes it waited on.
+            late = sorted(f.node for f in nxt.failures[len(state.failures):])
+            first = sm.Failure("fleet", state.phase, f"{self.deadline_passed()} waiting on {', '.join(late)}")
+            nxt = dataclasses.replace(nxt, failures=state.failures + (first,) + nxt.failures[len(state.failures):])
         # Only this phase's failures: a forward phase starts with none, a revert after the run's own.
         self.ctx.emit("phase", phase=name, status="done", seconds=self.timings[name],
                       failures=[f.describe() for f in nxt.failures[len(state.failures):]])
         return nxt
+
+    def past_deadline(self) -> bool:
+        """Whether the run's overall deadline (if it has one) has passed."""
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def deadline_passed(self) -> str:
+        return f"the {self.action} deadline of {self.deadline_s:g} s (playbook timeouts.rollout) passed"
+
+    def budget(self, timeout: float) -> float:
+        """`timeout` for one forward step, cut to what is left of the run's deadline (a moment at least,
+        so the step itself fails and names its node)."""
+        if self.deadline is None:
+            return timeout
+        return max(0.05, min(timeout, self.deadline - time.monotonic()))
 
     # ---- the steps every run shares -------------------------------------------------------------
 
@@ -136,7 +163,7 @@ class Run:
         digest = state.target
         lines = {n: commands.switch_request(digest, entry(self.action, run=self.id, phase="switch", digest=digest,
                                                           node=n), self.ctx.playbook.service) for n in self.names}
-        return outcomes(self.fleet.finish(lines, self.ctx.playbook.timeouts.command), _switched_to(
+        return outcomes(self.fleet.finish(lines, self.budget(self.ctx.playbook.timeouts.command)), _switched_to(
             {n: digest for n in self.names}))
 
     def settle(self, state: sm.State) -> Outcomes:
@@ -146,7 +173,7 @@ class Run:
         match is also a per-file check of the files on disk after the switch, done by the node itself
         before the gate opens: no second hashing pass over SSH (`verify` still does both).
         """
-        return self._health({n: state.target for n in self.names})
+        return self._health({n: state.target for n in self.names}, self.budget(self.ctx.playbook.timeouts.health))
 
     def open_gates(self, state: sm.State, keep_closed: str | None = None) -> Outcomes:
         """Open every gate (only reached once every node reported the target), all or none.
@@ -174,18 +201,19 @@ class Run:
             return Call(commands.render(commands.activate(self.ctx.root, targets[node], service)), record, timeout)
 
         switched = outcomes(self.fleet.run_all(call, list(targets)), _switched_to(targets))
-        health = self._health({n: d for n, d in targets.items() if switched[n].ok})
+        health = self._health({n: d for n, d in targets.items() if switched[n].ok}, self.ctx.playbook.timeouts.health)
         return {n: (switched[n] if not switched[n].ok else health.get(n, sm.Outcome(True))) for n in targets}
 
-    def _health(self, targets: dict[str, str | None]) -> Outcomes:
-        """Wait until each node's router reports its target; a node with no target (stopped) passes."""
+    def _health(self, targets: dict[str, str | None], timeout: float) -> Outcomes:
+        """Wait up to `timeout` s until each node's router reports its target; a node with no target
+        (stopped) passes."""
         out = {n: sm.Outcome(True) for n, d in targets.items() if not d}
         by_digest: dict[str, list] = {}
         for n in self.ctx.nodes:
             if targets.get(n.name):
                 by_digest.setdefault(targets[n.name], []).append(n)
         for digest, group in by_digest.items():
-            for name, ans in self.ctx.routers.wait_running(group, digest, self.ctx.playbook.timeouts.health).items():
+            for name, ans in self.ctx.routers.wait_running(group, digest, timeout).items():
                 running = ans.body.get("digest") if ans.ok else None
                 out[name] = sm.Outcome(running == digest, "" if running == digest else ans.reason() if not ans.ok
                                        else f"running digest {str(running)[:12]} != expected {digest[:12]}")
