@@ -14,7 +14,8 @@ from deployctl.commands import Probe
 from deployctl.context import Context
 from deployctl.errors import InconsistentError, UsageError
 from deployctl.journal import good_run
-from deployctl.run import PlanRow, Run, RunResult, locked, probe_all, probe_held, refuse_if_interrupted
+from deployctl.run import (PlanRow, Run, RunResult, locked, probe_all, probe_held, refuse_if_interrupted,
+                           refuse_if_nodes_left)
 
 
 def rollback(ctx: Context, to: str | None = None, nodes: list[str] | None = None, force: bool = False,
@@ -25,6 +26,7 @@ def rollback(ctx: Context, to: str | None = None, nodes: list[str] | None = None
     """
     chosen = _chosen(ctx, to, nodes, force)
     refuse_if_interrupted(ctx)
+    refuse_if_nodes_left(ctx, "rollback")
     with locked(ctx, "rollback", break_lock), ctx.ssh() as fleet:
         probes = probe_held(ctx, fleet, "rollback preflight")
         target = rollback_target(ctx, probes, to)
@@ -98,11 +100,13 @@ def recover(ctx: Context) -> RunResult:
     The target is the last release the whole fleet ran (from the journal), which must be on every
     node; failing that, the release every node already has as `current`. Breaks only a stale lock.
     """
+    refuse_if_nodes_left(ctx, "recover")
     with locked(ctx, "recover", break_lock=True), ctx.ssh() as fleet:
         ctx.routers.close_gate(ctx.nodes)
         probes = probe_held(ctx, fleet, "recover")
         target = _recover_target(ctx, probes)
-        run = Run(ctx, fleet, "recover", target, stop_on_halt=False, interrupted=ctx.journal.interrupted())
+        run = Run(ctx, fleet, "recover", target, stop_on_halt=False, interrupted=ctx.journal.interrupted(),
+                  nodes=[n.name for n in ctx.nodes])
         state = sm.State(tuple(run.names), target, sm.Phase.SWITCH, previous={n: p.current for n, p in probes.items()})
         state = run.walk(state, _switch_steps(run, "recover"), revert=False)
         if state.phase == sm.Phase.REVERT:  # a recovery that fails has nothing better to go back to

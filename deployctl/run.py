@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 
 from deployctl import commands, phases as sm
 from deployctl.context import Context
-from deployctl.errors import DeployctlError, HaltedError, InconsistentError, RolledBackError
+from deployctl.errors import DeployctlError, HaltedError, InconsistentError, RolledBackError, UsageError
 from deployctl.gate import Answer
 from deployctl.journal import encode, entry
 from deployctl.ssh import Call, Fleet, NodeResult, raise_for_unreachable
@@ -310,6 +310,23 @@ def refuse_if_interrupted(ctx: Context) -> None:
     message = interrupted(ctx)
     if message:
         raise InconsistentError(f"the fleet may be mixed after an {message}")
+
+
+def refuse_if_nodes_left(ctx: Context, what: str) -> None:
+    """UsageError if the last rollout, rollback or recover worked on nodes the inventory no longer lists:
+    going back (or recovering) without them would leave them on another release, unseen and maybe
+    taking orders. A node added since needs no check here: the target release is not on it."""
+    for rec in ctx.journal.newest_first():
+        if rec.get("phase") == "start" and rec.get("action") in ("rollout", "rollback", "recover"):
+            names = rec.get("nodes")
+            gone = sorted(set(names) - {n.name for n in ctx.nodes}) if isinstance(names, list) else []
+            if gone:
+                raise UsageError(f"{what} refused, nothing changed: {', '.join(gone)} took part in the last "
+                                 f"{rec['action']} (run {rec.get('run')}) but {'is' if len(gone) == 1 else 'are'} "
+                                 f"not in {ctx.inventory.path.name} now, and may still run its release: put "
+                                 f"{'it' if len(gone) == 1 else 'them'} back in the inventory, or roll out to the "
+                                 "fleet as it is now")
+            return
 
 
 def probe_all(ctx: Context, fleet: Fleet, what: str) -> dict[str, commands.Probe]:
