@@ -8,9 +8,11 @@ unpacked in a temporary folder; without either the test is skipped, saying why.
 
 Every command deployctl has must pass with the skewed node: rollout, verify, halt, resume, rollback.
 They can, because the controller keeps its deadlines on its own monotonic clock and never reads a node's
-clock: it compares digests, not times. A control request signed with a timestamp and a window (a 30 s
-replay window compares the controller's clock with the node's) would be refused by this node; that is
-the first thing this test would show if such a check were added.
+clock: it compares digests, not times. Control requests signed with a timestamp and a 30 s window (branch
+`signed`) do compare clocks: there node3 refuses the gate opening with `HTTP 401: unauthorized: timestamp
+-86400.0 s off this node's clock`, so this test's rollout ends in RolledBackError naming node3 in
+open-gate, every gate closed; halt would still reach it (re-signed with its clock), resume would not.
+That is the trade-off of the signature, and the expectation to change here when it is merged.
 """
 
 from __future__ import annotations
