@@ -159,8 +159,8 @@ def test_a_recover_killed_midway_is_itself_seen_and_a_second_recover_brings_one_
         seen = wait_record(ctx, offset, lambda r: r.get("action") == "recover" and r.get("phase") == "switch", 60, proc)
     finally:
         proc.kill()
-        proc.communicate(timeout=10)
-    assert seen, "recover never journaled its switch"
+        _, err = proc.communicate(timeout=10)
+    assert seen, f"recover never journaled its switch: exit {proc.returncode}: {err}"
     assert proc.returncode == -signal.SIGKILL
     v = cli(ctx, "verify")
     assert f"interrupted recover (run {seen['run']}" in v.stderr, v.stderr
@@ -187,3 +187,21 @@ def test_recover_while_a_node_is_down_names_it_changes_nothing_and_works_once_it
     api.recover(ctx)
     assert fleet_view(ctx) == {n.name: on_base(base_release, "closed") for n in ctx.nodes}
     assert api.interrupted(ctx) is None
+
+
+# ---- the inventory changed between a rollout and a rollback -------------------------------------------
+
+def test_a_rollback_without_a_node_that_took_part_in_the_rollout_is_refused_and_nothing_changes(
+        ctx, base_release, make_release):
+    """Before this refusal the seven listed nodes went back and opened their gates on the base release
+    while node8, dropped from the inventory, kept serving the new one: the observer, which watches all
+    eight, sees two open gates on different releases."""
+    v2 = make_release("12.6.0")
+    api.rollout(ctx, v2.path)
+    seven = dataclasses.replace(ctx, inventory=dataclasses.replace(
+        ctx.inventory, nodes=tuple(n for n in ctx.inventory.nodes if n.name != "node8")))
+    with pytest.raises(UsageError) as err:
+        api.rollback(seven)
+    assert err.value.exit_code == ExitCode.USAGE
+    assert str(err.value).startswith("rollback refused, nothing changed: node8 took part in the last rollout (run ")
+    assert fleet_view(ctx) == {n.name: (v2.digest, v2.digest, "open", False) for n in ctx.nodes}
