@@ -29,8 +29,8 @@ OTHERS = [f"node{i}" for i in range(1, 9) if f"node{i}" != VICTIM]
 
 
 def quick(ctx) -> api.Context:
-    pb = dataclasses.replace(ctx.playbook, timeouts=Timeouts(connect=3, command=15, health=8))
-    return dataclasses.replace(ctx, playbook=pb, inventory=dataclasses.replace(ctx.inventory, connect_timeout=3))
+    pb = dataclasses.replace(ctx.playbook, timeouts=Timeouts(connect=5, command=15, health=8))
+    return dataclasses.replace(ctx, playbook=pb, inventory=dataclasses.replace(ctx.inventory, connect_timeout=5))
 
 
 def at_phase(phase: str, action):
@@ -176,7 +176,7 @@ def test_recover_while_a_node_is_down_names_it_changes_nothing_and_works_once_it
     c = docker_fleet.container(*docker_spec, VICTIM)
     c.stop(timeout=5)
     with pytest.raises(UnreachableError) as err:
-        api.recover(quick(ctx))
+        api.recover(ctx)
     assert err.value.exit_code == ExitCode.UNREACHABLE
     assert VICTIM in str(err.value) and all(n not in str(err.value) for n in OTHERS)
     assert api.interrupted(ctx)  # still to be recovered

@@ -35,9 +35,9 @@ OTHERS = [f"node{i}" for i in range(1, 9) if f"node{i}" != VICTIM]
 
 
 def quick(ctx, rollout: float = 600, command: float = 15, health: float = 8) -> api.Context:
-    pb = dataclasses.replace(ctx.playbook, timeouts=Timeouts(connect=3, command=command, health=health,
+    pb = dataclasses.replace(ctx.playbook, timeouts=Timeouts(connect=5, command=command, health=health,
                                                              rollout=rollout))
-    return dataclasses.replace(ctx, playbook=pb, inventory=dataclasses.replace(ctx.inventory, connect_timeout=3))
+    return dataclasses.replace(ctx, playbook=pb, inventory=dataclasses.replace(ctx.inventory, connect_timeout=5))
 
 
 def at_phase(phase: str, action) -> callable:
