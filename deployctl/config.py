@@ -86,10 +86,12 @@ class Service:
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds allowed to connect, to run one remote command, and for a node to turn healthy."""
+    """Seconds allowed to connect, to run one remote command, for a node to turn healthy, and for a
+    whole rollout from preflight to open-gate (its revert, once due, is not cut short by it)."""
     connect: float
     command: float
     health: float
+    rollout: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -213,7 +215,7 @@ _APPROVER = mapping({"name": (_name, True, None),
                       "key": (string(re.compile(r"[0-9a-f]{64}").fullmatch, "an ed25519 public key in 64 lowercase "
                                      "hex digits (the .pub `deployctl keygen` writes)"), True, None)}, Approver)
 _TIMEOUTS = mapping({"connect": (seconds, False, 5.0), "command": (seconds, False, 60.0),
-                      "health": (seconds, False, 20.0)}, Timeouts)
+                      "health": (seconds, False, 20.0), "rollout": (seconds, False, 600.0)}, Timeouts)
 _BREAKERS = mapping({"child_orders_per_parent": (seconds, False, None), "child_orders_per_s": (seconds, False, None),
                      "gate_open_while_mixed": (_boolean, False, False), "errors_per_s": (seconds, False, None),
                      "unreachable_gate_open_s": (seconds, False, None)}, Breakers)

@@ -15,7 +15,7 @@ from deployctl.context import Context
 from deployctl.errors import InconsistentError, UsageError
 from deployctl.journal import good_run
 from deployctl.run import (PlanRow, Run, RunResult, locked, probe_all, probe_held, refuse_if_interrupted,
-                           release_fleet)
+                           refuse_if_nodes_left, release_fleet)
 
 
 def rollback(ctx: Context, to: str | None = None, nodes: list[str] | None = None, force: bool = False,
@@ -26,6 +26,7 @@ def rollback(ctx: Context, to: str | None = None, nodes: list[str] | None = None
     """
     chosen = _chosen(ctx, to, nodes, force)
     refuse_if_interrupted(ctx)
+    refuse_if_nodes_left(ctx, "rollback")
     with locked(ctx, "rollback", break_lock) as lock, ctx.ssh() as fleet:
         probes = probe_held(ctx, fleet, "rollback preflight", lock)
         target = rollback_target(ctx, probes, to)
@@ -104,11 +105,13 @@ def recover(ctx: Context, break_lock: bool = False) -> RunResult:
     (and, on the nodes, the fleet lock of the run whose stale lock it broke); with `break_lock`, any
     node's fleet lock.
     """
+    refuse_if_nodes_left(ctx, "recover")
     with locked(ctx, "recover", break_lock=True, break_fleet=break_lock) as lock, ctx.ssh() as fleet:
         ctx.routers.close_gate(ctx.nodes)
         probes = probe_held(ctx, fleet, "recover", lock)
         target = _recover_target(ctx, probes)
-        run = Run(ctx, fleet, "recover", target, stop_on_halt=False, interrupted=ctx.journal.interrupted())
+        run = Run(ctx, fleet, "recover", target, stop_on_halt=False, interrupted=ctx.journal.interrupted(),
+                  nodes=[n.name for n in ctx.nodes])
         try:
             state = sm.State(tuple(run.names), target, sm.Phase.SWITCH, previous={n: p.current for n, p in probes.items()})
             state = run.walk(state, _switch_steps(run, "recover"), revert=False)

@@ -48,8 +48,8 @@ def rollout(ctx: Context, artifact_path: Path, break_lock: bool = False, plan: P
     refuse_if_interrupted(ctx)
     with locked(ctx, f"rollout {art.digest[:12]}", break_lock) as lock, ctx.ssh() as fleet:
         ctx.keep_manifest(art)
-        run = Run(ctx, fleet, "rollout", art.digest, version=art.version, artifact=art.path.name,
-                  nodes=[n.name for n in ctx.nodes], **who)
+        run = Run(ctx, fleet, "rollout", art.digest, deadline=ctx.playbook.timeouts.rollout, version=art.version,
+                  artifact=art.path.name, nodes=[n.name for n in ctx.nodes], **who)
         try:
             state = run.walk(sm.State(tuple(run.names), art.digest), {
                 sm.Phase.PREFLIGHT: lambda s: _preflight(run, art, len(payload), lock, approved),
@@ -91,7 +91,8 @@ def _preflight(run: Run, art: artifact_mod.Artifact, size: int, lock: dict | Non
     preflight changes nothing and stage starts no program."""
     ctx = run.ctx
     # Each worker connects and starts its node's command at once: no barrier between handshakes and probe.
-    call = Call(_deploy_command(ctx, art.digest, lock), reuse_plan(ctx, art), timeout=min(15, ctx.playbook.timeouts.command))
+    call = Call(_deploy_command(ctx, art.digest, lock), reuse_plan(ctx, art),
+                timeout=run.budget(min(15, ctx.playbook.timeouts.command)))
     res = hold_locked(run.fleet, {n: call for n in run.names})
     run.unreachable = {n: r for n, r in res.items() if r.error}
     results = outcomes(res, lambda n, out: run.probes.__setitem__(n, commands.parse_probe_answer(out)))
@@ -110,7 +111,7 @@ def _stage(run: Run, art: artifact_mod.Artifact) -> dict[str, sm.Outcome]:
     the digest of the whole release it staged, checked file by file and against the signature."""
     ctx = run.ctx
     have: dict[str, frozenset[str]] = {}
-    results = outcomes(run.fleet.step({n: b"" for n in run.names}, ctx.playbook.timeouts.command),
+    results = outcomes(run.fleet.step({n: b"" for n in run.names}, run.budget(ctx.playbook.timeouts.command)),
                        lambda n, out: have.__setitem__(n, commands.parse_have(out)[0]))
     uploads: dict[frozenset[str], bytes] = {}  # one copy per distinct need set, not one per node
     for need in {frozenset(art.files) - h for h in have.values()}:
@@ -121,7 +122,7 @@ def _stage(run: Run, art: artifact_mod.Artifact) -> dict[str, sm.Outcome]:
     def progress(node: str, done: int, total: int) -> None:
         ctx.emit("upload", node=node, sent=done, total=total)
 
-    staged = outcomes(run.fleet.step(sent, ctx.playbook.timeouts.command, progress),
+    staged = outcomes(run.fleet.step(sent, run.budget(ctx.playbook.timeouts.command), progress),
                       lambda n, out: _expect_digest(commands.parse_stage(out), art.digest))
     return {**results, **staged}
 

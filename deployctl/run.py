@@ -10,6 +10,7 @@ the check for an interrupted run live here too.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -23,7 +24,7 @@ from typing import Callable, Iterator
 from deployctl import commands, phases as sm
 from deployctl.context import Context
 from deployctl.errors import (DeployctlError, HaltedError, InconsistentError, JournalError, LockHeldError,
-                              RolledBackError)
+                              RolledBackError, UsageError)
 from deployctl.gate import Answer
 from deployctl.journal import actor, encode, entry
 from deployctl.ssh import Call, Fleet, NodeResult, raise_for_unreachable
@@ -90,7 +91,7 @@ class Run:
     """One rollout, rollback or recover in progress: its id, nodes, journal records, timings, fleet."""
 
     def __init__(self, ctx: Context, fleet: Fleet, action: str, digest: str, names: list[str] | None = None,
-                 stop_on_halt: bool = True, **start: object):
+                 stop_on_halt: bool = True, deadline: float | None = None, **start: object):
         self.ctx, self.fleet, self.action, self.digest = ctx, fleet, action, digest
         self.id = uuid.uuid4().hex[:12]
         self.names = names or [n.name for n in ctx.nodes]
@@ -104,7 +105,11 @@ class Run:
         self.outcomes = {n: "ok" for n in self.names}  # per node, for the journal: "ok" or its first failure
         self.journal_start = ctx.journal.mark()  # where this run's records begin
         self.started = time.monotonic()
-        self.journal("start", **start)
+        # A rollout's overall deadline (playbook timeouts.rollout), on the controller's monotonic clock:
+        # no node's clock is read. A rollback or recover has none: it is the way back.
+        self.deadline_s = deadline
+        self.deadline = None if deadline is None else self.started + deadline
+        self.journal("start", **start, **({"deadline": deadline} if deadline is not None else {}))
 
     def journal(self, phase: str, **fields) -> None:
         """Journal a phase before it starts; a journal that cannot be written stops the run there."""
@@ -142,6 +147,9 @@ class Run:
                     continue
                 if state.phase not in steps:
                     return state
+                if state.phase in sm.FORWARD[1:] and self.past_deadline():
+                    state = sm.abort(state, "fleet", self.deadline_passed())
+                    continue
                 if self.stop_on_halt and state.phase in sm.FORWARD[1:] and self.halted_since():
                     state = sm.abort(state, "fleet", f"halted while the {self.action} ran")
                     continue
@@ -194,6 +202,11 @@ class Run:
         if state.phase == sm.Phase.REVERT:  # nodes that needed no revert count as done
             results = {**{n: sm.Outcome(True) for n in state.nodes}, **results}
         nxt = sm.advance(state, results, self.probes if state.phase == sm.Phase.PREFLIGHT else None)
+        if state.phase in sm.FORWARD and nxt.failures[len(state.failures):] and self.past_deadline():
+            # The phase was cut short by the run's deadline: say so first, naming the nodes it waited on.
+            late = sorted(f.node for f in nxt.failures[len(state.failures):])
+            first = sm.Failure("fleet", state.phase, f"{self.deadline_passed()} waiting on {', '.join(late)}")
+            nxt = dataclasses.replace(nxt, failures=state.failures + (first,) + nxt.failures[len(state.failures):])
         # Only this phase's failures: a forward phase starts with none, a revert after the run's own.
         self.ctx.emit("phase", phase=name, status="done", seconds=self.timings[name],
                       failures=[f.describe() for f in nxt.failures[len(state.failures):]])
@@ -202,6 +215,20 @@ class Run:
                 "stopping after this phase" if self.stop_on_halt and state.phase in sm.FORWARD else
                 f"the {self.action} goes on to its end" if not self.stop_on_halt else "the revert goes on to its end"))
         return nxt
+
+    def past_deadline(self) -> bool:
+        """Whether the run's overall deadline (if it has one) has passed."""
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def deadline_passed(self) -> str:
+        return f"the {self.action} deadline of {self.deadline_s:g} s (playbook timeouts.rollout) passed"
+
+    def budget(self, timeout: float) -> float:
+        """`timeout` for one forward step, cut to what is left of the run's deadline (a moment at least,
+        so the step itself fails and names its node)."""
+        if self.deadline is None:
+            return timeout
+        return max(0.05, min(timeout, self.deadline - time.monotonic()))
 
     # ---- the steps every run shares -------------------------------------------------------------
 
@@ -216,7 +243,7 @@ class Run:
         lines = {n: commands.switch_request(digest, entry(self.action, run=self.id, phase="switch", digest=digest,
                                                           node=n), self.ctx.playbook.service, becomes(self.ctx, n))
                  for n in self.names}
-        return outcomes(self.fleet.finish(lines, self.ctx.playbook.timeouts.command), _switched_to(
+        return outcomes(self.fleet.finish(lines, self.budget(self.ctx.playbook.timeouts.command)), _switched_to(
             {n: digest for n in self.names}))
 
     def settle(self, state: sm.State) -> Outcomes:
@@ -226,7 +253,7 @@ class Run:
         match is also a per-file check of the files on disk after the switch, done by the node itself
         before the gate opens: no second hashing pass over SSH (`verify` still does both).
         """
-        return self._health({n: state.target for n in self.names})
+        return self._health({n: state.target for n in self.names}, self.budget(self.ctx.playbook.timeouts.health))
 
     def open_gates(self, state: sm.State, keep_closed: str | None = None) -> Outcomes:
         """Open every gate (only reached once every node reported the target), all or none.
@@ -255,18 +282,19 @@ class Run:
             return Call(commands.render(how), record, timeout)
 
         switched = outcomes(self.fleet.run_all(call, list(targets)), _switched_to(targets))
-        health = self._health({n: d for n, d in targets.items() if switched[n].ok})
+        health = self._health({n: d for n, d in targets.items() if switched[n].ok}, self.ctx.playbook.timeouts.health)
         return {n: (switched[n] if not switched[n].ok else health.get(n, sm.Outcome(True))) for n in targets}
 
-    def _health(self, targets: dict[str, str | None]) -> Outcomes:
-        """Wait until each node's router reports its target; a node with no target (stopped) passes."""
+    def _health(self, targets: dict[str, str | None], timeout: float) -> Outcomes:
+        """Wait up to `timeout` s until each node's router reports its target; a node with no target
+        (stopped) passes."""
         out = {n: sm.Outcome(True) for n, d in targets.items() if not d}
         by_digest: dict[str, list] = {}
         for n in self.ctx.nodes:
             if targets.get(n.name):
                 by_digest.setdefault(targets[n.name], []).append(n)
         for digest, group in by_digest.items():
-            for name, ans in self.ctx.routers.wait_running(group, digest, self.ctx.playbook.timeouts.health).items():
+            for name, ans in self.ctx.routers.wait_running(group, digest, timeout).items():
                 running = ans.body.get("digest") if ans.ok else None
                 out[name] = sm.Outcome(running == digest, "" if running == digest else ans.reason() if not ans.ok
                                        else f"running digest {str(running)[:12]} != expected {digest[:12]}")
@@ -437,6 +465,23 @@ def refuse_if_interrupted(ctx: Context) -> None:
     message = interrupted(ctx)
     if message:
         raise InconsistentError(f"the fleet may be mixed after an {message}")
+
+
+def refuse_if_nodes_left(ctx: Context, what: str) -> None:
+    """UsageError if the last rollout, rollback or recover worked on nodes the inventory no longer lists:
+    going back (or recovering) without them would leave them on another release, unseen and maybe
+    taking orders. A node added since needs no check here: the target release is not on it."""
+    for rec in ctx.journal.newest_first():
+        if rec.get("phase") == "start" and rec.get("action") in ("rollout", "rollback", "recover"):
+            names = rec.get("nodes")
+            gone = sorted(set(names) - {n.name for n in ctx.nodes}) if isinstance(names, list) else []
+            if gone:
+                raise UsageError(f"{what} refused, nothing changed: {', '.join(gone)} took part in the last "
+                                 f"{rec['action']} (run {rec.get('run')}) but {'is' if len(gone) == 1 else 'are'} "
+                                 f"not in {ctx.inventory.path.name} now, and may still run its release: put "
+                                 f"{'it' if len(gone) == 1 else 'them'} back in the inventory, or roll out to the "
+                                 "fleet as it is now")
+            return
 
 
 def probe_all(ctx: Context, fleet: Fleet, what: str) -> dict[str, commands.Probe]:

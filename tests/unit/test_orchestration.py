@@ -90,7 +90,7 @@ def test_first_rollout_puts_every_node_on_the_release_and_opens_the_gate(rig):
     assert runs(rig) == FORWARD + [("rollout", "done", "ok")]
     start, done = rig.journal()[0], rig.journal()[-1]
     assert plain(start) == {"action": "rollout", "phase": "start", "digest": a, "version": "1.0.0",
-                            "artifact": rig.artifacts[0].path.name, "nodes": NODES}
+                            "artifact": rig.artifacts[0].path.name, "nodes": NODES, "deadline": 600.0}
     assert plain(done) == {"action": "rollout", "phase": "done", "digest": a, "outcome": "ok", "failures": [],
                            "nodes": dict.fromkeys(NODES, "ok"), "previous": dict.fromkeys(NODES)}
     assert set(done["timings"]) == {"preflight", "close-gate", "stage", "switch", "health", "open-gate", "total"}
