@@ -1,7 +1,8 @@
 """Benchmark: `deployctl halt` as a process, idle and with every node taking orders, until a probe sees
 every node refuse an order (not deployctl's own say-so).
 
-Run with the fleet up and its gates open:  .venv/bin/python bench/bench_halt.py [--runs 5] [--threads 2]
+Run with the fleet up and its gates open:  .venv/bin/python bench/bench_halt.py [--runs 5] [--threads 2] [-i INV]
+(-i: another inventory, e.g. the first 8 nodes of bench_scale.py's fleet, with DEPLOYCTL_STATE set for it.)
 Under load, a separate process (this file with --load) sends orders to every node from --threads
 threads per node, as fast as the routers take them, for a bounded time. Each run: the load runs
 for a second, then `deployctl halt` starts, and one probe thread per node posts an order every few
@@ -138,12 +139,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="load senders per node")
     parser.add_argument("--typer", action="store_true", help="also time the halt through the Typer app (A/B)")
+    parser.add_argument("-i", "--inventory", type=Path, default=ROOT / "fleet/fleet.yaml")
     args = parser.parse_args()
-    ctx = api.open_context(ROOT / "fleet/fleet.yaml", ROOT / "playbooks/router.yaml")
+    ctx = api.open_context(args.inventory, ROOT / "playbooks/router.yaml")
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-halt-{os.getpid()}"
-    cases = [("idle", False, DCTL), ("load", True, DCTL)]
+    inv = ["-i", str(args.inventory)]
+    cases = [("idle", False, DCTL + inv), ("load", True, DCTL + inv)]
     if args.typer:
-        cases += [("idle, Typer door", False, TYPER), ("load, Typer door", True, TYPER)]
+        cases += [("idle, Typer door", False, TYPER + inv), ("load, Typer door", True, TYPER + inv)]
     results: dict[str, list[tuple[float, float, str]]] = {case: [] for case, _, _ in cases}
     for _ in range(args.runs):  # alternated, so every case sees the same machine
         for case, loaded, door in cases:

@@ -1,0 +1,72 @@
+"""sshconnect: known_hosts parsed once per version of the file, each connection given only its host's pinned keys."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from deployctl import sshconnect
+from deployctl.channel import NodeError
+
+paramiko = sshconnect.import_paramiko()
+
+
+def pub() -> str:
+    return Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+
+
+@pytest.fixture
+def known_hosts(tmp_path):
+    keys = {port: pub() for port in range(2401, 2465)}
+    path = tmp_path / "known_hosts"
+    path.write_text("".join(f"[127.0.0.1]:{port} {key}\n" for port, key in keys.items()))
+    return path, keys
+
+
+def test_sixty_four_connections_parse_the_file_once_and_each_gets_only_its_own_key(known_hosts, monkeypatch):
+    path, keys = known_hosts
+    loads, seen = [], {}
+    real_load = paramiko.HostKeys.load
+    monkeypatch.setattr(paramiko.HostKeys, "load", lambda self, f: (loads.append(f), real_load(self, f))[1])
+
+    def connect(client, host, port, **_):
+        seen[port] = {name: dict(sub) for name, sub in client.get_host_keys().items()}
+        raise paramiko.SSHException("stop here")
+
+    monkeypatch.setattr(paramiko.SSHClient, "connect", connect)
+    for port in keys:
+        with pytest.raises(NodeError):
+            sshconnect.open_client("127.0.0.1", port, "root", path, path, 1)
+    assert len(loads) <= 1  # once per version of the file (not at all if an earlier test parsed this one)
+    for port, key in keys.items():
+        assert list(seen[port]) == [f"[127.0.0.1]:{port}"]
+        assert seen[port][f"[127.0.0.1]:{port}"]["ssh-ed25519"].get_base64() == key.split()[1]
+
+
+def test_a_rewritten_file_is_read_again(known_hosts):
+    path, keys = known_hosts
+    before = sshconnect.pinned_keys(path)
+    assert sshconnect.pinned_keys(path) is before
+    new = pub()
+    path.write_text(f"[127.0.0.1]:2401 {new}\n")
+    os.utime(path, ns=(1, 1))  # a different mtime even on a coarse clock
+    after = sshconnect.pinned_keys(path)
+    assert after.lookup("[127.0.0.1]:2401")["ssh-ed25519"].get_base64() == new.split()[1]
+    assert after.lookup("[127.0.0.1]:2402") is None  # a key removed from the file is no longer pinned
+
+
+def test_a_host_missing_from_the_file_gets_no_key_and_is_refused(known_hosts, monkeypatch):
+    path, _ = known_hosts
+    got = {}
+
+    def connect(client, host, port, **_):
+        got["keys"] = len(client.get_host_keys())
+        raise paramiko.SSHException("Server '[127.0.0.1]:2999' not found in known_hosts")
+
+    monkeypatch.setattr(paramiko.SSHClient, "connect", connect)
+    with pytest.raises(NodeError) as exc:
+        sshconnect.open_client("127.0.0.1", 2999, "root", path, path, 1)
+    assert got["keys"] == 0 and exc.value.host_key
