@@ -131,7 +131,9 @@ def _recover_target(ctx: Context, probes: dict[str, Probe]) -> str:
         return currents.pop()
     if last is None:
         raise InconsistentError("recover: no release the whole fleet ran is in the journal and the nodes' current "
-                                "releases differ: roll out a release to the whole fleet")
+                                "releases differ: roll out a release to the whole fleet "
+                                "(`deployctl rollout ARTIFACT --break-lock` supersedes the interrupted run)")
     missing = sorted(n for n, p in probes.items() if last not in p.releases)
     raise InconsistentError(f"recover: the last good release {last[:12]} is not on {', '.join(missing)} and "
-                            "the nodes' current releases differ: roll out a release to the whole fleet")
+                            "the nodes' current releases differ: roll out a release to the whole fleet "
+                                "(`deployctl rollout ARTIFACT --break-lock` supersedes the interrupted run)")

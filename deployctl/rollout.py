@@ -15,8 +15,8 @@ from pathlib import Path
 from deployctl import approval, artifact as artifact_mod, commands, flags, phases as sm
 from deployctl.context import Context
 from deployctl.errors import DeployctlError, UsageError
-from deployctl.run import (PlanRow, Run, RunResult, hold_locked, locked, outcomes, refuse_if_interrupted,
-                           release_fleet)
+from deployctl.run import (PlanRow, Run, RunResult, hold_locked, interrupted, locked, outcomes,
+                           refuse_if_interrupted, release_fleet)
 from deployctl.ssh import Call, raise_for_unreachable
 
 
@@ -45,11 +45,19 @@ def rollout(ctx: Context, artifact_path: Path, break_lock: bool = False, plan: P
     art = ctx.load_artifact(artifact_path)
     payload = art.payload()
     approved, who = _approved(ctx, art, plan)
-    refuse_if_interrupted(ctx)
+    # After an interrupted run, `recover` is the way back; `--break-lock` is the operator's explicit
+    # word that this rollout supersedes it (when recover cannot pick one release, it says to do this).
+    # Safe either way: every gate is closed first and opens only if all nodes run the new release.
+    superseded = interrupted(ctx) if break_lock else None
+    if not break_lock:
+        refuse_if_interrupted(ctx)
     with locked(ctx, f"rollout {art.digest[:12]}", break_lock) as lock, ctx.ssh() as fleet:
         ctx.keep_manifest(art)
+        if superseded:
+            ctx.emit("warning", message=f"this rollout supersedes an {superseded.split(': run')[0]}")
         run = Run(ctx, fleet, "rollout", art.digest, deadline=ctx.playbook.timeouts.rollout, version=art.version,
-                  artifact=art.path.name, nodes=[n.name for n in ctx.nodes], **who)
+                  artifact=art.path.name, nodes=[n.name for n in ctx.nodes], **who,
+                  **({"supersedes": superseded} if superseded else {}))
         try:
             state = run.walk(sm.State(tuple(run.names), art.digest), {
                 sm.Phase.PREFLIGHT: lambda s: _preflight(run, art, len(payload), lock, approved),

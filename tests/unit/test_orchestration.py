@@ -435,10 +435,20 @@ def test_recover_refuses_when_no_release_is_common(live):
     with pytest.raises(InconsistentError) as err:
         rollback_mod.recover(live.ctx)
     assert str(err.value) == (f"recover: the last good release {short(b)} is not on node3 and the nodes' current "
-                              "releases differ: roll out a release to the whole fleet")
+                              "releases differ: roll out a release to the whole fleet (`deployctl rollout ARTIFACT "
+                              "--break-lock` supersedes the interrupted run)")
     assert runs(live, since) == []  # no run started; only the gates were closed
     assert live.world.ran("switch") == []
     assert {s["gate"] for s in live.world.states().values()} == {"closed"}
+    # The way out it names: a plain rollout is still refused, one with --break-lock supersedes the
+    # interrupted run (journaled) and brings the whole fleet to one release, gates open.
+    with pytest.raises(InconsistentError):
+        rollout(live, 2)
+    message = run_mod.interrupted(live.ctx)
+    assert rollout(live, 2, break_lock=True).gate_open is True
+    assert {s["current"] for s in live.world.states().values()} == {c}
+    assert plain(next(r for r in reversed(live.journal()) if r.get("phase") == "start"))["supersedes"] == message
+    assert run_mod.interrupted(live.ctx) is None
 
 
 def test_recover_that_fails_is_inconsistent_without_a_revert(live):
