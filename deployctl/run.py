@@ -406,7 +406,14 @@ def locked(ctx: Context, command: str, break_lock: bool, break_fleet: bool | Non
 def release_fleet(ctx: Context, fleet: Fleet, lock: dict) -> None:
     """Release the fleet deploy lock on every node that holds it (a failed or reverted run too); a node
     not reached keeps it, named in a warning (`--break-lock` takes it over)."""
-    res = fleet.run_all(lambda n: Call(commands.render(commands.unlock(ctx.root, lock["id"])), timeout=15))
+    call = lambda n: Call(commands.render(commands.unlock(ctx.root, lock["id"])), timeout=15)  # noqa: E731
+    res = fleet.run_all(call)
+    # A node whose connection dropped during the run (restarted, say) is asked once more on a new
+    # connection: removing this run's own lock (matched by its id) is safe on whatever the node is now.
+    dropped = [n for n in ctx.nodes if res.get(n.name) is not None and res[n.name].error]
+    if dropped:
+        with ctx.ssh(dropped) as again:
+            res.update(again.run_all(call))
     missed = sorted(n for n, r in res.items() if not r.ok)
     if missed:
         ctx.emit("warning", message=f"fleet deploy lock not released on: {', '.join(missed)}")

@@ -7,6 +7,7 @@ that a phase hook moves forward, so no test depends on how fast this machine is.
 from __future__ import annotations
 
 import dataclasses
+import time
 import types
 
 import pytest
@@ -45,7 +46,7 @@ def live(_template, tmp_path, monkeypatch) -> ff.Rig:
     timeouts = dataclasses.replace(rig.ctx.playbook.timeouts, rollout=DEADLINE)
     rig.ctx.playbook = dataclasses.replace(rig.ctx.playbook, timeouts=timeouts)
     rig.clock = Clock()
-    monkeypatch.setattr(run_mod, "time", types.SimpleNamespace(monotonic=rig.clock.monotonic))
+    monkeypatch.setattr(run_mod, "time", types.SimpleNamespace(monotonic=rig.clock.monotonic, time=time.time, sleep=time.sleep))
     return rig
 
 

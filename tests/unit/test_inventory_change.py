@@ -95,6 +95,7 @@ def test_recover_with_a_node_added_since_is_refused_and_a_rollout_brings_it_in(l
     with pytest.raises(InconsistentError) as err:
         rollback_mod.recover(live.ctx)
     assert str(err.value) == (f"recover: the last good release {b[:12]} is not on node9 and the nodes' current "
-                              "releases differ: roll out a release to the whole fleet")
+                              "releases differ: roll out a release to the whole fleet (`deployctl rollout ARTIFACT "
+                              "--break-lock` supersedes the interrupted run)")
     rollout_mod.rollout(live.ctx, live.artifacts[2].path)
     assert {n: s["current"] for n, s in live.world.states().items()} == dict.fromkeys(NODES + ["node9"], c)
