@@ -898,11 +898,17 @@ def take_lock(root):
 
 def may_break(held):
     """Whether this command may break the lock `held`: --break-lock breaks any; recover breaks the lock
-    of the controller run it recovers from (same holder and pid)."""
+    of the controller run it recovers from (same holder and pid); any command breaks the lock of a run
+    its controller journaled as finished ("ids")."""
     how = LOCK.get("break")
     if how == "any":
         return True
-    return isinstance(how, dict) and held is not None and all(held.get(k) == how.get(k) for k in ("holder", "pid"))
+    if not isinstance(how, dict) or held is None:
+        return False
+    ids = how.get("ids")
+    if isinstance(ids, list) and held.get("id") in ids:
+        return True  # left by a run the controller's journal shows finished (a node it could not release)
+    return "holder" in how and all(held.get(k) == how.get(k) for k in ("holder", "pid"))
 
 
 def release_lock(root):

@@ -34,7 +34,7 @@ def rollback(ctx: Context, to: str | None = None, nodes: list[str] | None = None
         if missing:  # the held commands release the fleet lock as the fleet closes
             raise UsageError(f"rollback refused, nothing changed: release {target[:12]} is not on {', '.join(missing)}")
         run = Run(ctx, fleet, "rollback", target, names=chosen, stop_on_halt=False, nodes=chosen,
-                  partial=bool(nodes))
+                  partial=bool(nodes), fleet_lock=lock["id"])
         try:
             state = sm.State(tuple(run.names), target, sm.Phase.SWITCH, previous={n: probes[n].current for n in chosen})
             run.close_gates()  # whatever a router answers, the rollback goes on: it is the way out of a bad release
@@ -111,7 +111,7 @@ def recover(ctx: Context, break_lock: bool = False) -> RunResult:
         probes = probe_held(ctx, fleet, "recover", lock)
         target = _recover_target(ctx, probes)
         run = Run(ctx, fleet, "recover", target, stop_on_halt=False, interrupted=ctx.journal.interrupted(),
-                  nodes=[n.name for n in ctx.nodes])
+                  nodes=[n.name for n in ctx.nodes], fleet_lock=lock["id"])
         try:
             state = sm.State(tuple(run.names), target, sm.Phase.SWITCH, previous={n: p.current for n, p in probes.items()})
             state = run.walk(state, _switch_steps(run, "recover"), revert=False)

@@ -56,7 +56,7 @@ def rollout(ctx: Context, artifact_path: Path, break_lock: bool = False, plan: P
         if superseded:
             ctx.emit("warning", message=f"this rollout supersedes an {superseded.split(': run')[0]}")
         run = Run(ctx, fleet, "rollout", art.digest, deadline=ctx.playbook.timeouts.rollout, version=art.version,
-                  artifact=art.path.name, nodes=[n.name for n in ctx.nodes], **who,
+                  artifact=art.path.name, nodes=[n.name for n in ctx.nodes], fleet_lock=lock["id"], **who,
                   **({"supersedes": superseded} if superseded else {}))
         try:
             state = run.walk(sm.State(tuple(run.names), art.digest), {

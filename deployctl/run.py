@@ -395,12 +395,33 @@ def locked(ctx: Context, command: str, break_lock: bool, break_fleet: bool | Non
                   "id": uuid.uuid4().hex[:16]}
     if break_lock if break_fleet is None else break_fleet:
         fleet_lock["break"] = "any"
-    elif broken:
-        fleet_lock["break"] = {"holder": broken.holder, "pid": broken.pid}
+    else:
+        # A node that could not be reached when a run ended (killed, restarted) keeps that run's lock:
+        # the journal shows the run finished, so the lock is stale and this command may replace it.
+        finished = finished_fleet_locks(ctx)
+        how: dict = {"holder": broken.holder, "pid": broken.pid} if broken else {}
+        if finished:
+            how["ids"] = finished
+        if how:
+            fleet_lock["break"] = how
     try:
         yield fleet_lock
     finally:
         ctx.lock.release()
+
+
+def finished_fleet_locks(ctx: Context, last: int = 16) -> list[str]:
+    """The fleet lock ids of this controller's last `last` runs that the journal shows finished (a `done`
+    record): a node lock left by one of them is stale."""
+    started: dict[str, str] = {}
+    done: list[str] = []
+    for rec in ctx.journal.read():
+        run_id = rec.get("run")
+        if rec.get("phase") == "start" and isinstance(rec.get("fleet_lock"), str):
+            started[run_id] = rec["fleet_lock"]
+        elif rec.get("phase") == "done" and run_id in started:
+            done.append(started[run_id])
+    return done[-last:]
 
 
 def release_fleet(ctx: Context, fleet: Fleet, lock: dict) -> None:

@@ -98,8 +98,10 @@ class FakeNode:
         if not lock:
             return
         held, how = self.lock, lock.get("break")
-        if held and held["id"] != lock["id"] and not (
-                how == "any" or (isinstance(how, dict) and (held["holder"], held["pid"]) == (how["holder"], how["pid"]))):
+        breakable = how == "any" or (isinstance(how, dict) and (
+            held is not None and (held["id"] in (how.get("ids") or ())
+                                  or ("holder" in how and (held["holder"], held["pid"]) == (how["holder"], how["pid"])))))
+        if held and held["id"] != lock["id"] and not breakable:
             raise Refused(f"fleet deploy lock held by {held['holder']} (pid {held['pid']}) running "
                           f"'{held['command']}' (run {held['id']})")
         if held and held["id"] != lock["id"]:

@@ -192,3 +192,21 @@ def test_a_rollout_refused_by_the_first_node_does_not_wait(tmp_path, monkeypatch
     rig.world["node1"].lock = someone_else()
     with pytest.raises(LockHeldError, match="node1: fleet deploy lock held by carol@other-controller"):
         rollout_mod.rollout(rig.ctx, rig.artifacts[0].path)
+
+
+def test_a_node_left_holding_the_lock_of_a_finished_run_does_not_block_the_next(tmp_path):
+    """A node that could not be reached when a run ended (killed, restarted) keeps that run's lock. The
+    controller's journal shows the run finished, so the next run replaces it (journaled on the node);
+    a lock whose run the journal does not show finished is still refused."""
+    rig = ff.make_rig(tmp_path)
+    rollout_mod.rollout(rig.ctx, rig.artifacts[0].path)
+    start = next(r for r in reversed(rig.journal()) if r.get("phase") == "start")
+    stale = {"holder": actor(), "pid": os.getpid(), "since": 1.0, "command": "rollout x", "id": start["fleet_lock"]}
+    rig.world["node5"].lock = dict(stale)
+    rollout_mod.rollout(rig.ctx, rig.artifacts[1].path)
+    assert {s["current"] for s in rig.world.states().values()} == {rig.artifacts[1].digest}
+    assert {"action": "lock-broken", "broken": stale} in rig.world["node5"].journal
+    assert run_mod.finished_fleet_locks(rig.ctx)[-2] == start["fleet_lock"]
+    rig.world["node5"].lock = dict(stale, id="not-a-finished-run")
+    with pytest.raises(LockHeldError):
+        rollout_mod.rollout(rig.ctx, rig.artifacts[2].path)

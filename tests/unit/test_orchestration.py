@@ -67,8 +67,8 @@ def short(d: str) -> str:
 
 
 def plain(rec: dict) -> dict:
-    """A journal record without what differs per run (time, who, run id, timings)."""
-    return {k: v for k, v in rec.items() if k not in ("ts", "who", "run", "timings")}
+    """A journal record without what differs per run (time, who, run id, its fleet lock's id, timings)."""
+    return {k: v for k, v in rec.items() if k not in ("ts", "who", "run", "timings", "fleet_lock")}
 
 
 def runs(rig: ff.Rig, since: int = 0) -> list[tuple]:
