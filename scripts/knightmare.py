@@ -355,10 +355,17 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="also write the figures to this file")
     p.set_defaults(quiet_refusals=False)
     args = p.parse_args(argv)
+    replay = Replay(args)
     try:
-        res = Replay(args).run()
-    except DeployctlError as exc:
-        print(f"knightmare: {exc}", file=sys.stderr)
+        res = replay.run()
+    except (DeployctlError, SystemExit) as exc:
+        text = str(exc)
+        print(text if text.startswith("knightmare: ") else f"knightmare: {text}", file=sys.stderr)
+        if getattr(replay, "base", None) is not None:  # never leave the fleet mixed: back to the base release
+            try:
+                replay.restore()
+            except (DeployctlError, SystemExit) as again:
+                print(f"knightmare: could not restore the base release: {again}", file=sys.stderr)
         return 1
     print(table(res))
     print("KNIGHTMARE " + json.dumps(res, sort_keys=True), flush=True)
