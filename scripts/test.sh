@@ -31,6 +31,10 @@ if [ "$status" = 0 ]; then
   echo "pre-open gate: deployctl verify exited $gate"
   [ "$gate" = 0 ] || status=$gate
 fi
+if [ "$status" = 0 ]; then
+  # The 2012 failure replayed, naive vs deployctl, for the log (tests/e2e/test_knightmare.py asserts it).
+  bash scripts/knightmare.sh || echo "knightmare replay did not finish (table for the log; the e2e test asserts)"
+fi
 if [ "$status" = 0 ] && [ -z "${DEPLOYCTL_NO_BENCH:-}" ]; then
   # The speed targets are benchmark figures, not timed tests: print them for the log only.
   .venv/bin/python bench/bench_rollout.py --runs 3 || echo "benchmark did not finish (figures only; not a test)"
