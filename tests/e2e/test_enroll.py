@@ -34,9 +34,10 @@ def fleet():
 
 @pytest.fixture(scope="module")
 def playbook(bare) -> Path:
-    """The repository's playbook with an absolute source, beside the bare fleet's inventory."""
+    """The repository's playbook with an absolute source and flag registry, beside the bare fleet's inventory."""
     text = (ROOT / "playbooks" / "router.yaml").read_text()
     text = re.sub(r"(?m)^source: \S+", f"source: {ROOT / 'fleet' / 'router'}", text)
+    text = re.sub(r"(?m)^flag_registry: \S+", f"flag_registry: {ROOT / 'playbooks' / 'flags.yaml'}", text)
     path = bare.inventory.with_name("router.yaml")
     path.write_text(text)
     return path
