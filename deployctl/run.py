@@ -398,7 +398,7 @@ def locked(ctx: Context, command: str, break_lock: bool, break_fleet: bool | Non
     else:
         # A node that could not be reached when a run ended (killed, restarted) keeps that run's lock:
         # the journal shows the run finished, so the lock is stale and this command may replace it.
-        finished = finished_fleet_locks(ctx)
+        finished = finished_fleet_locks(ctx, dead=command == "recover")
         how: dict = {"holder": broken.holder, "pid": broken.pid} if broken else {}
         if finished:
             how["ids"] = finished
@@ -410,9 +410,10 @@ def locked(ctx: Context, command: str, break_lock: bool, break_fleet: bool | Non
         ctx.lock.release()
 
 
-def finished_fleet_locks(ctx: Context, last: int = 16) -> list[str]:
+def finished_fleet_locks(ctx: Context, last: int = 16, dead: bool = False) -> list[str]:
     """The fleet lock ids of this controller's last `last` runs that the journal shows finished (a `done`
-    record): a node lock left by one of them is stale."""
+    record): a node lock left by one of them is stale. With `dead` (recover, which holds the controller
+    lock, so no run of this controller is alive), also those of runs that never finished."""
     started: dict[str, str] = {}
     done: list[str] = []
     for rec in ctx.journal.read():
@@ -420,8 +421,8 @@ def finished_fleet_locks(ctx: Context, last: int = 16) -> list[str]:
         if rec.get("phase") == "start" and isinstance(rec.get("fleet_lock"), str):
             started[run_id] = rec["fleet_lock"]
         elif rec.get("phase") == "done" and run_id in started:
-            done.append(started[run_id])
-    return done[-last:]
+            done.append(started.pop(run_id))
+    return (done + (list(started.values()) if dead else []))[-last:]
 
 
 def release_fleet(ctx: Context, fleet: Fleet, lock: dict) -> None:

@@ -210,3 +210,26 @@ def test_a_node_left_holding_the_lock_of_a_finished_run_does_not_block_the_next(
     rig.world["node5"].lock = dict(stale, id="not-a-finished-run")
     with pytest.raises(LockHeldError):
         rollout_mod.rollout(rig.ctx, rig.artifacts[2].path)
+
+
+def test_recover_takes_over_a_node_lock_of_the_run_it_recovers_from_after_its_stale_lock_is_gone(tmp_path):
+    """A first recover that failed (a node down) already broke the dead rollout's controller lock; the
+    node that was down still holds the dead run's lock. The next recover replaces it: the journal shows
+    that run's lock id and no `done` for it, and recover holds the controller lock, so the run is dead."""
+    rig = ff.make_rig(tmp_path)
+    rollout_mod.rollout(rig.ctx, rig.artifacts[0].path)
+
+    def die(kind, **data):
+        if kind == "phase" and data == {"phase": "health", "status": "start"}:
+            raise KeyboardInterrupt
+    rig.ctx.on_event = die
+    with pytest.raises(KeyboardInterrupt):
+        rollout_mod.rollout(rig.ctx, rig.artifacts[1].path)
+    rig.ctx.on_event = lambda kind, **data: None
+    rig.ctx.lock.path.unlink(missing_ok=True)  # broken by the first recover
+    start = next(r for r in reversed(rig.journal()) if r.get("phase") == "start")
+    rig.world["node5"].lock = {"holder": actor(), "pid": 1, "since": 1.0, "command": "rollout x",
+                               "id": start["fleet_lock"]}
+    rollback_mod.recover(rig.ctx)
+    assert {s["current"] for s in rig.world.states().values()} == {rig.artifacts[0].digest}
+    assert rig.world["node5"].lock is None
