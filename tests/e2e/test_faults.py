@@ -476,7 +476,7 @@ def test_a_file_corrupted_after_the_router_started_keeps_every_gate_closed(
     """FAULTS 6: a bit flipped in node2's running release after its router hashed it at start (health
     passed) but before the gates open: each router hashes its folder again before it opens its gate,
     node2 refuses, no gate opens (all or none) and the whole fleet goes back."""
-    v2 = make_release("6.2.0")  # a version no other test uses: this one leaves it on every node
+    v2 = make_release("6.6.1")  # a version no other test uses: this one leaves it on every node
     hook = at_phase("open-gate", lambda: node_exec("node2", flip_a_bit(f"/opt/router/releases/{v2.digest}/router.json")))
     offset = journal_size(ctx)
     with pytest.raises(RolledBackError) as err:
