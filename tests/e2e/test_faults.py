@@ -319,7 +319,7 @@ def test_a_node_killed_after_the_switch_leaves_gates_closed_and_recover_brings_o
     kept = releases_kept(ctx)
     api.rollout(ctx, v2.path)
     assert fleet_view(ctx) == {n.name: (v2.digest, v2.digest, "open", False) for n in ctx.nodes}
-    assert releases_kept(ctx) == kept and set(kept.values()) == {kept["node1"]}
+    assert releases_kept(ctx) == kept  # each node keeps what it kept (node6's history differs from the rest)
     assert all(release_files(ctx, name, v2.digest) == v2.files for name in ("node1", "node6"))
 
 
