@@ -5,11 +5,11 @@ import sys
 
 def main() -> None:
     """Run `halt` through quick.py if that is the command line, else the Typer app; exit with its code."""
-    from deployctl import quick
+    from deployctl import output, quick
 
     code = quick.run(sys.argv[1:])
     if code is not None:
-        quick.finish(code)
+        output.exit_now(code)
     from deployctl.cli import main as cli_main
 
     cli_main()

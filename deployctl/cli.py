@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperOption
 
 from deployctl import __version__, api, output
-from deployctl.errors import DeployctlError, ExitCode, UsageError
+from deployctl.errors import ExitCode, UsageError, report
 
 def _flag_type(self, ctx):
     """A flag takes no value: its help line shows none (Typer 0.2x prints `<bool>` beside it)."""
@@ -348,8 +348,8 @@ def fleet_status(compose: Optional[Path] = COMPOSE, kind: str = KIND, json_out: 
 
 
 def main() -> None:
-    """Entry point: run the app and exit with its code (see _exit)."""
-    _exit(_run())
+    """Entry point: run the app and exit with its code (see output.exit_now)."""
+    output.exit_now(_run())
 
 
 def _run() -> int:
@@ -362,33 +362,11 @@ def _run() -> int:
     except typer.Abort:
         output.err.print("deployctl: aborted")
         return ExitCode.FAILED
-    except DeployctlError as exc:
-        output.err.print(f"deployctl: error: {exc}", markup=False)
-        return int(exc.exit_code)
     except typer.TyperException as exc:  # typer's usage errors: bad option, missing argument
         text = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         output.err.print(f"deployctl: error: {' '.join(text.split())} (see --help)", markup=False)
         return ExitCode.USAGE
-    except KeyboardInterrupt:
-        output.err.print("deployctl: interrupted")
-        return 130
-    except Exception as exc:  # the promise is one line, never a traceback
-        if os.environ.get("DEPLOYCTL_DEBUG"):
-            raise
-        output.err.print(f"deployctl: internal error: {type(exc).__name__}: {exc}", markup=False)
-        return ExitCode.FAILED
+    except (KeyboardInterrupt, Exception) as exc:  # the promise is one line, never a traceback
+        return report(exc, lambda text: output.err.print(text, markup=False))
 
 
-def _exit(code: int) -> None:
-    """Flush stdout and stderr, then end the process without the interpreter's teardown.
-
-    By now every command has closed what it opened: the lock is released, each journal record
-    was fsynced when written, SSH connections are closed. What is left is freeing modules and
-    joining idle worker threads, about 50 ms on every command (a CI gate runs many).
-    """
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more can be said there
-            code = code or ExitCode.FAILED
-    os._exit(int(code) & 0xFF)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 
 
 class ExitCode(enum.IntEnum):
@@ -98,3 +99,18 @@ class DockerUnavailableError(DeployctlError):
     """No Docker engine could be reached."""
 
     exit_code = ExitCode.NO_DOCKER
+
+
+def report(exc: BaseException, say) -> int:
+    """Say in one line (`say(text)`, to stderr) how a command ended with `exc` and return its exit code:
+    never a traceback; DEPLOYCTL_DEBUG re-raises an unexpected exception. Shared by cli and quick."""
+    if isinstance(exc, DeployctlError):
+        say(f"deployctl: error: {exc}")
+        return int(exc.exit_code)
+    if isinstance(exc, KeyboardInterrupt):
+        say("deployctl: interrupted")
+        return 130
+    if os.environ.get("DEPLOYCTL_DEBUG"):
+        raise exc
+    say(f"deployctl: internal error: {type(exc).__name__}: {exc}")
+    return ExitCode.FAILED

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from deployctl import api, output
-from deployctl.errors import DeployctlError, ExitCode
+from deployctl.errors import report
 
 VALUED = {"-i": "inventory", "--inventory": "inventory", "-p": "playbook", "--playbook": "playbook",
           "--state-dir": "state_dir"}
@@ -54,24 +54,7 @@ def run(argv: list[str]) -> int | None:
         done = api.halt(api.open_context(opts["inventory"], opts["playbook"], opts["state_dir"], sink))
         output.dump(done) if opts["json"] else output.out.print("[bold red]halted[/]: " + ", ".join(done))
         return 0
-    except DeployctlError as exc:
-        output.err.print(f"deployctl: error: {exc}", markup=False)
-        return int(exc.exit_code)
-    except KeyboardInterrupt:
-        output.err.print("deployctl: interrupted")
-        return 130
-    except Exception as exc:  # the promise is one line, never a traceback
-        if os.environ.get("DEPLOYCTL_DEBUG"):
-            raise
-        output.err.print(f"deployctl: internal error: {type(exc).__name__}: {exc}", markup=False)
-        return ExitCode.FAILED
+    except (KeyboardInterrupt, Exception) as exc:  # one line, never a traceback (as cli)
+        return report(exc, lambda text: output.err.print(text, markup=False))
 
 
-def finish(code: int) -> None:
-    """Flush stdout and stderr and end the process without the interpreter's teardown (as cli._exit)."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            code = code or ExitCode.FAILED
-    os._exit(int(code) & 0xFF)
