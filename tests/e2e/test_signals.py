@@ -8,6 +8,7 @@ on different releases, the journal only grows).
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -35,11 +36,15 @@ def _every_signal_test(observer, ctx, docker_spec):  # noqa: F811 - observer is 
         api.recover(ctx)
 
 
+_RUNS = itertools.count()
+
+
 class Paused:
     """A CLI process (`deployctl -q <args>`) that pauses at the start of each phase in `at`."""
 
     def __init__(self, ctx, tmp_path, at: list[str], *args: str):
-        self.marker = tmp_path / "paused"
+        # Each run has its own marker: a killed run's last phase name must not be read as this one's.
+        self.marker = tmp_path / f"paused-{next(_RUNS)}"
         env = {**os.environ, "DEPLOYCTL_STATE": str(ctx.state_dir), "DEPLOYCTL_TEST_PAUSE": str(self.marker),
                "DEPLOYCTL_TEST_PAUSE_AT": ",".join(at)}
         self.proc = subprocess.Popen([DCTL, "-q", *args], cwd=ROOT, env=env, text=True,
