@@ -39,7 +39,8 @@ JSON = typer.Option(False, "--json", help="Print one JSON document on stdout ins
 
 @app.callback()
 def _global(
-    inventory: Path = typer.Option(Path("fleet/fleet.yaml"), "--inventory", "-i", help="Fleet inventory YAML."),
+    inventory: Optional[Path] = typer.Option(None, "--inventory", "-i", help="Fleet inventory YAML (default: "
+                                             "$DEPLOYCTL_INVENTORY, else fleet/fleet.yaml)."),
     playbook: Path = typer.Option(Path("playbooks/router.yaml"), "--playbook", "-p", help="Playbook YAML."),
     state_dir: Optional[Path] = typer.Option(None, "--state-dir", envvar="DEPLOYCTL_STATE",
                                              help="Controller state: keys, journal, lock (default: ./.deployctl)."),
@@ -47,7 +48,8 @@ def _global(
     version: bool = typer.Option(False, "--version", callback=lambda v: _version(v), is_eager=True,
                                  help="Print deployctl's version and exit."),
 ) -> None:
-    _opts.update(inventory=inventory, playbook=playbook, state_dir=state_dir, quiet=quiet)
+    _opts.update(inventory=inventory or Path(os.environ.get("DEPLOYCTL_INVENTORY") or "fleet/fleet.yaml"),
+                 inventory_given=inventory is not None, playbook=playbook, state_dir=state_dir, quiet=quiet)
 
 
 def _version(asked: bool) -> None:
@@ -264,8 +266,8 @@ def watch(interval: float = typer.Option(1.0, "--interval", min=0.1, max=1.0, he
         api.watch(ctx, screen.show, interval, sweeps, key=screen.key)
 
 
-COMPOSE = typer.Option(None, "--compose", help="The fleet's compose file (default: containers/compose.yaml, "
-                       "with --kind bare containers/compose-bare.yaml).")
+COMPOSE = typer.Option(None, "--compose", help="The fleet's compose file (default: $DEPLOYCTL_COMPOSE, else "
+                       "containers/compose.yaml; with --kind bare containers/compose-bare.yaml).")
 KIND = typer.Option("node", "--kind", help="node: the fleet deployctl makes and installs; bare: plain Debian servers "
                     "with a deploy user and sudo, nothing of deployctl, reached through a bastion.")
 _COMPOSE = {"node": Path("containers/compose.yaml"), "bare": Path("containers/compose-bare.yaml")}
@@ -278,6 +280,8 @@ def _given(value, default):
 def _compose(kind: str, compose: Optional[Path]) -> Path:
     if kind not in _COMPOSE:
         raise UsageError(f"--kind: should be node or bare, got {kind!r}")
+    if compose is None and kind == "node" and os.environ.get("DEPLOYCTL_COMPOSE"):
+        return Path(os.environ["DEPLOYCTL_COMPOSE"])
     return compose or _COMPOSE[kind]
 
 
@@ -315,8 +319,8 @@ def fleet_up(compose: Optional[Path] = COMPOSE,
 
 def _bare_up(compose: Path, nodes: Optional[int], project: Optional[str], first_ssh_port: Optional[int],
              first_router_port: Optional[int], bastion_port: int, pin_nodes: bool, start: float) -> None:
-    if nodes is not None:  # the inventory: -i if given, else fleet/bare.yaml (fleet/fleet.yaml is the other kind's)
-        inventory = _opts["inventory"] if _opts["inventory"] != Path("fleet/fleet.yaml") else Path("fleet/bare.yaml")
+    if nodes is not None:  # the inventory: -i if given, else fleet/bare.yaml (the other is the node kind's)
+        inventory = _opts["inventory"] if _opts["inventory_given"] else Path("fleet/bare.yaml")
         api.write_bare_fleet_files(inventory, compose, nodes, _given(project, "deployctl-bare"),
                                    _given(first_ssh_port, 2601), _given(first_router_port, 8601), bastion_port)
     sink = (lambda kind, **data: None) if _opts.get("quiet") else output.progress

@@ -19,7 +19,10 @@ from deployctl import api, docker_fleet, gate, testfleet
 from deployctl.errors import DeployctlError
 
 ROOT = Path(__file__).resolve().parents[2]
-COMPOSE = ROOT / "containers" / "compose.yaml"
+# The fleet the suite runs on: the committed one, or another (scripts/test.sh runs half of the
+# suite on a second fleet of its own, with DEPLOYCTL_INVENTORY and DEPLOYCTL_COMPOSE pointing at it).
+INVENTORY = Path(os.environ.get("DEPLOYCTL_INVENTORY") or ROOT / "fleet" / "fleet.yaml")
+COMPOSE = Path(os.environ.get("DEPLOYCTL_COMPOSE") or ROOT / "containers" / "compose.yaml")
 
 
 def pytest_collection_modifyitems(items):
@@ -38,7 +41,7 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture(scope="session")
 def ctx() -> api.Context:
     state = Path(os.environ.get("DEPLOYCTL_STATE") or ROOT / ".deployctl")
-    return api.open_context(ROOT / "fleet" / "fleet.yaml", ROOT / "playbooks" / "router.yaml", state)
+    return api.open_context(INVENTORY, ROOT / "playbooks" / "router.yaml", state)
 
 
 @pytest.fixture(scope="session")

@@ -219,7 +219,7 @@ def test_a_node_down_before_the_rollout_is_refused_in_preflight_and_nothing_chan
         api.rollout(quick(ctx), v2.path)
     assert err.value.exit_code == ExitCode.UNREACHABLE
     assert str(err.value).startswith("rollout refused in preflight, nothing changed: "
-                                     "node2: unreachable at 127.0.0.1:2202: ")
+                                     f"node2: unreachable at 127.0.0.1:{node(ctx, 'node2').ssh_port}: ")
     assert all(f"node{i}" not in str(err.value) for i in (1, 3, 4, 5, 6, 7, 8))
 
     assert fleet_view(ctx) == before
@@ -231,7 +231,8 @@ def test_a_node_down_before_the_rollout_is_refused_in_preflight_and_nothing_chan
     assert {r["digest"] for r in recs} == {v2.digest} and len({r["run"] for r in recs}) == 1
     done = recs[-1]
     assert done["outcome"] == "refused" and len(done["failures"]) == 1
-    assert done["failures"][0].startswith("node2 failed in preflight: unreachable at 127.0.0.1:2202")
+    assert done["failures"][0].startswith("node2 failed in preflight: unreachable at "
+                                          f"127.0.0.1:{node(ctx, 'node2').ssh_port}")
     assert api.interrupted(ctx) is None and not ctx.lock.path.exists()
 
 
@@ -753,7 +754,7 @@ def test_a_node_cut_off_from_the_network_is_unreachable_not_ready(ctx, base_rele
         with pytest.raises(UnreachableError) as err:
             api.rollout(quick(ctx), v2.path)
         assert str(err.value).startswith("rollout refused in preflight, nothing changed: "
-                                         "node4: unreachable at 127.0.0.1:2204: ")
+                                         f"node4: unreachable at 127.0.0.1:{node(ctx, 'node4').ssh_port}: ")
         others = gate.health([n for n in ctx.nodes if n.name != "node4"])
         assert {(a.body["digest"], a.body["gate"]) for a in others.values()} == {(base_release.digest, "open")}
     finally:

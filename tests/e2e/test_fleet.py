@@ -398,9 +398,9 @@ def test_fleet_status_lists_every_node_and_fleet_up_again_changes_nothing(ctx, b
     assert st.returncode == 0, st.stderr
     rows = json.loads(st.stdout)
     assert [r["node"] for r in rows] == [f"node{i}" for i in range(1, 9)]
-    for i, r in enumerate(rows, 1):
-        assert r == {"node": f"node{i}", "container": "running", "ssh": f"127.0.0.1:{2200 + i}", "sshd": True,
-                     "router": f"127.0.0.1:{8100 + i}", "digest": base_release.digest, "gate": "open",
+    for i, (r, n) in enumerate(zip(rows, ctx.nodes), 1):
+        assert r == {"node": f"node{i}", "container": "running", "ssh": f"127.0.0.1:{n.ssh_port}", "sshd": True,
+                     "router": f"127.0.0.1:{n.router_port}", "digest": base_release.digest, "gate": "open",
                      "halted": False, "problem": None}
 
     dc, spec = docker_spec

@@ -19,8 +19,12 @@ QUICK = [sys.executable, str(ROOT / ".venv" / "bin" / "deployctl")]  # the insta
 TYPER = [sys.executable, "-c", "import sys; from deployctl.cli import main; sys.argv[0] = 'deployctl'; main()"]
 
 
-def run(door: list[str], *args: str, state_dir: Path, importtime: bool = False) -> subprocess.CompletedProcess:
+def run(door: list[str], *args: str, state_dir: Path, importtime: bool = False,
+        inventory: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "DEPLOYCTL_STATE": str(state_dir), "NO_COLOR": "1"}
+    env.pop("DEPLOYCTL_INVENTORY", None)
+    if inventory is not None:
+        env["DEPLOYCTL_INVENTORY"] = str(inventory)
     argv = [door[0], *(["-X", "importtime"] if importtime else []), *door[1:], *args]
     return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 
@@ -48,6 +52,21 @@ def test_a_halt_through_either_door_halts_and_says_the_same(controller, node):
         assert (proc.returncode, proc.stdout, proc.stderr) == (0, "halted: node1\n", "")
     journal = [json.loads(line) for line in (folder / "journal.jsonl").read_text().splitlines()]
     assert [r["action"] for r in journal] == ["halt"] * 4
+
+
+def test_both_doors_take_the_inventory_from_deployctl_inventory_and_i_wins(controller, node, tmp_path):
+    folder, inventory = controller
+    missing = tmp_path / "no-such-fleet.yaml"
+    for door in (QUICK, TYPER):
+        assert node.control("resume")[0] == 200
+        proc = run(door, "-q", "halt", state_dir=folder, inventory=inventory)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, "halted: node1\n", "")
+        assert node.health()["halted"] is True
+        proc = run(door, "-q", "halt", state_dir=folder, inventory=missing)  # the variable is read, not a default
+        assert proc.returncode != 0 and "no-such-fleet.yaml" in proc.stderr, proc.stderr
+        assert node.control("resume")[0] == 200
+        proc = run(door, "-q", "-i", str(inventory), "halt", state_dir=folder, inventory=missing)
+        assert (proc.returncode, proc.stdout) == (0, "halted: node1\n"), proc.stderr
 
 
 def test_the_fast_door_imports_no_typer_and_no_pydantic(controller):
