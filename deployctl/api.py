@@ -20,6 +20,7 @@ import importlib
 
 # name -> (module, name there)
 EXPORTS = {
+    "default_inventory": ("config", "default_inventory"),
     "Context": ("context", "Context"), "Event": ("context", "Event"), "open_context": ("context", "open_context"),
     "verify": ("control", "verify"), "status": ("control", "status"), "history": ("control", "history"),
     "gate_status": ("control", "gate_status"), "gate_open": ("control", "gate_open"),

@@ -48,8 +48,7 @@ def _global(
     version: bool = typer.Option(False, "--version", callback=lambda v: _version(v), is_eager=True,
                                  help="Print deployctl's version and exit."),
 ) -> None:
-    _opts.update(inventory=inventory or Path(os.environ.get("DEPLOYCTL_INVENTORY") or "fleet/fleet.yaml"),
-                 inventory_given=inventory is not None, playbook=playbook, state_dir=state_dir, quiet=quiet)
+    _opts.update(inventory=inventory, playbook=playbook, state_dir=state_dir, quiet=quiet)
 
 
 def _version(asked: bool) -> None:
@@ -60,7 +59,8 @@ def _version(asked: bool) -> None:
 
 def _ctx(json_mode: bool = False) -> api.Context:
     sink = (lambda kind, **data: None) if (json_mode or _opts.get("quiet")) else output.progress
-    return api.open_context(_opts["inventory"], _opts["playbook"], _opts["state_dir"], sink)
+    inventory = _opts["inventory"] or api.default_inventory()
+    return api.open_context(inventory, _opts["playbook"], _opts["state_dir"], sink)
 
 
 @app.command()
@@ -309,7 +309,8 @@ def fleet_up(compose: Optional[Path] = COMPOSE,
     if kind == "bare":
         return _bare_up(compose, nodes, project, first_ssh_port, first_router_port, bastion_port, pin_nodes, start)
     if nodes is not None:
-        api.write_fleet_files(_opts["inventory"], compose, nodes, _given(project, "deployctl-fleet"),
+        api.write_fleet_files(_opts["inventory"] or api.default_inventory(), compose, nodes,
+                              _given(project, "deployctl-fleet"),
                               _given(first_ssh_port, 2201), _given(first_router_port, 8101))
     ctx = _ctx()
     api.fleet_up(ctx, compose)
@@ -320,7 +321,7 @@ def fleet_up(compose: Optional[Path] = COMPOSE,
 def _bare_up(compose: Path, nodes: Optional[int], project: Optional[str], first_ssh_port: Optional[int],
              first_router_port: Optional[int], bastion_port: int, pin_nodes: bool, start: float) -> None:
     if nodes is not None:  # the inventory: -i if given, else fleet/bare.yaml (the other is the node kind's)
-        inventory = _opts["inventory"] if _opts["inventory_given"] else Path("fleet/bare.yaml")
+        inventory = _opts["inventory"] or Path("fleet/bare.yaml")
         api.write_bare_fleet_files(inventory, compose, nodes, _given(project, "deployctl-bare"),
                                    _given(first_ssh_port, 2601), _given(first_router_port, 8601), bastion_port)
     sink = (lambda kind, **data: None) if _opts.get("quiet") else output.progress

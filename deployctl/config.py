@@ -6,6 +6,7 @@ Every problem becomes one ConfigError line, ``"<file>: <path>: <problem>"``, bef
 from __future__ import annotations
 
 import ipaddress
+import os
 import posixpath
 import re
 from dataclasses import dataclass
@@ -24,6 +25,11 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME_RE = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*")
 _ROOT_RE = re.compile(r"/[A-Za-z0-9._/-]*")
 _URL_PATH_RE = re.compile(r"/[A-Za-z0-9._~/%-]*")
+
+
+def default_inventory() -> Path:
+    """The inventory when no -i is given: $DEPLOYCTL_INVENTORY, else fleet/fleet.yaml (cli.py and quick.py)."""
+    return Path(os.environ.get("DEPLOYCTL_INVENTORY") or "fleet/fleet.yaml")
 
 
 @dataclass(frozen=True)

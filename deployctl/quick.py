@@ -22,7 +22,7 @@ VALUED = {"-i": "inventory", "--inventory": "inventory", "-p": "playbook", "--pl
 
 def parse(argv: list[str]) -> dict | None:
     """Return the options of a `halt` command line, or None if it is anything else."""
-    opts: dict = {"inventory": Path(os.environ.get("DEPLOYCTL_INVENTORY") or "fleet/fleet.yaml"), "playbook": Path("playbooks/router.yaml"),
+    opts: dict = {"inventory": api.default_inventory(), "playbook": Path("playbooks/router.yaml"),
                   "state_dir": Path(os.environ["DEPLOYCTL_STATE"]) if os.environ.get("DEPLOYCTL_STATE") else None,
                   "quiet": False, "json": False}
     args = list(argv)
