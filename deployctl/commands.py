@@ -2,22 +2,64 @@
 
 A builder returns an argv list (or a list of them for an `&&` chain); `render`
 is the only place that turns argv into shell text, quoting every token. Node-side
-work runs the controller's own copy of node_agent.py through `python3 -I -c`.
+work runs the controller's own copy of node_agent.py through `python3 -I -S -c BOOT`
+(agent_program).
 """
 
 from __future__ import annotations
 
+import binascii
+import functools
 import json
+import marshal
 import re
 import shlex
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from deployctl.config import Service
 from deployctl.errors import DeployctlError
 
-AGENT = (Path(__file__).with_name("node_agent.py")).read_text()
+AGENT_PATH = Path(__file__).with_name("node_agent.py")
+AGENT = AGENT_PATH.read_text()
 HEX64 = re.compile(r"[0-9a-f]{64}\Z")  # use with .match: \Z, unlike $, refuses a trailing newline
+
+# The agent's first three arguments: the magic number of the bytecode this controller's Python
+# writes, that bytecode (marshal, zlib, base64) and the source (zlib, base64). A node whose Python
+# has the same magic number runs the bytecode; any other compiles the source, as before. Either way
+# it is this controller's copy of node_agent.py. Compiling 1000 lines cost every command 8.5 ms of
+# each node's CPU (a third of a probe's), eight nodes at once on two cores here.
+BOOT = """import sys
+a = sys.argv
+m = getattr(sys.modules.get("_frozen_importlib_external"), "MAGIC_NUMBER", b"")
+import binascii, zlib
+if m.hex() == a[1]:
+    import marshal
+    c = marshal.loads(zlib.decompress(binascii.a2b_base64(a[2])))
+else:
+    c = compile(zlib.decompress(binascii.a2b_base64(a[3])), "node_agent.py", "exec", dont_inherit=True)
+del a[1:4]
+exec(c, {"__name__": "__main__", "__builtins__": __builtins__})"""
+
+
+@functools.lru_cache(maxsize=4)
+def agent_program(source: str | None = None) -> tuple[str, str, str, str]:
+    """BOOT and its three arguments for `source` (node_agent.py by default, its bytecode read through
+    Python's own bytecode cache when it can be); what follows them is OP ROOT ARGS..."""
+    import importlib.machinery
+    import importlib.util
+
+    if source is None:
+        source = AGENT
+        code = importlib.machinery.SourceFileLoader("node_agent", str(AGENT_PATH)).get_code("node_agent")
+    else:
+        code = compile(source, "node_agent.py", "exec", dont_inherit=True)
+
+    def pack(data: bytes) -> str:
+        return binascii.b2a_base64(zlib.compress(data, 6), newline=False).decode("ascii")
+
+    return BOOT, importlib.util.MAGIC_NUMBER.hex(), pack(marshal.dumps(code)), pack(source.encode())
 
 
 class NodeAnswerError(DeployctlError):
@@ -32,7 +74,7 @@ def render(argv: list[str] | list[list[str]]) -> str:
 
 
 def _agent(op: str, root: str, *args: str) -> list[str]:
-    return ["python3", "-I", "-S", "-c", AGENT, op, root, *args]
+    return ["python3", "-I", "-S", "-c", *agent_program(), op, root, *args]
 
 
 # Verify's read runs as shell with coreutils and findutils, not Python: starting an interpreter

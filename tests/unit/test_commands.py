@@ -34,8 +34,8 @@ SUPERVISED = Service(restart=None, stop=None, health_path="/health", supervisor=
 def agent_tail(argv: list[str]) -> list[str]:
     """Check the fixed agent prefix and return what follows the source text."""
     assert argv[:len(PREFIX)] == PREFIX
-    assert argv[len(PREFIX)] is commands.AGENT
-    return argv[len(PREFIX) + 1:]
+    assert tuple(argv[len(PREFIX):len(PREFIX) + 4]) == commands.agent_program()
+    return argv[len(PREFIX) + 4:]
 
 
 BUILDERS = [
@@ -151,9 +151,9 @@ def test_render_chain_round_trips_any_text(chain):
 # --- parsers: captured good output ------------------------------------------------------------------------------
 
 SHELL_READS = [
-    ("probe", lambda: commands.probe(ROOT), ["python3", "-I", "-S", "-c", commands.AGENT, "probe", ROOT]),
+    ("probe", lambda: commands.probe(ROOT), [*PREFIX, *commands.agent_program(), "probe", ROOT]),
     ("probe-root-with-space", lambda: commands.probe("/srv/my router"),
-     ["python3", "-I", "-S", "-c", commands.AGENT, "probe", "/srv/my router"]),
+     [*PREFIX, *commands.agent_program(), "probe", "/srv/my router"]),
     ("hashes-default", lambda: commands.hashes(ROOT), ["sh", "-c", commands.HASHES_SH, "sh", ROOT, "current"]),
     ("hashes-digest", lambda: commands.hashes(ROOT, D2), ["sh", "-c", commands.HASHES_SH, "sh", ROOT, D2]),
 ]

@@ -789,7 +789,7 @@ def test_deploy_waiting_past_its_hold_time_removes_its_stage_folder(old, monkeyp
     source = commands.AGENT.replace("HOLD_SECONDS = 600", "HOLD_SECONDS = 1")
     assert source != commands.AGENT
     argv = commands.deploy(str(old), NEW, 3)
-    argv[argv.index(commands.AGENT)] = source
+    argv[4:8] = commands.agent_program(source)
     hints = {r: [(DIGEST, r)] for r in FILES}
     plan = commands.reuse_plan({r: sha(d) for r, d in FILES.items()}, hints)
     proc = subprocess.Popen([sys.executable, *argv[1:]], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -75,7 +75,7 @@ def test_become_restarts_and_stops_through_the_manager(become, service, restart,
     assert b'"restart":' + repr(restart).replace("'", '"').replace(", ", ",").encode() in request
     assert commands.activate("/opt/router", "d" * 64, service, become)[1] == restart
     agent_stop = commands.activate("/opt/router", None, service, become)
-    assert agent_stop[5:] == ["stop", "/opt/router", "--run", *stop]
+    assert agent_stop[8:] == ["stop", "/opt/router", "--run", *stop]
 
 
 def test_root_with_supervisor_keeps_the_socket():

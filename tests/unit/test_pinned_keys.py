@@ -37,6 +37,7 @@ def test_sixty_four_connections_parse_the_file_once_and_each_gets_only_its_own_k
         raise paramiko.SSHException("stop here")
 
     monkeypatch.setattr(paramiko.SSHClient, "connect", connect)
+    monkeypatch.setattr(sshconnect, "_tcp", lambda *a: None)  # no server: connect itself is stubbed
     for port in keys:
         with pytest.raises(NodeError):
             sshconnect.open_client("127.0.0.1", port, "root", path, path, 1)
@@ -67,6 +68,7 @@ def test_a_host_missing_from_the_file_gets_no_key_and_is_refused(known_hosts, mo
         raise paramiko.SSHException("Server '[127.0.0.1]:2999' not found in known_hosts")
 
     monkeypatch.setattr(paramiko.SSHClient, "connect", connect)
+    monkeypatch.setattr(sshconnect, "_tcp", lambda *a: None)  # no server: connect itself is stubbed
     with pytest.raises(NodeError) as exc:
         sshconnect.open_client("127.0.0.1", 2999, "root", path, path, 1)
     assert got["keys"] == 0 and exc.value.host_key
