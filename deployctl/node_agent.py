@@ -34,31 +34,10 @@ def is_number(s, digits):
     return 0 < len(s) <= digits and all(c in "0123456789" for c in s)
 
 
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
-
-
-def _json_str_py(s):
-    """json's ASCII-only string form (ensure_ascii), where CPython's C one is missing."""
-    parts = []
-    for ch in s:
-        if ch in _ESCAPES:
-            parts.append(_ESCAPES[ch])
-        elif " " <= ch <= "~":
-            parts.append(ch)
-        else:
-            n = ord(ch)
-            if n > 0xFFFF:
-                n -= 0x10000
-                parts.append("\\u%04x\\u%04x" % (0xD800 | n >> 10, 0xDC00 | n & 0x3FF))
-            else:
-                parts.append("\\u%04x" % n)
-    return '"' + "".join(parts) + '"'
-
-
 try:
-    from _json import encode_basestring_ascii as _json_str
-except ImportError:
-    _json_str = _json_str_py
+    from _json import encode_basestring_ascii as _json_str  # CPython's, what json.dumps uses
+except ImportError:  # another Python: json's own, at the cost of importing it
+    from json.encoder import encode_basestring_ascii as _json_str
 
 
 def to_json(obj, compact=False):
@@ -396,6 +375,8 @@ def extract(up, stage, meta):
     manifest.json and manifest.sig are kept in `meta` (they are small and come first). One buffer
     carries every block from the pipe to the hash and the file.
     """
+    import hashlib
+
     seen, files, long_name = set(), {}, None
     buf = bytearray(1 << 20)
     view, block = memoryview(buf), memoryview(buf)[:512]
@@ -428,8 +409,6 @@ def extract(up, stage, meta):
             continue
         path = os.path.join(stage, rel)
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-        import hashlib
-
         h, left = hashlib.sha256(), size
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
