@@ -134,10 +134,15 @@ def have(root: str) -> list[str]:
     return _agent("have", root)
 
 
-def reuse_plan(files: dict[str, str], hints: dict[str, list[tuple[str, str]]]) -> bytes:
+def reuse_plan(files: dict[str, str], hints: dict[str, list[tuple[str, str]]],
+               signed: tuple[bytes, str] | None = None) -> bytes:
     """The line telling a node which of the new release's files (path -> sha256) it may already hold,
-    and where: [(release digest, path in it), ...] per file, best first."""
+    and where: [(release digest, path in it), ...] per file, best first. With `signed` (the manifest's
+    bytes and its hex signature, as in the upload that follows), `deploy` checks the signature before
+    it copies anything, while the gates close, instead of after the upload."""
     doc = {"files": files, "hints": {rel: [list(h) for h in hints[rel]] for rel in files}}
+    if signed is not None:
+        doc.update(manifest=signed[0].decode("utf-8"), sig=signed[1])
     return (json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n").encode()
 
 

@@ -207,22 +207,42 @@ D = -121665 * pow(121666, P - 2, P) % P
 SQRT_M1 = pow(2, (P - 1) // 4, P)
 
 
+D2 = 2 * D % P
+# The base point B (RFC 8032, 5.1): y = 4/5, x even.
+GX = 15112221349535400772501151409588531511454012693041857206046113283949847762202
+GY = 46316835694926478169428394003475163141307993866256225615783033603165251855960
+
+
 def _add(a, b):
+    """a + b in extended coordinates (add-2008-hwcd-3, a = -1)."""
     x = (a[1] - a[0]) * (b[1] - b[0]) % P
     y = (a[1] + a[0]) * (b[1] + b[0]) % P
-    c, d = 2 * a[3] * b[3] * D % P, 2 * a[2] * b[2] % P
+    c, d = a[3] * b[3] % P * D2 % P, 2 * a[2] * b[2] % P
     e, f, g, h = y - x, d - c, d + c, y + x
-    return (e * f, g * h, f * g, e * h)
+    return (e * f % P, g * h % P, f * g % P, e * h % P)
 
 
-def _mul(s, pt):
-    q = (0, 1, 1, 0)
-    while s > 0:
-        if s & 1:
-            q = _add(q, pt)
-        pt = _add(pt, pt)
-        s >>= 1
-    return q
+def _double(a):
+    """2a in extended coordinates (dbl-2008-hwcd, a = -1): four squarings, no multiplication by D."""
+    xx, yy, zz2 = a[0] * a[0] % P, a[1] * a[1] % P, 2 * a[2] * a[2] % P
+    e, g = (a[0] + a[1]) ** 2 - xx - yy, yy - xx
+    f, h = g - zz2, -xx - yy
+    return (e * f % P, g * h % P, f * g % P, e * h % P)
+
+
+def _mul2(s, p, t, q):
+    """[s]p + [t]q with one shared chain of doublings (Straus-Shamir)."""
+    both, acc = _add(p, q), (0, 1, 1, 0)
+    for i in range(max(s.bit_length(), t.bit_length()) - 1, -1, -1):
+        acc = _double(acc)
+        bits = (s >> i & 1, t >> i & 1)
+        if bits == (1, 1):
+            acc = _add(acc, both)
+        elif bits[0]:
+            acc = _add(acc, p)
+        elif bits[1]:
+            acc = _add(acc, q)
+    return acc
 
 
 def _point(raw):
@@ -242,7 +262,7 @@ def _point(raw):
 
 
 def ed25519_ok(public, msg, sig):
-    """True if `sig` is public's ed25519 signature of msg."""
+    """True if `sig` is public's ed25519 signature of msg: [s]B = R + [h]A, checked as [s]B + [h](-A) = R."""
     import hashlib
 
     if len(public) != 32 or len(sig) != 64:
@@ -252,14 +272,27 @@ def ed25519_ok(public, msg, sig):
     if a is None or r is None or s >= L:
         return False
     h = int.from_bytes(hashlib.sha512(sig[:32] + public + msg).digest(), "little") % L
-    gy = 4 * pow(5, P - 2, P) % P
-    g = _point(gy.to_bytes(32, "little"))
-    left, right = _mul(s, g), _add(r, _mul(h, a))
-    return (left[0] * right[2] - right[0] * left[2]) % P == 0 and (left[1] * right[2] - right[1] * left[2]) % P == 0
+    minus_a = (P - a[0], a[1], a[2], P - a[3])
+    got = _mul2(s, (GX, GY, 1, GX * GY % P), h, minus_a)
+    return (got[0] - r[0] * got[2]) % P == 0 and (got[1] - r[1] * got[2]) % P == 0
 
 
-def check_signed(root, manifest, sig_hex, files, digest):
-    """Refuse unless the manifest is signed by the pinned key and names exactly the staged files."""
+def check_signed(root, manifest, sig_hex, files, digest, verified=None):
+    """Refuse unless the manifest is signed by the pinned key and names exactly the staged files.
+    `verified`: a (manifest, signature) pair verify_signed already passed; the same bytes again are
+    not verified twice (5 ms of pure-Python ed25519)."""
+    if verified != (manifest, sig_hex):
+        verify_signed(root, manifest, sig_hex)
+    try:
+        doc = from_json(manifest)
+    except ValueError:
+        raise Refused("manifest is not JSON")
+    if not isinstance(doc, dict) or doc.get("digest") != digest or doc.get("files") != files:
+        raise Refused("signed manifest does not match the staged files")
+
+
+def verify_signed(root, manifest, sig_hex):
+    """Refuse unless `manifest` (bytes) carries a good signature (hex bytes) by the pinned key."""
     try:
         with open(os.path.join(root, "state", "signing.pub")) as f:
             public = bytes.fromhex(f.read().strip())
@@ -268,12 +301,6 @@ def check_signed(root, manifest, sig_hex, files, digest):
         raise Refused("no usable pinned signing key or signature on this node")
     if not ed25519_ok(public, manifest, sig):
         raise Refused("manifest signature does not verify with the pinned key")
-    try:
-        doc = from_json(manifest)
-    except ValueError:
-        raise Refused("manifest is not JSON")
-    if not isinstance(doc, dict) or doc.get("digest") != digest or doc.get("files") != files:
-        raise Refused("signed manifest does not match the staged files")
 
 
 def member_path(name, kind, seen):
@@ -483,9 +510,10 @@ def op_deploy(root, digest, keep, *protect):
     End of input at any wait changes nothing (the stage folder is removed).
     """
     _stage_args(root, digest, "0", keep)
-    take_lock(root)
+    take_lock(root, durable=False)  # fsync'd once the probe is out: off the preflight's path
     out({"probe": probe_text(root)})
     sys.stdout.flush()
+    sync_lock(root)
     request = Lines()
     plan = request.line(HOLD_SECONDS, 64 << 20)
     if plan is None:
@@ -494,7 +522,9 @@ def op_deploy(root, digest, keep, *protect):
     try:
         try:
             os.makedirs(stage, mode=0o755)
-            files, hints = reuse_plan(plan)
+            files, hints, signed = reuse_plan(plan)
+            if signed is not None:  # checked while the gates close, not after the upload
+                verify_signed(root, *signed)
             found = reuse(root, files, hints, stage)
         except OSError as exc:
             raise refusal(exc)
@@ -508,11 +538,13 @@ def op_deploy(root, digest, keep, *protect):
         if not is_number(size, 12):
             raise Refused("bad upload size line")
         head = request.rest()  # what came with the size line: the upload's start, maybe more
-        staged = stage_upload(root, digest, keep, protect, Upload(int(size), head[:int(size)]), stage, have)
+        staged = stage_upload(root, digest, Upload(int(size), head[:int(size)]), stage, have, signed)
     finally:
         rmtree(stage)
     out(staged)
     sys.stdout.flush()
+    # Pruned while the controller waits for every node to stage, not before this node's answer.
+    prune(root, int(keep), (digest,) + tuple(protect))
     held_switch(root, digest, head[int(size):])
 
 
@@ -550,14 +582,23 @@ class Lines:
 
 
 def reuse_plan(line):
-    """Parse and check a reuse plan line; return (files, hints)."""
+    """Parse and check a reuse plan line; return (files, hints, (manifest, signature) bytes or None)."""
     try:
         doc = from_json(line)
     except (ValueError, RecursionError):
         raise Refused("reuse plan is not JSON")
-    if not isinstance(doc, dict) or set(doc) != {"files", "hints"}:
-        raise Refused("reuse plan should have exactly files and hints")
+    if not isinstance(doc, dict) or set(doc) not in ({"files", "hints"}, {"files", "hints", "manifest", "sig"}):
+        raise Refused("reuse plan should have exactly files and hints, and maybe manifest and sig")
     files, hints = doc["files"], doc["hints"]
+    signed = None
+    if "manifest" in doc:
+        manifest, sig = doc["manifest"], doc["sig"]
+        if not isinstance(manifest, str) or not isinstance(sig, str) or not is_part(sig):
+            raise Refused("reuse plan: manifest and sig should be strings")
+        try:
+            signed = (manifest.encode("utf-8"), sig.encode("ascii"))
+        except UnicodeEncodeError:
+            raise Refused("reuse plan: the manifest is not UTF-8")
     if not isinstance(files, dict) or not isinstance(hints, dict) or set(hints) != set(files):
         raise Refused("reuse plan: hints should name exactly the files")
     for rel, sha in files.items():
@@ -566,7 +607,7 @@ def reuse_plan(line):
                 and all(isinstance(h, list) and len(h) == 2 and is_hex64(h[0])
                         and safe_rel(h[1]) for h in sources)):
             raise Refused("reuse plan: bad entry for %r" % (rel,))
-    return files, hints
+    return files, hints, signed
 
 
 def safe_rel(rel):
@@ -638,7 +679,7 @@ def copy_hashing(src, dst=None):
 def op_have(root):
     """`rollout --dry-run`: read a reuse plan on stdin; answer the probe and which files the node holds
     with the right sha256 (hashed where they are: nothing is copied or written)."""
-    found = reuse(root, *reuse_plan(sys.stdin.buffer.read(64 << 20)))
+    found = reuse(root, *reuse_plan(sys.stdin.buffer.read(64 << 20))[:2])
     out({"probe": probe_text(root), "have": sorted(found), "bytes": sum(os.path.getsize(p) for p in found.values())})
 
 
@@ -652,17 +693,19 @@ def op_stage(root, digest, size, keep, *protect):
             os.makedirs(stage, mode=0o755)
         except OSError as exc:
             raise refusal(exc)
-        staged = stage_upload(root, digest, keep, protect, Upload(int(size)), stage, {})
+        staged = stage_upload(root, digest, Upload(int(size)), stage, {})
     finally:
         rmtree(stage)
+    staged["removed"] = prune(root, int(keep), (digest,) + tuple(protect))
     out(staged)
     sys.stdout.flush()
     held_switch(root, digest)
 
 
-def stage_upload(root, digest, keep, protect, up, stage, have):
+def stage_upload(root, digest, up, stage, have, verified=None):
     """Extract the upload into `stage` beside the files already there (`have`: path -> sha256), check
-    the release digest and the signature, rename the folder into place and prune; return the answer."""
+    the release digest and the signature and rename the folder into place; return the answer (the
+    caller prunes)."""
     final = release_dir(root, digest)
     try:
         meta = {}
@@ -671,7 +714,7 @@ def stage_upload(root, digest, keep, protect, up, stage, have):
         got = digest_of(files)
         if got != digest:
             raise Refused("staged files hash to %s, expected %s" % (got, digest))
-        check_signed(root, meta.get("manifest.json", b""), meta.get("manifest.sig", b""), files, digest)
+        check_signed(root, meta.get("manifest.json", b""), meta.get("manifest.sig", b""), files, digest, verified)
         reused = os.path.isdir(final) and hashes(final) == (files, [])
         if not reused:
             if os.path.lexists(final):
@@ -680,8 +723,7 @@ def stage_upload(root, digest, keep, protect, up, stage, have):
             fsync_dir(os.path.dirname(final))
     except OSError as exc:
         raise refusal(exc)
-    removed = prune(root, int(keep), (digest,) + tuple(protect))
-    return {"digest": got, "files": len(files), "reused": reused, "removed": removed, "copied": len(have)}
+    return {"digest": got, "files": len(files), "reused": reused, "copied": len(have)}
 
 
 class Fault(Exception):
@@ -965,12 +1007,15 @@ def time_text(ts):
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
 
 
-def take_lock(root):
+def take_lock(root, durable=True):
     """Take the fleet deploy lock on this node (when the command was given one): a folder
     state/deploy.lock holding holder.json, put in place whole by rename(2) of a temp folder, which
     fails while another holder's lock is there. A lock the controller may break ("break": "any",
     or the holder and pid of its own dead run) is replaced, one breaker at a time, and journaled.
-    Refused, naming the holder, if it is held."""
+    Refused, naming the holder, if it is held.
+
+    With `durable` False the lock is not yet fsync'd (sync_lock does that): the rename alone makes it
+    exclusive; only a node crash could lose it, and the caller syncs it before it changes anything."""
     if not LOCK:
         return
     state = os.path.join(root, "state")
@@ -981,7 +1026,8 @@ def take_lock(root):
         fd = os.open(os.path.join(tmp, "holder.json"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.write(fd, to_json(doc).encode())
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         try:
@@ -1008,11 +1054,27 @@ def take_lock(root):
                 rmtree(gone)
             finally:
                 os.close(folder)
-        fsync_dir(state)
+        if durable:
+            fsync_dir(state)
     except OSError as exc:
         raise Refused("fleet deploy lock: %s" % exc)
     finally:
         rmtree(tmp)
+
+
+def sync_lock(root):
+    """fsync the lock take_lock(durable=False) put in place: its holder.json and the state folder."""
+    if not LOCK:
+        return
+    try:
+        fd = os.open(os.path.join(lock_path(root), "holder.json"), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(os.path.join(root, "state"))
+    except OSError as exc:
+        raise Refused("fleet deploy lock: %s" % exc)
 
 
 def may_break(held):

@@ -161,7 +161,7 @@ def reuse_plan(ctx: Context, art: artifact_mod.Artifact, releases: int = 16) -> 
     files = {rel: sha for rel, sha in art.files.items() if art.sizes[rel] >= MIN_REUSE_BYTES}
     hints = {rel: [(art.digest, rel)] + sorted(where.get(sha, []), key=lambda h: h[1] != rel)[:3]
              for rel, sha in files.items()}
-    return commands.reuse_plan(files, hints)
+    return commands.reuse_plan(files, hints, (art.manifest_bytes, art.signature))
 
 
 def _deploy_command(ctx: Context, digest: str, lock: dict | None = None) -> str:

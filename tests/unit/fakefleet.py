@@ -306,7 +306,7 @@ class FakeFleet:
             if not commands.HEX64.match(digest):
                 raise Refused("bad digest %r" % digest)
             plan = json.loads(call.stdin)
-            assert set(plan) == {"files", "hints"} and set(plan["hints"]) == set(plan["files"]), plan
+            assert set(plan) == {"files", "hints", "manifest", "sig"} and set(plan["hints"]) == set(plan["files"]), plan
             held = Held(op, digest, int(keep), tuple(protect), plan)
         elif op == "retarget":
             assert not args, args
@@ -347,10 +347,9 @@ class FakeFleet:
         node.tampered = {t for t in node.tampered if t[0] != held.digest} if not reused else node.tampered
         if not reused:
             node.mtimes[held.digest] = len(self.world.log)
-        removed = _prune(node, held.keep, (held.digest,) + held.protect)
+        _prune(node, held.keep, (held.digest,) + held.protect)  # after the answer on a real node
         held.staged = True
-        return _line({"digest": held.digest, "files": len(files), "reused": reused, "removed": removed,
-                      "copied": len(held.have)})
+        return _line({"digest": held.digest, "files": len(files), "reused": reused, "copied": len(held.have)})
 
     def _finish_one(self, node: FakeNode, line: bytes | None) -> bytes:
         held = self._take(node)

@@ -700,12 +700,16 @@ NEW = digest(NEW_FILES)
 
 
 def deploy(root: Path, files: dict[str, bytes], hints: dict, sent: dict[str, bytes] | None = None,
-           then: bytes = b"") -> subprocess.CompletedProcess:
-    """Run `deploy` as a rollout does: the reuse plan, then a tar of the files `sent` (default: those the
-    node said it lacks is not known in advance here, so the caller says), then `then`."""
+           then: bytes = b"", planned: tuple[bytes, bytes] | None = None,
+           uploaded: tuple[bytes, bytes] | None = None) -> subprocess.CompletedProcess:
+    """Run `deploy` as a rollout does: the reuse plan (with the signed manifest `planned`, by default the
+    files' own), then a tar of the files `sent` (which the node lacks is not known in advance here, so
+    the caller says) with the signed manifest `uploaded` (the same by default), then `then`."""
     want = digest(files)
-    plan = commands.reuse_plan({r: sha(d) for r, d in files.items() if r in hints}, hints)
-    body = make_tar(sent, manifest=signed_manifest(files)) if sent is not None else b""
+    planned = planned or signed_manifest(files)
+    plan = commands.reuse_plan({r: sha(d) for r, d in files.items() if r in hints}, hints,
+                               (planned[0], planned[1].decode()))
+    body = make_tar(sent, manifest=uploaded or planned) if sent is not None else b""
     return run(commands.deploy(str(root), want, 3), plan + (commands.upload(body) if sent is not None else b"") + then)
 
 
@@ -742,6 +746,34 @@ def test_a_tampered_old_file_is_not_reused_and_the_node_journals_it(old):
     assert staged["digest"] == NEW and tree(old / "releases" / NEW) == expected_tree(NEW_FILES)
 
 
+def test_deploy_checks_the_plans_signature_before_it_copies_anything(old):
+    before = tree(old)
+    hints = {r: [(DIGEST, r)] for r in FILES}
+    proc = deploy(old, NEW_FILES, hints, {"router.py": NEW_FILES["router.py"]},
+                  planned=signed_manifest(NEW_FILES, Ed25519PrivateKey.generate()))
+    assert proc.returncode == 1 and proc.stdout.count(b"\n") == 1  # the probe, then no reuse answer
+    assert json.loads(proc.stderr) == {"error": "manifest signature does not verify with the pinned key"}
+    assert tree(old) == before  # no copy, no stage folder
+
+
+def test_deploy_checks_an_upload_whose_manifest_is_not_the_one_checked_in_the_plan(old):
+    hints = {r: [(DIGEST, r)] for r in FILES}
+    good = signed_manifest(NEW_FILES)
+    forged = (good[0], signed_manifest(NEW_FILES, Ed25519PrivateKey.generate())[1])  # same manifest, other signer
+    proc = deploy(old, NEW_FILES, hints, {"router.py": NEW_FILES["router.py"]}, planned=good, uploaded=forged)
+    assert proc.returncode == 1 and not (old / "releases" / NEW).exists()
+    assert json.loads(proc.stderr) == {"error": "manifest signature does not verify with the pinned key"}
+
+
+def test_deploy_prunes_after_its_answer(old):
+    for i, name in enumerate(R[:4]):
+        os.utime(_release(old, name), (1_000_000 + i, 1_000_000 + i))
+    hints = {r: [(DIGEST, r)] for r in FILES}
+    probed, have, staged = _lines(deploy(old, NEW_FILES, hints, {"router.py": NEW_FILES["router.py"]}))
+    assert "removed" not in staged and staged["digest"] == NEW
+    assert _left(old) == sorted([NEW, DIGEST, R[3]])  # keep 3: the new release and the two newest
+
+
 def test_deploy_refuses_a_release_that_misses_a_file_nobody_sent(old):
     hints = {r: [(DIGEST, r)] for r in FILES}
     (old / "releases" / DIGEST / "empty.txt").unlink()  # the node no longer has it, and it is not sent
@@ -764,6 +796,11 @@ def test_deploy_refuses_a_file_both_reused_and_sent(old):
     (b'{"files": {"../etc/passwd": "' + b"0" * 64 + b'"}, "hints": {"../etc/passwd": []}}\n', "bad entry"),
     (b'{"files": {"a": "' + b"0" * 64 + b'"}, "hints": {"a": [["' + b"0" * 64 + b'", "../../x"]]}}\n', "bad entry"),
     (b'{"files": {"a": "' + b"0" * 64 + b'"}, "hints": {"a": [["nothex", "a"]]}}\n', "bad entry"),
+    (b'{"files": {}, "hints": {}, "manifest": "{}"}\n', "exactly files and hints"),
+    (b'{"files": {}, "hints": {}, "manifest": 1, "sig": "00"}\n', "manifest and sig should be strings"),
+    (b'{"files": {}, "hints": {}, "manifest": "{}", "sig": "0/0"}\n', "manifest and sig should be strings"),
+    (b'{"files": {}, "hints": {}, "manifest": "\\ud800", "sig": "00"}\n', "the manifest is not UTF-8"),
+    (b'{"files": {}, "hints": {}, "manifest": "{}", "sig": "00"}\n', "signature does not verify"),
 ])
 def test_deploy_refuses_a_bad_reuse_plan_and_changes_nothing(root, plan, words):
     before = tree(root)
@@ -834,3 +871,43 @@ def test_stop_after_a_failed_first_rollout_stops_the_service_and_removes_current
     assert not os.path.lexists(old / "current") and (old / "releases" / DIGEST).is_dir()
     journal = [json.loads(line) for line in (old / "state" / "journal.jsonl").read_text().splitlines()]
     assert journal[-1] == {"action": "rollout", "phase": "revert", "digest": None, "previous": DIGEST}
+
+
+# --- the agent's own ed25519 check -----------------------------------------------------------------------------
+
+RFC8032 = [  # RFC 8032, 7.1, tests 1 and 2: public key, message, signature
+    ("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a", "",
+     "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"),
+    ("3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c", "72",
+     "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0f11d8c387b2eaeb4302aeeb00d291612bb0c00"),
+]
+
+
+@pytest.mark.parametrize("public, message, signature", RFC8032)
+def test_ed25519_takes_the_rfc_vectors_and_nothing_changed(public, message, signature):
+    from deployctl.node_agent import ed25519_ok
+
+    public, message, signature = bytes.fromhex(public), bytes.fromhex(message), bytes.fromhex(signature)
+    assert ed25519_ok(public, message, signature)
+    assert not ed25519_ok(public, message + b"\0", signature)
+    for i in (0, 31, 32, 63):  # R and s, each end
+        bad = bytearray(signature)
+        bad[i] ^= 0x01
+        assert not ed25519_ok(public, message, bytes(bad))
+
+
+def test_ed25519_agrees_with_the_cryptography_library():
+    import random
+
+    from deployctl.node_agent import L, ed25519_ok
+
+    rng = random.Random(7)
+    for n in range(40):
+        key = Ed25519PrivateKey.from_private_bytes(rng.randbytes(32))
+        public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        message = rng.randbytes(n * 7)
+        signature = key.sign(message)
+        assert ed25519_ok(public, message, signature)
+        assert not ed25519_ok(bytes.fromhex(PUB_HEX), message, signature)  # another key
+        s = int.from_bytes(signature[32:], "little")
+        assert not ed25519_ok(public, message, signature[:32] + (s + L).to_bytes(32, "little"))  # s not reduced

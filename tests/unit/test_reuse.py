@@ -83,7 +83,9 @@ def test_the_reuse_plan_hints_big_files_in_the_release_itself_then_kept_releases
     doc = json.loads(line)
     assert doc["files"] == {"lib/book.py": new.files["lib/book.py"]}  # the only file of 64 KiB or more
     assert doc["hints"] == {"lib/book.py": [[new.digest, "lib/book.py"], [old.digest, "lib/book.py"]]}
-    assert line == commands.reuse_plan(doc["files"], {r: [tuple(h) for h in hs] for r, hs in doc["hints"].items()})
+    assert (doc["manifest"], doc["sig"]) == (new.manifest_bytes.decode(), new.signature)  # checked before any copy
+    assert line == commands.reuse_plan(doc["files"], {r: [tuple(h) for h in hs] for r, hs in doc["hints"].items()},
+                                       (new.manifest_bytes, new.signature))
 
 
 def test_dry_run_says_how_many_bytes_each_node_would_be_sent(live):
