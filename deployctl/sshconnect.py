@@ -39,7 +39,7 @@ def open_client(host: str, port: int, user: str, client_key: Path, known_hosts: 
         if sock is None:
             sock = _tcp(host, port, timeout)
         client.connect(
-            host, port=port, username=user, key_filename=str(client_key), look_for_keys=False,
+            host, port=port, username=user, pkey=client_pkey(client_key), look_for_keys=False,
             allow_agent=False, timeout=timeout, banner_timeout=timeout,
             auth_timeout=timeout, transport_factory=_gcm_first_transport(), sock=sock,
             disabled_algorithms={"ciphers": ["aes128-cbc", "aes192-cbc", "aes256-cbc", "3des-cbc"]},
@@ -111,6 +111,27 @@ def pinned_keys(known_hosts: Path):
         if cached is None or cached[0] != stamp:
             cached = _pinned[str(known_hosts)] = (stamp, paramiko.HostKeys(str(known_hosts)))
         return cached[1]
+
+
+_keys: dict[str, tuple[tuple, object]] = {}
+
+
+def client_pkey(path: Path):
+    """Return the private key at `path` as a paramiko PKey, read once per version of the file: given
+    key_filename, paramiko reads and parses the file on every connection, once per key type it tries."""
+    paramiko = import_paramiko()
+    st = os.stat(path)
+    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    with _pinned_lock:
+        cached = _keys.get(str(path))
+    if cached is None or cached[0] != stamp:
+        try:
+            cached = (stamp, paramiko.PKey.from_path(str(path)))
+        except (ValueError, paramiko.SSHException, paramiko.pkey.UnknownKeyType) as exc:
+            raise NodeError(f"cannot use identity file {path}: {str(exc).splitlines()[0] if str(exc) else 'not a key'}") from None
+        with _pinned_lock:
+            _keys[str(path)] = cached
+    return cached[1]
 
 
 def require_strict_kex(paramiko=None) -> None:

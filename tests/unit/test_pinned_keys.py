@@ -19,6 +19,15 @@ def pub() -> str:
 
 
 @pytest.fixture
+def client_key(tmp_path):
+    from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
+
+    path = tmp_path / "id"
+    path.write_bytes(Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.OpenSSH, NoEncryption()))
+    return path
+
+
+@pytest.fixture
 def known_hosts(tmp_path):
     keys = {port: pub() for port in range(2401, 2465)}
     path = tmp_path / "known_hosts"
@@ -26,7 +35,7 @@ def known_hosts(tmp_path):
     return path, keys
 
 
-def test_sixty_four_connections_parse_the_file_once_and_each_gets_only_its_own_key(known_hosts, monkeypatch):
+def test_sixty_four_connections_parse_the_file_once_and_each_gets_only_its_own_key(known_hosts, client_key, monkeypatch):
     path, keys = known_hosts
     loads, seen = [], {}
     real_load = paramiko.HostKeys.load
@@ -40,7 +49,7 @@ def test_sixty_four_connections_parse_the_file_once_and_each_gets_only_its_own_k
     monkeypatch.setattr(sshconnect, "_tcp", lambda *a: None)  # no server: connect itself is stubbed
     for port in keys:
         with pytest.raises(NodeError):
-            sshconnect.open_client("127.0.0.1", port, "root", path, path, 1)
+            sshconnect.open_client("127.0.0.1", port, "root", client_key, path, 1)
     assert len(loads) <= 1  # once per version of the file (not at all if an earlier test parsed this one)
     for port, key in keys.items():
         assert list(seen[port]) == [f"[127.0.0.1]:{port}"]
@@ -59,7 +68,7 @@ def test_a_rewritten_file_is_read_again(known_hosts):
     assert after.lookup("[127.0.0.1]:2402") is None  # a key removed from the file is no longer pinned
 
 
-def test_a_host_missing_from_the_file_gets_no_key_and_is_refused(known_hosts, monkeypatch):
+def test_a_host_missing_from_the_file_gets_no_key_and_is_refused(known_hosts, client_key, monkeypatch):
     path, _ = known_hosts
     got = {}
 
@@ -70,5 +79,18 @@ def test_a_host_missing_from_the_file_gets_no_key_and_is_refused(known_hosts, mo
     monkeypatch.setattr(paramiko.SSHClient, "connect", connect)
     monkeypatch.setattr(sshconnect, "_tcp", lambda *a: None)  # no server: connect itself is stubbed
     with pytest.raises(NodeError) as exc:
-        sshconnect.open_client("127.0.0.1", 2999, "root", path, path, 1)
+        sshconnect.open_client("127.0.0.1", 2999, "root", client_key, path, 1)
     assert got["keys"] == 0 and exc.value.host_key
+
+
+def test_the_client_key_is_read_once_per_version_and_a_bad_one_is_one_line(client_key, tmp_path):
+    first = sshconnect.client_pkey(client_key)
+    assert sshconnect.client_pkey(client_key) is first
+    os.utime(client_key, ns=(1, 1))
+    again = sshconnect.client_pkey(client_key)
+    assert again is not first and again.get_base64() == first.get_base64()
+    bad = tmp_path / "bad"
+    bad.write_text("not a key\n")
+    with pytest.raises(NodeError) as exc:
+        sshconnect.client_pkey(bad)
+    assert exc.value.reason.startswith(f"cannot use identity file {bad}: ") and "\n" not in exc.value.reason
