@@ -52,6 +52,9 @@ class Artifact:
     flags: dict[str, bool] | None = None  # router.json's flags, recorded in the signed manifest
 
     _parts: dict = field(default_factory=dict, repr=False, compare=False)  # subset tars made so far
+    # Where each member's bytes lie in `data` (start, end), kept from the check that loaded it: a delta
+    # rollout's upload is cut from them without reading the tar again (8 ms of stage for 10 MiB).
+    _spans: dict = field(default_factory=dict, repr=False, compare=False)
 
     def payload(self) -> bytes:
         """Return the tarball's bytes for upload: the very bytes that were verified."""
@@ -63,11 +66,12 @@ class Artifact:
         if set(paths) >= set(self.files):
             return self.data
         if paths not in self._parts:
-            if None not in self._parts:
-                found = _read_members(self.data, self.path.name)
-                self._parts[None] = {n[6:]: d for n, d in found.items() if n.startswith("files/") and d is not None}
+            if not self._spans:
+                _read_members(self.data, self.path.name, self._spans)
+            view = memoryview(self.data)
             self._parts[paths] = _pack(self.manifest_bytes, self.signature,
-                                       {rel: self._parts[None][rel] for rel in sorted(paths)})
+                                       {rel: view[start:end] for rel in sorted(paths)
+                                        for start, end in [self._spans["files/" + rel]]})
         return self._parts[paths]
 
 
@@ -225,8 +229,9 @@ def _check_member(m: tarfile.TarInfo, label: str) -> None:
         raise _err(label, f"member {shown} has unsupported extended headers {sorted(m.pax_headers)}")
 
 
-def _read_members(data: bytes, label: str) -> dict[str, bytes | None]:
-    """Return {member name: bytes, or None for a folder} in archive order, after checking every member."""
+def _read_members(data: bytes, label: str, spans: dict | None = None) -> dict[str, bytes | None]:
+    """Return {member name: bytes, or None for a folder} in archive order, after checking every member;
+    fill `spans` with each file member's (start, end) in `data`."""
     found: dict[str, bytes | None] = {}
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
@@ -239,6 +244,8 @@ def _read_members(data: bytes, label: str) -> dict[str, bytes | None]:
                     content = tar.extractfile(m).read()  # type: ignore[union-attr]
                     if len(content) != m.size:
                         raise _err(label, f"member {show(m.name)} is truncated")
+                    if spans is not None:
+                        spans[m.name] = (m.offset_data, m.offset_data + m.size)
                 found[m.name] = content
             end = tar.offset
     except _TAR_ERRORS as exc:
@@ -268,7 +275,8 @@ def _parse(data: bytes, path: Path, verifier: Ed25519PublicKey | None) -> Artifa
     from cryptography.exceptions import InvalidSignature
 
     label = path.name
-    found = _read_members(data, label)
+    spans: dict[str, tuple[int, int]] = {}
+    found = _read_members(data, label, spans)
     if next(iter(found), None) != "manifest.json":
         raise _err(label, "manifest.json should be the first member" if "manifest.json" in found
                    else "manifest.json missing")
@@ -287,7 +295,7 @@ def _parse(data: bytes, path: Path, verifier: Ed25519PublicKey | None) -> Artifa
     manifest = parse_manifest(manifest_bytes, label)
     _check_contents(manifest, found, label)
     return Artifact(path, manifest["name"], manifest["version"], manifest["digest"], manifest["files"],
-                    manifest["sizes"], manifest_bytes, signature, data, manifest.get("flags"))
+                    manifest["sizes"], manifest_bytes, signature, data, manifest.get("flags"), _spans=spans)
 
 
 def _read_capped(path: Path) -> bytes:

@@ -207,6 +207,18 @@ def test_load_round_trip_and_payload(built, keys):
     assert load(built.path, None) == built
 
 
+@pytest.mark.parametrize("how", ["built", "loaded"])
+def test_subset_holds_the_signed_manifest_and_exactly_the_asked_files(built, keys, how):
+    art = built if how == "built" else load(built.path, keys[1])
+    part = art.subset(frozenset({"lib/deep/data.txt", "empty.txt"}))
+    with tarfile.open(fileobj=io.BytesIO(part)) as tar:
+        members = {m.name: (tar.extractfile(m).read() if m.isreg() else None) for m in tar}
+    assert members == {"manifest.json": art.manifest_bytes, "manifest.sig": art.signature.encode(),
+                       "files": None, "files/lib": None, "files/lib/deep": None,
+                       "files/lib/deep/data.txt": SOURCE["lib/deep/data.txt"], "files/empty.txt": b""}
+    assert art.subset(frozenset(art.files)) == art.payload()
+
+
 def test_payload_is_the_verified_bytes_even_if_the_file_changes_after_loading(tmp_path, built, keys, other_keys):
     path = tmp_path / built.path.name
     original = built.path.read_bytes()
