@@ -9,6 +9,7 @@ any node reverts the whole fleet to its previous release, gate closed.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -115,29 +116,43 @@ def _preflight(run: Run, art: artifact_mod.Artifact, size: int, lock: dict | Non
 
 def _stage(run: Run, art: artifact_mod.Artifact) -> dict[str, sm.Outcome]:
     """Content-addressed staging: read which files each node already holds (it checked their sha256
-    while the gates closed), send each node a tar of only the files it lacks, and take its answer:
-    the digest of the whole release it staged, checked file by file and against the signature."""
+    while the gates closed), send that node at once a tar of only the files it lacks (no wait for the
+    other nodes' answers), and take its answer: the digest of the whole release it staged, checked
+    file by file and against the signature."""
     ctx = run.ctx
     have: dict[str, frozenset[str]] = {}
-    results = outcomes(run.fleet.step({n: b"" for n in run.names}, run.budget(ctx.playbook.timeouts.command)),
-                       lambda n, out: have.__setitem__(n, commands.parse_have(out)[0]))
+    problems: dict[str, str] = {}
     uploads: dict[frozenset[str], bytes] = {}  # one copy per distinct need set, not one per node
-    for need in {frozenset(art.files) - h for h in have.values()}:
-        uploads[need] = commands.upload(art.subset(need))
-    sent = {n: uploads[frozenset(art.files) - have[n]] for n in have}
-    ctx.emit("step", message=_sending(art, have, sent))
+    lock = threading.Lock()
+
+    def upload_for(node: str, answer: bytes) -> bytes | None:
+        try:
+            have[node] = commands.parse_have(answer)[0]
+        except DeployctlError as exc:
+            problems[node] = str(exc)
+            return None
+        need = frozenset(art.files) - have[node]
+        with lock:
+            if need not in uploads:
+                uploads[need] = commands.upload(art.subset(need))
+            return uploads[need]
 
     def progress(node: str, done: int, total: int) -> None:
         ctx.emit("upload", node=node, sent=done, total=total)
 
-    staged = outcomes(run.fleet.step(sent, run.budget(ctx.playbook.timeouts.command), progress),
-                      lambda n, out: _expect_digest(commands.parse_stage(out), art.digest))
-    return {**results, **staged}
+    res = run.fleet.exchange({n: b"" for n in run.names}, upload_for, run.budget(ctx.playbook.timeouts.command),
+                             progress)
+    results = outcomes({n: first for n, (first, _) in res.items()})
+    results.update({n: sm.Outcome(False, why) for n, why in problems.items()})
+    results.update(outcomes({n: second for n, (_, second) in res.items() if second is not None},
+                            lambda n, out: _expect_digest(commands.parse_stage(out), art.digest)))
+    ctx.emit("step", message=_sending(art, have, {n: uploads[frozenset(art.files) - h] for n, h in have.items()}))
+    return results
 
 
 def _sending(art: artifact_mod.Artifact, have: dict[str, frozenset[str]], sent: dict[str, bytes]) -> str:
     reused = sum(len(h) for h in have.values())
-    return (f"sending {sum(map(len, sent.values())) / 2**20:.2f} MiB to {len(sent)} nodes "
+    return (f"sent {sum(map(len, sent.values())) / 2**20:.2f} MiB to {len(sent)} nodes "
             f"({reused} of {len(art.files) * len(have)} files already on the nodes)")
 
 

@@ -71,6 +71,7 @@ class Call:
 
 
 Progress = Callable[[str, int, int], None]  # (node, bytes sent, bytes in all)
+Reply = Callable[[str, bytes], "bytes | None"]  # (node, its answer line) -> its next input, None for none
 
 
 class Fleet(Protocol):
@@ -87,6 +88,9 @@ class Fleet(Protocol):
 
     def step(self, data: dict[str, bytes], timeout: float = 60.0,
              progress: Progress | None = None) -> dict[str, NodeResult]: ...
+
+    def exchange(self, data: dict[str, bytes], reply: Reply, timeout: float = 60.0,
+                 progress: Progress | None = None) -> dict[str, tuple[NodeResult, NodeResult | None]]: ...
 
     def __enter__(self) -> "Fleet": ...
 
@@ -192,6 +196,22 @@ class SSHFleet:
         `progress(node, sent, total)` is called as each node's input goes out."""
         return self._each({n: Call("", d, timeout) for n, d in data.items()},
                           lambda name, call: self._step_one(name, call, progress))
+
+    def exchange(self, data: dict[str, bytes], reply: Reply, timeout: float = 60.0,
+                 progress: Progress | None = None) -> dict[str, tuple[NodeResult, NodeResult | None]]:
+        """Two steps on each held command, the second sent as soon as that node answers the first (no
+        wait for the other nodes in between): send data[node], read its line, send reply(node, line)
+        and read the next line. Returns each node's (first result, second result); the second is None
+        if the first failed or `reply` gave None. `progress` is called for the second input."""
+        def one(name: str) -> tuple[NodeResult, NodeResult | None]:
+            first = self._guard(name, Call("", data[name], timeout), self._step_one)
+            then = reply(name, first.stdout) if first.ok else None
+            if then is None:
+                return first, None
+            return first, self._guard(name, Call("", then, timeout), lambda n, c: self._step_one(n, c, progress))
+
+        names = list(data)
+        return dict(zip(names, self._pool.map(one, names)))
 
     def finish(self, lines: dict[str, bytes | None], timeout: float = 60.0) -> dict[str, NodeResult]:
         """Send each held command its next input (None: only end its input), then wait for it to finish;

@@ -18,7 +18,7 @@ def two_releases(make_release):
 
 
 def staged_message(events: list) -> str:
-    return next(d["message"] for k, d in events if k == "step" and d["message"].startswith("sending"))
+    return next(d["message"] for k, d in events if k == "step" and d["message"].startswith("sent "))
 
 
 def test_an_upgrade_sends_only_the_files_that_changed(ctx, make_release):
@@ -31,7 +31,7 @@ def test_an_upgrade_sends_only_the_files_that_changed(ctx, make_release):
     assert changed == {"router.json"}
     sent = frozenset(v2.files) - {"big.bin"}  # the changed file, and files too small to be worth a copy
     size = len(b"%d\n" % len(v2.subset(sent))) + len(v2.subset(sent))
-    assert staged_message(events) == (f"sending {n * size / 2**20:.2f} MiB to {n} nodes "
+    assert staged_message(events) == (f"sent {n * size / 2**20:.2f} MiB to {n} nodes "
                                       f"({n} of {n * files} files already on the nodes)")
     assert size < len(v2.payload()) / 10
     assert api.verify(ctx, v2.digest).ok

@@ -266,6 +266,17 @@ class FakeFleet:
             out[n] = self._guard(n, lambda: self._step_one(self.world[n], d))
         return out
 
+    def exchange(self, data: dict[str, bytes], reply, timeout: float = 60.0,
+                 progress=None) -> dict[str, tuple[NodeResult, NodeResult | None]]:
+        out = {}
+        for n, d in data.items():  # node by node: each node's second step follows its own first answer
+            first = self._guard(n, lambda: self._step_one(self.world[n], d))
+            then = reply(n, first.stdout) if first.ok else None
+            if then is not None and progress:
+                progress(n, len(then), len(then))
+            out[n] = (first, None if then is None else self._guard(n, lambda: self._step_one(self.world[n], then)))
+        return out
+
     def finish(self, lines: dict[str, bytes | None], timeout: float = 60.0) -> dict[str, NodeResult]:
         return {n: self._guard(n, lambda: self._finish_one(self.world[n], line)) for n, line in lines.items()}
 

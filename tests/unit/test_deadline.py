@@ -124,21 +124,26 @@ def test_a_rollout_within_its_deadline_succeeds(live):
 
 def test_each_step_gets_at_most_what_is_left_of_the_deadline(live, monkeypatch):
     seen: list[tuple[str, float]] = []
-    step, finish = ff.FakeFleet.step, ff.FakeFleet.finish
+    step, exchange, finish = ff.FakeFleet.step, ff.FakeFleet.exchange, ff.FakeFleet.finish
 
     def spy_step(self, data, timeout=60.0, progress=None):
         seen.append(("step", timeout))
         return step(self, data, timeout, progress)
+
+    def spy_exchange(self, data, reply, timeout=60.0, progress=None):
+        seen.append(("exchange", timeout))
+        return exchange(self, data, reply, timeout, progress)
 
     def spy_finish(self, lines, timeout=60.0):
         seen.append(("finish", timeout))
         return finish(self, lines, timeout)
 
     monkeypatch.setattr(ff.FakeFleet, "step", spy_step)
+    monkeypatch.setattr(ff.FakeFleet, "exchange", spy_exchange)
     monkeypatch.setattr(ff.FakeFleet, "finish", spy_finish)
     late(live, "stage", 25)  # 5 s of the 30 left: less than the 60 s step timeout
     rollout_mod.rollout(live.ctx, live.artifacts[2].path)
-    assert seen == [("step", 5.0), ("step", 5.0), ("finish", 5.0)]
+    assert seen == [("exchange", 5.0), ("finish", 5.0)]
 
 
 def test_a_rollback_has_no_deadline(live):

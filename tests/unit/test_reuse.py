@@ -36,8 +36,8 @@ def test_an_upgrade_sends_each_node_only_the_files_that_changed(live):
     changed = {"router.json", "router.py"}  # lib/book.py is the same in both releases
     assert sent(live) == {n: subset_size(new, changed) for n in NODES}
     assert all(live.world[n].releases[new.digest] == new.files and live.world[n].current == new.digest for n in NODES)
-    staged = [d["message"] for k, d in live.events if k == "step" and d["message"].startswith("sending")]
-    assert staged == [f"sending {8 * len(commands.upload(new.subset(frozenset(changed)))) / 2**20:.2f} MiB to 8 "
+    staged = [d["message"] for k, d in live.events if k == "step" and d["message"].startswith("sent ")]
+    assert staged == [f"sent {8 * len(commands.upload(new.subset(frozenset(changed)))) / 2**20:.2f} MiB to 8 "
                       f"nodes (8 of 24 files already on the nodes)"]
 
 
@@ -108,3 +108,21 @@ def test_parse_have_refuses_what_is_not_a_list_of_paths():
                        (b"not json\n", "unreadable answer")):
         with pytest.raises(UsageError if False else Exception, match=words):
             commands.parse_have(bad)
+
+
+def test_a_node_whose_reuse_answer_is_bad_is_sent_nothing_and_fails_the_stage(live, monkeypatch):
+    from deployctl.errors import RolledBackError
+
+    real = ff.FakeFleet._step_one
+
+    def step_one(self, node, data):
+        answer = real(self, node, data)
+        return b'{"have": "all of it", "bytes": 0}\n' if node.name == "node2" and b'"have"' in answer else answer
+
+    monkeypatch.setattr(ff.FakeFleet, "_step_one", step_one)
+    old, new = live.artifacts[0], live.artifacts[1]
+    with pytest.raises(RolledBackError) as err:
+        rollout_mod.rollout(live.ctx, new.path)
+    assert "node2" in str(err.value) and "answer field 'have' should be a list of paths" in str(err.value)
+    assert "node2" not in sent(live) and set(sent(live)) == set(NODES) - {"node2"}  # the others were sent theirs
+    assert all(live.world[n].current == old.digest for n in NODES)
