@@ -896,6 +896,14 @@ def test_ed25519_takes_the_rfc_vectors_and_nothing_changed(public, message, sign
         assert not ed25519_ok(public, message, bytes(bad))
 
 
+def test_ed25519_constants_are_what_they_are_defined_as():
+    from deployctl.node_agent import D, D2, GX, GY, P, SQRT_M1, _point
+
+    assert D == -121665 * pow(121666, P - 2, P) % P and D2 == 2 * D % P
+    assert SQRT_M1 == pow(2, (P - 1) // 4, P) and SQRT_M1 * SQRT_M1 % P == P - 1
+    assert _point((4 * pow(5, P - 2, P) % P).to_bytes(32, "little"))[:2] == (GX, GY)  # y = 4/5, x even
+
+
 def test_ed25519_agrees_with_the_cryptography_library():
     import random
 
@@ -911,3 +919,15 @@ def test_ed25519_agrees_with_the_cryptography_library():
         assert not ed25519_ok(bytes.fromhex(PUB_HEX), message, signature)  # another key
         s = int.from_bytes(signature[32:], "little")
         assert not ed25519_ok(public, message, signature[:32] + (s + L).to_bytes(32, "little"))  # s not reduced
+
+
+def test_sync_later_waits_for_its_fsyncs_and_raises_their_first_error(tmp_path):
+    from deployctl.node_agent import sync_later
+
+    files = [tmp_path / f"f{i}" for i in range(3)]
+    for f in files:
+        f.write_bytes(b"x" * 4096)
+    assert sync_later([str(f) for f in files])() is None
+    wait = sync_later([str(files[0]), str(tmp_path / "gone"), str(files[1])])
+    with pytest.raises(FileNotFoundError):
+        wait()
