@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from deployctl import commands
 from deployctl.config import Inventory, Node, Playbook, load_inventory, load_playbook
 from deployctl.errors import UsageError
 from deployctl.gate import Routers
@@ -104,6 +105,7 @@ class Context:
         state = self.state
         if not state.client_key.exists() or not state.known_hosts.exists():
             raise UsageError(f"no fleet keys in {state.keys}: run `deployctl fleet up` first")
+        commands.cache_program_in(state.cache)
         targets = [Target(n.name, n.host, n.ssh_port, n.user, Path(n.identity_file) if n.identity_file else None,
                           n.proxy_jump) for n in nodes]
         return SSHFleet(targets, state.client_key, state.known_hosts,

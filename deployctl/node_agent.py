@@ -1172,12 +1172,25 @@ def main(argv):
     OPS[argv[0]](*argv[1:])
 
 
-if __name__ == "__main__":
+def run(argv):
+    """Run one command; return its exit code, its error (if any) written as one JSON line."""
     try:
-        main(sys.argv[1:])
+        main(argv)
+        return 0
     except Refused as exc:
         sys.stderr.write(to_json({"error": str(exc)}) + "\n")
-        sys.exit(1)
     except Exception as exc:  # a node-side surprise is still one line for the controller
         sys.stderr.write(to_json({"error": "%s: %s" % (type(exc).__name__, exc)}) + "\n")
-        sys.exit(1)
+    return 1
+
+
+if __name__ == "__main__":
+    code = run(sys.argv[1:])
+    # Out without tearing the interpreter down (1.3 ms of every command): everything the agent writes
+    # is written with os.write or closed where it is written, and stdout and stderr are flushed here.
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:  # the controller went away: nothing is left to tell it
+        code = code or 1
+    os._exit(code)

@@ -9,6 +9,7 @@
     journal.jsonl                  the append-only deploy history
     deploy.lock                    the deploy lock
     manifests/<digest>.json        the manifest of every release rolled out (verify names drifted files)
+    cache/agent-<key>.txt          the node agent, packed for the command line (commands.cache_program_in)
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ class StateDir:
     @property
     def keys(self) -> Path:
         return self.root / "keys"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
 
     @property
     def client_key(self) -> Path:

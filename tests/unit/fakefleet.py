@@ -53,7 +53,6 @@ SSH_FAULTS = {"connect", "host-key"}
 # shlex.split reads 25 kB of agent source one character at a time (75 ms a command): its quoted form is
 # swapped for a placeholder first, so only the rest of the command line is split. A command that quotes
 # the agent or the hashes script any other way is not recognised, and the test fails.
-_PROGRAM = commands.agent_program()
 _QUOTED = {shlex.quote(commands.BOOT): "@AGENT@", shlex.quote(commands.HASHES_SH): "@HASHES_SH@"}
 _PLAIN = {v: k for k, v in {commands.BOOT: "@AGENT@", commands.HASHES_SH: "@HASHES_SH@"}.items()}
 
@@ -300,7 +299,7 @@ class FakeFleet:
 
     def _agent(self, node: FakeNode, command: str) -> tuple[str, list[str]]:
         argv = list(split(command))
-        assert argv[:4] == ["python3", "-I", "-S", "-c"] and tuple(argv[4:8]) == _PROGRAM, argv[:4]
+        assert argv[:4] == ["python3", "-I", "-S", "-c"] and tuple(argv[4:8]) == commands.agent_program(), argv[:4]
         if argv[-1].startswith("--lock="):
             argv.pop()
         assert len(argv) >= 10, argv[8:]

@@ -165,3 +165,40 @@ def test_is_part(text, ok):
                                       ("١٢", False), ("12 ", False), ("-1", False)])
 def test_is_number(text, ok):
     assert AGENT["is_number"](text, 12) is ok
+
+
+def test_the_packed_program_is_kept_in_the_state_folder_and_a_damaged_copy_is_packed_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(commands, "_program_cache", [])
+    packs = []
+    real = commands._pack_program
+    monkeypatch.setattr(commands, "_pack_program", lambda s: packs.append(1) or real(s))
+    program = commands.agent_program.__wrapped__  # as a new process would: not the lru_cache'd value
+    commands.cache_program_in(tmp_path / "cache")
+    written = program()  # packed and written
+    (kept,) = (tmp_path / "cache").glob("agent-*.txt")
+    assert kept.read_text().split("\n")[:2] == list(written[2:]) and packs == [1]
+    stale = tmp_path / "cache" / "agent-0123.txt"
+    stale.write_text("an earlier version")
+    assert program() == written and packs == [1]  # read back, not packed
+    code, src, check = kept.read_text().split("\n")
+    kept.write_text("\n".join([code[:-4] + "AAAA", src, check]))  # damaged: its sha256 no longer matches
+    again = program()
+    assert packs == [1, 1] and kept.read_text().split("\n")[:2] == list(again[2:]) and not stale.exists()
+    argv = commands.probe(str(tmp_path / "none"))
+    argv[4:8] = again
+    assert run(argv).stdout == b"root no\n"  # the kept program runs
+
+
+def test_the_bytecode_has_no_docstrings_or_line_tables_and_still_reports_errors_in_one_line(tmp_path):
+    import binascii
+    import marshal
+    import zlib
+
+    code = marshal.loads(zlib.decompress(binascii.a2b_base64(commands.agent_program()[2])))
+    funcs = {c.co_name: c for c in code.co_consts if hasattr(c, "co_code")}
+    assert funcs and all(c.co_linetable == b"" for c in funcs.values())
+    assert "Refuse unless" not in repr(funcs["check_signed"].co_consts)  # its docstring is left out
+    full = {c.co_name: c for c in compile(commands.AGENT, "a", "exec").co_consts if hasattr(c, "co_code")}
+    assert "Refuse unless" in repr(full["check_signed"].co_consts)  # as it is in the source
+    proc = run(commands.switch(str(tmp_path / "none"), "a" * 64)[:-1])  # wrong arity: a TypeError on the node
+    assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1 and "error" in json.loads(proc.stderr)
