@@ -94,8 +94,21 @@ def open_tunnel(transport, host: str, port: int, via: str, timeout: float):
 
 
 _import_lock = threading.Lock()
-_pinned: dict[str, tuple[tuple, object]] = {}
-_pinned_lock = threading.Lock()
+_parsed: dict[tuple[str, str], tuple[tuple, object]] = {}
+_parsed_lock = threading.Lock()
+
+
+def _parsed_once(kind: str, path: Path, parse):
+    """Return parse(path), parsed again only when the file's version (inode, size, mtime) changes."""
+    st = os.stat(path)
+    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    with _parsed_lock:
+        cached = _parsed.get((kind, str(path)))
+    if cached is None or cached[0] != stamp:
+        cached = (stamp, parse(str(path)))
+        with _parsed_lock:
+            _parsed[(kind, str(path))] = cached
+    return cached[1]
 
 
 def pinned_keys(known_hosts: Path):
@@ -103,35 +116,18 @@ def pinned_keys(known_hosts: Path):
     mtime): each connection used to parse the whole file again, N parses of N lines for a fleet of N
     nodes under one GIL, half of the controller's CPU in a 64-node verify. Each client is given only
     its own host's pinned keys from it; a host without any is still refused (RejectPolicy)."""
-    paramiko = import_paramiko()
-    st = os.stat(known_hosts)
-    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
-    with _pinned_lock:
-        cached = _pinned.get(str(known_hosts))
-        if cached is None or cached[0] != stamp:
-            cached = _pinned[str(known_hosts)] = (stamp, paramiko.HostKeys(str(known_hosts)))
-        return cached[1]
-
-
-_keys: dict[str, tuple[tuple, object]] = {}
+    return _parsed_once("known_hosts", known_hosts, import_paramiko().HostKeys)
 
 
 def client_pkey(path: Path):
     """Return the private key at `path` as a paramiko PKey, read once per version of the file: given
     key_filename, paramiko reads and parses the file on every connection, once per key type it tries."""
     paramiko = import_paramiko()
-    st = os.stat(path)
-    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
-    with _pinned_lock:
-        cached = _keys.get(str(path))
-    if cached is None or cached[0] != stamp:
-        try:
-            cached = (stamp, paramiko.PKey.from_path(str(path)))
-        except (ValueError, paramiko.SSHException, paramiko.pkey.UnknownKeyType) as exc:
-            raise NodeError(f"cannot use identity file {path}: {str(exc).splitlines()[0] if str(exc) else 'not a key'}") from None
-        with _pinned_lock:
-            _keys[str(path)] = cached
-    return cached[1]
+    try:
+        return _parsed_once("pkey", path, paramiko.PKey.from_path)
+    except (ValueError, paramiko.SSHException, paramiko.pkey.UnknownKeyType) as exc:
+        why = str(exc).splitlines()[0] if str(exc) else "not a key"
+        raise NodeError(f"cannot use identity file {path}: {why}") from None
 
 
 def require_strict_kex(paramiko=None) -> None:
