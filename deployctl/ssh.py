@@ -202,13 +202,16 @@ class SSHFleet:
         """Two steps on each held command, the second sent as soon as that node answers the first (no
         wait for the other nodes in between): send data[node], read its line, send reply(node, line)
         and read the next line. Returns each node's (first result, second result); the second is None
-        if the first failed or `reply` gave None. `progress` is called for the second input."""
+        if the first failed or `reply` gave None. `progress` is called for the second input. `timeout`
+        bounds both steps together, as two calls of `step` under one budget would."""
         def one(name: str) -> tuple[NodeResult, NodeResult | None]:
+            end = time.monotonic() + timeout
             first = self._guard(name, Call("", data[name], timeout), self._step_one)
             then = reply(name, first.stdout) if first.ok else None
             if then is None:
                 return first, None
-            return first, self._guard(name, Call("", then, timeout), lambda n, c: self._step_one(n, c, progress))
+            left = max(end - time.monotonic(), 0.001)
+            return first, self._guard(name, Call("", then, left), lambda n, c: self._step_one(n, c, progress))
 
         names = list(data)
         return dict(zip(names, self._pool.map(one, names)))

@@ -167,3 +167,25 @@ def test_the_playbook_sets_the_deadline_and_refuses_a_bad_one(tmp_path):
         with pytest.raises(ConfigError) as err:
             load_playbook(tmp_path / "b.yaml")
         assert str(err.value) == f"b.yaml: timeouts/rollout: {problem}"
+
+
+def test_exchange_bounds_both_steps_by_one_timeout(tmp_path):
+    """SSHFleet.exchange's second step gets what is left of the timeout, not the whole of it again."""
+    import time as _time
+
+    from deployctl import ssh
+
+    seen = []
+
+    def step_one(name, call, progress=None):
+        seen.append(call.timeout)
+        _time.sleep(0.3)
+        return 0, b"line\n", b""
+
+    with ssh.SSHFleet([ssh.Target("node1", "127.0.0.1", 1, "root")], tmp_path / "k", tmp_path / "kh") as fleet:
+        fleet._step_one = step_one
+        res = fleet.exchange({"node1": b""}, lambda n, line: b"next\n", timeout=1.0)
+    first, second = res["node1"]
+    assert first.ok and second is not None and second.ok
+    assert seen[0] == 1.0
+    assert 0 < seen[1] <= 0.75
