@@ -99,16 +99,15 @@ _parsed_lock = threading.Lock()
 
 
 def _parsed_once(kind: str, path: Path, parse):
-    """Return parse(path), parsed again only when the file's version (inode, size, mtime) changes."""
+    """Return parse(path), parsed again only when the file's version (inode, size, mtime) changes. The
+    parse is under the lock, so a fleet's first connections, opened together, parse the file once."""
     st = os.stat(path)
     stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
     with _parsed_lock:
         cached = _parsed.get((kind, str(path)))
-    if cached is None or cached[0] != stamp:
-        cached = (stamp, parse(str(path)))
-        with _parsed_lock:
-            _parsed[(kind, str(path))] = cached
-    return cached[1]
+        if cached is None or cached[0] != stamp:
+            cached = _parsed[(kind, str(path))] = (stamp, parse(str(path)))
+        return cached[1]
 
 
 def pinned_keys(known_hosts: Path):

@@ -171,15 +171,13 @@ def test_the_playbook_sets_the_deadline_and_refuses_a_bad_one(tmp_path):
 
 def test_exchange_bounds_both_steps_by_one_timeout(tmp_path):
     """SSHFleet.exchange's second step gets what is left of the timeout, not the whole of it again."""
-    import time as _time
-
     from deployctl import ssh
 
     seen = []
 
     def step_one(name, call, progress=None):
         seen.append(call.timeout)
-        _time.sleep(0.3)
+        time.sleep(0.3)
         return 0, b"line\n", b""
 
     with ssh.SSHFleet([ssh.Target("node1", "127.0.0.1", 1, "root")], tmp_path / "k", tmp_path / "kh") as fleet:

@@ -94,3 +94,29 @@ def test_the_client_key_is_read_once_per_version_and_a_bad_one_is_one_line(clien
     with pytest.raises(NodeError) as exc:
         sshconnect.client_pkey(bad)
     assert exc.value.reason.startswith(f"cannot use identity file {bad}: ") and "\n" not in exc.value.reason
+
+
+def test_connections_opened_together_parse_the_file_once(known_hosts, monkeypatch):
+    """A fleet's first connections ask for the pinned keys at the same moment: one of them parses."""
+    import threading
+    import time
+
+    path, _ = known_hosts
+    loads = []
+    real_load = paramiko.HostKeys.load
+
+    def slow_load(self, f):
+        loads.append(f)
+        time.sleep(0.05)  # long enough for every thread to arrive while the first one parses
+        return real_load(self, f)
+
+    monkeypatch.setattr(paramiko.HostKeys, "load", slow_load)
+    os.utime(path, ns=(1, 1))  # a version of the file no earlier test parsed
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(sshconnect.pinned_keys(path))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(loads) == 1
+    assert len(got) == 8 and all(g is got[0] for g in got)
