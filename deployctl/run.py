@@ -178,8 +178,10 @@ class Run:
         path, at = os.environ.get(PAUSE_FILE), os.environ.get(PAUSE_AT, "").split(",")
         if not path or phase not in at:
             return
-        with open(path, "w") as f:
+        # Written aside and renamed: whoever waits for the file never reads it before the phase is in it.
+        with open(path + ".part", "w") as f:
             f.write(phase)
+        os.replace(path + ".part", path)
         end = time.monotonic() + PAUSE_SECONDS
         while os.path.exists(path) and time.monotonic() < end:
             time.sleep(0.01)
