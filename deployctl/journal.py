@@ -191,19 +191,19 @@ class Journal:
             else:
                 yield rec
 
-    def newest_first(self) -> Iterator[dict]:
-        """Yield records newest first, parsing only as far as the caller reads (the journal only grows)."""
+    def newest_first(self, block: int = 1 << 16) -> Iterator[dict]:
+        """Yield records newest first, reading and parsing only as far as the caller reads: the file is
+        read backwards `block` bytes at a time (the journal only grows; every run asks it for its last
+        good release, and reading a controller's whole history for that cost more with every run)."""
         try:
-            data = self.path.read_bytes()
+            f = self.path.open("rb")
         except FileNotFoundError:
             return
-        lines = data.splitlines()
-        if not data.endswith(b"\n") and lines:
-            lines.pop()  # a torn tail is no record
-        for i in range(len(lines) - 1, -1, -1):
-            rec = parse_line(lines[i])
-            if rec is not None:
-                yield rec
+        with f:
+            for line in _lines_backwards(f, block):
+                rec = parse_line(line)
+                if rec is not None:
+                    yield rec
 
     def last_good(self) -> str | None:
         """Return the digest the fleet last ran as a whole (last successful rollout, rollback or recover)."""
@@ -222,6 +222,28 @@ class Journal:
             elif rec.get("phase") == "start":
                 return None if rec.get("run") in finished else rec
         return None
+
+
+def _lines_backwards(f, block: int) -> Iterator[bytes]:
+    """The lines of binary file `f` (without their newlines), last first; what follows the last newline
+    (a torn tail, or a record being appended right now) is not a line."""
+    pos = f.seek(0, os.SEEK_END)
+    carry: bytes | None = None  # the start of the line the block read last began in; None: tail not cut yet
+    while pos > 0:
+        step = min(block, pos)
+        pos -= step
+        f.seek(pos)
+        chunk = f.read(step)
+        if carry is None:
+            cut = chunk.rfind(b"\n")
+            if cut < 0:
+                continue  # all of this block is still the torn tail
+            chunk, carry = chunk[:cut], b""
+        parts = (chunk + carry).split(b"\n")
+        carry = parts[0]
+        yield from reversed(parts[1:])
+    if carry is not None:
+        yield carry
 
 
 _write = os.write  # the one write call of the journal: a seam for the disk-full tests

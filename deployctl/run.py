@@ -415,16 +415,22 @@ def locked(ctx: Context, command: str, break_lock: bool, break_fleet: bool | Non
 def finished_fleet_locks(ctx: Context, last: int = 16, dead: bool = False) -> list[str]:
     """The fleet lock ids of this controller's last `last` runs that the journal shows finished (a `done`
     record): a node lock left by one of them is stale. With `dead` (recover, which holds the controller
-    lock, so no run of this controller is alive), also those of runs that never finished."""
-    started: dict[str, str] = {}
-    done: list[str] = []
-    for rec in ctx.journal.read():
-        run_id = rec.get("run")
-        if rec.get("phase") == "start" and isinstance(rec.get("fleet_lock"), str):
-            started[run_id] = rec["fleet_lock"]
-        elif rec.get("phase") == "done" and run_id in started:
-            done.append(started.pop(run_id))
-    return (done + (list(started.values()) if dead else []))[-last:]
+    lock, so no run of this controller is alive), also those of runs that never finished, first.
+
+    Read newest first: without `dead` it stops at the `last`-th finished run, not at the journal's
+    start (the whole history of a busy controller took 63 ms to parse, on every rollout)."""
+    ended: set = set()
+    finished: list[str] = []  # newest first
+    unfinished: list[str] = []
+    for rec in ctx.journal.newest_first():
+        if rec.get("phase") == "done":
+            ended.add(rec.get("run"))
+        elif rec.get("phase") == "start" and isinstance(rec.get("fleet_lock"), str):
+            (finished if rec.get("run") in ended else unfinished).append(rec["fleet_lock"])
+            if not dead and len(finished) >= last:
+                break
+    never = unfinished[:last] if dead else []
+    return finished[:last - len(never)][::-1] + never[::-1]
 
 
 def release_fleet(ctx: Context, fleet: Fleet, lock: dict) -> None:

@@ -10,13 +10,17 @@ import json
 import os
 import shutil
 import subprocess
+import types
+import uuid
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fakefleet as ff
-from deployctl import commands, rollback as rollback_mod, rollout as rollout_mod, run as run_mod
+from deployctl import commands, journal as journal_mod, rollback as rollback_mod, rollout as rollout_mod, run as run_mod
 from deployctl.errors import ExitCode, LockHeldError
-from deployctl.journal import actor
+from deployctl.journal import Journal, actor
 from deployctl.statedir import StateDir
 from test_node_agent import A, DIGEST, answer, make_tar, refusal, root, run, _release  # noqa: F401
 from deployctl.config import Service
@@ -233,3 +237,51 @@ def test_recover_takes_over_a_node_lock_of_the_run_it_recovers_from_after_its_st
     rollback_mod.recover(rig.ctx)
     assert {s["current"] for s in rig.world.states().values()} == {rig.artifacts[0].digest}
     assert rig.world["node5"].lock is None
+
+
+def _finished_fleet_locks_reference(records: list[dict], last: int, dead: bool) -> list[str]:
+    """finished_fleet_locks as it was when it read the whole journal, oldest first."""
+    started: dict = {}
+    done: list[str] = []
+    for rec in records:
+        if rec.get("phase") == "start" and isinstance(rec.get("fleet_lock"), str):
+            started[rec.get("run")] = rec["fleet_lock"]
+        elif rec.get("phase") == "done" and rec.get("run") in started:
+            done.append(started.pop(rec.get("run")))
+    return (done + (list(started.values()) if dead else []))[-last:]
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(runs=st.lists(st.tuples(st.booleans(), st.booleans()), max_size=40), last=st.integers(1, 20),
+       dead=st.booleans())
+def test_finished_fleet_locks_names_the_same_locks_as_a_read_of_the_whole_journal(tmp_path, runs, last, dead):
+    """Runs one after another (as the controller lock has them), each with or without a fleet lock,
+    finished or not, and other records between them."""
+    path = tmp_path / f"j-{uuid.uuid4().hex}.jsonl"
+    records = []
+    for i, (locked, finished) in enumerate(runs):
+        records.append({"action": "rollout", "phase": "start", "run": f"r{i}",
+                        **({"fleet_lock": f"lock-{i}"} if locked else {})})
+        records.append({"action": "rollout", "phase": "stage", "run": f"r{i}"})
+        if finished:
+            records.append({"action": "rollout", "phase": "done", "run": f"r{i}", "outcome": "ok"})
+        records.append({"action": "halt"})
+    j = Journal(path)
+    for rec in records:
+        j.append(rec)
+    ctx = types.SimpleNamespace(journal=j)
+    assert run_mod.finished_fleet_locks(ctx, last, dead) == _finished_fleet_locks_reference(records, last, dead)
+
+
+def test_finished_fleet_locks_reads_the_journal_only_back_to_the_runs_it_names(tmp_path, monkeypatch):
+    path = tmp_path / "j.jsonl"
+    with open(path, "ab") as f:
+        for i in range(5000):
+            for phase in ("start", "done"):
+                f.write(journal_mod.encode({"action": "rollout", "phase": phase, "run": f"r{i}", "fleet_lock": f"l{i}"}))
+    parsed = []
+    real = journal_mod.parse_line
+    monkeypatch.setattr(journal_mod, "parse_line", lambda line: parsed.append(line) or real(line))
+    ctx = types.SimpleNamespace(journal=Journal(path))
+    assert run_mod.finished_fleet_locks(ctx) == [f"l{i}" for i in range(4984, 5000)]
+    assert len(parsed) < 1000  # the last block or so, not the 10000 records of the file

@@ -264,3 +264,42 @@ def test_newest_first_yields_records_in_reverse_and_skips_damaged_lines(tmp_path
     j.append({"action": "a", "n": 3})
     assert [r["n"] for r in j.newest_first()] == [3, 2, 1, 0]
     assert [r.get("n") for r in j.read() if r.get("action") == "a"] == [0, 1, 2, 3]
+
+
+def _newest_first_reference(data: bytes) -> list[bytes]:
+    """What newest_first yielded when it read the whole file: its lines last first, a torn tail left out."""
+    lines = data.split(b"\n")
+    return lines[-2::-1] if len(lines) > 1 else []
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pieces=st.lists(st.sampled_from([b'{"n": 1}', b'{"n": 22}', b"", b"{torn", b"\n", b"\n\n", b"[3]", b'{"n": 4}\n']),
+                       max_size=30),
+       block=st.integers(min_value=1, max_value=40))
+def test_lines_backwards_gives_every_whole_line_last_first_for_any_block_size(tmp_path, pieces, block):
+    path = tmp_path / "j"
+    data = b"".join(pieces)
+    path.write_bytes(data)
+    with path.open("rb") as f:
+        assert list(journal._lines_backwards(f, block)) == _newest_first_reference(data)
+
+
+def test_newest_first_reads_only_as_far_as_it_is_read(tmp_path, monkeypatch):
+    j = Journal(tmp_path / "j.jsonl")
+    with open(j.path, "ab") as f:
+        f.write(b"".join(journal.encode({"action": "a", "n": i}) for i in range(20000)))
+    with open(j.path, "ab") as f:
+        f.write(b'{"action": "a", "n": "tor')  # a torn tail
+    parsed = []
+    real = journal.parse_line
+    monkeypatch.setattr(journal, "parse_line", lambda line: parsed.append(line) or real(line))
+    read_before = _bytes_read()
+    newest = j.newest_first()
+    assert [next(newest)["n"] for _ in range(3)] == [19999, 19998, 19997]
+    assert 3 <= len(parsed) < 3000  # one block's lines at most, not the 20000 of the file
+    assert _bytes_read() - read_before < j.path.stat().st_size / 4  # and read from the end, not whole
+
+
+def _bytes_read() -> int:
+    """This process's bytes read so far (Linux's /proc/self/io rchar)."""
+    return int(dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())["rchar"])
