@@ -415,7 +415,8 @@ def locked(ctx: Context, command: str, break_lock: bool, break_fleet: bool | Non
 def finished_fleet_locks(ctx: Context, last: int = 16, dead: bool = False) -> list[str]:
     """The fleet lock ids of this controller's last `last` runs that the journal shows finished (a `done`
     record): a node lock left by one of them is stale. With `dead` (recover, which holds the controller
-    lock, so no run of this controller is alive), also those of runs that never finished, first.
+    lock, so no run of this controller is alive), also those of runs that never finished, which come
+    first within the `last`.
 
     Read newest first: without `dead` it stops at the `last`-th finished run, not at the journal's
     start (the whole history of a busy controller took 63 ms to parse, on every rollout)."""
