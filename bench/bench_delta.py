@@ -1,10 +1,15 @@
 """Benchmark of content-addressed staging: a release that changes one 4 KiB file of a 10 MiB artifact.
 
 Run with a fleet up:  .venv/bin/python bench/bench_delta.py [--runs 5] [-i fleet/fleet.yaml]
-For 64 nodes, bring up a fleet of that size beside or instead of the default one, e.g.
+For 64 nodes, bring up a fleet of that size beside or instead of the default one, with a state
+folder of its own for both commands (`fleet up` pins the host keys of the fleet it brings up, and
+only those: sharing the default folder would leave the 8-node fleet unreachable until its own
+`fleet up`), e.g.
+    export DEPLOYCTL_STATE=/tmp/f64/state
     .venv/bin/deployctl -i /tmp/f64/fleet.yaml fleet up --nodes 64 --compose /tmp/f64/compose.yaml \\
         --project deployctl-bench64 --first-ssh-port 2401 --first-router-port 8401
-    .venv/bin/python bench/bench_delta.py -i /tmp/f64/fleet.yaml   (with DEPLOYCTL_STATE as for `fleet up`)
+    .venv/bin/python bench/bench_delta.py -i /tmp/f64/fleet.yaml
+    .venv/bin/deployctl -i /tmp/f64/fleet.yaml fleet down --compose /tmp/f64/compose.yaml
 
 In the same run, on every node in parallel (one process per node), it times:
   - the floor: plain OpenSSH copying the whole 10 MiB artifact (`ssh node 'cat > file'`);
