@@ -137,8 +137,8 @@ def main() -> None:
     delta, delta_ps = med["deployctl rollout, one 4 KiB file changed (process)"], med["  preflight + stage"]
     print("ratios:")
     print(f"  rsync / floor                                    = {rsync / floor:.2f}x")
-    print(f"  deployctl preflight+stage / floor                = {delta_ps / floor:.2f}x (target <= 0.3x)")
-    print(f"  deployctl preflight+stage / rsync                = {delta_ps / rsync:.2f}x (target <= 1.0x)")
+    print(f"  deployctl preflight+stage / floor                = {delta_ps / floor:.3f}x (target <= 0.3x)")
+    print(f"  deployctl preflight+stage / rsync                = {delta_ps / rsync:.3f}x (target <= 1.0x)")
     print(f"  deployctl whole rollout (process) / floor        = {delta / floor:.2f}x (restart and health included)")
     print(f"  deployctl whole rollout (process) / rsync        = {delta / rsync:.2f}x")
 
