@@ -278,7 +278,8 @@ def test_finished_fleet_locks_reads_the_journal_only_back_to_the_runs_it_names(t
     with open(path, "ab") as f:
         for i in range(5000):
             for phase in ("start", "done"):
-                f.write(journal_mod.encode({"action": "rollout", "phase": phase, "run": f"r{i}", "fleet_lock": f"l{i}"}))
+                rec = {"action": "rollout", "phase": phase, "run": f"r{i}", "fleet_lock": f"l{i}"}
+                f.write(journal_mod.encode(rec))
     parsed = []
     real = journal_mod.parse_line
     monkeypatch.setattr(journal_mod, "parse_line", lambda line: parsed.append(line) or real(line))

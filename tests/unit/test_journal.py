@@ -272,9 +272,11 @@ def _newest_first_reference(data: bytes) -> list[bytes]:
     return lines[-2::-1] if len(lines) > 1 else []
 
 
+PIECES = [b'{"n": 1}', b'{"n": 22}', b"", b"{torn", b"\n", b"\n\n", b"[3]", b'{"n": 4}\n']
+
+
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(pieces=st.lists(st.sampled_from([b'{"n": 1}', b'{"n": 22}', b"", b"{torn", b"\n", b"\n\n", b"[3]", b'{"n": 4}\n']),
-                       max_size=30),
+@given(pieces=st.lists(st.sampled_from(PIECES), max_size=30),
        block=st.integers(min_value=1, max_value=40))
 def test_lines_backwards_gives_every_whole_line_last_first_for_any_block_size(tmp_path, pieces, block):
     path = tmp_path / "j"
