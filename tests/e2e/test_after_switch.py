@@ -18,8 +18,13 @@ from deployctl.config import Timeouts
 from deployctl.errors import ExitCode, InconsistentError, RolledBackError
 from deployctl.ssh import Call
 
-# A router that exits at start: supervisord restarts it (startretries) until it gives up (FATAL).
-CRASH = {"router.py": b"import sys\nsys.stderr.write('router: refusing to start\\n')\nsys.exit(3)\n"}
+# A router that starts, never serves, and dies 0.3 s later each time supervisord starts it
+# (startretries), until supervisord gives up (FATAL). It does not die at once: supervisord answers
+# startProcess only on its next loop, and a process already gone by then fails the restart itself
+# ("SPAWN_ERROR: Exited too quickly"), in switch on that node rather than in health on every node
+# (CI saw this on node2). Either way the fleet goes back; these tests are about health.
+CRASH = {"router.py": b"import sys, time\ntime.sleep(0.3)\nsys.stderr.write('router: refusing to start\\n')\n"
+                      b"sys.exit(3)\n"}
 SOCKET = "/var/run/supervisor.sock"
 
 
