@@ -191,16 +191,16 @@ class Journal:
             else:
                 yield rec
 
-    def newest_first(self, block: int = 1 << 16) -> Iterator[dict]:
+    def newest_first(self) -> Iterator[dict]:
         """Yield records newest first, reading and parsing only as far as the caller reads: the file is
-        read backwards `block` bytes at a time (the journal only grows; every run asks it for its last
+        read backwards BLOCK bytes at a time (the journal only grows; every run asks it for its last
         good release, and reading a controller's whole history for that cost more with every run)."""
         try:
             f = self.path.open("rb")
         except FileNotFoundError:
             return
         with f:
-            for line in _lines_backwards(f, block):
+            for line in _lines_backwards(f, BLOCK):
                 rec = parse_line(line)
                 if rec is not None:
                     yield rec
@@ -222,6 +222,9 @@ class Journal:
             elif rec.get("phase") == "start":
                 return None if rec.get("run") in finished else rec
         return None
+
+
+BLOCK = 1 << 16  # bytes newest_first reads at a time, from the end
 
 
 def _lines_backwards(f, block: int) -> Iterator[bytes]:
