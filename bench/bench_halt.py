@@ -27,7 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deployctl import api, gate  # noqa: E402
+from deployctl import api
+from deployctl.remote import routers
 
 DCTL = [str(ROOT / ".venv" / "bin" / "deployctl"), "-q"]
 # The same halt through cli.py's Typer app, as every halt ran before deployctl/quick.py (A/B in one run).
@@ -86,11 +87,11 @@ def probe_until_refused(port: int, t0: float, out: dict, name: str, deadline: fl
 def reopen(ctx: api.Context) -> None:
     """Resume every router and open its gate for the digest it runs (library calls, not timed)."""
     token = ctx.token()
-    gate.control(ctx.nodes, "resume", token)
-    digests = {a.body.get("digest") for a in gate.health(ctx.nodes).values()}
+    routers.control(ctx.nodes, "resume", token)
+    digests = {a.body.get("digest") for a in routers.health(ctx.nodes).values()}
     if len(digests) != 1:
         sys.exit(f"bench_halt: the fleet runs {len(digests)} releases; roll one out first")
-    answers = gate.open_all_or_none(ctx.nodes, digests.pop(), token)
+    answers = routers.open_all_or_none(ctx.nodes, digests.pop(), token)
     if not all(a.ok for a in answers.values()):
         sys.exit("bench_halt: could not open every gate: " + "; ".join(a.reason() for a in answers.values() if not a.ok))
 

@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_rollout import DCTL, make_source, openssh_copy_check_switch, openssh_sha_check, timed  # noqa: E402
 
-from deployctl import api, config  # noqa: E402
+from deployctl import api
+from deployctl.testfleet import fleetfiles
 
 PROJECT, FIRST_SSH, FIRST_ROUTER = "deployctl-bench64", 2401, 8401
 # Measured by hand before this bench (issue 9 item 7): whole rollout / OpenSSH, verify / OpenSSH sha256.
@@ -38,7 +39,7 @@ TARGETS = {8: (None, 0.70), 64: (1.0, 0.45)}
 
 def write_inventory(path: Path, nodes: int, parallel: int | None) -> Path:
     """The first `nodes` nodes of the bench fleet, as config.inventory_text writes them."""
-    text = config.inventory_text(nodes, FIRST_SSH, FIRST_ROUTER, fleet_name=PROJECT)
+    text = fleetfiles.inventory_text(nodes, FIRST_SSH, FIRST_ROUTER, fleet_name=PROJECT)
     if parallel is not None:
         text = text.replace("  parallel: 8\n", f"  parallel: {parallel}\n")
     path.write_text(text)

@@ -34,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=30)
     runs = parser.parse_args().runs
-    from deployctl import cli
+    from deployctl.cli import app as cli
 
     on, off = [], []
     for _ in range(runs):

@@ -5,12 +5,13 @@ import sys
 
 def main() -> None:
     """Run `halt` through quick.py if that is the command line, else the Typer app; exit with its code."""
-    from deployctl import output, quick
+    from deployctl.cli import output
+    from deployctl.cli import fasthalt
 
-    code = quick.run(sys.argv[1:])
+    code = fasthalt.run(sys.argv[1:])
     if code is not None:
         output.exit_now(code)
-    from deployctl.cli import main as cli_main
+    from deployctl.cli.app import main as cli_main
 
     cli_main()
 

@@ -10,8 +10,8 @@ the exit code the CLI uses::
     report = api.verify(ctx)          # report.ok, report.exit_code, report.to_dict()
 
 Each name is imported from its module on first use (PEP 562), so a command loads only what it
-uses: `verify`, `halt` and `gate` never load the artifact, rollout or Docker code (about 80 ms of
-every such command here).
+uses: `verify`, `halt` and `gate` never load the artifact or rollout code. The test fleets have a
+facade of their own, deployctl/testfleet/api.py.
 """
 
 from __future__ import annotations
@@ -20,23 +20,23 @@ import importlib
 
 # name -> (module, name there)
 EXPORTS = {
-    "default_inventory": ("config", "default_inventory"),
-    "Context": ("context", "Context"), "Event": ("context", "Event"), "open_context": ("context", "open_context"),
-    "verify": ("control", "verify"), "status": ("control", "status"), "history": ("control", "history"),
-    "gate_status": ("control", "gate_status"), "gate_open": ("control", "gate_open"),
-    "gate_close": ("control", "gate_close"), "halt": ("control", "halt"), "resume": ("control", "resume"),
-    "build": ("rollout", "build"), "rollout": ("rollout", "rollout"), "plan_rollout": ("rollout", "plan"),
-    "rollback": ("rollback", "rollback"), "recover": ("rollback", "recover"), "plan_rollback": ("rollback", "plan"),
-    "PlanRow": ("run", "PlanRow"), "RunResult": ("run", "RunResult"), "interrupted": ("run", "interrupted"),
-    "VerifyReport": ("verify", "VerifyReport"),
-    "watch": ("watch", "watch"),
-    "make_plan": ("signoff", "plan"), "approve_plan": ("signoff", "approve"), "keygen": ("signoff", "keygen"),
-    "enroll": ("enroll", "enroll"),
-    "fleet_up": ("testfleet", "fleet_up"), "fleet_down": ("testfleet", "fleet_down"),
-    "fleet_status": ("testfleet", "fleet_status"), "write_fleet_files": ("testfleet", "write_files"),
-    "bare_fleet_up": ("barefleet", "up"), "bare_fleet_down": ("barefleet", "down"),
-    "bare_fleet_status": ("barefleet", "status"), "write_bare_fleet_files": ("barefleet", "write_files"),
-    "BARE_SUDO_PASSWORD": ("barefleet", "SUDO_PASSWORD"),
+    "default_inventory": ("config.inventory", "default_inventory"),
+    "Context": ("ops.context", "Context"), "Event": ("ops.context", "Event"),
+    "open_context": ("ops.context", "open_context"),
+    "verify": ("ops.control", "verify"), "status": ("ops.control", "status"), "history": ("ops.control", "history"),
+    "gate_status": ("ops.control", "gate_status"), "gate_open": ("ops.control", "gate_open"),
+    "gate_close": ("ops.control", "gate_close"), "halt": ("ops.control", "halt"), "resume": ("ops.control", "resume"),
+    "build": ("ops.rollout", "build"), "rollout": ("ops.rollout", "rollout"),
+    "preview_rollout": ("ops.rollout", "preview"),
+    "rollback": ("ops.rollback", "rollback"), "recover": ("ops.rollback", "recover"),
+    "preview_rollback": ("ops.rollback", "preview"),
+    "PreviewRow": ("ops.run", "PreviewRow"), "RunResult": ("ops.run", "RunResult"),
+    "interrupted": ("ops.guards", "interrupted"),
+    "VerifyReport": ("model.verify", "VerifyReport"),
+    "watch": ("ops.watch", "watch"),
+    "make_plan": ("ops.twoperson", "plan"), "approve_plan": ("ops.twoperson", "approve"),
+    "keygen": ("ops.twoperson", "keygen"),
+    "enroll": ("ops.enroll", "enroll"),
 }
 __all__ = sorted(EXPORTS)
 

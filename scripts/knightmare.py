@@ -27,7 +27,11 @@ import threading
 import time
 from pathlib import Path
 
-from deployctl import api, docker_fleet, gate
+from deployctl.testfleet import api as testfleet_api
+from deployctl import api
+from deployctl.testfleet import docker as docker_fleet
+from deployctl.testfleet import fleetfiles
+from deployctl.remote import routers
 from deployctl.errors import DeployctlError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,12 +151,12 @@ class Replay:
 
     def counters(self) -> dict[str, tuple[int, int]]:
         return {n: (a.body.get("orders", 0), a.body.get("child_orders", 0)) if a.ok else (0, 0)
-                for n, a in gate.health(self.ctx.nodes).items()}
+                for n, a in routers.health(self.ctx.nodes).items()}
 
     def wait_health(self, want, seconds: float = 30) -> dict:
         end = time.monotonic() + seconds
         while True:
-            health = gate.health(self.ctx.nodes)
+            health = routers.health(self.ctx.nodes)
             if all(a.ok for a in health.values()) and want(health):
                 return health
             if time.monotonic() > end:
@@ -167,7 +171,7 @@ class Replay:
             for i in range(per_node):
                 if stop.is_set() or time.monotonic() > end:
                     return
-                ans = gate.request(node, "POST", "/orders", {"id": f"km-{node.name}-{time.monotonic_ns()}-{i}",
+                ans = routers.request(node, "POST", "/orders", {"id": f"km-{node.name}-{time.monotonic_ns()}-{i}",
                                    "symbol": "KCG", "side": "buy", "quantity": QTY, "limit_price": 10.0}, timeout=5)
                 if ans.status == 200:
                     accepted.setdefault(node.name, []).append(time.monotonic())
@@ -196,7 +200,7 @@ class Replay:
         """Back to the playbook's own release on every node, not halted, gates open (through the two-person rule)."""
         self.ctx.lock.path.unlink(missing_ok=True)
         api.halt(self.ctx)
-        gate.control(self.ctx.nodes, "resume", self.ctx.token())
+        routers.control(self.ctx.nodes, "resume", self.ctx.token())
         self.guarded_rollout(self.base)
         self.wait_health(lambda h: all(a.body.get("digest") == self.base.digest and a.body.get("gate") == "open"
                                        and not a.body.get("halted") for a in h.values()))
@@ -205,7 +209,7 @@ class Replay:
     def run(self) -> dict:
         self.ctx = api.open_context(self.inventory, self.base_book, self.state)
         log(f"fleet up (if needed): {self.compose}")
-        api.fleet_up(self.ctx, self.compose)
+        testfleet_api.fleet_up(self.ctx, self.compose)
         self.alice, self.bob = self.tmp / "alice", self.tmp / "bob"
         api.keygen(self.alice)
         bob_pub = api.keygen(self.bob)
@@ -236,13 +240,13 @@ class Replay:
         # ----- the naive way
         log(f"naive: scp v1 to {STALE}, v2 to the other {len(others)} nodes, switch by hand")
         api.halt(self.ctx)
-        gate.control(self.ctx.nodes, "resume", self.ctx.token())
+        routers.control(self.ctx.nodes, "resume", self.ctx.token())
         self.by_hand(stale, v1)
         for node in others:
             self.by_hand(node, v2)
         self.wait_health(lambda h: all(a.body.get("digest") == (v1 if n == STALE else v2).digest for n, a in h.items()))
         for node in self.ctx.nodes:
-            gate.open_gate([node], v1.digest if node.name == STALE else v2.digest, self.ctx.token(), actor="knightmare")
+            routers.open_gate([node], v1.digest if node.name == STALE else v2.digest, self.ctx.token(), actor="knightmare")
         before = self.counters()
         accepted: dict = {}
         t0 = time.monotonic()
@@ -268,7 +272,7 @@ class Replay:
         plan = self.tmp / "plan-v2p-paused.json"
         api.make_plan(self.gctx, v2p.path, plan, self.alice, 600)
         api.approve_plan(self.gctx, plan, self.bob)
-        dc, spec = docker_fleet.client(), docker_fleet.load_spec(self.compose)
+        dc, spec = docker_fleet.client(), fleetfiles.load_spec(self.compose)
         container = docker_fleet.container(dc, spec, STALE)
         container.stop(timeout=2)  # node8 unreachable (a paused container is not supported everywhere)
         try:

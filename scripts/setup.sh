@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what deployctl needs on a Debian machine (root): debootstrap for the
 # local base image, rsync for the delta benchmark, and a virtualenv in .venv with
-# deployctl and its test tools.
+# deployctl with its test-fleet extra (the docker SDK), its test tools and its lint tools.
 # Idempotent; sourced by demo.sh and test.sh.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,8 +17,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.deployctl-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import deployctl.cli, paramiko, docker, hypothesis" 
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test,testfleet,dev]' 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import deployctl.cli.app, paramiko, docker, hypothesis" 
   touch "$stamp"
 fi
 # Byte-compile deployctl now: this machine kind sets PYTHONDONTWRITEBYTECODE=1, so an editable

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from deployctl import barefleet
+from deployctl.testfleet import bare as barefleet
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOYCTL = str(ROOT / ".venv" / "bin" / "deployctl")

@@ -15,7 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from deployctl import api, docker_fleet, gate, testfleet
+from deployctl.testfleet import api as testfleet_api
+from deployctl import api
+from deployctl.testfleet import docker as docker_fleet
+from deployctl.testfleet import fleetfiles
+from deployctl.remote import routers
+from deployctl.testfleet import fleet as testfleet
 from deployctl.errors import DeployctlError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,13 +51,13 @@ def ctx() -> api.Context:
 
 @pytest.fixture(scope="session")
 def docker_spec():
-    return docker_fleet.client(), docker_fleet.load_spec(COMPOSE)
+    return docker_fleet.client(), fleetfiles.load_spec(COMPOSE)
 
 
 @pytest.fixture(scope="session")
 def base_release(ctx, tmp_path_factory):
     """The fleet/router build every test starts and ends on (fleet up makes it current)."""
-    api.fleet_up(ctx, COMPOSE)
+    testfleet_api.fleet_up(ctx, COMPOSE)
     art = api.build(ctx, tmp_path_factory.mktemp("dist"))
     _restore(ctx, art)
     return art
@@ -84,15 +89,15 @@ def _restore(ctx: api.Context, art) -> None:
     """Bring the fleet back to `art`, running, not halted, gate open; cheap when it already is."""
     from helpers import revive
 
-    revive(ctx, docker_fleet.client(), docker_fleet.load_spec(COMPOSE))
+    revive(ctx, docker_fleet.client(), fleetfiles.load_spec(COMPOSE))
     ctx.lock.path.unlink(missing_ok=True)
-    health = gate.health(ctx.nodes)
+    health = routers.health(ctx.nodes)
     if all(a.ok and a.body.get("digest") == art.digest and a.body.get("gate") == "open" and not a.body.get("halted")
            for a in health.values()) and api.verify(ctx, art.digest).ok:
         return
     if any(a.ok and a.body.get("halted") for a in health.values()) or not all(a.ok for a in health.values()):
         api.halt(ctx)  # a node whose router is down must not come back un-halted while others are halted
-        gate.control(ctx.nodes, "resume", ctx.token())
+        routers.control(ctx.nodes, "resume", ctx.token())
     # A fault test may leave a node with a small releases folder: restoring must not need the reserve.
     roomy = dataclasses.replace(ctx, playbook=dataclasses.replace(ctx.playbook, min_free_mb=0))
     api.rollout(roomy, art.path, break_lock=True)

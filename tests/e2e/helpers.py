@@ -5,11 +5,13 @@ from __future__ import annotations
 import threading
 import time
 
-from deployctl import docker_fleet, gate, testfleet
+from deployctl.testfleet import docker as docker_fleet
+from deployctl.remote import routers
+from deployctl.testfleet import fleet as testfleet
 
 
-def post_order(node, order: dict, timeout: float = 5.0) -> gate.Answer:
-    return gate.request(node, "POST", "/orders", order, timeout=timeout)
+def post_order(node, order: dict, timeout: float = 5.0) -> routers.Answer:
+    return routers.request(node, "POST", "/orders", order, timeout=timeout)
 
 
 def order(oid: str, qty: int = 250, **kw) -> dict:
@@ -36,12 +38,12 @@ def fleet_view(ctx) -> dict[str, tuple]:
 
     An unreachable part reads as None, so a dead node shows up as (None, None, None, None).
     """
-    from deployctl import commands
-    from deployctl.ssh import Call
+    from deployctl.remote import commands
+    from deployctl.remote.ssh import Call
 
     with ctx.ssh() as f:
         probes = f.run_all(lambda n: Call(commands.render(commands.probe(ctx.root)), timeout=15))
-    health = gate.health(ctx.nodes)
+    health = routers.health(ctx.nodes)
     view = {}
     for n in ctx.nodes:
         p, h = probes[n.name], health[n.name]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from deployctl import gate
+from deployctl.remote import routers
 
 SWEEP_EVERY_S = 0.025
 SWEEP_TIMEOUT_S = 2.0   # a slow node is waited for this long in each sweep, not skipped
@@ -59,7 +59,7 @@ class Observer:
                 if time.monotonic() >= end:
                     self.ran_out = True
                     return
-                answers = gate.health(self.ctx.nodes, timeout=SWEEP_TIMEOUT_S)
+                answers = routers.health(self.ctx.nodes, timeout=SWEEP_TIMEOUT_S)
                 for n, a in answers.items():
                     if not a.ok or a.body.get("gate") not in ("open", "closed"):
                         self.unknown[n] = self.unknown.get(n, 0) + 1

@@ -13,10 +13,11 @@ import pytest
 from helpers import fleet_view, revive
 from observer import observer  # noqa: F401 - a fixture, used by _every_test
 
-from deployctl import api, commands
-from deployctl.config import Timeouts
+from deployctl import api
+from deployctl.remote import commands
+from deployctl.config.playbook import Timeouts
 from deployctl.errors import ExitCode, InconsistentError, RolledBackError
-from deployctl.ssh import Call
+from deployctl.remote.ssh import Call
 
 # A router that starts, never serves, and dies 0.3 s later each time supervisord starts it
 # (startretries), until supervisord gives up (FATAL). It does not die at once: supervisord answers

@@ -10,7 +10,7 @@ from __future__ import annotations
 import paramiko
 import pytest
 
-from deployctl import trust
+from deployctl.state import keys
 
 from barefleet import SUDO_PASSWORD, USER, BareFleetHandle, bare_fleet
 
@@ -112,11 +112,11 @@ def test_nothing_of_deployctl_is_there(bare):
 def test_host_keys_are_pinned_and_match_the_fingerprints(bare):
     with bastion(bare) as jump:
         key = jump.get_transport().get_remote_server_key()
-        assert trust.fingerprint(f"{key.get_name()} {key.get_base64()}") == bare.fleet.fingerprints["bastion"]
+        assert keys.fingerprint(f"{key.get_name()} {key.get_base64()}") == bare.fleet.fingerprints["bastion"]
         for node in NODES:
             with through(bare, jump, node) as c:
                 key = c.get_transport().get_remote_server_key()
-                assert trust.fingerprint(f"{key.get_name()} {key.get_base64()}") == bare.fleet.fingerprints[node]
+                assert keys.fingerprint(f"{key.get_name()} {key.get_base64()}") == bare.fleet.fingerprints[node]
     stranger = paramiko.SSHClient()
     stranger.set_missing_host_key_policy(paramiko.RejectPolicy())  # no known_hosts: the bastion is unknown
     with pytest.raises(paramiko.SSHException, match="not found in known_hosts"):

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from barefleet import bare_fleet
 
-from deployctl import api, gate
+from deployctl import api
+from deployctl.remote import routers
 from deployctl.errors import UnreachableError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,9 +73,9 @@ def test_verify_and_halt_through_the_bastion(ctx, via, base_release):
     done = api.halt(via)
     took = time.monotonic() - start
     assert set(done.values()) == {"halted"} and len(done) == 8
-    assert all(a.body["halted"] is True for a in gate.health(ctx.nodes).values())  # read back directly
+    assert all(a.body["halted"] is True for a in routers.health(ctx.nodes).values())  # read back directly
     api.resume(via, base_release.digest)
-    assert all(a.body["halted"] is False for a in gate.health(ctx.nodes).values())
+    assert all(a.body["halted"] is False for a in routers.health(ctx.nodes).values())
     print(f"halt of 8 nodes through the bastion: {took:.3f}s (bastion handshake included)")
 
 
@@ -90,7 +91,7 @@ def test_one_bastion_connection_serves_all_nodes(via, base_release):
 def test_rollout_through_the_bastion(ctx, via, make_release):
     art = make_release("9.1.0-bastion")
     api.rollout(via, art.path)
-    assert all(a.body["digest"] == art.digest and a.body["gate"] == "open" for a in gate.health(ctx.nodes).values())
+    assert all(a.body["digest"] == art.digest and a.body["gate"] == "open" for a in routers.health(ctx.nodes).values())
     assert api.verify(ctx, art.digest).ok  # read back directly, not through the bastion
 
 
@@ -108,7 +109,7 @@ def test_forwarding_off_fails_naming_the_bastion(ctx, bastion, via, base_release
         assert f"{VIA}: forwarding refused" in str(info.value) and "\n" not in str(info.value)
     finally:
         bastion.set_forwarding(True)
-    assert all(not a.body["halted"] for a in gate.health(ctx.nodes).values())
+    assert all(not a.body["halted"] for a in routers.health(ctx.nodes).values())
 
 
 def test_a_missing_identity_file_is_named(ctx, tmp_path):

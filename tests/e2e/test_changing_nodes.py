@@ -19,8 +19,12 @@ from test_faults import (DCTL, _env, cli, cli_rollout, journal_size, node, on_ba
                          wait_record)
 
 from conftest import COMPOSE, ROOT
-from deployctl import api, docker_fleet, gate, testfleet, trust
-from deployctl.config import Timeouts
+from deployctl import api
+from deployctl.testfleet import docker as docker_fleet
+from deployctl.remote import routers
+from deployctl.testfleet import fleet as testfleet
+from deployctl.state import keys
+from deployctl.config.playbook import Timeouts
 from deployctl.errors import (ExitCode, HostKeyError, InconsistentError, RolledBackError, UnreachableError,
                               UsageError)
 
@@ -53,7 +57,7 @@ def _under_observer(observer, ctx, docker_spec):  # noqa: F811 - observer is the
 
 
 def up(ctx, name: str = VICTIM) -> bool:
-    return wait(lambda: gate.request(node(ctx, name), "GET", "/health", timeout=1).ok, 60)
+    return wait(lambda: routers.request(node(ctx, name), "GET", "/health", timeout=1).ok, 60)
 
 
 # ---- a node restarted mid-rollout (container restart, its disk kept) -----------------------------------
@@ -105,7 +109,7 @@ def test_a_reimaged_node_is_refused_by_its_host_key_then_needs_a_rollout_not_a_r
     v2 = make_release("12.2.0")
     api.rollout(ctx, v2.path)
     pinned = testfleet._node_files(ctx)[VICTIM]
-    fresh = trust.new_keypair(f"{VICTIM}-reimaged")
+    fresh = keys.new_keypair(f"{VICTIM}-reimaged")
     nspec = next(n for n in spec.nodes if n.service == VICTIM)
     image = docker_fleet.ensure_image(dc, spec)
     assert docker_fleet.start_node(dc, spec, nspec, image, dataclasses.replace(

@@ -30,10 +30,13 @@ from pathlib import Path
 import pytest
 from helpers import fleet_view, wait
 
-from deployctl import api, commands, docker_fleet, gate
-from deployctl.config import Timeouts
+from deployctl import api
+from deployctl.remote import commands
+from deployctl.testfleet import docker as docker_fleet
+from deployctl.remote import routers
+from deployctl.config.playbook import Timeouts
 from deployctl.errors import RolledBackError, UnreachableError
-from deployctl.ssh import Call
+from deployctl.remote.ssh import Call
 
 SKEWED = "node3"
 DAY = 86400
@@ -79,12 +82,12 @@ def skewed(ctx, docker_spec, libfaketime):
           "supervisorctl signal HUP sshd && supervisorctl update router")
     node = next(n for n in ctx.nodes if n.name == SKEWED)
     try:
-        assert wait(lambda: gate.request(node, "GET", "/health", timeout=1).ok, 30)
+        assert wait(lambda: routers.request(node, "GET", "/health", timeout=1).ok, 30)
         yield c
     finally:
         sh(c, f"mv /etc/ssh/sshd_config.orig /etc/ssh/sshd_config && mv {SUPERVISOR_CONF}.orig {SUPERVISOR_CONF} && "
               f"supervisorctl signal HUP sshd && supervisorctl update router && rm -rf {Path(LIB).parent}")
-        wait(lambda: gate.request(node, "GET", "/health", timeout=1).ok, 30)
+        wait(lambda: routers.request(node, "GET", "/health", timeout=1).ok, 30)
 
 
 def node_time(ctx, name: str) -> float:

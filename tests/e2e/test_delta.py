@@ -61,7 +61,7 @@ def test_dry_run_shows_the_bytes_each_node_would_be_sent(ctx, make_release, node
     v1, v2 = two_releases(make_release)
     api.rollout(ctx, v1.path)
     node_exec("node5", f"rm -rf /opt/router/releases/{v1.digest}/big.bin")  # node5 lost one file
-    rows = {r.node: r for r in api.plan_rollout(ctx, v2.path)}
+    rows = {r.node: r for r in api.preview_rollout(ctx, v2.path)}
     assert rows["node1"].upload_bytes == len(v2.subset(frozenset(v2.files) - {"big.bin"}))
     assert rows["node1"].note == f"1 of {len(v2.files)} files on the node"
     assert rows["node5"].upload_bytes == len(v2.payload())

@@ -10,11 +10,15 @@ import time
 
 import pytest
 
-from deployctl import api, commands, docker_fleet, gate
+from deployctl import api
+from deployctl.remote import commands
+from deployctl.testfleet import docker as docker_fleet
+from deployctl.remote import routers
 from deployctl.errors import (ExitCode, HaltedError, LockHeldError, RolledBackError, UnreachableError,
                               UsageError)
-from deployctl.ssh import Call
-from deployctl.journal import Lock, actor
+from deployctl.remote.ssh import Call
+from deployctl.state.lock import Lock
+from deployctl.state.journal import actor
 from helpers import order, post_order, wait
 
 from conftest import ROOT
@@ -29,11 +33,11 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def running(ctx) -> dict[str, str | None]:
-    return {n: (a.body.get("digest") if a.ok else None) for n, a in gate.health(ctx.nodes).items()}
+    return {n: (a.body.get("digest") if a.ok else None) for n, a in routers.health(ctx.nodes).items()}
 
 
 def gates(ctx) -> dict[str, str | None]:
-    return {n: (a.body.get("gate") if a.ok else None) for n, a in gate.health(ctx.nodes).items()}
+    return {n: (a.body.get("gate") if a.ok else None) for n, a in routers.health(ctx.nodes).items()}
 
 
 def currents(ctx) -> dict[str, str | None]:
@@ -142,12 +146,12 @@ def test_a_node_killed_during_its_upload_leaves_the_previous_release_and_gate_cl
         "start", "preflight", "close-gate", "stage", "done"]  # never switched
     assert recs[-1]["outcome"] == "rolled-back" and recs[-1]["digest"] == v2.digest
     others = [n for n in ctx.nodes if n.name != "node4"]
-    health = gate.health(others)
+    health = routers.health(others)
     assert {a.body["digest"] for a in health.values()} == {base_release.digest}
     assert {a.body["gate"] for a in health.values()} == {"closed"}
     assert post_order(others[0], order("mixed-1")).status == 503
     docker_fleet.container(dc, spec, "node4").start()
-    assert wait(lambda: gate.request(ctx.nodes[3], "GET", "/health").ok, 30)
+    assert wait(lambda: routers.request(ctx.nodes[3], "GET", "/health").ok, 30)
     assert set(currents(ctx).values()) == {base_release.digest}
     assert api.verify(ctx, base_release.digest).ok
     # Killed with its container, node4's agent could not clean up: its partial upload is left in a
@@ -162,7 +166,7 @@ def test_a_node_killed_during_its_upload_leaves_the_previous_release_and_gate_cl
 def test_rollback_all_returns_every_node_to_the_previous_release(ctx, base_release, make_release):
     v2 = make_release("2.3.0")
     api.rollout(ctx, v2.path)
-    plan = api.plan_rollback(ctx, to=base_release.digest)
+    plan = api.preview_rollback(ctx, to=base_release.digest)
     assert [(r.current, r.target) for r in plan] == [(v2.digest, base_release.digest)] * 8
     assert set(running(ctx).values()) == {v2.digest}  # the plan changed nothing
 
@@ -202,7 +206,7 @@ def test_a_forced_partial_rollback_moves_only_the_named_node_and_keeps_the_gate_
 def test_halt_and_resume(ctx, base_release):
     done = api.halt(ctx)
     assert set(done.values()) == {"halted"} and len(done) == 8
-    health = gate.health(ctx.nodes)
+    health = routers.health(ctx.nodes)
     assert all(a.body["halted"] is True and a.body["gate"] == "closed" for a in health.values())
     assert all(post_order(n, order(f"halt-{n.name}")).status == 503 for n in ctx.nodes)
     with pytest.raises(HaltedError):
@@ -210,7 +214,7 @@ def test_halt_and_resume(ctx, base_release):
     with pytest.raises(HaltedError, match="node is halted"):  # a rollout refuses a halted fleet in preflight
         api.rollout(ctx, base_release.path)
     api.resume(ctx)
-    assert all(a.body["halted"] is False and a.body["gate"] == "closed" for a in gate.health(ctx.nodes).values())
+    assert all(a.body["halted"] is False and a.body["gate"] == "closed" for a in routers.health(ctx.nodes).values())
     api.gate_open(ctx)
     assert set(gates(ctx).values()) == {"open"}
 
@@ -223,7 +227,7 @@ def test_halt_reaches_every_reachable_node_and_names_the_rest(ctx, base_release,
         api.halt(ctx)
     assert time.monotonic() - start < 15
     assert "node7" in str(err.value) and "node1" not in str(err.value)
-    health = gate.health([n for n in ctx.nodes if n.name != "node7"])
+    health = routers.health([n for n in ctx.nodes if n.name != "node7"])
     assert all(a.body["halted"] is True for a in health.values())
     last = list(ctx.journal.read())[-1]
     assert last["action"] == "halt" and last["outcome"] == "partial" and last["nodes"]["node1"] == "halted"

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from barefleet import ROOT, SUDO_PASSWORD, bare_fleet
-from deployctl import api, docker_fleet
+from deployctl import api
+from deployctl.testfleet import docker as docker_fleet
+from deployctl.testfleet import fleetfiles
 
 pytestmark = pytest.mark.e2e
 NODES = 3
@@ -63,7 +65,7 @@ def fingerprints(bare) -> list[str]:
 
 def node_sh(bare, node: str, script: str, user: str = "deploy") -> tuple[int, str]:
     """Run a shell script inside a node's container (to inject drift or look), as `user`."""
-    c = docker_fleet.container(docker_fleet.client(), docker_fleet.load_spec(bare.compose), node)
+    c = docker_fleet.container(docker_fleet.client(), fleetfiles.load_spec(bare.compose), node)
     code, out = c.exec_run(["sh", "-c", script], user=user)
     return code, out.decode(errors="replace")
 

@@ -7,8 +7,8 @@ import dataclasses
 import paramiko
 import pytest
 
-from deployctl import fabricconn
-from deployctl.sshconfig import Jump
+from deployctl.remote import fabricconn
+from deployctl.config.sshconfig import Jump
 
 from test_bastion_path import BASTION_PORT, bastion  # noqa: F401 - the module fixture: the bare fleet's bastion
 

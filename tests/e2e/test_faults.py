@@ -25,12 +25,17 @@ from helpers import fleet_view, in_background, order, pause, post_order, revive,
 from observer import observer  # noqa: F401 - a fixture, used by _every_fault_test
 
 from conftest import COMPOSE, ROOT
-from deployctl import api, commands, docker_fleet, gate, testfleet
-from deployctl.config import Timeouts
+from deployctl.testfleet import api as testfleet_api
+from deployctl import api
+from deployctl.remote import commands
+from deployctl.testfleet import docker as docker_fleet
+from deployctl.remote import routers
+from deployctl.testfleet import fleet as testfleet
+from deployctl.config.playbook import Timeouts
 from deployctl.errors import (DeployctlError, ExitCode, InconsistentError, RolledBackError, UnreachableError,
                               UsageError)
-from deployctl.ssh import Call
-from deployctl.journal import encode, entry
+from deployctl.remote.ssh import Call
+from deployctl.state.journal import encode, entry
 
 DCTL = str(ROOT / ".venv" / "bin" / "deployctl")
 BLOB = os.urandom(8 << 20)  # incompressible: makes the upload long enough to cut it midway
@@ -164,14 +169,14 @@ def test_the_observer_catches_two_open_gates_on_different_releases(ctx, base_rel
         switched = f.run_all(lambda n: Call(commands.render(
             commands.activate(ctx.root, v2.digest, ctx.playbook.service))))
     assert staged["node1"].ok and switched["node1"].ok, (staged, switched)
-    assert gate.wait_running(node1, v2.digest, 10)["node1"].body.get("digest") == v2.digest
-    assert gate.open_gate(node1, v2.digest, ctx.token())["node1"].ok
+    assert routers.wait_running(node1, v2.digest, 10)["node1"].body.get("digest") == v2.digest
+    assert routers.open_gate(node1, v2.digest, ctx.token())["node1"].ok
     try:
         assert wait(lambda: observer.mixed_open, 5), "the observer missed two open gates on two releases"
         seen = observer.mixed_open[0][1]
         assert seen["node1"] == v2.digest and seen["node2"] == base_release.digest
     finally:
-        gate.close_gate(node1, ctx.token())
+        routers.close_gate(node1, ctx.token())
         sweeps = observer.sweeps
         assert wait(lambda: observer.sweeps >= sweeps + 2, 5)  # a whole sweep after the close
         observer.mixed_open.clear()  # made on purpose: not a finding
@@ -301,7 +306,7 @@ def test_a_node_killed_after_the_switch_leaves_gates_closed_and_recover_brings_o
     assert recs[-1]["outcome"] == "inconsistent"
 
     node6.start()
-    assert wait(lambda: gate.request(node(ctx, "node6"), "GET", "/health", timeout=1).ok, 30)
+    assert wait(lambda: routers.request(node(ctx, "node6"), "GET", "/health", timeout=1).ok, 30)
     # It comes back on the release it was switched to, and with its gate closed (closed at every start).
     assert fleet_view(ctx)["node6"] == (v2.digest, v2.digest, "closed", False)
 
@@ -381,7 +386,7 @@ def small_node8(ctx, base_release, docker_spec):
         try:
             docker_fleet.container(dc, spec, "node8").exec_run(["rm", "-f", "/opt/router/releases/fill"])
         finally:
-            api.fleet_up(ctx, COMPOSE)
+            testfleet_api.fleet_up(ctx, COMPOSE)
 
 
 def twelve_mib(make_release):
@@ -539,7 +544,7 @@ def test_commands_held_on_every_node_then_dropped_change_nothing_and_leave_no_ag
     agents = "pgrep -f '^python3 -I -S -c' | wc -l"
     with ctx.ssh() as f:
         held = f.hold({n.name: Call(commands.render(commands.deploy(ctx.root, v2.digest, 3)),
-                                    commands.reuse_plan({}, {})) for n in ctx.nodes})
+                                    commands.reuse_hints({}, {})) for n in ctx.nodes})
         assert all(r.ok and commands.parse_probe_answer(r.stdout).current == base_release.digest
                    for r in held.values()), held
         have = f.step({n.name: b"" for n in ctx.nodes})  # the answer to the (empty) reuse plan
@@ -648,7 +653,7 @@ def _halt_during_stage(ctx, make_release):
                            60, proc)
         assert seen, "the rollout never reached stage"
         halted = api.halt(ctx)
-        counts = {n: (a.body["pid"], a.body["orders"]) for n, a in gate.health(ctx.nodes).items()}
+        counts = {n: (a.body["pid"], a.body["orders"]) for n, a in routers.health(ctx.nodes).items()}
         _, stderr = proc.communicate(timeout=90)
     finally:
         proc.kill()
@@ -664,7 +669,7 @@ def test_a_halt_during_a_rollout_stops_the_fleet_and_no_node_takes_orders(ctx, b
     for n in ctx.nodes:
         ans = post_order(n, order(f"after-halt-{n.name}"))
         assert (ans.status, ans.body) == (503, {"error": "halted"}), n.name
-    for name, a in gate.health(ctx.nodes).items():
+    for name, a in routers.health(ctx.nodes).items():
         pid, orders = counts[name]
         assert a.body["orders"] == (orders if a.body["pid"] == pid else 0), name  # no order routed since
 
@@ -755,11 +760,11 @@ def test_a_node_cut_off_from_the_network_is_unreachable_not_ready(ctx, base_rele
             api.rollout(quick(ctx), v2.path)
         assert str(err.value).startswith("rollout refused in preflight, nothing changed: "
                                          f"node4: unreachable at 127.0.0.1:{node(ctx, 'node4').ssh_port}: ")
-        others = gate.health([n for n in ctx.nodes if n.name != "node4"])
+        others = routers.health([n for n in ctx.nodes if n.name != "node4"])
         assert {(a.body["digest"], a.body["gate"]) for a in others.values()} == {(base_release.digest, "open")}
     finally:
         net.connect(node4)
-    assert wait(lambda: gate.request(node(ctx, "node4"), "GET", "/health", timeout=1).ok, 30)
+    assert wait(lambda: routers.request(node(ctx, "node4"), "GET", "/health", timeout=1).ok, 30)
     assert fleet_view(ctx) == {n.name: on_base(base_release, "open") for n in ctx.nodes}
     recs = records_since(ctx, offset)
     # The refused rollout; the refused gate-open journals nothing (it stopped before any request).

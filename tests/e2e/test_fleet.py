@@ -21,8 +21,11 @@ from pathlib import Path
 import pytest
 from helpers import order, post_order, wait
 
-from deployctl import api, commands, gate, trust as trust_mod
-from deployctl.ssh import Call, SSHFleet, Target
+from deployctl import api
+from deployctl.remote import commands
+from deployctl.remote import routers
+from deployctl.state import keys
+from deployctl.remote.ssh import Call, SSHFleet, Target
 
 pytestmark = pytest.mark.e2e
 
@@ -38,7 +41,7 @@ def _node(ctx: api.Context, name: str):
 
 
 def _health(node) -> dict:
-    ans = gate.request(node, "GET", "/health", timeout=5.0)
+    ans = routers.request(node, "GET", "/health", timeout=5.0)
     assert ans.status == 200, ans.reason()
     return ans.body
 
@@ -99,9 +102,9 @@ def test_a_wrong_or_missing_host_key_is_refused_and_nothing_is_added(ctx, tmp_pa
     node1 = _node(ctx, "node1")
     target = Target(node1.name, node1.host, node1.ssh_port, node1.user)
     real_pub = ctx.state.host_key("node1").with_name("node1_ed25519.pub").read_text().strip()
-    real_fp = trust_mod.fingerprint(real_pub)
+    real_fp = keys.fingerprint(real_pub)
 
-    bogus = trust_mod.new_keypair("bogus-node1")
+    bogus = keys.new_keypair("bogus-node1")
     wrong = tmp_path / "known_hosts_wrong"
     wrong.write_text(_known_hosts_line(node1.ssh_port, bogus.public_line))
     # node2's genuine key pinned for node1's address: a real fleet key, but the wrong node's.
@@ -115,7 +118,7 @@ def test_a_wrong_or_missing_host_key_is_refused_and_nothing_is_added(ctx, tmp_pa
             ran = f.run_all(lambda n: Call("touch /tmp/e2e-should-not-run", timeout=10))["node1"]
         assert r.host_key_refused is True and r.ok is False and r.exit_code is None
         assert r.error == (f"host key mismatch at 127.0.0.1:{node1.ssh_port}: got ssh-ed25519 {real_fp}, "
-                           f"pinned {trust_mod.fingerprint(pinned)}; refusing to connect")
+                           f"pinned {keys.fingerprint(pinned)}; refusing to connect")
         assert (ran.host_key_refused, ran.exit_code, ran.stdout) == (True, None, b"")
         assert kh.read_bytes() == kh_before
 
@@ -170,7 +173,7 @@ def test_orders_are_refused_while_the_gate_is_closed_and_a_wrong_digest_keeps_it
         assert (after["child_orders"], after["orders"]) == (before["child_orders"], before["orders"]), node.name
 
     for node in ctx.nodes:
-        ans = gate.request(node, "POST", "/control/gate", {"action": "open", "digest": "0" * 64}, token)
+        ans = routers.request(node, "POST", "/control/gate", {"action": "open", "digest": "0" * 64}, token)
         assert (ans.status, ans.body) == (409, {"error": f"digest mismatch: this node runs {base_release.digest}"})
         assert _health(node)["gate"] == "closed", node.name
         ans = post_order(node, order(_uid(), 250))
@@ -236,24 +239,24 @@ def test_halt_survives_a_router_restart_and_resume_leaves_the_gate_closed(ctx, b
     node, token = _node(ctx, "node3"), ctx.token()
     old_pid = _health(node)["pid"]
 
-    ans = gate.request(node, "POST", "/control/halt", {}, token)
+    ans = routers.request(node, "POST", "/control/halt", {}, token)
     assert ans.status == 200, ans.reason()
     assert (ans.body["halted"], ans.body["gate"]) == (True, "closed")
     assert node_exec("node3", "test -f /opt/router/state/halted")[0] == 0
 
     r = _ssh(ctx, "node3", ["supervisorctl", "restart", "router"])
     assert r.ok, r.reason()
-    assert wait(lambda: (a := gate.request(node, "GET", "/health", timeout=1.0)).ok and a.body["pid"] != old_pid,
+    assert wait(lambda: (a := routers.request(node, "GET", "/health", timeout=1.0)).ok and a.body["pid"] != old_pid,
                 30), "router on node3 did not come back with a new pid"
     h = _health(node)
     assert h["pid"] != old_pid
     assert (h["halted"], h["gate"], h["digest"]) == (True, "closed", base_release.digest)
     ans = post_order(node, order(_uid(), 100))
     assert (ans.status, ans.body) == (503, {"error": "halted"})
-    ans = gate.request(node, "POST", "/control/gate", {"action": "open", "digest": base_release.digest}, token)
+    ans = routers.request(node, "POST", "/control/gate", {"action": "open", "digest": base_release.digest}, token)
     assert (ans.status, ans.body) == (409, {"error": "halted: resume before opening the gate"})
 
-    ans = gate.request(node, "POST", "/control/resume", {}, token)
+    ans = routers.request(node, "POST", "/control/resume", {}, token)
     assert ans.status == 200, ans.reason()
     assert (ans.body["halted"], ans.body["gate"], ans.body["pid"]) == (False, "closed", h["pid"])
     assert node_exec("node3", "test -e /opt/router/state/halted")[0] == 1
@@ -270,7 +273,7 @@ def test_control_without_a_good_token_is_refused_and_the_token_is_never_logged(c
     bodies = {"gate": {"action": "close"}, "halt": {}, "resume": {}}
     for presented in (None, "", wrong):
         for action, body in bodies.items():
-            ans = gate.request(node, "POST", f"/control/{action}", body, presented)
+            ans = routers.request(node, "POST", f"/control/{action}", body, presented)
             why = "unsigned request" if presented is None else "bad signature"  # signed with the wrong key
             assert (ans.status, ans.body) == (401, {"error": f"unauthorized: {why}"}), (action, presented == wrong)
             h = _health(node)
@@ -278,16 +281,16 @@ def test_control_without_a_good_token_is_refused_and_the_token_is_never_logged(c
     assert node_exec("node5", "test -e /opt/router/state/halted")[0] == 1
 
     # Halted for real: an unauthenticated resume or gate open must not lift it.
-    assert gate.request(node, "POST", "/control/halt", {}, token).status == 200
+    assert routers.request(node, "POST", "/control/halt", {}, token).status == 200
     for presented in (None, wrong):
         why = "unsigned request" if presented is None else "bad signature"
-        ans = gate.request(node, "POST", "/control/resume", {}, presented)
+        ans = routers.request(node, "POST", "/control/resume", {}, presented)
         assert (ans.status, ans.body) == (401, {"error": f"unauthorized: {why}"})
-        ans = gate.request(node, "POST", "/control/gate", {"action": "open", "digest": _health(node)["digest"]},
+        ans = routers.request(node, "POST", "/control/gate", {"action": "open", "digest": _health(node)["digest"]},
                            presented)
         assert (ans.status, ans.body) == (401, {"error": f"unauthorized: {why}"})
         assert (_health(node)["halted"], _health(node)["gate"]) == (True, "closed")
-    assert gate.request(node, "POST", "/control/resume", {}, token).status == 200
+    assert routers.request(node, "POST", "/control/resume", {}, token).status == 200
 
     code, log = node_exec("node5", "cat /var/log/router.log")
     assert code == 0
@@ -379,7 +382,7 @@ def test_verify_exits_10_when_a_node_presents_a_host_key_other_than_the_pinned_o
     shutil.copytree(ctx.state_dir, state, ignore=shutil.ignore_patterns("deploy.lock", "dockerd.*"))
     node3 = _node(ctx, "node3")
     lines = (state / "keys" / "known_hosts").read_text().splitlines(keepends=True)
-    bogus = trust_mod.new_keypair("bogus-node3")
+    bogus = keys.new_keypair("bogus-node3")
     (state / "keys" / "known_hosts").write_text("".join(
         _known_hosts_line(node3.ssh_port, bogus.public_line) if f"]:{node3.ssh_port} " in line else line
         for line in lines))

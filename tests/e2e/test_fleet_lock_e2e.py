@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 from deployctl.errors import ExitCode
-from deployctl.journal import actor
+from deployctl.state.journal import actor
 from helpers import fleet_view
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import sys
 
 from conftest import COMPOSE, ROOT
 
-from deployctl import gate
+from deployctl.remote import routers
 
 
 def test_the_replay_naive_runs_away_deployctl_sends_no_runaway_child_order(ctx, base_release, tmp_path):
@@ -35,6 +35,6 @@ def test_the_replay_naive_runs_away_deployctl_sends_no_runaway_child_order(ctx, 
     assert "runaway child orders" in done.stdout and "seconds until halted" in done.stdout
     # The fleet ends on the base release (the playbook's own build), every gate open, nothing halted.
     assert res["base_digest"] == base_release.digest
-    health = gate.health(ctx.nodes)
+    health = routers.health(ctx.nodes)
     assert all(a.ok and a.body["digest"] == base_release.digest and a.body["gate"] == "open"
                and not a.body["halted"] for a in health.values())

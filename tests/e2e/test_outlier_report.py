@@ -10,7 +10,7 @@ from pathlib import Path
 
 from helpers import wait
 
-from deployctl import gate
+from deployctl.remote import routers
 from deployctl.errors import ExitCode
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +31,7 @@ def test_a_node_running_other_flags_and_files_is_named_in_one_line(ctx, base_rel
     code, out = node_exec("node8", f"cd /opt/router/current && printf %s {shlex.quote(json.dumps(cfg))} > router.json"
                                    " && echo 'x = 1' > power_peg.py && supervisorctl restart router")
     assert code == 0, out
-    assert wait(lambda: (a := gate.request(node8, "GET", "/health")).ok
+    assert wait(lambda: (a := routers.request(node8, "GET", "/health")).ok
                 and a.body.get("digest") != base_release.digest, 15)
 
     proc = cli("verify", "--json", "--expect", base_release.digest)

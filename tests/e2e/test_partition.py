@@ -26,8 +26,10 @@ import pytest
 from helpers import fleet_view, revive, wait
 from observer import observer  # noqa: F401 - a fixture, used by _under_observer
 
-from deployctl import api, docker_fleet, gate
-from deployctl.config import Timeouts
+from deployctl import api
+from deployctl.testfleet import docker as docker_fleet
+from deployctl.remote import routers
+from deployctl.config.playbook import Timeouts
 from deployctl.errors import DeployctlError, ExitCode, InconsistentError, RolledBackError
 
 VICTIM = "node5"
@@ -180,7 +182,7 @@ def test_a_slow_or_partitioned_node_in_a_phase_fails_bounded_and_the_fleet_ends_
     assert {n: view[n] for n in OTHERS} == {n: (base_release.digest, base_release.digest, "closed", False)
                                              for n in OTHERS}
     f.heal()
-    assert wait(lambda: gate.request(node(ctx, VICTIM), "GET", "/health", timeout=1).ok, 30)
+    assert wait(lambda: routers.request(node(ctx, VICTIM), "GET", "/health", timeout=1).ok, 30)
     if error is InconsistentError:
         # Whatever node5 did once it could (a paused node reads the switch request it was sent), its
         # router starts with the gate closed; recover then brings the fleet to one release.
@@ -212,5 +214,5 @@ def test_the_rollout_deadline_cuts_a_stage_stalled_on_a_paused_node(ctx, base_re
     assert recs[-1]["outcome"] == "rolled-back" and recs[-1]["failures"][0].startswith("fleet failed in stage: the "
                                                                                         "rollout deadline of 10 s")
     f.heal()
-    assert wait(lambda: gate.request(node(ctx, VICTIM), "GET", "/health", timeout=1).ok, 30)
+    assert wait(lambda: routers.request(node(ctx, VICTIM), "GET", "/health", timeout=1).ok, 30)
     assert fleet_view(ctx) == {n.name: (base_release.digest, base_release.digest, "closed", False) for n in ctx.nodes}

@@ -9,9 +9,12 @@ import os
 import subprocess
 import tarfile
 
-from deployctl import artifact, commands, gate, signing
+from deployctl.release import artifact
+from deployctl.remote import commands
+from deployctl.remote import routers
+from deployctl.release import signing
 from deployctl.errors import ExitCode
-from deployctl.ssh import Call
+from deployctl.remote.ssh import Call
 
 from conftest import ROOT
 
@@ -66,7 +69,7 @@ def test_a_tampered_artifact_is_refused_before_any_node_is_touched(ctx, base_rel
     assert proc.stderr == ("deployctl: error: tampered.tar: file 'router.json' does not match its size and sha256 "
                            "in the manifest\n"), proc.stderr
     assert ctx.journal.path.read_bytes() == journal_before
-    assert {a.body["digest"] for a in gate.health(ctx.nodes).values()} == {base_release.digest}
+    assert {a.body["digest"] for a in routers.health(ctx.nodes).values()} == {base_release.digest}
     assert all(v2.digest not in releases_on(ctx, n) for n in ("node1", "node8"))
 
 

@@ -18,7 +18,8 @@ from helpers import fleet_view, revive, wait
 from observer import observer  # noqa: F401 - a fixture, used by _every_signal_test
 
 from conftest import ROOT
-from deployctl import api, gate
+from deployctl import api
+from deployctl.remote import routers
 from deployctl.errors import ExitCode
 
 DCTL = str(ROOT / ".venv" / "bin" / "deployctl")
@@ -201,4 +202,4 @@ def test_halt_or_resume_racing_with_recover(ctx, base_release, make_release, tmp
     recs = run_records(ctx, offset, "recover")
     assert recs[-1]["phase"] == "done" and recs[-1]["outcome"] == "ok"
     assert api.interrupted(ctx) is None
-    assert all(a.body.get("gate") == "closed" for a in gate.health(ctx.nodes).values())
+    assert all(a.body.get("gate") == "closed" for a in routers.health(ctx.nodes).values())

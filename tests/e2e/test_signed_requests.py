@@ -7,8 +7,8 @@ import json
 import socket
 import threading
 
-from deployctl import gate
-from deployctl.config import Node
+from deployctl.remote import routers
+from deployctl.config.inventory import Node
 
 from helpers import wait
 
@@ -57,19 +57,19 @@ def send_raw(port: int, request: bytes) -> tuple[int, dict]:
 
 
 def _halted(node: Node) -> bool:
-    return gate.request(node, "GET", "/health").body.get("halted")
+    return routers.request(node, "GET", "/health").body.get("halted")
 
 
 def test_a_captured_halt_replayed_or_tampered_is_refused(ctx, node_exec):
     node, token = next(n for n in ctx.nodes if n.name == "node3"), ctx.token()
     recorder = Recorder(node.router_port)
     via = Node(node.name, node.host, node.ssh_port, recorder.port, node.user)
-    assert gate.control([via], "halt", token, actor="e2e@test")[node.name].body["halted"] is True
+    assert routers.control([via], "halt", token, actor="e2e@test")[node.name].body["halted"] is True
     recorder.thread.join(5)
     captured = recorder.request
     assert b"POST /control/halt " in captured and b"X-Deployctl-Signature: " in captured
     assert token.encode() not in captured  # the token itself never travels
-    assert gate.control([node], "resume", token)[node.name].ok and not _halted(node)
+    assert routers.control([node], "resume", token)[node.name].ok and not _halted(node)
 
     assert send_raw(node.router_port, captured) == (
         401, {"error": "unauthorized: nonce already seen (a replayed request)"})
@@ -80,7 +80,7 @@ def test_a_captured_halt_replayed_or_tampered_is_refused(ctx, node_exec):
 
     # A restarted router still knows the nonces of the last 30 s (state/nonces).
     assert node_exec("node3", "supervisorctl restart router")[0] == 0
-    assert wait(lambda: gate.request(node, "GET", "/health").ok, 10)
+    assert wait(lambda: routers.request(node, "GET", "/health").ok, 10)
     assert send_raw(node.router_port, captured)[0] == 401
     assert not _halted(node)
     code, log = node_exec("node3", "cat /var/log/router.log")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 
-from deployctl import sshconnect
+from deployctl.remote import sshconnect
 
 
 def test_every_connection_negotiates_strict_kex(ctx):

@@ -9,7 +9,7 @@ import pytest
 from helpers import fleet_view
 
 from deployctl import api
-from deployctl.config import Approver
+from deployctl.config.playbook import Approver
 from deployctl.errors import DeployctlError, UsageError
 
 

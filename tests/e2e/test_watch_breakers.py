@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from helpers import order, post_order
 
-from deployctl import api, gate
+from deployctl import api
+from deployctl.remote import routers
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOYCTL = [sys.executable, "-m", "deployctl"]
@@ -93,7 +94,7 @@ def test_watch_json_lines_and_a_breaker_tripping_on_a_real_flood(ctx, tmp_path):
     assert set(refused) == {n.name for n in ctx.nodes}  # every node refused orders
     print(f"flood: {sum(sent.values())} orders; every node refused {max(refused.values()) - started:.2f} s "
           f"after the flood started; {len(lines)} sweeps")
-    health = gate.health(ctx.nodes)
+    health = routers.health(ctx.nodes)
     assert all(a.ok and a.body["halted"] is True and a.body["gate"] == "closed" for a in health.values())
     records = api.history(ctx)[journal_before:]
     breaker = [r for r in records if r["action"] == "breaker"]
@@ -114,7 +115,7 @@ def test_a_router_halts_itself_past_its_own_limit_with_no_watch_running(ctx, tmp
     ans = post_order(node3, order("runaway", 100000))  # 1000 children at once: the 501st trips it
     assert ans.status == 503 and ans.body["error"] == "halted"
     assert len(ans.body["children"]) == 501
-    health = gate.health(ctx.nodes)
+    health = routers.health(ctx.nodes)
     assert health["node3"].body["halted"] is True and health["node3"].body["breaker"]["tripped"] is True
     assert [n for n, a in health.items() if a.body.get("halted")] == ["node3"]  # the others route on
     assert post_order(ctx.nodes[0], order("still-fine")).status == 200

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from deployctl import artifact, signing
+from deployctl.release import artifact
+from deployctl.release import signing
 
 ROOT = Path(__file__).resolve().parents[2]
 DCTL = str(ROOT / ".venv" / "bin" / "deployctl")

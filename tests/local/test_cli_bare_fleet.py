@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from deployctl import docker_fleet
+from deployctl.testfleet import fleetfiles
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,7 +45,7 @@ def test_bad_numbers_write_nothing(tmp_path, args, message):
 
 def test_an_ordinary_compose_file_is_not_a_bare_fleet(tmp_path):
     compose = tmp_path / "compose.yaml"
-    compose.write_text(docker_fleet.compose_text(2))
+    compose.write_text(fleetfiles.compose_text(2))
     for command in ("up", "down", "status"):
         one_line(cli(tmp_path, "fleet", command, "--kind", "bare", "--compose", str(compose)), 2,
                  "compose.yaml: services/bastion: should run sshd with network_mode host and -p PORT "

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from test_router_process import TOKEN, node, release, start, state  # noqa: F401
 
-from deployctl.config import inventory_text
+from deployctl.testfleet.fleetfiles import inventory_text
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = [sys.executable, str(ROOT / ".venv" / "bin" / "deployctl")]  # the installed script: __main__.main
-TYPER = [sys.executable, "-c", "import sys; from deployctl.cli import main; sys.argv[0] = 'deployctl'; main()"]
+TYPER = [sys.executable, "-c", "import sys; from deployctl.cli.app import main; sys.argv[0] = 'deployctl'; main()"]
 
 
 def run(door: list[str], *args: str, state_dir: Path, importtime: bool = False,
@@ -74,7 +74,7 @@ def test_the_fast_door_imports_no_typer_and_no_pydantic(controller):
     proc = run(QUICK, "-i", str(inventory), "halt", "--json", state_dir=folder, importtime=True)
     assert proc.returncode == 0
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
-    assert "deployctl.quick" in imported and not imported & {"typer", "click", "pydantic", "rich", "paramiko"}
+    assert "deployctl.cli.fasthalt" in imported and not imported & {"typer", "click", "pydantic", "rich", "paramiko"}
 
 
 @pytest.mark.parametrize("args", [

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from deployctl import reqsign
+from deployctl.remote import reqsign
 
 ROUTER_DIR = Path(__file__).resolve().parents[2] / "fleet" / "router"
 TOKEN = "tok-4f1c9e2b7a"

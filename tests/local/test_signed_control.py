@@ -7,8 +7,9 @@ import time
 
 from test_router_process import ORDER, TOKEN, call, folder_digest, node, release, start, state  # noqa: F401
 
-from deployctl import gate, reqsign
-from deployctl.config import Node
+from deployctl.remote import routers
+from deployctl.remote import reqsign
+from deployctl.config.inventory import Node
 
 
 def _capture(node, action, body, **kw):
@@ -56,14 +57,14 @@ def test_a_bad_signature_or_a_stale_timestamp_is_refused(node, release):
 
 def test_a_node_with_a_skewed_clock_is_halted_and_closed_but_never_opened(node, release, monkeypatch):
     target = Node("n1", "127.0.0.1", 22, int(node.url.rsplit(":", 1)[1]), "root")
-    assert gate.open_gate([target], folder_digest(release), TOKEN)["n1"].ok
+    assert routers.open_gate([target], folder_digest(release), TOKEN)["n1"].ok
     real = time.time
     monkeypatch.setattr(reqsign.time, "time", lambda: real() - 120)  # the controller's clock is 2 min behind
-    opened = gate.open_gate([target], folder_digest(release), TOKEN)["n1"]
+    opened = routers.open_gate([target], folder_digest(release), TOKEN)["n1"]
     assert opened.status == 401 and "timestamp -120." in opened.body["error"] and opened.skew is None
-    assert gate.control([target], "resume", TOKEN)["n1"].status == 401
-    closed = gate.close_gate([target], TOKEN)["n1"]
+    assert routers.control([target], "resume", TOKEN)["n1"].status == 401
+    closed = routers.close_gate([target], TOKEN)["n1"]
     assert closed.ok and closed.body["gate"] == "closed" and 110 < closed.skew < 130
-    halted = gate.control([target], "halt", TOKEN, actor="ops@ctl")["n1"]
+    halted = routers.control([target], "halt", TOKEN, actor="ops@ctl")["n1"]
     assert halted.ok and halted.body["halted"] is True and 110 < halted.skew < 130
     assert node.order(ORDER) == (503, {"error": "halted"})

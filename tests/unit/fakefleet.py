@@ -22,12 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from deployctl import artifact as artifact_mod, commands, signing
-from deployctl.config import Inventory, Node, Playbook, Service, Supervisor, Timeouts
-from deployctl.context import Context
-from deployctl.gate import Answer
-from deployctl.ssh import Call, NodeResult, Target
-from deployctl.statedir import StateDir
+from deployctl.release import artifact as artifact_mod
+from deployctl.remote import agentpack
+from deployctl.remote import commands
+from deployctl.release import signing
+from deployctl.config.inventory import Inventory, Node
+from deployctl.config.playbook import Playbook, Service, Supervisor, Timeouts
+from deployctl.ops.context import Context
+from deployctl.remote.routers import Answer
+from deployctl.remote.ssh import Call, NodeResult, Target
+from deployctl.state.statedir import StateDir
 
 ROOT = "/opt/router"
 SOCKET, PROGRAM = "/var/run/supervisor.sock", "router"
@@ -53,8 +57,8 @@ SSH_FAULTS = {"connect", "host-key"}
 # shlex.split reads 25 kB of agent source one character at a time (75 ms a command): its quoted form is
 # swapped for a placeholder first, so only the rest of the command line is split. A command that quotes
 # the agent or the hashes script any other way is not recognised, and the test fails.
-_QUOTED = {shlex.quote(commands.BOOT): "@AGENT@", shlex.quote(commands.HASHES_SH): "@HASHES_SH@"}
-_PLAIN = {v: k for k, v in {commands.BOOT: "@AGENT@", commands.HASHES_SH: "@HASHES_SH@"}.items()}
+_QUOTED = {shlex.quote(agentpack.BOOT): "@AGENT@", shlex.quote(commands.HASHES_SH): "@HASHES_SH@"}
+_PLAIN = {v: k for k, v in {agentpack.BOOT: "@AGENT@", commands.HASHES_SH: "@HASHES_SH@"}.items()}
 
 
 @functools.lru_cache(maxsize=256)
@@ -299,7 +303,7 @@ class FakeFleet:
 
     def _agent(self, node: FakeNode, command: str) -> tuple[str, list[str]]:
         argv = list(split(command))
-        assert argv[:4] == ["python3", "-I", "-S", "-c"] and tuple(argv[4:8]) == commands.agent_program(), argv[:4]
+        assert argv[:4] == ["python3", "-I", "-S", "-c"] and tuple(argv[4:8]) == agentpack.agent_program(), argv[:4]
         if argv[-1].startswith("--lock="):
             argv.pop()
         assert len(argv) >= 10, argv[8:]

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from deployctl import commands
-from deployctl.config import Service
+from deployctl.remote import commands
+from deployctl.config.playbook import Service
 
 DIGEST = "d" * 64
 

@@ -12,11 +12,12 @@ import sys
 
 import pytest
 
-from deployctl import commands
+from deployctl.remote import agentpack
+from deployctl.remote import commands
 
 # The agent's module namespace, loaded once as a node would (its main() guarded by __name__).
 AGENT: dict = {"__name__": "node_agent_under_test"}
-exec(compile(commands.AGENT, "node_agent.py", "exec", dont_inherit=True), AGENT)
+exec(compile(agentpack.AGENT, "node_agent.py", "exec", dont_inherit=True), AGENT)
 
 MAX_ARG_STRLEN = 32 * 4096  # Linux refuses one argument longer than this (execve: E2BIG)
 
@@ -27,7 +28,7 @@ def run(argv: list[str], *python_flags: str) -> subprocess.CompletedProcess:
 
 
 def test_each_argument_fits_one_execve_argument():
-    assert all(len(a.encode()) < MAX_ARG_STRLEN for a in commands.agent_program())
+    assert all(len(a.encode()) < MAX_ARG_STRLEN for a in agentpack.agent_program())
 
 
 def test_same_magic_runs_the_bytecode_other_magic_compiles_the_source(tmp_path):
@@ -45,10 +46,10 @@ def test_same_magic_runs_the_bytecode_other_magic_compiles_the_source(tmp_path):
 
 
 def test_agent_program_of_another_source_runs_that_source(tmp_path):
-    source = commands.AGENT.replace('return "root no\\n"', 'return "root absent\\n"')
-    assert source != commands.AGENT
+    source = agentpack.AGENT.replace('return "root no\\n"', 'return "root absent\\n"')
+    assert source != agentpack.AGENT
     argv = commands.probe(str(tmp_path / "none"))
-    argv[4:8] = commands.agent_program(source)
+    argv[4:8] = agentpack.agent_program(source)
     assert run(argv).stdout == b"root absent\n"
 
 
@@ -184,12 +185,12 @@ def test_is_number(text, ok):
 
 
 def test_the_packed_program_is_kept_in_the_state_folder_and_a_damaged_copy_is_packed_again(tmp_path, monkeypatch):
-    monkeypatch.setattr(commands, "_program_cache", [])
+    monkeypatch.setattr(agentpack, "_program_cache", [])
     packs = []
-    real = commands._pack_program
-    monkeypatch.setattr(commands, "_pack_program", lambda s: packs.append(1) or real(s))
-    program = commands.agent_program.__wrapped__  # as a new process would: not the lru_cache'd value
-    commands.cache_program_in(tmp_path / "cache")
+    real = agentpack._pack_program
+    monkeypatch.setattr(agentpack, "_pack_program", lambda s: packs.append(1) or real(s))
+    program = agentpack.agent_program.__wrapped__  # as a new process would: not the lru_cache'd value
+    agentpack.cache_program_in(tmp_path / "cache")
     written = program()  # packed and written
     (kept,) = (tmp_path / "cache").glob("agent-*.txt")
     assert kept.read_text().split("\n")[:2] == list(written[2:]) and packs == [1]
@@ -210,11 +211,11 @@ def test_the_bytecode_has_no_docstrings_or_line_tables_and_still_reports_errors_
     import marshal
     import zlib
 
-    code = marshal.loads(zlib.decompress(binascii.a2b_base64(commands.agent_program()[2])))
+    code = marshal.loads(zlib.decompress(binascii.a2b_base64(agentpack.agent_program()[2])))
     funcs = {c.co_name: c for c in code.co_consts if hasattr(c, "co_code")}
     assert funcs and all(c.co_linetable == b"" for c in funcs.values())
     assert "Refuse unless" not in repr(funcs["check_signed"].co_consts)  # its docstring is left out
-    full = {c.co_name: c for c in compile(commands.AGENT, "a", "exec").co_consts if hasattr(c, "co_code")}
+    full = {c.co_name: c for c in compile(agentpack.AGENT, "a", "exec").co_consts if hasattr(c, "co_code")}
     assert "Refuse unless" in repr(full["check_signed"].co_consts)  # as it is in the source
     proc = run(commands.switch(str(tmp_path / "none"), "a" * 64)[:-1])  # wrong arity: a TypeError on the node
     assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1 and "error" in json.loads(proc.stderr)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from deployctl import approval, signing
-from deployctl.config import Approver
+from deployctl.release import approval
+from deployctl.release import signing
+from deployctl.config.playbook import Approver
 from deployctl.errors import UsageError
 
 D1, D2, D3 = "1" * 64, "2" * 64, "3" * 64
@@ -156,7 +157,7 @@ def _playbook(tmp_path: Path, extra: str) -> Path:
 
 
 def test_the_playbook_opts_in_and_lists_approvers(tmp_path):
-    from deployctl.config import load_playbook
+    from deployctl.config.playbook import load_playbook
     from deployctl.errors import ConfigError
 
     book = load_playbook(_playbook(tmp_path, f"require_approval: true\napprovers:\n  - {{name: bob, key: '{D1}'}}\n"))

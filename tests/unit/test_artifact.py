@@ -16,10 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deployctl import artifact, manifest, signing
-from deployctl.artifact import Artifact, build, load
-from deployctl.manifest import digest_of
-from deployctl.signing import generate as generate_signing_key
+from deployctl.release import artifact
+from deployctl.release import manifest
+from deployctl.release import signing
+from deployctl.release.artifact import Artifact, build, load
+from deployctl.release.manifest import digest_of
+from deployctl.release.signing import generate as generate_signing_key
 from deployctl.errors import ArtifactError, ExitCode
 
 SOURCE = {

@@ -11,12 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from deployctl import barefleet, docker_fleet, trust
-from deployctl.config import bare_inventory_text, inventory_text, load_inventory
+from deployctl.testfleet import bare as barefleet
+from deployctl.testfleet import fleetfiles
+from deployctl.testfleet import docker as docker_fleet
+from deployctl.state import keys
+from deployctl.testfleet.fleetfiles import bare_inventory_text, inventory_text
+from deployctl.config.inventory import load_inventory
 from deployctl.errors import ConfigError
-from deployctl.schema import load_yaml
-from deployctl.sshconfig import Jump
-from deployctl.statedir import StateDir
+from deployctl.config.schema import load_yaml
+from deployctl.config.sshconfig import Jump
+from deployctl.state.statedir import StateDir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,7 +67,7 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 
 def test_one_node_bare_files_are_pinned():
-    assert body(docker_fleet.bare_compose_text(1)) == ONE_NODE_BARE_COMPOSE_BODY
+    assert body(fleetfiles.bare_compose_text(1)) == ONE_NODE_BARE_COMPOSE_BODY
     assert body(bare_inventory_text(1)) == ONE_NODE_BARE_INVENTORY_BODY
 
 
@@ -93,7 +97,7 @@ def test_write_files_reads_back_as_one_fleet(tmp_path):
 ])
 def test_bad_numbers_are_one_line_errors_in_both_generators(nodes, ssh, router, bastion, message):
     with pytest.raises(ConfigError) as compose_error:
-        docker_fleet.bare_compose_text(nodes, "p", ssh, router, bastion)
+        fleetfiles.bare_compose_text(nodes, "p", ssh, router, bastion)
     with pytest.raises(ConfigError) as inventory_error:
         bare_inventory_text(nodes, ssh, router, bastion)
     assert str(compose_error.value) == str(inventory_error.value) == message
@@ -123,13 +127,13 @@ def test_default_bare_ports_stay_clear_of_the_other_fleets():
      "services/bastion/command: should be a list of strings"),
 ])
 def test_the_compose_subset_is_strict(tmp_path, edit, message):
-    path = write(tmp_path, "compose-bare.yaml", docker_fleet.bare_compose_text(1).replace(*edit))
+    path = write(tmp_path, "compose-bare.yaml", fleetfiles.bare_compose_text(1).replace(*edit))
     with pytest.raises(ConfigError) as err:
-        docker_fleet.load_spec(path)
+        fleetfiles.load_spec(path)
     assert str(err.value) == f"compose-bare.yaml: {message}"
 
 
-@pytest.mark.parametrize("text", [docker_fleet.compose_text(2), docker_fleet.bare_compose_text(1).replace(
+@pytest.mark.parametrize("text", [fleetfiles.compose_text(2), fleetfiles.bare_compose_text(1).replace(
     '"-p", "2600"', '"-p", "x"')])
 def test_a_compose_file_without_a_bastion_is_not_a_bare_fleet(tmp_path, text):
     with pytest.raises(ConfigError) as err:
@@ -163,7 +167,7 @@ def test_the_bare_image_holds_nothing_of_deployctl():
 
 
 def test_bare_files_go_to_the_deploy_user_with_its_uid():
-    files = docker_fleet.BareFiles(b"PRIVATE", "ssh-ed25519 AAAAhost h", "ssh-ed25519 AAAAclient c")
+    files = fleetfiles.BareFiles(b"PRIVATE", "ssh-ed25519 AAAAhost h", "ssh-ed25519 AAAAclient c")
     with tarfile.open(fileobj=io.BytesIO(docker_fleet._files_tar(files))) as tar:
         got = [(m.name, m.mode, m.uid, m.gid, tar.extractfile(m).read()) for m in tar.getmembers()]
     assert got == [("etc/ssh/ssh_host_ed25519_key", 0o600, 0, 0, b"PRIVATE"),
@@ -173,15 +177,15 @@ def test_bare_files_go_to_the_deploy_user_with_its_uid():
 
 def test_ordinary_nodes_keep_their_config_label():
     """Adding the bastion's fields must not make every running ordinary node look changed (and be replaced)."""
-    node = docker_fleet.NodeSpec("node1", "deployctl-fleet-node1", "node1", ((2201, 22), (8101, 8080)))
-    files = docker_fleet.NodeFiles(b"k", "pub", "client", "token", "signing")
+    node = fleetfiles.NodeSpec("node1", "deployctl-fleet-node1", "node1", ((2201, 22), (8101, 8080)))
+    files = fleetfiles.NodeFiles(b"k", "pub", "client", "token", "signing")
     h = hashlib.sha256()
     for part in ("img", "NodeSpec(service='node1', container='deployctl-fleet-node1', hostname='node1', "
                  "ports=((2201, 22), (8101, 8080)))", "pub", "client", "token", "signing"):
         h.update(part.encode() + b"\0")
     assert docker_fleet._config_label("img", node, files) == h.hexdigest()
-    bastion = docker_fleet.NodeSpec("bastion", "p-bastion", "bastion", (), "host", ("sshd", "-p", "1"))
-    other = docker_fleet.NodeSpec("bastion", "p-bastion", "bastion", (), "host", ("sshd", "-p", "2"))
+    bastion = fleetfiles.NodeSpec("bastion", "p-bastion", "bastion", (), "host", ("sshd", "-p", "1"))
+    other = fleetfiles.NodeSpec("bastion", "p-bastion", "bastion", (), "host", ("sshd", "-p", "2"))
     assert docker_fleet._config_label("img", bastion, files) != docker_fleet._config_label("img", other, files)
 
 
@@ -190,7 +194,7 @@ def test_pin_replaces_and_drops_only_its_own_lines(tmp_path):
     state.keys.mkdir()
     state.known_hosts.write_text("[127.0.0.1]:2201 ssh-ed25519 AAAAone\n[127.0.0.1]:2600 ssh-ed25519 AAAAold\n"
                                  "[127.0.0.1]:2601 ssh-ed25519 AAAAnode\n")
-    trust.pin(state, {("127.0.0.1", 2600): "ssh-ed25519 AAAAnew bastion-host", ("127.0.0.1", 2601): None})
+    keys.pin(state, {("127.0.0.1", 2600): "ssh-ed25519 AAAAnew bastion-host", ("127.0.0.1", 2601): None})
     assert state.known_hosts.read_text() == ("[127.0.0.1]:2201 ssh-ed25519 AAAAone\n"
                                              "[127.0.0.1]:2600 ssh-ed25519 AAAAnew\n")
 
@@ -199,10 +203,10 @@ def test_describe_names_every_host_key_fingerprint(tmp_path):
     compose = tmp_path / "compose-bare.yaml"
     barefleet.write_files(tmp_path / "bare.yaml", compose, 2, "ci-bare", 3751, 9751, 3750)
     fleet = barefleet.describe(compose, tmp_path / "state")
-    keys = StateDir(tmp_path / "state").keys / "hosts"
+    hosts = StateDir(tmp_path / "state").keys / "hosts"
     assert (fleet.project, fleet.bastion_port, fleet.nodes) == ("ci-bare", 3750, {"node1": (3751, 9751),
                                                                                     "node2": (3752, 9752)})
-    assert fleet.fingerprints == {name: trust.fingerprint((keys / f"ci-bare-{name}_ed25519.pub").read_text())
+    assert fleet.fingerprints == {name: keys.fingerprint((hosts / f"ci-bare-{name}_ed25519.pub").read_text())
                                   for name in ("bastion", "node1", "node2")}
     assert len(set(fleet.fingerprints.values())) == 3
     assert barefleet.describe(compose, tmp_path / "state") == fleet  # the keys are kept

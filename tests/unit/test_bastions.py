@@ -9,10 +9,11 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from deployctl import gate, sshconnect
-from deployctl.channel import NodeError
-from deployctl.config import Node
-from deployctl.sshconfig import Jump
+from deployctl.remote import routers
+from deployctl.remote import sshconnect
+from deployctl.remote.channel import NodeError
+from deployctl.config.inventory import Node
+from deployctl.config.sshconfig import Jump
 
 OUTER, INNER = Jump("127.0.0.1", 3550, "deploy"), Jump("10.0.0.9", 22, "ops", "/keys/ops")
 
@@ -143,7 +144,7 @@ def test_router_requests_through_a_refusing_bastion(opened, code, error, down):
     refuse["127.0.0.1"] = code
     b = sshconnect.Bastions(Path("/c"), Path("/k"), 3.0)
     node = Node("node1", "127.0.0.1", 3501, 9501, "root", proxy_jump=(OUTER,))
-    answer = gate.request(node, "GET", "/health",
+    answer = routers.request(node, "GET", "/health",
                           opener=lambda n, t: b.socket(n.proxy_jump, n.host, n.router_port, t))
     assert (answer.status, answer.error, answer.down) == (0, error, down)
 
@@ -156,6 +157,6 @@ def test_the_opener_carries_requests_to_nodes_behind_a_bastion():
         raise OSError("via bastion x: stand-in")
 
     behind = Node("behind", "127.0.0.1", 2, 2, "root", proxy_jump=(OUTER,))
-    answers = gate.health([behind], opener=opener, timeout=1.5)
+    answers = routers.health([behind], opener=opener, timeout=1.5)
     assert used == [("behind", 1.5)]
     assert answers["behind"].error == "router unreachable at 127.0.0.1:2: via bastion x: stand-in"

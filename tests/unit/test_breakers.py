@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from deployctl import commands
-from deployctl.breakers import Memory, Rates, Reading, check, rates
-from deployctl.config import Breakers, load_playbook
+from deployctl.remote import commands
+from deployctl.model.breakers import Memory, Rates, Reading, check, rates
+from deployctl.config.playbook import Breakers, load_playbook
 from deployctl.errors import ConfigError, DeployctlError
 
 A, B = "a" * 64, "b" * 64

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from deployctl import channel
-from deployctl.channel import Held
+from deployctl.remote import channel
+from deployctl.remote.channel import Held
 
 
 class FakeChannel:

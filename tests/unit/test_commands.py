@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deployctl import commands
-from deployctl.commands import Hashes, NodeAnswerError, Probe
-from deployctl.config import Service, Supervisor
+from deployctl.remote import commands
+from deployctl.remote import agentpack
+from deployctl.remote.commands import Hashes, NodeAnswerError, Probe
+from deployctl.config.playbook import Service, Supervisor
 from deployctl.errors import DeployctlError, ExitCode
 
 ROOT = "/opt/router"
@@ -34,7 +35,7 @@ SUPERVISED = Service(restart=None, stop=None, health_path="/health", supervisor=
 def agent_tail(argv: list[str]) -> list[str]:
     """Check the fixed agent prefix and return what follows the source text."""
     assert argv[:len(PREFIX)] == PREFIX
-    assert tuple(argv[len(PREFIX):len(PREFIX) + 4]) == commands.agent_program()
+    assert tuple(argv[len(PREFIX):len(PREFIX) + 4]) == agentpack.agent_program()
     return argv[len(PREFIX) + 4:]
 
 
@@ -66,15 +67,15 @@ def test_builder_argv(name, build, tail):
 
 
 def test_reuse_plan_and_upload_bytes():
-    assert commands.reuse_plan({"a/b": D1, "c": D2}, {"a/b": [(D2, "a/b"), (D1, "x")], "c": []}) == (
+    assert commands.reuse_hints({"a/b": D1, "c": D2}, {"a/b": [(D2, "a/b"), (D1, "x")], "c": []}) == (
         b'{"files":{"a/b":"' + D1.encode() + b'","c":"' + D2.encode() + b'"},"hints":{"a/b":[["' + D2.encode()
         + b'","a/b"],["' + D1.encode() + b'","x"]],"c":[]}}\n')
-    assert commands.reuse_plan({}, {}) == b'{"files":{},"hints":{}}\n'
+    assert commands.reuse_hints({}, {}) == b'{"files":{},"hints":{}}\n'
     assert commands.upload(b"tar") == b"3\ntar" and commands.upload(b"") == b"0\n"
 
 
 def test_agent_is_the_node_agent_source():
-    assert "def op_stage" in commands.AGENT and "__main__" in commands.AGENT
+    assert "def op_stage" in agentpack.AGENT and "__main__" in agentpack.AGENT
 
 
 def test_activate_without_supervisor_is_switch_then_restart():
@@ -151,9 +152,9 @@ def test_render_chain_round_trips_any_text(chain):
 # --- parsers: captured good output ------------------------------------------------------------------------------
 
 SHELL_READS = [
-    ("probe", lambda: commands.probe(ROOT), [*PREFIX, *commands.agent_program(), "probe", ROOT]),
+    ("probe", lambda: commands.probe(ROOT), [*PREFIX, *agentpack.agent_program(), "probe", ROOT]),
     ("probe-root-with-space", lambda: commands.probe("/srv/my router"),
-     [*PREFIX, *commands.agent_program(), "probe", "/srv/my router"]),
+     [*PREFIX, *agentpack.agent_program(), "probe", "/srv/my router"]),
     ("hashes-default", lambda: commands.hashes(ROOT), ["sh", "-c", commands.HASHES_SH, "sh", ROOT, "current"]),
     ("hashes-digest", lambda: commands.hashes(ROOT, D2), ["sh", "-c", commands.HASHES_SH, "sh", ROOT, D2]),
 ]

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from deployctl.config import Breakers, Inventory, Node, Playbook, Service, Supervisor, Timeouts, load_inventory, load_playbook
-from deployctl.schema import load_yaml as _load_yaml
+from deployctl.config.playbook import Breakers, Playbook, Service, Supervisor, Timeouts, load_playbook
+from deployctl.config.inventory import Inventory, Node, load_inventory
+from deployctl.config.schema import load_yaml as _load_yaml
 from deployctl.errors import ConfigError, ExitCode
 
 ROOT = Path(__file__).resolve().parents[2]

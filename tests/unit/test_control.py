@@ -7,7 +7,8 @@ import json
 import pytest
 
 import fakefleet as ff
-from deployctl import control, rollout as rollout_mod
+from deployctl.ops import control
+from deployctl.ops import rollout as rollout_mod
 from deployctl.errors import DeployctlError, ExitCode, HaltedError, MismatchError, UnreachableError, UsageError
 
 NODES = [f"node{i}" for i in range(1, 9)]

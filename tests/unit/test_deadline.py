@@ -13,8 +13,10 @@ import types
 import pytest
 
 import fakefleet as ff
-from deployctl import rollback as rollback_mod, rollout as rollout_mod, run as run_mod
-from deployctl.config import load_playbook
+from deployctl.ops import rollback as rollback_mod
+from deployctl.ops import rollout as rollout_mod
+from deployctl.ops import run as run_mod
+from deployctl.config.playbook import load_playbook
 from deployctl.errors import ConfigError, RolledBackError
 
 NODES = [f"node{i}" for i in range(1, 9)]
@@ -171,7 +173,7 @@ def test_the_playbook_sets_the_deadline_and_refuses_a_bad_one(tmp_path):
 
 def test_exchange_bounds_both_steps_by_one_timeout(tmp_path):
     """SSHFleet.exchange's second step gets what is left of the timeout, not the whole of it again."""
-    from deployctl import ssh
+    from deployctl.remote import ssh
 
     seen = []
 

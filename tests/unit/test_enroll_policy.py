@@ -6,12 +6,13 @@ import re
 
 import pytest
 
-from deployctl import enroll, trust
+from deployctl.ops import enroll
+from deployctl.state import keys
 from deployctl.errors import HostKeyError
-from deployctl.statedir import StateDir
+from deployctl.state.statedir import StateDir
 
 BLOB = "AAAAC3NzaC1lZDI1NTE5AAAAIPZ7bOq1mXe7Q2NnQ6N0PV1Bqg4bVqX9Yb0b7o7xH1c8"
-FP = trust.fingerprint(f"ssh-ed25519 {BLOB}")
+FP = keys.fingerprint(f"ssh-ed25519 {BLOB}")
 
 
 class Key:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from deployctl import api, enroll
+from deployctl import api
+from deployctl.ops import enroll
 from deployctl.errors import DeployctlError, HostKeyError, LockHeldError
 
 ROOT = Path(__file__).resolve().parents[2]

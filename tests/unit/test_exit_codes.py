@@ -34,11 +34,12 @@ ERROR_CODES = {
     "HaltedError": ExitCode.HALTED,
     "InconsistentError": ExitCode.INCONSISTENT,
     "DockerUnavailableError": ExitCode.NO_DOCKER,
-    "NodeAnswerError": ExitCode.FAILED,  # commands.py
+    "NodeAnswerError": ExitCode.FAILED,  # remote/commands.py
     "JournalError": ExitCode.FAILED,
 }
 
-LIBRARY = [p.stem for p in sorted((REPO / "deployctl").glob("*.py")) if p.stem not in ("__main__", "node_agent")]
+LIBRARY = [".".join(p.relative_to(REPO).with_suffix("").parts) for p in sorted((REPO / "deployctl").rglob("*.py"))
+           if p.name != "__main__.py" and p.parent.name != "node"]
 
 
 def all_subclasses(cls) -> set[type]:
@@ -57,7 +58,7 @@ def test_exit_codes_are_distinct():
 
 def test_every_error_class_maps_to_its_documented_code():
     for name in LIBRARY:
-        importlib.import_module(f"deployctl.{name}")
+        importlib.import_module(name)
     found = {cls.__name__: cls for cls in all_subclasses(DeployctlError) | {DeployctlError}
              if cls.__module__.startswith("deployctl.")}
     assert sorted(found) == sorted(ERROR_CODES), "a new error class needs its documented code here"

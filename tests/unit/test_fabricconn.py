@@ -7,9 +7,9 @@ from pathlib import Path
 
 import paramiko
 
-from deployctl import fabricconn
-from deployctl.config import Node
-from deployctl.sshconfig import Jump
+from deployctl.remote import fabricconn
+from deployctl.config.inventory import Node
+from deployctl.config.sshconfig import Jump
 
 PACKAGE = Path(__file__).resolve().parents[2] / "deployctl"
 
@@ -52,7 +52,7 @@ def test_no_code_path_installs_an_auto_add_policy():
     paramiko and Fabric connection factories install RejectPolicy; any other policy installed is one of our
     own (enroll's pin-on-evidence policy), which its own tests hold to refusing a key without evidence."""
     policies, bad, own = [], [], set()
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in sorted(PACKAGE.rglob("*.py")):
         tree = ast.parse(path.read_text())
         if _own_policies(tree):
             own.add(path.name)

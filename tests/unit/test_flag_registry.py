@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from deployctl import artifact, flags, manifest
+from deployctl.release import artifact
+from deployctl.release import flags
+from deployctl.release import manifest
 from deployctl.errors import ArtifactError, ConfigError, UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,7 +95,7 @@ def _source(tmp_path: Path, flag_set: dict) -> Path:
 
 
 def test_build_records_the_flags_in_the_signed_manifest(tmp_path):
-    from deployctl import signing
+    from deployctl.release import signing
 
     key, pub = signing.generate(tmp_path / "keys")
     art = artifact.build(_source(tmp_path, {"log_orders": True, "price_improvement": False}), tmp_path / "dist",
@@ -104,7 +106,7 @@ def test_build_records_the_flags_in_the_signed_manifest(tmp_path):
 
 
 def test_build_refuses_a_retired_flag_before_writing_anything(tmp_path):
-    from deployctl import signing
+    from deployctl.release import signing
 
     key, _ = signing.generate(tmp_path / "keys")
     reg = registry(tmp_path, GOOD)
@@ -115,7 +117,7 @@ def test_build_refuses_a_retired_flag_before_writing_anything(tmp_path):
 
 
 def test_build_refuses_flags_that_are_not_booleans(tmp_path):
-    from deployctl import signing
+    from deployctl.release import signing
 
     key, _ = signing.generate(tmp_path / "keys")
     with pytest.raises(ArtifactError, match=r"^router\.json: flags should be an object of flag name"):

@@ -18,12 +18,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fakefleet as ff
-from deployctl import commands, journal as journal_mod, rollback as rollback_mod, rollout as rollout_mod, run as run_mod
+from deployctl.remote import commands
+from deployctl.state import journal
+from deployctl.ops import rollback as rollback_mod
+from deployctl.ops import rollout as rollout_mod
+from deployctl.ops import guards
 from deployctl.errors import ExitCode, LockHeldError
-from deployctl.journal import Journal, actor
-from deployctl.statedir import StateDir
+from deployctl.state.journal import Journal, actor
+from deployctl.state.statedir import StateDir
 from test_node_agent import A, DIGEST, answer, make_tar, refusal, root, run, _release  # noqa: F401
-from deployctl.config import Service
+from deployctl.config.playbook import Service
 
 SVC = Service(None, None, "/health", None)
 
@@ -103,7 +107,7 @@ def someone_else(i=1):
 
 def test_a_rollout_refused_by_one_node_lock_exits_5_naming_holder_and_host_and_releases_the_rest(tmp_path,
                                                                                                   monkeypatch):
-    monkeypatch.setattr(run_mod, "LOCK_PATIENCE", 0.5)
+    monkeypatch.setattr(guards, "LOCK_PATIENCE", 0.5)
     rig = ff.make_rig(tmp_path)
     rollout_mod.rollout(rig.ctx, rig.artifacts[0].path)
     before = rig.world.states()
@@ -152,7 +156,7 @@ def test_a_failed_rollout_releases_the_lock_on_every_node(tmp_path):
 
 
 def test_a_rollback_finding_the_lock_held_exits_5(tmp_path, monkeypatch):
-    monkeypatch.setattr(run_mod, "LOCK_PATIENCE", 0.5)
+    monkeypatch.setattr(guards, "LOCK_PATIENCE", 0.5)
     rig = ff.make_rig(tmp_path)
     for i in (0, 1):
         rollout_mod.rollout(rig.ctx, rig.artifacts[i].path)
@@ -191,7 +195,7 @@ def test_two_controllers_that_split_the_fleet_the_one_holding_the_first_node_pro
 
 
 def test_a_rollout_refused_by_the_first_node_does_not_wait(tmp_path, monkeypatch):
-    monkeypatch.setattr(run_mod, "LOCK_PATIENCE", 60)
+    monkeypatch.setattr(guards, "LOCK_PATIENCE", 60)
     rig = ff.make_rig(tmp_path)
     rig.world["node1"].lock = someone_else()
     with pytest.raises(LockHeldError, match="node1: fleet deploy lock held by carol@other-controller"):
@@ -210,7 +214,7 @@ def test_a_node_left_holding_the_lock_of_a_finished_run_does_not_block_the_next(
     rollout_mod.rollout(rig.ctx, rig.artifacts[1].path)
     assert {s["current"] for s in rig.world.states().values()} == {rig.artifacts[1].digest}
     assert {"action": "lock-broken", "broken": stale} in rig.world["node5"].journal
-    assert run_mod.finished_fleet_locks(rig.ctx)[-2] == start["fleet_lock"]
+    assert guards.finished_fleet_locks(rig.ctx)[-2] == start["fleet_lock"]
     rig.world["node5"].lock = dict(stale, id="not-a-finished-run")
     with pytest.raises(LockHeldError):
         rollout_mod.rollout(rig.ctx, rig.artifacts[2].path)
@@ -270,7 +274,7 @@ def test_finished_fleet_locks_names_the_same_locks_as_a_read_of_the_whole_journa
     for rec in records:
         j.append(rec)
     ctx = types.SimpleNamespace(journal=j)
-    assert run_mod.finished_fleet_locks(ctx, last, dead) == _finished_fleet_locks_reference(records, last, dead)
+    assert guards.finished_fleet_locks(ctx, last, dead) == _finished_fleet_locks_reference(records, last, dead)
 
 
 def test_finished_fleet_locks_reads_the_journal_only_back_to_the_runs_it_names(tmp_path, monkeypatch):
@@ -279,10 +283,10 @@ def test_finished_fleet_locks_reads_the_journal_only_back_to_the_runs_it_names(t
         for i in range(5000):
             for phase in ("start", "done"):
                 rec = {"action": "rollout", "phase": phase, "run": f"r{i}", "fleet_lock": f"l{i}"}
-                f.write(journal_mod.encode(rec))
+                f.write(journal.encode(rec))
     parsed = []
-    real = journal_mod.parse_line
-    monkeypatch.setattr(journal_mod, "parse_line", lambda line: parsed.append(line) or real(line))
+    real = journal.parse_line
+    monkeypatch.setattr(journal, "parse_line", lambda line: parsed.append(line) or real(line))
     ctx = types.SimpleNamespace(journal=Journal(path))
-    assert run_mod.finished_fleet_locks(ctx) == [f"l{i}" for i in range(4984, 5000)]
+    assert guards.finished_fleet_locks(ctx) == [f"l{i}" for i in range(4984, 5000)]
     assert len(parsed) < 1000  # the last block or so, not the 10000 records of the file

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from deployctl import docker_fleet
-from deployctl.config import Node, inventory_text, load_inventory
+from deployctl.testfleet import fleetfiles
+from deployctl.config.inventory import Node, load_inventory
+from deployctl.testfleet.fleetfiles import inventory_text
 from deployctl.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,7 +52,7 @@ def body(text: str) -> str:
 
 
 def test_defaults_reproduce_the_committed_compose_file():
-    assert docker_fleet.compose_text(8) == (ROOT / "containers" / "compose.yaml").read_text(encoding="utf-8")
+    assert fleetfiles.compose_text(8) == (ROOT / "containers" / "compose.yaml").read_text(encoding="utf-8")
 
 
 def test_defaults_reproduce_the_committed_inventory():
@@ -59,14 +60,14 @@ def test_defaults_reproduce_the_committed_inventory():
 
 
 def test_one_node_texts_are_exact():
-    assert body(docker_fleet.compose_text(1)) == ONE_NODE_COMPOSE_BODY
+    assert body(fleetfiles.compose_text(1)) == ONE_NODE_COMPOSE_BODY
     assert body(inventory_text(1)) == ONE_NODE_INVENTORY_BODY
 
 
 def test_project_fleet_name_and_first_ports_are_used():
-    compose = docker_fleet.compose_text(2, project="ci-fleet", first_ssh_port=30000, first_router_port=40000)
-    assert body(compose).splitlines()[0] == "name: ci-fleet"
-    assert '    ports: ["127.0.0.1:30001:22", "127.0.0.1:40001:8080"]' in compose.splitlines()
+    text = fleetfiles.compose_text(2, project="ci-fleet", first_ssh_port=30000, first_router_port=40000)
+    assert body(text).splitlines()[0] == "name: ci-fleet"
+    assert '    ports: ["127.0.0.1:30001:22", "127.0.0.1:40001:8080"]' in text.splitlines()
     inventory = inventory_text(2, first_ssh_port=30000, first_router_port=40000, fleet_name="ci")
     assert body(inventory).splitlines()[0] == "fleet: ci"
     assert inventory.splitlines()[-1] == "  - {name: node2, host: 127.0.0.1, ssh_port: 30001, router_port: 40001}"
@@ -74,7 +75,7 @@ def test_project_fleet_name_and_first_ports_are_used():
 
 @pytest.mark.parametrize("nodes", [1, 8, 16, 64])
 def test_generated_files_load_strictly_and_agree(tmp_path, nodes):
-    spec = docker_fleet.load_spec(write(tmp_path, "compose.yaml", docker_fleet.compose_text(nodes)))
+    spec = fleetfiles.load_spec(write(tmp_path, "compose.yaml", fleetfiles.compose_text(nodes)))
     inv = load_inventory(write(tmp_path, "fleet.yaml", inventory_text(nodes)))
     names = [f"node{i}" for i in range(1, nodes + 1)]
     assert (spec.project, spec.image, spec.network) == ("deployctl-fleet", "deployctl/node:latest", "deployctl-fleet-net")
@@ -90,7 +91,7 @@ def test_generated_files_load_strictly_and_agree(tmp_path, nodes):
 
 @pytest.mark.parametrize("nodes, ssh, router", [(64, 65472, 1), (1, 65535, 1), (3, 1, 8), (2, 8101, 2201)])
 def test_edge_ranges_are_accepted(tmp_path, nodes, ssh, router):
-    spec = docker_fleet.load_spec(write(tmp_path, "compose.yaml", docker_fleet.compose_text(
+    spec = fleetfiles.load_spec(write(tmp_path, "compose.yaml", fleetfiles.compose_text(
         nodes, first_ssh_port=ssh, first_router_port=router)))
     inv = load_inventory(write(tmp_path, "fleet.yaml", inventory_text(nodes, ssh, router)))
     assert [n.ports for n in spec.nodes] == [((n.ssh_port, 22), (n.router_port, 8080)) for n in inv.nodes]
@@ -120,7 +121,7 @@ BAD_ARGUMENTS = [
                          ids=[c[0] for c in BAD_ARGUMENTS])
 def test_bad_arguments_are_refused_with_exact_message(nodes, ssh, router, message):
     with pytest.raises(ConfigError) as compose_error:
-        docker_fleet.compose_text(nodes, first_ssh_port=ssh, first_router_port=router)
+        fleetfiles.compose_text(nodes, first_ssh_port=ssh, first_router_port=router)
     with pytest.raises(ConfigError) as inventory_error:
         inventory_text(nodes, first_ssh_port=ssh, first_router_port=router)
     assert str(compose_error.value) == str(inventory_error.value) == message
@@ -133,7 +134,7 @@ def test_bad_arguments_are_refused_with_exact_message(nodes, ssh, router, messag
 ])
 def test_bad_project_is_refused_with_exact_message(project, message):
     with pytest.raises(ConfigError) as error:
-        docker_fleet.compose_text(8, project=project)
+        fleetfiles.compose_text(8, project=project)
     assert str(error.value) == message
 
 

@@ -8,8 +8,9 @@ import dataclasses
 import pytest
 
 import fakefleet as ff
-from deployctl import rollback as rollback_mod, rollout as rollout_mod
-from deployctl.config import Node
+from deployctl.ops import rollback as rollback_mod
+from deployctl.ops import rollout as rollout_mod
+from deployctl.config.inventory import Node
 from deployctl.errors import InconsistentError, UsageError
 
 NODES = [f"node{i}" for i in range(1, 9)]

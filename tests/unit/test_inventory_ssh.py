@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from deployctl import sshconfig
-from deployctl.config import load_inventory
+from deployctl.config import sshconfig
+from deployctl.config.inventory import load_inventory
 from deployctl.errors import ConfigError
-from deployctl.sshconfig import Jump
+from deployctl.config.sshconfig import Jump
 
 HEAD = "fleet: f\nssh:\n  connect_timeout: 5\n"
 

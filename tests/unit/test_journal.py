@@ -12,9 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deployctl import journal
+from deployctl.state import journal
 from deployctl.errors import DeployctlError, ExitCode, LockHeldError
-from deployctl.journal import Journal, Lock, LockInfo, entry
+from deployctl.state.journal import Journal, entry
+from deployctl.state.lock import Lock, LockInfo
 
 D1, D2, D3 = "1" * 64, "2" * 64, "3" * 64
 # Larger than any pid_max Linux allows (2**22), so no process can have it.
@@ -102,8 +103,8 @@ def test_last_good(tmp_path):
 def test_rollback_target_is_the_newest_release_the_fleet_ran_that_no_node_runs(tmp_path):
     from types import SimpleNamespace
 
-    from deployctl.commands import Probe
-    from deployctl.rollback import rollback_target as _rollback_target
+    from deployctl.remote.commands import Probe
+    from deployctl.ops.rollback import rollback_target as _rollback_target
     from deployctl.errors import UsageError
 
     j = Journal(tmp_path / "j.jsonl")

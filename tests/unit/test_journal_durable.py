@@ -15,10 +15,11 @@ from types import SimpleNamespace
 import pytest
 
 import fakefleet as ff
-from deployctl import journal, rollout as rollout_mod
+from deployctl.state import journal
+from deployctl.ops import rollout as rollout_mod
 from deployctl.errors import ExitCode, JournalError
-from deployctl.journal import Journal, entry
-from deployctl.run import Run
+from deployctl.state.journal import Journal, entry
+from deployctl.ops.run import Run
 
 D1, D2 = "1" * 64, "2" * 64
 

@@ -14,9 +14,10 @@ import socket
 import time
 from types import SimpleNamespace
 
-from deployctl import run as run_mod
+from deployctl.ops import guards
 from deployctl.errors import LockHeldError
-from deployctl.journal import Journal, Lock
+from deployctl.state.journal import Journal
+from deployctl.state.lock import Lock
 
 WORKERS = 6
 ROUNDS = 200
@@ -92,8 +93,8 @@ def test_interrupted_is_not_fooled_by_a_run_that_ends_while_it_reads(tmp_path):
 
     ctx = SimpleNamespace(journal=Racing(), lock=lock)
     # Read in the old order (journal, then lock) this said "interrupted rollout ... run `deployctl recover`".
-    assert run_mod.interrupted(ctx) is None
+    assert guards.interrupted(ctx) is None
     ctx.journal = journal
     lock.release()
     journal.append({"action": "rollout", "phase": "start", "run": "r2", "digest": "2" * 64})
-    assert "interrupted rollout (run r2" in run_mod.interrupted(ctx)
+    assert "interrupted rollout (run r2" in guards.interrupted(ctx)

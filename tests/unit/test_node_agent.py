@@ -21,9 +21,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from deployctl import commands
-from deployctl.manifest import digest_of
-from deployctl.config import Service
+from deployctl.remote import commands
+from deployctl.remote import agentpack
+from deployctl.release.manifest import digest_of
+from deployctl.config.playbook import Service
 
 FILES = {
     "router.py": b"print('router')\n",
@@ -215,7 +216,7 @@ def test_deploy_answers_preflight_with_the_probe(tmp_path, shape):
 def test_deploy_answers_the_probe_then_stages_and_switches_on_request(root):
     data = make_tar()
     request = commands.switch_request(DIGEST, {"action": "rollout"}, Service(None, None, "/health", None))
-    plan = commands.reuse_plan({}, {})
+    plan = commands.reuse_hints({}, {})
     probed, have, staged, switched = _lines(run(commands.deploy(str(root), DIGEST, 3),
                                                 plan + commands.upload(data) + request))
     assert commands.parse_probe(probed["probe"].encode()).current is None
@@ -270,8 +271,8 @@ def test_stage_replaces_a_tampered_copy(root):
 
 
 def test_stage_a_real_built_artifact(root, tmp_path):
-    from deployctl.artifact import build
-    from deployctl.signing import generate as generate_signing_key
+    from deployctl.release.artifact import build
+    from deployctl.release.signing import generate as generate_signing_key
 
     src = tmp_path / "src"
     for rel, data in {**FILES, "router.json": b'{"name": "router", "version": "1.2.3"}\n'}.items():
@@ -707,7 +708,7 @@ def deploy(root: Path, files: dict[str, bytes], hints: dict, sent: dict[str, byt
     the caller says) with the signed manifest `uploaded` (the same by default), then `then`."""
     want = digest(files)
     planned = planned or signed_manifest(files)
-    plan = commands.reuse_plan({r: sha(d) for r, d in files.items() if r in hints}, hints,
+    plan = commands.reuse_hints({r: sha(d) for r, d in files.items() if r in hints}, hints,
                                (planned[0], planned[1].decode()))
     body = make_tar(sent, manifest=uploaded or planned) if sent is not None else b""
     return run(commands.deploy(str(root), want, 3), plan + (commands.upload(body) if sent is not None else b"") + then)
@@ -813,7 +814,7 @@ def test_have_hashes_in_place_and_writes_nothing(old):
     (old / "releases" / DIGEST / "router.json").write_bytes(b"tampered")
     before = tree(old)
     hints = {r: [(DIGEST, r)] for r in FILES}
-    doc = answer(run(commands.have(str(old)), commands.reuse_plan({r: sha(d) for r, d in NEW_FILES.items()}, hints)))
+    doc = answer(run(commands.have(str(old)), commands.reuse_hints({r: sha(d) for r, d in NEW_FILES.items()}, hints)))
     assert doc["have"] == ["empty.txt", "lib/deep/data.bin", "lib/util.py"]
     assert doc["bytes"] == sum(len(FILES[r]) for r in doc["have"])
     assert commands.parse_probe_answer(json.dumps(doc).encode()).current is None
@@ -823,12 +824,12 @@ def test_have_hashes_in_place_and_writes_nothing(old):
 def test_deploy_waiting_past_its_hold_time_removes_its_stage_folder(old, monkeypatch):
     """A controller gone between the reuse answer and the upload: the agent gives up after its hold
     time (here 1 s) with one error line, and leaves no stage folder behind."""
-    source = commands.AGENT.replace("HOLD_SECONDS = 600", "HOLD_SECONDS = 1")
-    assert source != commands.AGENT
+    source = agentpack.AGENT.replace("HOLD_SECONDS = 600", "HOLD_SECONDS = 1")
+    assert source != agentpack.AGENT
     argv = commands.deploy(str(old), NEW, 3)
-    argv[4:8] = commands.agent_program(source)
+    argv[4:8] = agentpack.agent_program(source)
     hints = {r: [(DIGEST, r)] for r in FILES}
-    plan = commands.reuse_plan({r: sha(d) for r, d in FILES.items()}, hints)
+    plan = commands.reuse_hints({r: sha(d) for r, d in FILES.items()}, hints)
     proc = subprocess.Popen([sys.executable, *argv[1:]], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     proc.stdin.write(plan)
@@ -885,7 +886,7 @@ RFC8032 = [  # RFC 8032, 7.1, tests 1 and 2: public key, message, signature
 
 @pytest.mark.parametrize("public, message, signature", RFC8032)
 def test_ed25519_takes_the_rfc_vectors_and_nothing_changed(public, message, signature):
-    from deployctl.node_agent import ed25519_ok
+    from deployctl.node.agent import ed25519_ok
 
     public, message, signature = bytes.fromhex(public), bytes.fromhex(message), bytes.fromhex(signature)
     assert ed25519_ok(public, message, signature)
@@ -897,7 +898,7 @@ def test_ed25519_takes_the_rfc_vectors_and_nothing_changed(public, message, sign
 
 
 def test_ed25519_constants_are_what_they_are_defined_as():
-    from deployctl.node_agent import D, D2, GX, GY, P, SQRT_M1, _point
+    from deployctl.node.agent import D, D2, GX, GY, P, SQRT_M1, _point
 
     assert D == -121665 * pow(121666, P - 2, P) % P and D2 == 2 * D % P
     assert SQRT_M1 == pow(2, (P - 1) // 4, P) and SQRT_M1 * SQRT_M1 % P == P - 1
@@ -907,7 +908,7 @@ def test_ed25519_constants_are_what_they_are_defined_as():
 def test_ed25519_agrees_with_the_cryptography_library():
     import random
 
-    from deployctl.node_agent import L, ed25519_ok
+    from deployctl.node.agent import L, ed25519_ok
 
     rng = random.Random(7)
     for n in range(40):
@@ -922,7 +923,7 @@ def test_ed25519_agrees_with_the_cryptography_library():
 
 
 def test_sync_later_waits_for_its_fsyncs_and_raises_their_first_error(tmp_path):
-    from deployctl.node_agent import sync_later
+    from deployctl.node.agent import sync_later
 
     files = [tmp_path / f"f{i}" for i in range(3)]
     for f in files:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from deployctl import commands
+from deployctl.remote import commands
 from test_node_agent import answer, root, run  # noqa: F401  (root is a fixture)
 from test_router import service_module
 

@@ -7,11 +7,22 @@ import subprocess
 
 import pytest
 
-from deployctl import commands
-from deployctl.commands import NodeAnswerError
-from deployctl.config import Service, Supervisor
-from deployctl.nodecontract import (Contract, Facts, check_manager, desired, parse_facts, plan, probe, service_commands,
-                                    service_file, sha256, sudoers_rule)
+from deployctl.remote import commands
+from deployctl.remote.commands import NodeAnswerError
+from deployctl.config.playbook import Service, Supervisor
+from deployctl.remote.nodecontract import (
+    Contract,
+    Facts,
+    check_manager,
+    desired,
+    parse_facts,
+    steps as plan_steps,
+    probe,
+    service_commands,
+    service_file,
+    sha256,
+    sudoers_rule,
+)
 
 SUP = Contract("/opt/router", "router", "supervisord", "deploy", "deploy", 8080, "t0ken", "ssh-ed25519 AAAA signing",
                ("/usr/bin/supervisorctl",))
@@ -91,12 +102,12 @@ def _facts(contract: Contract, **changed) -> Facts:
 
 
 def test_an_enrolled_node_needs_nothing():
-    assert plan(SUP, _facts(SUP), "/tmp/x") == []
+    assert plan_steps(SUP, _facts(SUP), "/tmp/x") == []
 
 
 def test_a_bare_node_gets_everything_in_order():
     facts = Facts({}, ("/usr/bin/supervisorctl",), False)
-    steps = plan(SUP, facts, "/tmp/x")
+    steps = plan_steps(SUP, facts, "/tmp/x")
     assert [s.what for s in steps] == [
         "create folder /opt/router (deploy, 755)", "create folder /opt/router/releases (deploy, 755)",
         "create folder /opt/router/state (deploy, 700)", "install /opt/router/state/token (deploy, 600)",
@@ -112,7 +123,7 @@ def test_a_bare_node_gets_everything_in_order():
 def test_only_what_differs_changes_and_the_token_is_never_shown():
     facts = _facts(SUP, **{"/opt/router/state": ("dir", "root", "755", "-"),
                            "/opt/router/state/token": ("file", "deploy", "600", sha256("old\n"))})
-    steps = plan(SUP, facts, "/tmp/x")
+    steps = plan_steps(SUP, facts, "/tmp/x")
     assert [s.what for s in steps] == ["set /opt/router/state to deploy, 700 (was root, 755)",
                                        "replace /opt/router/state/token (deploy, 600)"]
     assert "t0ken" not in repr([(s.what, s.argv) for s in steps])
@@ -121,7 +132,7 @@ def test_only_what_differs_changes_and_the_token_is_never_shown():
 
 def test_a_changed_unit_reloads_systemd():
     path, _ = service_file(SYSD)
-    steps = plan(SYSD, _facts(SYSD, **{path: ("file", "root", "644", sha256("old"))}), "/tmp/x")
+    steps = plan_steps(SYSD, _facts(SYSD, **{path: ("file", "root", "644", sha256("old"))}), "/tmp/x")
     assert [s.argv for s in steps][-1] == (("/bin/systemctl", "daemon-reload"), ("/bin/systemctl", "enable", "orders.service"))
 
 
@@ -159,7 +170,7 @@ def test_a_node_without_the_manager_is_refused():
 
 
 def test_apply_script_stops_at_the_failing_step_and_names_it(tmp_path):
-    from deployctl.nodecontract import Step, apply_script, failed_step
+    from deployctl.remote.nodecontract import Step, apply_script, failed_step
 
     made = tmp_path / "made"
     steps = [Step("one", (("touch", str(made)),)), Step("two", (("false",),)), Step("three", (("touch", str(tmp_path / "x")),))]
@@ -176,7 +187,7 @@ def test_apply_script_stops_at_the_failing_step_and_names_it(tmp_path):
     ("  manager: systemd\n  port: 0\n", "router.yaml: service/port: should be between 1 and 65535"),
 ])
 def test_playbook_service_manager_fields_are_strict(tmp_path, service, message):
-    from deployctl.config import load_playbook
+    from deployctl.config.playbook import load_playbook
     from deployctl.errors import ConfigError
 
     book = tmp_path / "router.yaml"
@@ -187,7 +198,7 @@ def test_playbook_service_manager_fields_are_strict(tmp_path, service, message):
 
 
 def test_a_systemd_playbook_needs_no_restart_argv(tmp_path):
-    from deployctl.config import load_playbook
+    from deployctl.config.playbook import load_playbook
 
     book = tmp_path / "router.yaml"
     book.write_text("name: r\nsource: .\ninstall_root: /opt/r\nkeep_releases: 2\nservice:\n  health_path: /h\n"

@@ -13,10 +13,14 @@ import subprocess
 import pytest
 
 import fakefleet as ff
-from deployctl import commands, control, rollback as rollback_mod, rollout as rollout_mod, run as run_mod
+from deployctl.remote import commands
+from deployctl.ops import control
+from deployctl.ops import rollback as rollback_mod
+from deployctl.ops import rollout as rollout_mod
+from deployctl.ops import guards
 from deployctl.errors import (ArtifactError, DeployctlError, ExitCode, HaltedError, HostKeyError, InconsistentError,
                               LockHeldError, RolledBackError, UnreachableError, UsageError)
-from deployctl.journal import actor
+from deployctl.state.journal import actor
 
 NODES = [f"node{i}" for i in range(1, 9)]
 OTHERS = [n for n in NODES if n != "node3"]
@@ -351,7 +355,7 @@ def test_failed_revert_is_inconsistent_and_recover_repairs_it(live):
     assert {n: s for n, s in states.items() if n != "node5"} == fleet(b, "closed", [a, b, c],
                                                                       nodes=[n for n in NODES if n != "node5"])
     assert live.journal()[-1]["outcome"] == "inconsistent"
-    assert run_mod.interrupted(live.ctx) is None  # the run finished (inconsistent), it was not interrupted
+    assert guards.interrupted(live.ctx) is None  # the run finished (inconsistent), it was not interrupted
     # recover: the last good release (b) is on every node; node5's router starts again; gate stays closed.
     del live.world["node5"].faults["revert"], live.world["node3"].faults["switch"]
     result = rollback_mod.recover(live.ctx)
@@ -380,7 +384,7 @@ def test_interrupted_rollout_blocks_runs_until_recover(live):
     start = next(r for r in reversed(live.journal()) if r.get("phase") == "start")
     message = (f"interrupted rollout (run {start['run']}, {short(c)}, started {start['ts']} by {actor()}): "
                "run `deployctl recover`")
-    assert run_mod.interrupted(live.ctx) == message
+    assert guards.interrupted(live.ctx) == message
     for attempt in (lambda: rollout(live, 2), lambda: rollback_mod.rollback(live.ctx)):
         with pytest.raises(InconsistentError) as err:
             attempt()
@@ -395,7 +399,7 @@ def test_interrupted_rollout_blocks_runs_until_recover(live):
                                  ("recover", "done", "ok")]
     assert plain(live.journal()[since])["interrupted"] == start
     assert ("warning", {"message": "gate stays closed (recover)"}) in live.events
-    assert run_mod.interrupted(live.ctx) is None
+    assert guards.interrupted(live.ctx) is None
     assert rollout(live, 2).gate_open is True
 
 
@@ -404,7 +408,7 @@ def test_interrupted_run_with_its_lock_still_held_is_not_reported(live):
     with pytest.raises(Crash):
         rollout(live, 2)
     live.ctx.lock.path.write_text(json.dumps({"holder": actor(), "pid": os.getpid(), "since": 0, "command": "x"}))
-    assert run_mod.interrupted(live.ctx) is None  # its process is alive: the run may still be going
+    assert guards.interrupted(live.ctx) is None  # its process is alive: the run may still be going
 
 
 def test_recover_falls_back_to_the_release_every_node_runs(live):
@@ -444,11 +448,11 @@ def test_recover_refuses_when_no_release_is_common(live):
     # interrupted run (journaled) and brings the whole fleet to one release, gates open.
     with pytest.raises(InconsistentError):
         rollout(live, 2)
-    message = run_mod.interrupted(live.ctx)
+    message = guards.interrupted(live.ctx)
     assert rollout(live, 2, break_lock=True).gate_open is True
     assert {s["current"] for s in live.world.states().values()} == {c}
     assert plain(next(r for r in reversed(live.journal()) if r.get("phase") == "start"))["supersedes"] == message
-    assert run_mod.interrupted(live.ctx) is None
+    assert guards.interrupted(live.ctx) is None
 
 
 def test_recover_that_fails_is_inconsistent_without_a_revert(live):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from deployctl import outliers, verify
+from deployctl.model import outliers
+from deployctl.model import verify
 from deployctl.errors import ExitCode
-from deployctl.manifest import digest_of
+from deployctl.release.manifest import digest_of
 
 A = {"router.py": "1" * 64, "router.json": "2" * 64}
 B = {"router.py": "1" * 64, "router.json": "3" * 64, "power_peg.py": "4" * 64}

@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from deployctl import output
+from deployctl.cli import output
 
 
 class FakeProgress:

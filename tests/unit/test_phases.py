@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deployctl import phases as sm
-from deployctl.commands import Probe
-from deployctl.phases import FORWARD, Outcome, Phase, State
+from deployctl.model import phases
+from deployctl.remote.commands import Probe
+from deployctl.model.phases import FORWARD, Outcome, Phase, State
 
 NODES = ("n1", "n2", "n3")
 TARGET = "c" * 64
@@ -28,7 +28,7 @@ def walk_to(phase: Phase) -> State:
     """A state at `phase`, reached by all-success advances from PREFLIGHT."""
     state = start()
     while state.phase != phase:
-        state = sm.advance(state, ok(), PROBES if state.phase == Phase.PREFLIGHT else None)
+        state = phases.advance(state, ok(), PROBES if state.phase == Phase.PREFLIGHT else None)
     return state
 
 
@@ -36,7 +36,7 @@ def test_happy_path_phase_sequence():
     state, seen = start(), []
     while not state.finished:
         seen.append(state.phase)
-        state = sm.advance(state, ok(), PROBES if state.phase == Phase.PREFLIGHT else None)
+        state = phases.advance(state, ok(), PROBES if state.phase == Phase.PREFLIGHT else None)
     assert seen + [state.phase] == [Phase.PREFLIGHT, Phase.CLOSE_GATE, Phase.STAGE, Phase.SWITCH, Phase.HEALTH,
                                     Phase.OPEN_GATE, Phase.DONE]
     assert state.failures == ()
@@ -61,9 +61,9 @@ def test_initial_state():
 def test_one_node_failing_a_phase(phase, expected):
     state = walk_to(phase)
     results = {**ok(), "n2": Outcome(False, "boom")}
-    nxt = sm.advance(state, results, PROBES if phase == Phase.PREFLIGHT else None)
+    nxt = phases.advance(state, results, PROBES if phase == Phase.PREFLIGHT else None)
     assert nxt.phase == expected
-    assert nxt.failures == (sm.Failure("n2", phase, "boom"),)
+    assert nxt.failures == (phases.Failure("n2", phase, "boom"),)
     assert nxt.failures[0].describe() == f"n2 failed in {phase.value}: boom"
     assert nxt.finished == (expected == Phase.REVERTED)
 
@@ -71,19 +71,19 @@ def test_one_node_failing_a_phase(phase, expected):
 @pytest.mark.parametrize("phase", FORWARD[:-1])
 def test_missing_node_counts_as_failed(phase):
     state = walk_to(phase)
-    nxt = sm.advance(state, ok(("n1", "n3")), PROBES if phase == Phase.PREFLIGHT else None)
+    nxt = phases.advance(state, ok(("n1", "n3")), PROBES if phase == Phase.PREFLIGHT else None)
     assert nxt.phase in (Phase.REVERT, Phase.REVERTED)
-    assert nxt.failures == (sm.Failure("n2", phase, "no result"),)
+    assert nxt.failures == (phases.Failure("n2", phase, "no result"),)
 
 
 def test_empty_results_fail_every_node():
-    nxt = sm.advance(walk_to(Phase.STAGE), {})
+    nxt = phases.advance(walk_to(Phase.STAGE), {})
     assert nxt.phase == Phase.REVERTED
     assert [f.node for f in nxt.failures] == list(NODES)
 
 
 def test_results_for_unknown_nodes_are_ignored():
-    nxt = sm.advance(walk_to(Phase.STAGE), {**ok(("n1", "n2")), "stranger": Outcome(True)})
+    nxt = phases.advance(walk_to(Phase.STAGE), {**ok(("n1", "n2")), "stranger": Outcome(True)})
     assert nxt.phase == Phase.REVERTED
     assert [f.node for f in nxt.failures] == ["n3"]
 
@@ -91,52 +91,52 @@ def test_results_for_unknown_nodes_are_ignored():
 def test_every_node_switched_after_a_switch_failure():
     state = walk_to(Phase.SWITCH)
     assert state.switched == frozenset()
-    nxt = sm.advance(state, {"n1": Outcome(False, "rename failed")})  # n2, n3: no result
+    nxt = phases.advance(state, {"n1": Outcome(False, "rename failed")})  # n2, n3: no result
     assert nxt.phase == Phase.REVERT
     assert nxt.switched == frozenset(NODES)
-    assert sm.revert_targets(nxt) == OLD
+    assert phases.revert_targets(nxt) == OLD
 
 
 def test_nothing_switched_when_stage_fails():
-    nxt = sm.advance(walk_to(Phase.STAGE), {**ok(), "n3": Outcome(False, "disk full")})
+    nxt = phases.advance(walk_to(Phase.STAGE), {**ok(), "n3": Outcome(False, "disk full")})
     assert nxt.switched == frozenset()
-    assert sm.revert_targets(nxt) == {}
+    assert phases.revert_targets(nxt) == {}
 
 
 def test_previous_comes_from_preflight_probes():
-    nxt = sm.advance(start(), ok(), {"n1": PROBES["n1"], "n2": PROBES["n2"]})  # n3 probe missing
+    nxt = phases.advance(start(), ok(), {"n1": PROBES["n1"], "n2": PROBES["n2"]})  # n3 probe missing
     assert nxt.previous == {"n1": "a" * 64, "n2": "b" * 64, "n3": None}
 
 
 @pytest.mark.parametrize("phase", [Phase.HEALTH, Phase.OPEN_GATE])
 def test_revert_targets_each_nodes_previous(phase):
-    nxt = sm.advance(walk_to(phase), {**ok(), "n1": Outcome(False, "unhealthy")})
+    nxt = phases.advance(walk_to(phase), {**ok(), "n1": Outcome(False, "unhealthy")})
     assert nxt.phase == Phase.REVERT
-    assert sm.revert_targets(nxt) == {"n1": "a" * 64, "n2": "b" * 64, "n3": None}
+    assert phases.revert_targets(nxt) == {"n1": "a" * 64, "n2": "b" * 64, "n3": None}
 
 
 def _reverting() -> State:
-    return sm.advance(walk_to(Phase.HEALTH), {**ok(), "n2": Outcome(False, "unhealthy")})
+    return phases.advance(walk_to(Phase.HEALTH), {**ok(), "n2": Outcome(False, "unhealthy")})
 
 
 def test_revert_succeeds():
     state = _reverting()
-    done = sm.advance(state, ok())
+    done = phases.advance(state, ok())
     assert done.phase == Phase.REVERTED and done.finished
     assert done.failures == state.failures  # the original failure is kept
 
 
 def test_revert_fails():
     state = _reverting()
-    done = sm.advance(state, {**ok(), "n3": Outcome(False, "switch back failed")})
+    done = phases.advance(state, {**ok(), "n3": Outcome(False, "switch back failed")})
     assert done.phase == Phase.REVERT_FAILED and done.finished
-    assert done.failures == state.failures + (sm.Failure("n3", Phase.REVERT, "switch back failed"),)
+    assert done.failures == state.failures + (phases.Failure("n3", Phase.REVERT, "switch back failed"),)
 
 
 def test_revert_missing_node_fails():
-    done = sm.advance(_reverting(), ok(("n1", "n2")))
+    done = phases.advance(_reverting(), ok(("n1", "n2")))
     assert done.phase == Phase.REVERT_FAILED
-    assert done.failures[-1] == sm.Failure("n3", Phase.REVERT, "no result")
+    assert done.failures[-1] == phases.Failure("n3", Phase.REVERT, "no result")
 
 
 @pytest.mark.parametrize("phase, expected", [
@@ -149,22 +149,22 @@ def test_revert_missing_node_fails():
 ])
 def test_abort(phase, expected):
     state = walk_to(phase)
-    nxt = sm.abort(state, "fleet", "halted while the rollout ran")
+    nxt = phases.abort(state, "fleet", "halted while the rollout ran")
     assert nxt.phase == expected
-    assert nxt.failures[-1] == sm.Failure("fleet", phase, "halted while the rollout ran")
+    assert nxt.failures[-1] == phases.Failure("fleet", phase, "halted while the rollout ran")
 
 
 def test_abort_keeps_earlier_failures():
-    state = sm.State(NODES, TARGET, Phase.STAGE, failures=(sm.Failure("n1", Phase.STAGE, "x"),))
-    nxt = sm.abort(state, "fleet", "deadline passed")
+    state = phases.State(NODES, TARGET, Phase.STAGE, failures=(phases.Failure("n1", Phase.STAGE, "x"),))
+    nxt = phases.abort(state, "fleet", "deadline passed")
     assert [f.reason for f in nxt.failures] == ["x", "deadline passed"]
 
 
 def test_abort_after_switch_reverts_switched_nodes():
-    state = sm.State(NODES, TARGET, Phase.PREFLIGHT, previous=dict(OLD), switched=frozenset({"n1"}))
-    nxt = sm.abort(state, "fleet", "halted")
+    state = phases.State(NODES, TARGET, Phase.PREFLIGHT, previous=dict(OLD), switched=frozenset({"n1"}))
+    nxt = phases.abort(state, "fleet", "halted")
     assert nxt.phase == Phase.REVERT
-    assert sm.revert_targets(nxt) == {"n1": "a" * 64}
+    assert phases.revert_targets(nxt) == {"n1": "a" * 64}
 
 
 # --- preflight_problems ----------------------------------------------------------------------------------------
@@ -181,7 +181,7 @@ def test_preflight_problems():
         "exact": Probe(None, (), 10 * MiB + 64 * MiB, False),
         "halted-and-low": Probe(None, (), 0, True),
     }
-    problems = sm.preflight_problems(probes, need_bytes=10 * MiB, min_free_mb=64)
+    problems = phases.preflight_problems(probes, need_bytes=10 * MiB, min_free_mb=64)
     assert problems == {
         "halted": "node is halted (run `deployctl resume` first)",
         "low": "only 50 MiB free, need 74 MiB",
@@ -191,12 +191,12 @@ def test_preflight_problems():
 
 
 def test_preflight_low_disk_message():
-    problems = sm.preflight_problems({"n1": Probe(None, (), 50 * MiB, False)}, need_bytes=30 * MiB, min_free_mb=64)
+    problems = phases.preflight_problems({"n1": Probe(None, (), 50 * MiB, False)}, need_bytes=30 * MiB, min_free_mb=64)
     assert problems == {"n1": "only 50 MiB free, need 94 MiB"}
 
 
 def test_preflight_no_problems():
-    assert sm.preflight_problems(PROBES, need_bytes=MiB, min_free_mb=64) == {}
+    assert phases.preflight_problems(PROBES, need_bytes=MiB, min_free_mb=64) == {}
 
 
 # --- property -----------------------------------------------------------------------------------------------------
@@ -228,7 +228,7 @@ def test_done_only_if_every_node_succeeded_in_every_phase(run):
         if state.finished:
             break
         history.append((state.phase, results))
-        state = sm.advance(state, results, {})
+        state = phases.advance(state, results, {})
     if state.phase == Phase.DONE:
         assert [p for p, _ in history] == FORWARD[:-1]
         assert all(n in results and results[n].ok for _, results in history for n in nodes)

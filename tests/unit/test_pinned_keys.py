@@ -8,8 +8,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from deployctl import sshconnect
-from deployctl.channel import NodeError
+from deployctl.remote import sshconnect
+from deployctl.remote.channel import NodeError
 
 paramiko = sshconnect.import_paramiko()
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import fakefleet as ff
 import pytest
 
-from deployctl import commands, rollout as rollout_mod
+from deployctl.remote import commands
+from deployctl.ops import rollout as rollout_mod
 from deployctl.errors import UsageError
 
 NODES = [f"node{i}" for i in range(1, 9)]
@@ -79,19 +80,19 @@ def test_the_reuse_plan_hints_big_files_in_the_release_itself_then_kept_releases
     import json
 
     old, new = live.artifacts[0], live.artifacts[1]
-    line = rollout_mod.reuse_plan(live.ctx, new)
+    line = rollout_mod.reuse_hints(live.ctx, new)
     doc = json.loads(line)
     assert doc["files"] == {"lib/book.py": new.files["lib/book.py"]}  # the only file of 64 KiB or more
     assert doc["hints"] == {"lib/book.py": [[new.digest, "lib/book.py"], [old.digest, "lib/book.py"]]}
     assert (doc["manifest"], doc["sig"]) == (new.manifest_bytes.decode(), new.signature)  # checked before any copy
-    assert line == commands.reuse_plan(doc["files"], {r: [tuple(h) for h in hs] for r, hs in doc["hints"].items()},
+    assert line == commands.reuse_hints(doc["files"], {r: [tuple(h) for h in hs] for r, hs in doc["hints"].items()},
                                        (new.manifest_bytes, new.signature))
 
 
 def test_dry_run_says_how_many_bytes_each_node_would_be_sent(live):
     new = live.artifacts[1]
     live.world["node2"].releases.clear()
-    rows = rollout_mod.plan(live.ctx, new.path)
+    rows = rollout_mod.preview(live.ctx, new.path)
     by_node = {r.node: r for r in rows}
     assert by_node["node1"].upload_bytes == subset_size(new, {"router.json", "router.py"})
     assert by_node["node1"].note == "1 of 3 files on the node"

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deployctl import reqsign
+from deployctl.remote import reqsign
 
 ROUTER_DIR = Path(__file__).resolve().parents[2] / "fleet" / "router"
 

@@ -12,7 +12,10 @@ import signal
 import pytest
 
 import fakefleet as ff
-from deployctl import rollback as rollback_mod, rollout as rollout_mod, run as run_mod
+from deployctl.ops import rollback as rollback_mod
+from deployctl.ops import rollout as rollout_mod
+from deployctl.ops import run
+from deployctl.ops import guards
 from deployctl.errors import DeployctlError, ExitCode, RolledBackError
 
 NODES = [f"node{i}" for i in range(1, 9)]
@@ -80,7 +83,7 @@ def test_a_signal_before_the_switch_stops_the_rollout_and_no_node_switches(live,
     assert done["failures"] == [f"controller failed in {phase}: stopped by {sig}"]
     assert done["signals"] == [f"{sig} during {phase}"]
     assert f"{sig} received during {phase}: stopping after this phase" in warnings(live)
-    assert run_mod.interrupted(live.ctx) is None and not live.ctx.lock.path.exists()
+    assert guards.interrupted(live.ctx) is None and not live.ctx.lock.path.exists()
 
 
 @pytest.mark.parametrize("sig", SIGNALS)
@@ -101,7 +104,7 @@ def test_a_signal_after_the_switch_reverts_the_whole_fleet(live, phase, sig):
     assert recs[-2]["targets"] == dict.fromkeys(NODES, b) and recs[-2]["signals"] == [sig]
     assert recs[-1]["outcome"] == "rolled-back"
     assert recs[-1]["failures"] == [f"controller failed in {phase}: stopped by {sig}"]
-    assert run_mod.interrupted(live.ctx) is None and not live.ctx.lock.path.exists()
+    assert guards.interrupted(live.ctx) is None and not live.ctx.lock.path.exists()
 
 
 def test_ctrl_c_twice_and_again_during_the_revert_still_reverts_the_whole_fleet(live):
@@ -128,11 +131,11 @@ def test_a_signal_during_a_rollback_lets_it_finish_the_way_back(three):
 
 
 def test_the_signal_handlers_are_put_back_after_the_run(live):
-    before = {s: signal.getsignal(s) for s in run_mod.STOP_SIGNALS}
+    before = {s: signal.getsignal(s) for s in run.STOP_SIGNALS}
     send_at(live, "stage", "SIGHUP")
     with pytest.raises(DeployctlError):
         rollout_mod.rollout(live.ctx, live.artifacts[2].path)
-    assert {s: signal.getsignal(s) for s in run_mod.STOP_SIGNALS} == before
+    assert {s: signal.getsignal(s) for s in run.STOP_SIGNALS} == before
 
 
 def test_the_pause_hook_holds_a_run_at_the_start_of_the_phase_it_names(live, tmp_path, monkeypatch):
@@ -140,8 +143,8 @@ def test_the_pause_hook_holds_a_run_at_the_start_of_the_phase_it_names(live, tmp
     import time
 
     marker = tmp_path / "paused"
-    monkeypatch.setenv(run_mod.PAUSE_FILE, str(marker))
-    monkeypatch.setenv(run_mod.PAUSE_AT, "close-gate,switch")
+    monkeypatch.setenv(run.PAUSE_FILE, str(marker))
+    monkeypatch.setenv(run.PAUSE_AT, "close-gate,switch")
     seen = []
 
     def release_each() -> None:

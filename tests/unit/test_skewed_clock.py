@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 import fakefleet as ff
-from deployctl import control, rollout as rollout_mod
+from deployctl.ops import control
+from deployctl.ops import rollout as rollout_mod
 from deployctl.errors import DeployctlError, ExitCode
 
 

@@ -7,7 +7,7 @@ import sys
 
 CHECK = """
 import sys
-from deployctl import sshconnect
+from deployctl.remote import sshconnect
 paramiko = sshconnect.import_paramiko()
 assert "invoke" not in sys.modules, "invoke was imported"
 assert paramiko.config.invoke is None
@@ -24,6 +24,6 @@ def test_paramiko_comes_without_invoke_and_invoke_stays_importable():
 
 
 def test_an_invoke_imported_first_is_left_alone():
-    code = "import invoke, sys\nfrom deployctl import sshconnect\nassert sshconnect.import_paramiko().config.invoke is invoke\n"
+    code = "import invoke, sys\nfrom deployctl.remote import sshconnect\nassert sshconnect.import_paramiko().config.invoke is invoke\n"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -16,7 +16,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from deployctl import ssh, sshconnect
+from deployctl.remote import ssh
+from deployctl.remote import sshconnect
 from deployctl.errors import DeployctlError, ExitCode
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,10 +6,10 @@ import hashlib
 
 import pytest
 
-from deployctl import verify
-from deployctl.manifest import digest_of
+from deployctl.model import verify
+from deployctl.release.manifest import digest_of
 from deployctl.errors import ExitCode
-from deployctl.verify import NodeObservation, report
+from deployctl.model.verify import NodeObservation, report
 
 
 def sha(text: str) -> str:

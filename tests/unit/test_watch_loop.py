@@ -8,11 +8,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from deployctl import watch as watch_mod
-from deployctl.config import Breakers, Node
+from deployctl.ops import watch as watch_mod
+from deployctl.config.playbook import Breakers
+from deployctl.config.inventory import Node
 from deployctl.errors import HaltedError
-from deployctl.gate import Answer
-from deployctl.ssh import NodeResult
+from deployctl.remote.routers import Answer
+from deployctl.remote.ssh import NodeResult
 
 A = "a" * 64
 

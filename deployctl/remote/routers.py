@@ -1,0 +1,253 @@
+"""HTTP client for each node's router: health, gate, halt and resume, all nodes in parallel.
+
+Reaches routers at the host and router port of the inventory; for a node behind a bastion
+(proxy_jump), through a direct-tcpip channel over the bastion's SSH transport that an `opener`
+gives (http.client then speaks over that channel as its socket). A control request never carries
+the token: it is signed with it (deployctl/reqsign.py: HMAC over method, path, body, timestamp and
+a fresh nonce), so a captured request neither reveals the token nor can be replayed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import http.client
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+from deployctl.remote import reqsign
+from deployctl.config.inventory import Node
+
+# (node, timeout) -> a connected socket-like object to its router; raises ConnectionRefusedError when nothing
+# listens there, OSError (naming the bastion) for anything else
+Opener = Callable[[Node, float], object]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One router's answer: HTTP status and JSON body, or why there was none (status 0)."""
+
+    node: str
+    status: int
+    body: dict
+    error: str | None = None
+    # Nothing listens (refused, or reset by Docker's port proxy): the router is not
+    # running, so it takes no orders either. A timeout is never "down".
+    down: bool = False
+    # The node's clock differs from ours by this many seconds, more than its window allows: the
+    # request was signed again with the node's own clock (halt and gate close only, see request()).
+    skew: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+    def reason(self) -> str:
+        if self.error:
+            return self.error
+        return f"HTTP {self.status}: {self.body.get('error', 'no reason given')}"
+
+
+def request(node: Node, method: str, path: str, body: dict | None = None, token: str | None = None,
+            timeout: float = 2.0, actor: str = "", safe: bool = False, opener: Opener | None = None) -> Answer:
+    """Send one request to `node`'s router, signed with `token` if given; never raises, a failure is an
+    Answer with status 0.
+
+    `actor` (user@host) is signed with the request, for the node's journal of who asked. With `safe`
+    (halt, gate close: requests that only ever stop orders), a refusal for a stale timestamp that
+    carries the node's clock, proven with the token, is answered by signing the request again with
+    that clock, once: a node whose clock is off can always be stopped, never opened or resumed.
+    `opener` reaches a node with a proxy_jump."""
+    raw = json.dumps(body).encode() if body is not None else b""
+    signed = reqsign.headers(token, method, path, raw, actor) if token is not None else {}
+    answer = _send(node, method, path, raw, signed, timeout, opener)
+    if safe and token is not None and answer.status == 401:
+        clock = _proven_clock(answer.body, token, signed[reqsign.NONCE_HEADER])
+        if clock is not None:
+            again = _send(node, method, path, raw, reqsign.headers(token, method, path, raw, actor, now=clock),
+                          timeout, opener)
+            return Answer(again.node, again.status, again.body, again.error, again.down, round(clock - time.time(), 1))
+    return answer
+
+
+def _proven_clock(body: dict, token: str, nonce: str) -> float | None:
+    """The node's clock from its refusal of our request `nonce` for a stale timestamp, if the node
+    proved it with the token; else None (nobody on the path can make us sign for another time)."""
+    now, proof = body.get("now"), body.get("proof")
+    if body.get("nonce") != nonce or not isinstance(now, str) or not isinstance(proof, str):
+        return None
+    if not hmac.compare_digest(proof, reqsign.clock_proof(token, nonce, now)):
+        return None
+    try:
+        return float(now)
+    except ValueError:
+        return None
+
+
+def _send(node: Node, method: str, path: str, raw: bytes, signed: dict[str, str], timeout: float,
+          opener: Opener | None = None) -> Answer:
+    """One HTTP exchange with `node`'s router; never raises."""
+    headers = {"Content-Type": "application/json", **signed}
+    conn = http.client.HTTPConnection(node.host, node.router_port, timeout=timeout)
+    try:
+        if opener is not None and node.proxy_jump:
+            conn.sock = opener(node, timeout)  # http.client sends over it and never connects itself
+        conn.request(method, path, body=raw if raw else None, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read(1 << 20)
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return Answer(node.name, resp.status, {}, f"HTTP {resp.status}: answer is not JSON")
+        return Answer(node.name, resp.status, doc if isinstance(doc, dict) else {})
+    except ConnectionError as exc:
+        return Answer(node.name, 0, {}, f"router not running at {node.host}:{node.router_port} ({exc.__class__.__name__})",
+                      down=True)
+    except (OSError, http.client.HTTPException) as exc:
+        return Answer(node.name, 0, {}, f"router unreachable at {node.host}:{node.router_port}: {exc}")
+    finally:
+        conn.close()
+
+
+def each(nodes: list[Node], fn: Callable[[Node], Answer]) -> dict[str, Answer]:
+    """Run `fn` on every node in parallel; return node name -> Answer."""
+    with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+        return dict(zip((n.name for n in nodes), pool.map(fn, nodes)))
+
+
+def health(nodes: list[Node], path: str = "/health", timeout: float = 2.0,
+           opener: Opener | None = None) -> dict[str, Answer]:
+    return each(nodes, lambda n: request(n, "GET", path, timeout=timeout, opener=opener))
+
+
+def control(nodes: list[Node], action: str, token: str, body: dict | None = None,
+            timeout: float = 2.0, actor: str = "", opener: Opener | None = None) -> dict[str, Answer]:
+    """POST /control/<action> to every node, signed with the token; return node -> Answer.
+
+    Halt and gate close are signed again with a node's own clock if it is too far off ours."""
+    body = body or {}
+    safe = action == "halt" or (action == "gate" and body.get("action") == "close")
+    return each(nodes, lambda n: request(n, "POST", f"/control/{action}", body, token, timeout, actor, safe, opener))
+
+
+def open_gate(nodes: list[Node], digest: str, token: str, actor: str = "",
+              opener: Opener | None = None) -> dict[str, Answer]:
+    """Ask every router to open its gate for `digest` (each refuses unless it runs that digest)."""
+    return control(nodes, "gate", token, {"action": "open", "digest": digest}, actor=actor, opener=opener)
+
+
+def close_gate(nodes: list[Node], token: str, actor: str = "", opener: Opener | None = None) -> dict[str, Answer]:
+    """Close every router's gate; return node -> Answer."""
+    return control(nodes, "gate", token, {"action": "close"}, actor=actor, opener=opener)
+
+
+def open_all_or_none(nodes: list[Node], digest: str, token: str, actor: str = "",
+                     opener: Opener | None = None) -> dict[str, Answer]:
+    """Open every gate for `digest`; if any node refuses or does not answer, close them all again.
+
+    The one place this rule lives: a fleet with some gates open and some closed takes orders on
+    only part of the fleet, which is never what anyone asked for. Returns the open answers."""
+    answers = open_gate(nodes, digest, token, actor, opener)
+    if not all(a.ok for a in answers.values()):
+        close_gate(nodes, token, actor, opener)
+    return answers
+
+
+def wait_running(nodes: list[Node], digest: str, deadline_s: float, path: str = "/health",
+                 opener: Opener | None = None) -> dict[str, Answer]:
+    """Poll each node's health until it reports `digest` or the deadline passes; return the last answers."""
+    def one(node: Node) -> Answer:
+        end = time.monotonic() + deadline_s
+        while True:
+            ans = request(node, "GET", path, timeout=min(2.0, deadline_s), opener=opener)
+            if (ans.ok and ans.body.get("digest") == digest) or time.monotonic() >= end:
+                return ans
+            time.sleep(0.02)
+
+    return each(nodes, one)
+
+
+class Routers:
+    """Every router of a fleet over HTTP, with the control token read on first use; the seam that
+    run and control use (unit tests give tests/unit/fakefleet.py's in-memory routers instead)."""
+
+    def __init__(self, token: Callable[[], str], actor: str = "", health_path: str = "/health",
+                 opener: Opener | None = None):
+        self._token, self.actor, self.health_path, self.opener = token, actor, health_path, opener
+
+    def health(self, nodes: list[Node], timeout: float = 2.0) -> dict[str, Answer]:
+        """Return node -> its router's health answer."""
+        return health(nodes, self.health_path, timeout, self.opener)
+
+    def control(self, nodes: list[Node], action: str, body: dict | None = None,
+                timeout: float = 2.0) -> dict[str, Answer]:
+        """POST /control/<action> (gate, halt, resume) to every node; return node -> Answer."""
+        return control(nodes, action, self._token(), body, timeout, self.actor, self.opener)
+
+    def close_gate(self, nodes: list[Node]) -> dict[str, Answer]:
+        """Close every gate; return node -> Answer."""
+        return close_gate(nodes, self._token(), self.actor, self.opener)
+
+    def open_all_or_none(self, nodes: list[Node], digest: str) -> dict[str, Answer]:
+        """Open every gate for `digest`, or close them all again (see the module function)."""
+        return open_all_or_none(nodes, digest, self._token(), self.actor, self.opener)
+
+    def wait_running(self, nodes: list[Node], digest: str, deadline_s: float) -> dict[str, Answer]:
+        """Poll until every router reports `digest` or the deadline passes; return the last answers."""
+        return wait_running(nodes, digest, deadline_s, self.health_path, self.opener)
+
+
+class KeptHealth:
+    """One kept-alive HTTP connection per node for repeated GET /health reads (`deployctl watch`).
+
+    The router keeps a connection open only for GET /health asked with `Connection: keep-alive`; a
+    read that fails closes that node's connection and the next read opens a new one."""
+
+    def __init__(self, nodes: list[Node], path: str = "/health", timeout: float = 1.0):
+        self._nodes, self._path, self._timeout = {n.name: n for n in nodes}, path, timeout
+        self._conns: dict[str, http.client.HTTPConnection] = {}
+
+    def read(self, name: str) -> Answer:
+        """Return node `name`'s health Answer (status 0 with the reason if it did not answer); never raises.
+        A kept connection the router closed meanwhile (idle, restarted) is opened again once."""
+        reused = name in self._conns
+        answer = self._read(name)
+        if reused and answer.status == 0:
+            answer = self._read(name)
+        return answer
+
+    def _read(self, name: str) -> Answer:
+        node = self._nodes[name]
+        conn = self._conns.get(name)
+        if conn is None:
+            conn = self._conns[name] = http.client.HTTPConnection(node.host, node.router_port, timeout=self._timeout)
+        try:
+            conn.request("GET", self._path, headers={"Connection": "keep-alive"})
+            resp = conn.getresponse()
+            raw = resp.read(1 << 20)
+            if resp.getheader("Connection", "").lower() != "keep-alive":
+                self.drop(name)
+            doc = json.loads(raw)
+            return Answer(name, resp.status, doc if isinstance(doc, dict) else {})
+        except ValueError:
+            self.drop(name)
+            return Answer(name, 0, {}, "health answer is not JSON")
+        except ConnectionError as exc:
+            self.drop(name)
+            return Answer(name, 0, {}, f"router not running at {node.host}:{node.router_port} ({exc.__class__.__name__})",
+                          down=True)
+        except (OSError, http.client.HTTPException) as exc:
+            self.drop(name)
+            return Answer(name, 0, {}, f"router unreachable at {node.host}:{node.router_port}: {exc}")
+
+    def drop(self, name: str) -> None:
+        conn = self._conns.pop(name, None)
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        """Close every connection."""
+        for name in list(self._conns):
+            self.drop(name)
