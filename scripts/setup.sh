@@ -7,7 +7,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 # rsync: bench/bench_delta.py compares content-addressed staging with it (the nodes have it too).
-if { ! command -v debootstrap || ! command -v rsync; } >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+# DEPLOYCTL_NO_APT=1 (the fast loop, the lint): no Debian packages, only the virtualenv.
+if [ -z "${DEPLOYCTL_NO_APT:-}" ] && { ! command -v debootstrap || ! command -v rsync; } >/dev/null 2>&1 \
+   && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
   apt-get install -y -qq debootstrap rsync >/dev/null

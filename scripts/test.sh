@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command, from nothing: install, start a Docker engine if none runs,
+# The test command, from nothing: install, lint (scripts/dev-lint.sh), start a Docker engine if none runs,
 # bring up the eight-node fleet, run every test (unit, local, end-to-end on the
 # real nodes), use `deployctl verify` as the pre-open gate the way a CI
 # pipeline would, then remove the fleet and stop what this script started.
@@ -24,6 +24,8 @@ split=1
 for arg in "$@"; do case "$arg" in -*) ;; *) split=0 ;; esac; done
 
 bash scripts/setup.sh || exit 1
+# The lint first (ruff, mypy over deployctl/): a red lint needs no fleet to say so.
+bash scripts/dev-lint.sh || exit 1
 started_docker=0
 docker info >/dev/null 2>&1 || started_docker=1
 bash scripts/dockerd.sh start || exit 1
