@@ -23,7 +23,11 @@ fleet_app = typer.Typer(no_args_is_help=True, help="The Docker-composed test fle
 
 def _testfleet():
     """The test fleets' facade; UsageError saying how to install it when the docker SDK is missing."""
-    if importlib.util.find_spec("docker") is None:  # the [testfleet] extra; imported only when a fleet is reached
+    try:  # the [testfleet] extra; imported only when a fleet is reached
+        missing = importlib.util.find_spec("docker") is None
+    except (ImportError, ValueError):  # a finder that refuses it, or a half-imported module
+        missing = True
+    if missing:
         raise DockerUnavailableError("the test fleets need the docker SDK: pip install 'deployctl[testfleet]'")
     from deployctl.testfleet import api as testfleet
 
