@@ -34,6 +34,7 @@ from deployctl.errors import DeployctlError, ExitCode, InconsistentError, Rolled
 
 VICTIM = "node5"
 OTHERS = [f"node{i}" for i in range(1, 9) if f"node{i}" != VICTIM]
+AGENTS = "pgrep -f '^python3 -I -S -c' | wc -l"  # deployctl's node agents running on a node
 
 
 # Step timeouts of 8 s and 10 s: a router here restarts in under 0.2 s and a step takes under 1 s, so
@@ -157,7 +158,7 @@ EXPECT = {
 
 @pytest.mark.parametrize("kind, phase", list(EXPECT), ids=[f"{k}-in-{p}" for k, p in EXPECT])
 def test_a_slow_or_partitioned_node_in_a_phase_fails_bounded_and_the_fleet_ends_on_one_release(
-        ctx, base_release, make_release, fault, kind, phase):
+        ctx, base_release, make_release, fault, node_exec, kind, phase):
     """FAULTS 31, 32: slow means failed, never a hang; only node5 is named; no gate opens on a mixed fleet;
     the others are back on the base release at once, and after healing, recover brings one release."""
     v2 = make_release(f"11.{['pause', 'cut'].index(kind)}.{['stage', 'switch', 'health'].index(phase)}")
@@ -182,6 +183,11 @@ def test_a_slow_or_partitioned_node_in_a_phase_fails_bounded_and_the_fleet_ends_
     assert {n: view[n] for n in OTHERS} == {n: (base_release.digest, base_release.digest, "closed", False)
                                              for n in OTHERS}
     f.heal()
+    # Unpaused, node5 first finishes what it was sent: paused in switch, its rollout command (held since
+    # preflight, so already there) reads the switch request and restarts the router through supervisord.
+    # A /health before that is the old router, about to be stopped: wait until the command has ended (it
+    # ends only after the restart), then for the router that runs now.
+    assert wait(lambda: node_exec(VICTIM, AGENTS) == (0, "0\n"), 30)
     assert wait(lambda: routers.request(node(ctx, VICTIM), "GET", "/health", timeout=1).ok, 30)
     if error is InconsistentError:
         # Whatever node5 did once it could (a paused node reads the switch request it was sent), its
