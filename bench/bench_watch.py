@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from deployctl import api  # noqa: E402
-from deployctl.remote.routers import KeptHealth
 from deployctl.ops.watch import Watcher
+from deployctl.remote.routers import KeptHealth
 
 
 def main() -> int:

@@ -5,8 +5,7 @@ import sys
 
 def main() -> None:
     """Run `halt` through quick.py if that is the command line, else the Typer app; exit with its code."""
-    from deployctl.cli import output
-    from deployctl.cli import fasthalt
+    from deployctl.cli import fasthalt, output
 
     code = fasthalt.run(sys.argv[1:])
     if code is not None:

@@ -27,12 +27,12 @@ import threading
 import time
 from pathlib import Path
 
-from deployctl.testfleet import api as testfleet_api
 from deployctl import api
+from deployctl.errors import DeployctlError
+from deployctl.remote import routers
+from deployctl.testfleet import api as testfleet_api
 from deployctl.testfleet import docker as docker_fleet
 from deployctl.testfleet import fleetfiles
-from deployctl.remote import routers
-from deployctl.errors import DeployctlError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOYCTL = [sys.executable, "-m", "deployctl"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from typer.core import TyperOption
@@ -18,6 +17,7 @@ from deployctl import __version__, api
 from deployctl.cli import fleetcmds, output
 from deployctl.cli.common import JSON, OPTS, context
 from deployctl.errors import ExitCode, UsageError, report
+
 
 def _flag_type(self, ctx):
     """A flag takes no value: its help line shows none (Typer 0.2x prints `<bool>` beside it)."""
@@ -34,11 +34,11 @@ app.add_typer(fleetcmds.fleet_app, name="fleet")
 
 @app.callback()
 def _global(
-    inventory: Optional[Path] = typer.Option(None, "--inventory", "-i", help="Fleet inventory YAML (default: "
-                                             "$DEPLOYCTL_INVENTORY, else fleet/fleet.yaml)."),
+    inventory: Path | None = typer.Option(None, "--inventory", "-i", help="Fleet inventory YAML (default: "
+                                          "$DEPLOYCTL_INVENTORY, else fleet/fleet.yaml)."),
     playbook: Path = typer.Option(Path("playbooks/router.yaml"), "--playbook", "-p", help="Playbook YAML."),
-    state_dir: Optional[Path] = typer.Option(None, "--state-dir", envvar="DEPLOYCTL_STATE",
-                                             help="Controller state: keys, journal, lock (default: ./.deployctl)."),
+    state_dir: Path | None = typer.Option(None, "--state-dir", envvar="DEPLOYCTL_STATE",
+                                          help="Controller state: keys, journal, lock (default: ./.deployctl)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
     version: bool = typer.Option(False, "--version", callback=lambda v: _version(v), is_eager=True,
                                  help="Print deployctl's version and exit."),
@@ -53,7 +53,7 @@ def _version(asked: bool) -> None:
 
 
 @app.command()
-def build(out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write the artifact (default: ./dist)."),
+def build(out_dir: Path | None = typer.Option(None, "--out", help="Where to write the artifact (default: ./dist)."),
           json_out: bool = JSON) -> None:
     """Build the reproducible, signed release artifact of the playbook's source."""
     art = api.build(context(json_out), out_dir)
@@ -67,8 +67,8 @@ def build(out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to w
 def rollout(artifact: Path = typer.Argument(..., help="Artifact tarball from `deployctl build`."),
             dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan node by node; change nothing."),
             break_lock: bool = typer.Option(False, "--break-lock", help="Take over a stale deploy lock."),
-            plan: Optional[Path] = typer.Option(None, "--plan", help="An approved plan (`deployctl plan`, "
-                                                "`deployctl approve`); required with require_approval."),
+            plan: Path | None = typer.Option(None, "--plan", help="An approved plan (`deployctl plan`, "
+                                             "`deployctl approve`); required with require_approval."),
             json_out: bool = JSON) -> None:
     """Deploy ARTIFACT to every node of the inventory; open the gate only when every node runs it."""
     ctx = context(json_out)
@@ -81,8 +81,8 @@ def rollout(artifact: Path = typer.Argument(..., help="Artifact tarball from `de
 @app.command("plan")
 def make_plan(artifact: Path = typer.Argument(..., help="Artifact tarball from `deployctl build`."),
               out: Path = typer.Option(..., "--out", help="Where to write the signed plan (JSON)."),
-              key: Optional[Path] = typer.Option(None, "--key", help="Your ed25519 key (default: "
-                                                 "keys/operator_ed25519 in the state folder, made on first use)."),
+              key: Path | None = typer.Option(None, "--key", help="Your ed25519 key (default: "
+                                              "keys/operator_ed25519 in the state folder, made on first use)."),
               expires_in: int = typer.Option(3600, "--expires-in", help="Seconds until the plan expires."),
               json_out: bool = JSON) -> None:
     """Write a rollout plan for ARTIFACT (every node's current release, an expiry), signed with your key."""
@@ -116,8 +116,8 @@ def keygen(path: Path = typer.Argument(..., help="Where to write the private key
 
 
 @app.command()
-def verify(expect: Optional[str] = typer.Option(None, "--expect", help="Expected release digest "
-                                                "(default: the last successful rollout's)."),
+def verify(expect: str | None = typer.Option(None, "--expect", help="Expected release digest "
+                                             "(default: the last successful rollout's)."),
            json_out: bool = JSON) -> None:
     """Check every node's files on disk and running process against the expected release (the pre-open gate)."""
     ctx = context(json_out)
@@ -134,8 +134,8 @@ def verify(expect: Optional[str] = typer.Option(None, "--expect", help="Expected
 
 @app.command()
 def rollback(all_nodes: bool = typer.Option(False, "--all", help="Every node (the only safe way)."),
-             to: Optional[str] = typer.Option(None, "--to", help="Release digest to go back to (default: previous)."),
-             node: Optional[List[str]] = typer.Option(None, "--node", help="Only this node (needs --force)."),
+             to: str | None = typer.Option(None, "--to", help="Release digest to go back to (default: previous)."),
+             node: list[str] | None = typer.Option(None, "--node", help="Only this node (needs --force)."),
              force: bool = typer.Option(False, "--force", help="Allow rolling back only some nodes."),
              dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan; change nothing."),
              break_lock: bool = typer.Option(False, "--break-lock", help="Take over a stale deploy lock."),
@@ -158,7 +158,7 @@ def recover(json_out: bool = JSON,
 
 
 @gate_app.command("open")
-def gate_open(expect: Optional[str] = typer.Option(None, "--expect"), json_out: bool = JSON) -> None:
+def gate_open(expect: str | None = typer.Option(None, "--expect"), json_out: bool = JSON) -> None:
     """Verify every node, then open every gate; refuse on any mismatch."""
     report = api.gate_open(context(json_out), expect)
     output.dump(report.to_dict()) if json_out else output.out.print(f"[green]gate open[/] on {len(report.nodes)} nodes")
@@ -188,19 +188,19 @@ def halt(json_out: bool = JSON) -> None:
 
 
 @app.command()
-def resume(expect: Optional[str] = typer.Option(None, "--expect"), json_out: bool = JSON) -> None:
+def resume(expect: str | None = typer.Option(None, "--expect"), json_out: bool = JSON) -> None:
     """Lift the halt on every node once verify passes; the gate stays closed until `gate open`."""
     report = api.resume(context(json_out), expect)
     output.dump(report.to_dict()) if json_out else output.out.print("resumed; gate still closed: run `deployctl gate open`")
 
 
 @app.command()
-def enroll(nodes: Optional[List[str]] = typer.Argument(None, help="Nodes of the inventory (default: all)."),
+def enroll(nodes: list[str] | None = typer.Argument(None, help="Nodes of the inventory (default: all)."),
            dry_run: bool = typer.Option(False, "--dry-run", help="Show per node what would change; change nothing."),
-           fingerprint: Optional[List[str]] = typer.Option(None, "--fingerprint",
-                                                           help="NODE=SHA256:... pins that node's host key."),
-           sudo_password_env: Optional[str] = typer.Option(None, "--sudo-password-env", metavar="VAR",
-                                                            help="Read the sudo password from this variable."),
+           fingerprint: list[str] | None = typer.Option(None, "--fingerprint",
+                                                        help="NODE=SHA256:... pins that node's host key."),
+           sudo_password_env: str | None = typer.Option(None, "--sudo-password-env", metavar="VAR",
+                                                         help="Read the sudo password from this variable."),
            json_out: bool = JSON) -> None:
     """Prepare plain servers of the inventory: install root, token, signing key, service, sudoers rule."""
     password = None
@@ -223,7 +223,7 @@ def _ask_host_key(node: str, where: str, kind: str, fingerprint: str) -> bool:
 
 
 @app.command()
-def history(limit: Optional[int] = typer.Option(None, "--limit", min=1), json_out: bool = JSON) -> None:
+def history(limit: int | None = typer.Option(None, "--limit", min=1), json_out: bool = JSON) -> None:
     """Show the deploy journal, oldest first."""
     records = api.history(context(json_out), limit)
     if json_out:
@@ -242,8 +242,8 @@ def status(json_out: bool = JSON) -> None:
 
 @app.command()
 def watch(interval: float = typer.Option(1.0, "--interval", min=0.1, max=1.0, help="Seconds between sweeps (at most 1)."),
-          sweeps: Optional[int] = typer.Option(None, "--sweeps", min=1, help="Stop after this many sweeps "
-                                               "(default: until q, or a breaker trips when not on a terminal).")) -> None:
+          sweeps: int | None = typer.Option(None, "--sweeps", min=1, help="Stop after this many sweeps "
+                                            "(default: until q, or a breaker trips when not on a terminal).")) -> None:
     """Live view of the fleet, read every second; the playbook's breakers halt the whole fleet. Keys: h halts, q quits.
 
     When stdout is not a terminal: one JSON line per sweep, and a tripped breaker ends it with exit 7."""

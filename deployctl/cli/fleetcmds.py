@@ -9,7 +9,6 @@ import importlib.util
 import os
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -45,7 +44,7 @@ def _given(value, default):
     return default if value is None else value
 
 
-def _compose(kind: str, compose: Optional[Path]) -> Path:
+def _compose(kind: str, compose: Path | None) -> Path:
     if kind not in _COMPOSE:
         raise UsageError(f"--kind: should be node or bare, got {kind!r}")
     if compose is None and kind == "node" and os.environ.get("DEPLOYCTL_COMPOSE"):
@@ -54,16 +53,16 @@ def _compose(kind: str, compose: Optional[Path]) -> Path:
 
 
 @fleet_app.command("up")
-def fleet_up(compose: Optional[Path] = COMPOSE,
-             nodes: Optional[int] = typer.Option(None, "--nodes", help="Write the compose file and the inventory "
-                                                 "for this many nodes (1-64) first; default: use them as they are."),
-             project: Optional[str] = typer.Option(None, "--project", help="Docker project name (with --nodes; "
-                                                   "default deployctl-fleet, deployctl-bare with --kind bare)."),
-             first_ssh_port: Optional[int] = typer.Option(None, "--first-ssh-port", help="node1's SSH port "
-                                                          "(with --nodes; default 2201, bare 2601)."),
-             first_router_port: Optional[int] = typer.Option(None, "--first-router-port",
-                                                             help="node1's router port (with --nodes; default 8101, "
-                                                             "bare 8601)."),
+def fleet_up(compose: Path | None = COMPOSE,
+             nodes: int | None = typer.Option(None, "--nodes", help="Write the compose file and the inventory "
+                                              "for this many nodes (1-64) first; default: use them as they are."),
+             project: str | None = typer.Option(None, "--project", help="Docker project name (with --nodes; "
+                                                "default deployctl-fleet, deployctl-bare with --kind bare)."),
+             first_ssh_port: int | None = typer.Option(None, "--first-ssh-port", help="node1's SSH port "
+                                                       "(with --nodes; default 2201, bare 2601)."),
+             first_router_port: int | None = typer.Option(None, "--first-router-port",
+                                                          help="node1's router port (with --nodes; default 8101, "
+                                                          "bare 8601)."),
              kind: str = KIND,
              bastion_port: int = typer.Option(2600, "--bastion-port", help="--kind bare: the bastion's SSH port on "
                                               "127.0.0.1 (with --nodes)."),
@@ -87,8 +86,8 @@ def fleet_up(compose: Optional[Path] = COMPOSE,
     output.out.print(f"fleet up in {time.monotonic() - start:.1f}s")
 
 
-def _bare_up(compose: Path, nodes: Optional[int], project: Optional[str], first_ssh_port: Optional[int],
-             first_router_port: Optional[int], bastion_port: int, pin_nodes: bool, start: float) -> None:
+def _bare_up(compose: Path, nodes: int | None, project: str | None, first_ssh_port: int | None,
+             first_router_port: int | None, bastion_port: int, pin_nodes: bool, start: float) -> None:
     testfleet = _testfleet()
     if nodes is not None:  # the inventory: -i if given, else fleet/bare.yaml (the other is the node kind's)
         inventory = OPTS["inventory"] or Path("fleet/bare.yaml")
@@ -102,7 +101,7 @@ def _bare_up(compose: Path, nodes: Optional[int], project: Optional[str], first_
 
 
 @fleet_app.command("down")
-def fleet_down(compose: Optional[Path] = COMPOSE, kind: str = KIND,
+def fleet_down(compose: Path | None = COMPOSE, kind: str = KIND,
                keep_images: bool = typer.Option(False, "--keep-images", help="Keep the built images.")) -> None:
     """Remove everything `fleet up` made (containers, network, images); idempotent."""
     testfleet = _testfleet()
@@ -113,7 +112,7 @@ def fleet_down(compose: Optional[Path] = COMPOSE, kind: str = KIND,
 
 
 @fleet_app.command("status")
-def fleet_status(compose: Optional[Path] = COMPOSE, kind: str = KIND, json_out: bool = JSON) -> None:
+def fleet_status(compose: Path | None = COMPOSE, kind: str = KIND, json_out: bool = JSON) -> None:
     """A table of the nodes: container, sshd, router, running digest, gate (--kind bare: container and sshd)."""
     testfleet = _testfleet()
     compose = _compose(kind, compose)

@@ -12,8 +12,19 @@ from typing import Any
 
 from deployctl.config import sshconfig
 from deployctl.config.fields import BECOME, HOST, IDENTITY, NAME, PORT, USER
+from deployctl.config.schema import (
+    CONTROL_RE,
+    Invalid,
+    integer,
+    list_of,
+    load_yaml,
+    mapping,
+    message,
+    seconds,
+    show,
+    string,
+)
 from deployctl.errors import ConfigError
-from deployctl.config.schema import CONTROL_RE, Invalid, integer, list_of, load_yaml, mapping, message, seconds, show, string
 
 
 def default_inventory() -> Path:

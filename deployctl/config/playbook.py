@@ -73,8 +73,8 @@ class Playbook:
     path: Path
     flag_registry: Path | None = None  # playbooks/flags.yaml: every flag the service has ever had
     require_approval: bool = False  # rollout needs a plan approved by a second person (`deployctl approve`)
-    approvers: tuple["Approver", ...] = ()
-    breakers: "Breakers | None" = None  # what `deployctl watch` halts the fleet on; None: no breaker
+    approvers: tuple[Approver, ...] = ()
+    breakers: Breakers | None = None  # what `deployctl watch` halts the fleet on; None: no breaker
 
 
 @dataclass(frozen=True)

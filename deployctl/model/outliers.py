@@ -7,8 +7,8 @@ manifest, or else what the largest group holds). Pure: values in, values out.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 
 @dataclass(frozen=True)

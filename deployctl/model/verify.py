@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from typing import Mapping
-
+from deployctl.errors import ArtifactError, ExitCode
 from deployctl.model import outliers
 from deployctl.release.manifest import digest_of
-from deployctl.errors import ArtifactError, ExitCode
 
 
 @dataclass(frozen=True)

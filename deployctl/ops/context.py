@@ -8,19 +8,20 @@ there (tests/unit/fakefleet.py), everything else uses SSH and HTTP.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from deployctl.remote import agentpack
 from deployctl.config.inventory import Inventory, Node, load_inventory
 from deployctl.config.playbook import Playbook, load_playbook
 from deployctl.errors import UsageError
+from deployctl.remote import agentpack
 from deployctl.remote.routers import Routers
-from deployctl.state.journal import Journal, actor
-from deployctl.state.lock import Lock
 from deployctl.remote.ssh import Fleet, SSHFleet, Target
 from deployctl.remote.sshconnect import Bastions
+from deployctl.state.journal import Journal, actor
+from deployctl.state.lock import Lock
 from deployctl.state.statedir import StateDir
 
 if TYPE_CHECKING:  # imported where used: read-only commands never load tar and key code

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from deployctl.remote import commands
+from deployctl.errors import DeployctlError, ExitCode, HaltedError, MismatchError, UnreachableError, UsageError
 from deployctl.model import outliers
 from deployctl.model import verify as verify_mod
 from deployctl.ops.context import Context
-from deployctl.errors import DeployctlError, ExitCode, HaltedError, MismatchError, UnreachableError, UsageError
+from deployctl.remote import commands
 from deployctl.remote.routers import Answer
-from deployctl.state.journal import entry
 from deployctl.remote.ssh import Call, Fleet, NodeResult
+from deployctl.state.journal import entry
 
 
 def observe(ctx: Context, fleet: Fleet) -> list[verify_mod.NodeObservation]:

@@ -18,15 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deployctl.remote import commands
-from deployctl.remote import nodecontract
-from deployctl.remote import hostkeys
-from deployctl.state import keys
 from deployctl.config.inventory import Node
-from deployctl.ops.context import Context
 from deployctl.errors import DeployctlError, HostKeyError, UnreachableError, UsageError
-from deployctl.state.journal import encode, entry
+from deployctl.ops.context import Context
 from deployctl.ops.guards import locked
+from deployctl.remote import commands, hostkeys, nodecontract
+from deployctl.state import keys
+from deployctl.state.journal import encode, entry
 
 
 @dataclass

@@ -7,15 +7,14 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
-from deployctl.remote import commands
+from deployctl.errors import InconsistentError, LockHeldError, UsageError
 from deployctl.ops.context import Context
-from deployctl.errors import (InconsistentError, LockHeldError,
-                              UsageError)
-from deployctl.state.journal import actor, entry
+from deployctl.remote import commands
 from deployctl.remote.ssh import Call, Fleet, NodeResult, raise_for_unreachable
+from deployctl.state.journal import actor, entry
 
 
 @contextmanager

@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from deployctl.remote import commands
-from deployctl.model import phases
-from deployctl.remote.commands import Probe
-from deployctl.ops.context import Context
 from deployctl.errors import InconsistentError, UsageError
-from deployctl.state.journal import good_run
-from deployctl.ops.run import PreviewRow, Run, RunResult
+from deployctl.model import phases
+from deployctl.ops.context import Context
 from deployctl.ops.guards import (
     locked,
     probe_all,
@@ -24,6 +20,10 @@ from deployctl.ops.guards import (
     refuse_if_nodes_left,
     release_fleet,
 )
+from deployctl.ops.run import PreviewRow, Run, RunResult
+from deployctl.remote import commands
+from deployctl.remote.commands import Probe
+from deployctl.state.journal import good_run
 
 
 def rollback(ctx: Context, to: str | None = None, nodes: list[str] | None = None, force: bool = False,

@@ -13,15 +13,14 @@ import threading
 import time
 from pathlib import Path
 
-from deployctl.release import approval
-from deployctl.release import artifact as artifact_mod
-from deployctl.remote import commands
-from deployctl.release import flags
+from deployctl.errors import DeployctlError, UsageError
 from deployctl.model import phases
 from deployctl.ops.context import Context
-from deployctl.errors import DeployctlError, UsageError
-from deployctl.ops.run import PreviewRow, Run, RunResult, outcomes
 from deployctl.ops.guards import hold_locked, interrupted, locked, refuse_if_interrupted, release_fleet
+from deployctl.ops.run import PreviewRow, Run, RunResult, outcomes
+from deployctl.release import approval, flags
+from deployctl.release import artifact as artifact_mod
+from deployctl.remote import commands
 from deployctl.remote.ssh import Call, raise_for_unreachable
 
 

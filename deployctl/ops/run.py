@@ -16,20 +16,26 @@ import signal
 import threading
 import time
 import uuid
-from itertools import takewhile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from itertools import takewhile
 
-from deployctl.remote import commands
+from deployctl.errors import (
+    DeployctlError,
+    HaltedError,
+    InconsistentError,
+    JournalError,
+    LockHeldError,
+    RolledBackError,
+)
 from deployctl.model import phases
 from deployctl.ops.context import Context
-from deployctl.errors import (DeployctlError, HaltedError, InconsistentError, JournalError, LockHeldError,
-                              RolledBackError)
-from deployctl.remote.routers import Answer
-from deployctl.state.journal import encode, entry
-from deployctl.remote.ssh import Call, Fleet, NodeResult, raise_for_unreachable
 from deployctl.ops.guards import raise_if_fleet_locked
+from deployctl.remote import commands
+from deployctl.remote.routers import Answer
+from deployctl.remote.ssh import Call, Fleet, NodeResult, raise_for_unreachable
+from deployctl.state.journal import encode, entry
 
 Outcomes = dict[str, phases.Outcome]
 # Phases before which a run that cannot journal has switched no node.

@@ -12,13 +12,12 @@ import os
 import time
 from pathlib import Path
 
-from deployctl.release import approval
-from deployctl.remote import commands
-from deployctl.release import signing
-from deployctl.ops.context import Context
 from deployctl.errors import DeployctlError, UsageError
-from deployctl.state.journal import entry
+from deployctl.ops.context import Context
+from deployctl.release import approval, signing
+from deployctl.remote import commands
 from deployctl.remote.ssh import Call, raise_for_unreachable
+from deployctl.state.journal import entry
 
 
 def keygen(path: Path) -> str:

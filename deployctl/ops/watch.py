@@ -10,19 +10,19 @@ judge every sweep; when one trips, the whole fleet is halted (control.halt, the 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
-from deployctl.model import breakers
-from deployctl.remote import commands
-from deployctl.model import outliers
+from deployctl.errors import DeployctlError, HaltedError
+from deployctl.model import breakers, outliers
 from deployctl.ops.context import Context
 from deployctl.ops.control import halt
-from deployctl.errors import DeployctlError, HaltedError
+from deployctl.remote import commands
 from deployctl.remote.routers import Answer, KeptHealth
-from deployctl.state.journal import entry
 from deployctl.remote.ssh import Call, Fleet, NodeResult
+from deployctl.state.journal import entry
 
 
 class HealthLinks(Protocol):

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
-from deployctl.release import signing
 from deployctl.config.fields import NAME_RE
 from deployctl.config.playbook import Approver
 from deployctl.errors import UsageError
+from deployctl.release import signing
 from deployctl.release.manifest import canonical
 
 if TYPE_CHECKING:

@@ -15,15 +15,17 @@ import os
 import re
 import stat
 import tarfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # cryptography is imported where keys are used: `verify` never pays for it
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from deployctl.release import signing
 from deployctl.config.fields import NAME_RE
+from deployctl.errors import ArtifactError
+from deployctl.release import signing
 from deployctl.release.manifest import (
     FLAG_RE,
     VERSION_RE,
@@ -34,7 +36,6 @@ from deployctl.release.manifest import (
     show,
     valid_relpath,
 )
-from deployctl.errors import ArtifactError
 
 MAX_BYTES = 512 * 1024 * 1024
 _KINDS = {tarfile.SYMTYPE: "a symlink", tarfile.LNKTYPE: "a hard link", tarfile.CHRTYPE: "a device",

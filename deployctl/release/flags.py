@@ -9,12 +9,13 @@ are errors. Pure: it reads the registry file and decides, nothing else.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from deployctl.errors import ConfigError, UsageError
 from deployctl.config.schema import Invalid, load_yaml, mapping, message, show, string
+from deployctl.errors import ConfigError, UsageError
 
 FLAG_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
 RELEASE_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._+-]{0,63}")  # a release version, as in router.json

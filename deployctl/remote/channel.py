@@ -12,7 +12,7 @@ import math
 import socket
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 _CHUNK = 1 << 18
 MAX_LINE = 1 << 20  # an agent's answer line is a few KiB
@@ -44,7 +44,7 @@ class Held:
                                        daemon=True)
 
     @classmethod
-    def start(cls, transport, command: str, stdin: bytes | None, timeout: float) -> "Held":
+    def start(cls, transport, command: str, stdin: bytes | None, timeout: float) -> Held:
         """Open a channel, start `command` and send `stdin`, leaving the input open."""
         deadline = time.monotonic() + timeout
         chan = transport.open_session(timeout=timeout)
@@ -78,7 +78,7 @@ class Held:
                 if progress is not None:
                     progress(min(i + _CHUNK, len(view)))
                 if time.monotonic() > self.deadline:
-                    raise socket.timeout()
+                    raise TimeoutError()
         except OSError as exc:
             # The command stopped reading (it exited: disk full, a refusal): its own answer, read
             # later, says why. If the connection itself is gone, the reads fail too.
@@ -89,12 +89,12 @@ class Held:
         """Read stdout up to the first newline; None if the command ended first (its output is kept)."""
         while b"\n" not in self.out:
             if time.monotonic() > self.deadline:
-                raise socket.timeout()
+                raise TimeoutError()
             if len(self.out) > MAX_LINE:
                 raise NodeError(f"answer line longer than {MAX_LINE} bytes: not a deployctl agent")
             try:
                 chunk = self.chan.recv(1 << 16)
-            except socket.timeout:
+            except TimeoutError:
                 continue  # the deadline decides, above
             if not chunk:
                 return None
@@ -114,11 +114,11 @@ class Held:
             out = self.out + _read_all(self.chan.recv, lambda: self.deadline)
             self.reader.join(max(0.0, self.deadline - time.monotonic()))
             if not self.err_box:
-                raise socket.timeout()
+                raise TimeoutError()
             if isinstance(self.err_box[0], BaseException):
                 raise self.err_box[0]
             if not self.chan.status_event.wait(max(0.0, self.deadline - time.monotonic())):
-                raise socket.timeout()
+                raise TimeoutError()
             return self.chan.recv_exit_status(), out, self.err_box[0]
         finally:
             self.chan.close()
@@ -137,10 +137,10 @@ def _read_all(recv, deadline: Callable[[], float]) -> bytes:
     parts = []
     while True:
         if time.monotonic() > deadline():
-            raise socket.timeout()
+            raise TimeoutError()
         try:
             chunk = recv(1 << 16)
-        except socket.timeout:
+        except TimeoutError:
             continue
         if not chunk:
             return b"".join(parts)

@@ -14,8 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from deployctl.remote import sshconnect
 from deployctl.config.inventory import Node
+from deployctl.remote import sshconnect
 
 
 def connection(node: Node, client_key: Path, known_hosts: Path, connect_timeout: float = 5.0,

@@ -13,12 +13,12 @@ import hmac
 import http.client
 import json
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
-from deployctl.remote import reqsign
 from deployctl.config.inventory import Node
+from deployctl.remote import reqsign
 
 # (node, timeout) -> a connected socket-like object to its router; raises ConnectionRefusedError when nothing
 # listens there, OSError (naming the bastion) for anything else

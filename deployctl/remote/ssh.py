@@ -10,20 +10,17 @@ only source, and a missing or different key is refused.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import Protocol
 
-from deployctl.remote import channel
-from deployctl.remote import sshconnect
-from deployctl.remote.channel import Held, NodeError
 from deployctl.errors import HostKeyError, UnreachableError
-
-
+from deployctl.remote import channel, sshconnect
+from deployctl.remote.channel import Held, NodeError
 
 
 @dataclass
@@ -93,7 +90,7 @@ class Fleet(Protocol):
     def exchange(self, data: dict[str, bytes], reply: Reply, timeout: float = 60.0,
                  progress: Progress | None = None) -> dict[str, tuple[NodeResult, NodeResult | None]]: ...
 
-    def __enter__(self) -> "Fleet": ...
+    def __enter__(self) -> Fleet: ...
 
     def __exit__(self, *exc) -> None: ...
 
@@ -125,7 +122,7 @@ class SSHFleet:
         if self._own_bastions:
             self.bastions = sshconnect.Bastions(self.client_key, self.known_hosts, self.connect_timeout)
 
-    def __enter__(self) -> "SSHFleet":
+    def __enter__(self) -> SSHFleet:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -278,7 +275,7 @@ class SSHFleet:
             res.exit_code, res.stdout, res.stderr = work(name, call)
         except NodeError as exc:
             res.error, res.host_key_refused = exc.reason, exc.host_key
-        except socket.timeout:
+        except TimeoutError:
             res.error = f"timed out after {call.timeout:g}s"
             self._drop(name)
         except Exception as exc:  # paramiko raises many kinds on a dropped connection

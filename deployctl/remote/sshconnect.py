@@ -16,8 +16,8 @@ import sys
 import threading
 from pathlib import Path
 
-from deployctl.remote.channel import NodeError
 from deployctl.errors import DeployctlError
+from deployctl.remote.channel import NodeError
 
 # paramiko logs failed handshakes with tracebacks; our results carry the reason instead.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
@@ -60,7 +60,7 @@ def open_client(host: str, port: int, user: str, client_key: Path, known_hosts: 
         raise NodeError(msg, host_key=host_key) from None
     except FileNotFoundError as exc:
         raise NodeError(f"cannot read identity file {exc.filename or client_key}") from None
-    except (OSError, socket.timeout, EOFError) as exc:
+    except (TimeoutError, OSError, EOFError) as exc:
         raise NodeError(f"unreachable at {host}:{port}: {exc.__class__.__name__}: {exc}") from None
     client.get_transport().set_keepalive(5)
     return client

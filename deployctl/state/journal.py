@@ -21,9 +21,9 @@ import re
 import socket
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from deployctl.errors import DeployctlError, JournalError
 

@@ -21,9 +21,6 @@ from pathlib import Path
 from deployctl.errors import ConfigError
 
 
-
-
-
 @dataclass(frozen=True)
 class StateDir:
     """Paths under the controller's state folder (nothing here touches the disk but `token`)."""
@@ -31,7 +28,7 @@ class StateDir:
     root: Path
 
     @classmethod
-    def locate(cls, given: Path | None = None) -> "StateDir":
+    def locate(cls, given: Path | None = None) -> StateDir:
         """Return the folder given, else $DEPLOYCTL_STATE, else ./.deployctl, as an absolute path."""
         return cls(Path(given or os.environ.get("DEPLOYCTL_STATE") or ".deployctl").absolute())
 

@@ -14,16 +14,17 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from deployctl.testfleet import fleetfiles
-from deployctl.testfleet import docker as docker_fleet
-from deployctl.state import keys
-from deployctl.testfleet.fleetfiles import bare_inventory_text
 from deployctl.errors import ConfigError, DeployctlError, UnreachableError
+from deployctl.state import keys
 from deployctl.state.statedir import StateDir
+from deployctl.testfleet import docker as docker_fleet
+from deployctl.testfleet import fleetfiles
+from deployctl.testfleet.fleetfiles import bare_inventory_text
 
 SUDO_PASSWORD = "deploy-sudo-pw"  # deploy's sudo password: containers/bare/Dockerfile's DEPLOY_PASSWORD
 LOGIN_USER = fleetfiles.BARE_USER

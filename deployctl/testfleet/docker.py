@@ -14,7 +14,7 @@ import tarfile
 from pathlib import Path
 
 from deployctl.errors import DeployctlError, DockerUnavailableError
-from deployctl.testfleet.fleetfiles import MADE_LABEL, IMAGE_LABEL, BareFiles, FleetSpec, NodeFiles, NodeSpec
+from deployctl.testfleet.fleetfiles import IMAGE_LABEL, MADE_LABEL, BareFiles, FleetSpec, NodeFiles, NodeSpec
 
 
 def client():

@@ -10,18 +10,18 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from deployctl.testfleet import fleetfiles
-from deployctl.testfleet import docker as docker_fleet
-from deployctl.state import keys
 from deployctl.config.inventory import Inventory
-from deployctl.testfleet.fleetfiles import inventory_text
-from deployctl.ops.context import Context
 from deployctl.errors import ConfigError, DeployctlError, UnreachableError
-from deployctl.ops.rollout import build, rollout
+from deployctl.ops.context import Context
 from deployctl.ops.guards import probe_all
+from deployctl.ops.rollout import build, rollout
+from deployctl.state import keys
+from deployctl.testfleet import docker as docker_fleet
+from deployctl.testfleet import fleetfiles
+from deployctl.testfleet.fleetfiles import inventory_text
 
 CONTAINERS = Path(__file__).resolve().parents[2] / "containers"  # the node image's build folder
 
