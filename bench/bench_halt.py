@@ -93,7 +93,8 @@ def reopen(ctx: api.Context) -> None:
         sys.exit(f"bench_halt: the fleet runs {len(digests)} releases; roll one out first")
     answers = routers.open_all_or_none(ctx.nodes, digests.pop(), token)
     if not all(a.ok for a in answers.values()):
-        sys.exit("bench_halt: could not open every gate: " + "; ".join(a.reason() for a in answers.values() if not a.ok))
+        sys.exit("bench_halt: could not open every gate: "
+                 + "; ".join(a.reason() for a in answers.values() if not a.ok))
 
 
 def one_run(ctx: api.Context, loaded: bool, threads: int, tmp: Path, door: list[str]) -> tuple[float, float, str]:

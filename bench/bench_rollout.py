@@ -125,7 +125,8 @@ def main() -> None:
         home = api.build(ctx, tmp / "dist")
         timed(DCTL + ["rollout", "--json", str(home.path)])
         if home.digest != start_digest:
-            print(f"note: the fleet ran {start_digest[:12]} before; it now runs the fleet/router build {home.digest[:12]}")
+            print(f"note: the fleet ran {start_digest[:12]} before; "
+                  f"it now runs the fleet/router build {home.digest[:12]}")
 
     med = {k: statistics.median(v) for k, v in rows.items()}
     print(f"{'measure':44} {'median s':>9}  runs")

@@ -84,7 +84,7 @@ def main() -> None:
     try:
         sizes = sorted({int(s) for s in args.sizes.split(",")})
     except ValueError:
-        raise SystemExit(f"--sizes: should be node counts like 8,32,64, got {args.sizes!r}")
+        raise SystemExit(f"--sizes: should be node counts like 8,32,64, got {args.sizes!r}") from None
     if not sizes or sizes[0] < 1 or sizes[-1] > 64 or args.runs < 1:
         raise SystemExit("--sizes: each 1-64; --runs: at least 1")
     state = ROOT / ".deployctl-bench64"

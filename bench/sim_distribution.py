@@ -114,7 +114,7 @@ def table(a: argparse.Namespace) -> None:
     cols = ["N", "S", "star", "star+delta", f"relay s&f k={a.fanout}", f"relay pipe k={a.fanout}",
             "swarm bound", "star/swarm"]
     widths = [5, 8, 9, 10, 13, 14, 11, 10]
-    line = "  ".join(c.rjust(w) for c, w in zip(cols, widths))
+    line = "  ".join(c.rjust(w) for c, w in zip(cols, widths, strict=True))
     print(line)
     print("-" * len(line))
     for mib in a.sizes_mib:
@@ -122,7 +122,7 @@ def table(a: argparse.Namespace) -> None:
             s = mib * MIB
             t = [m.star(n, s), m.delta(n, s), m.relay_sf(n, s), m.relay_pipe(n, s), m.swarm(n, s)]
             row = [str(n), size_name(mib)] + [fmt(x) for x in t] + [f"{t[0] / t[4]:.0f}x"]
-            print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+            print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
     print("control plane alone (N held commands, in every figure): "
           + ", ".join(f"N={n}: {fmt(m.control(n))}" for n in a.nodes))
 

@@ -214,8 +214,8 @@ class Replay:
         api.keygen(self.alice)
         bob_pub = api.keygen(self.bob)
         reg2003 = registry(self.tmp / "flags-2003.yaml", "")
-        reg2003.write_text(reg2003.read_text().replace('    state: retired\n    introduced: "0.1.0"\n    retired: "0.9.0"\n',
-                                                       '    state: active\n    introduced: "0.1.0"\n'))
+        retired = '    state: retired\n    introduced: "0.1.0"\n    retired: "0.9.0"\n'
+        reg2003.write_text(reg2003.read_text().replace(retired, '    state: active\n    introduced: "0.1.0"\n'))
         reg_now = registry(self.tmp / "flags-2012.yaml", "  retail_liquidity:\n    meaning: the Retail Liquidity "
                            "Program (new in 2.0.0)\n    state: active\n    introduced: \"2.0.0\"\n")
         base_src = (ROOT / "fleet" / "router").resolve()
@@ -244,9 +244,11 @@ class Replay:
         self.by_hand(stale, v1)
         for node in others:
             self.by_hand(node, v2)
-        self.wait_health(lambda h: all(a.body.get("digest") == (v1 if n == STALE else v2).digest for n, a in h.items()))
+        self.wait_health(lambda h: all(a.body.get("digest") == (v1 if n == STALE else v2).digest
+                                       for n, a in h.items()))
         for node in self.ctx.nodes:
-            routers.open_gate([node], v1.digest if node.name == STALE else v2.digest, self.ctx.token(), actor="knightmare")
+            digest = v1.digest if node.name == STALE else v2.digest
+            routers.open_gate([node], digest, self.ctx.token(), actor="knightmare")
         before = self.counters()
         accepted: dict = {}
         t0 = time.monotonic()
@@ -267,7 +269,8 @@ class Replay:
         refused_line = done.stderr.strip()
         log(f"deployctl (1): build v2 -> exit {done.returncode}: {refused_line}")
         if done.returncode != 2 or "power_peg" not in refused_line:
-            raise SystemExit(f"knightmare: build of v2 should be refused naming power_peg: {done.returncode} {refused_line}")
+            raise SystemExit("knightmare: build of v2 should be refused naming power_peg: "
+                             f"{done.returncode} {refused_line}")
         self.restore()
         plan = self.tmp / "plan-v2p-paused.json"
         api.make_plan(self.gctx, v2p.path, plan, self.alice, 600)
@@ -347,7 +350,7 @@ def table(res: dict) -> str:
             ("nodes that took orders while mixed", str(n["nodes_took_orders_while_mixed"]),
              f"{d['nodes_took_orders_while_mixed']} ({STALE}: {'yes' if d['stale_node_took_orders'] else 'no'})")]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
 def main(argv=None) -> int:

@@ -152,7 +152,8 @@ def rollback(all_nodes: bool = typer.Option(False, "--all", help="Every node (th
 
 @app.command()
 def recover(json_out: bool = JSON,
-            break_lock: bool = typer.Option(False, "--break-lock", help="Take over the fleet deploy lock on the nodes.")) -> None:
+            break_lock: bool = typer.Option(False, "--break-lock",
+                                            help="Take over the fleet deploy lock on the nodes.")) -> None:
     """After an interrupted rollout: bring every node to one release (the last good), gate closed."""
     output.run_done("recover", api.recover(context(json_out), break_lock=break_lock), json_out)
 
@@ -168,7 +169,10 @@ def gate_open(expect: str | None = typer.Option(None, "--expect"), json_out: boo
 def gate_close(json_out: bool = JSON) -> None:
     """Close every gate."""
     answers = api.gate_close(context(json_out))
-    output.dump({n: a.body for n, a in answers.items()}) if json_out else output.out.print(f"gate closed on {len(answers)} nodes")
+    if json_out:
+        output.dump({n: a.body for n, a in answers.items()})
+    else:
+        output.out.print(f"gate closed on {len(answers)} nodes")
 
 
 @gate_app.command("status")
@@ -191,7 +195,10 @@ def halt(json_out: bool = JSON) -> None:
 def resume(expect: str | None = typer.Option(None, "--expect"), json_out: bool = JSON) -> None:
     """Lift the halt on every node once verify passes; the gate stays closed until `gate open`."""
     report = api.resume(context(json_out), expect)
-    output.dump(report.to_dict()) if json_out else output.out.print("resumed; gate still closed: run `deployctl gate open`")
+    if json_out:
+        output.dump(report.to_dict())
+    else:
+        output.out.print("resumed; gate still closed: run `deployctl gate open`")
 
 
 @app.command()
@@ -241,9 +248,11 @@ def status(json_out: bool = JSON) -> None:
 
 
 @app.command()
-def watch(interval: float = typer.Option(1.0, "--interval", min=0.1, max=1.0, help="Seconds between sweeps (at most 1)."),
+def watch(interval: float = typer.Option(1.0, "--interval", min=0.1, max=1.0,
+                                         help="Seconds between sweeps (at most 1)."),
           sweeps: int | None = typer.Option(None, "--sweeps", min=1, help="Stop after this many sweeps "
-                                            "(default: until q, or a breaker trips when not on a terminal).")) -> None:
+                                            "(default: until q, or a breaker trips when not on a terminal).")
+          ) -> None:
     """Live view of the fleet, read every second; the playbook's breakers halt the whole fleet. Keys: h halts, q quits.
 
     When stdout is not a terminal: one JSON line per sweep, and a tripped breaker ends it with exit 7."""

@@ -106,8 +106,10 @@ def fleet_down(compose: Path | None = COMPOSE, kind: str = KIND,
     """Remove everything `fleet up` made (containers, network, images); idempotent."""
     testfleet = _testfleet()
     compose = _compose(kind, compose)
-    removed = testfleet.bare_fleet_down(compose, keep_images) if kind == "bare" else testfleet.fleet_down(context(), compose,
-                                                                                                keep_images)
+    if kind == "bare":
+        removed = testfleet.bare_fleet_down(compose, keep_images)
+    else:
+        removed = testfleet.fleet_down(context(), compose, keep_images)
     output.out.print("removed: " + (", ".join(removed) if removed else "nothing (fleet already down)"))
 
 

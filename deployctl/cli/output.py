@@ -10,6 +10,10 @@ import os
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 # Not a terminal (CI logs, pipes): wide enough that digests and addresses are not cut.
 _WIDTH = None if sys.stdout.isatty() else 160
@@ -19,14 +23,19 @@ class _Console:
     """A rich Console made on first use: `--json` and `-q` runs never import rich (about 20 ms)."""
 
     def __init__(self, **options) -> None:
-        self._options, self._console = options, None
+        self._options: dict[str, Any] = options
+        self._console: Console | None = None
 
-    def __getattr__(self, name: str):
+    def made(self) -> Console:
+        """Return the rich Console, making it on the first call."""
         if self._console is None:
             from rich.console import Console
 
             self._console = Console(highlight=False, soft_wrap=True, width=_WIDTH, **self._options)
-        return getattr(self._console, name)
+        return self._console
+
+    def __getattr__(self, name: str):
+        return getattr(self.made(), name)
 
 
 def Table(*columns, **options):  # noqa: N802 - stands in for rich's Table, imported on first use
@@ -56,7 +65,7 @@ class _Uploads:
                 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
                 self.bars = Progress(TextColumn("    {task.description}"), BarColumn(), DownloadColumn(),
-                                     TransferSpeedColumn(), console=err._console, transient=True)
+                                     TransferSpeedColumn(), console=err.made(), transient=True)
                 self.bars.start()
             if self.bars is not None:
                 for name, (done, size) in sorted(self.last.items()):
@@ -241,8 +250,7 @@ class WatchScreen:
         if self._fd is not None:
             self._saved = termios.tcgetattr(self._fd)
             tty.setcbreak(self._fd)
-        out.is_terminal  # makes the console
-        self._live = Live(console=out._console, auto_refresh=False)
+        self._live = Live(console=out.made(), auto_refresh=False)
         self._live.__enter__()
         return self
 

@@ -153,7 +153,8 @@ def integer(low: int, high: int | None = None) -> Check:
         if isinstance(value, bool) or not isinstance(value, int):
             raise Invalid(path, "should be an integer")
         if value < low or (high is not None and value > high):
-            raise Invalid(path, f"should be between {low} and {high}" if high is not None else f"should be at least {low}")
+            raise Invalid(path, f"should be between {low} and {high}" if high is not None
+                          else f"should be at least {low}")
         return value
     return check
 

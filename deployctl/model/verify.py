@@ -161,4 +161,4 @@ def report(observations: list[NodeObservation], expected: str | None,
 def members(observations: list[NodeObservation], verdicts: list[NodeVerdict]) -> list[outliers.Member]:
     """Return each node as the outlier report sees it."""
     return [outliers.Member(o.node, v.disk_digest, v.running_digest, v.flags, o.files, not o.unreachable)
-            for o, v in zip(observations, verdicts)]
+            for o, v in zip(observations, verdicts, strict=True)]

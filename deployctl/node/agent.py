@@ -807,7 +807,8 @@ def rpc(sock_path, method, *params):
 
         code = re.search(rb"<name>faultCode</name>\s*<value>\s*<int>(-?\d+)</int>", reply)
     if code:
-        text = re.search(rb"<name>faultString</name>\s*<value>\s*(?:<string>)?(.*?)(?:</string>)?\s*</value>", reply, re.S)
+        text = re.search(rb"<name>faultString</name>\s*<value>\s*(?:<string>)?(.*?)(?:</string>)?\s*</value>",
+                         reply, re.S)
         raise Fault(int(code.group(1)), text.group(1).decode("utf-8", "replace") if text else "")
     if not reply.startswith(b"HTTP/") or b" 200 " not in reply.split(b"\r\n", 1)[0]:
         raise OSError("unexpected answer %r" % reply[:60])
@@ -1161,8 +1162,8 @@ def op_halt(root):
     out({"halted": True})
 
 
-OPS = {"probe": op_probe, "have": op_have, "deploy": op_deploy, "stage": op_stage, "retarget": op_retarget, "switch": op_switch,
-       "prune": op_prune, "journal": op_journal, "halt": op_halt, "stop": op_stop}
+OPS = {"probe": op_probe, "have": op_have, "deploy": op_deploy, "stage": op_stage, "retarget": op_retarget,
+       "switch": op_switch, "prune": op_prune, "journal": op_journal, "halt": op_halt, "stop": op_stop}
 
 
 LOCK = {}  # the fleet deploy lock this command takes (deploy, retarget), from a last "--lock=JSON" argument

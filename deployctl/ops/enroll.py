@@ -43,7 +43,8 @@ class _Evidence:
     pinned in the state folder is pinned only on evidence (trust.decide), never merely because it is new."""
 
     def __init__(self, ctx: Context, node: str, given: str | None, ask, user_known: str, pinned: list[str]):
-        self.ctx, self.node, self.given, self.ask, self.user_known, self.pinned = ctx, node, given, ask, user_known, pinned
+        self.ctx, self.node, self.given, self.ask = ctx, node, given, ask
+        self.user_known, self.pinned = user_known, pinned
 
     def missing_host_key(self, client, hostname: str, key) -> None:
         host, port = _split(hostname)
@@ -88,7 +89,7 @@ def enroll(ctx: Context, names: list[str] | None = None, dry_run: bool = False, 
     with contextlib.nullcontext() if dry_run else locked(ctx, "enroll", break_lock=False):
         with ThreadPoolExecutor(max_workers=ctx.inventory.parallel) as pool:
             results = dict(zip([n.name for n in nodes], pool.map(
-                lambda n: _one(ctx, n, dry_run, sudo_password, given.get(n.name), ask, known), nodes)))
+                lambda n: _one(ctx, n, dry_run, sudo_password, given.get(n.name), ask, known), nodes), strict=True))
     for r in results.values():
         ctx.emit("node", phase="enroll", node=r.node, ok=r.error is None,
                  reason=r.error or ("; ".join(r.steps) if r.steps else "nothing to change"))
@@ -197,8 +198,9 @@ def _enroll_node(ctx: Context, node: Node, conn, dry_run: bool, result: Enrolled
 
 
 def _as_root(ctx: Context, node: Node, conn):
-    """Return run(argv, what, check=True) -> stdout (check False: (exit code, stderr)), as root: directly for a root login, else through `sudo` (Fabric
-    answers its password prompt); DeployctlError naming what failed with the command's last error line."""
+    """Return run(argv, what, check=True) -> stdout (check False: (exit code, stderr)), as root: directly for
+    a root login, else through `sudo` (Fabric answers its password prompt); DeployctlError naming what failed
+    with the command's last error line."""
     # Setup work: sudo's password check alone took 8 s on the busy test machine; bounded all the same.
     timeout = max(ctx.playbook.timeouts.command, ENROLL_COMMAND_TIMEOUT)
 

@@ -44,7 +44,8 @@ def rollback(ctx: Context, to: str | None = None, nodes: list[str] | None = None
         run = Run(ctx, fleet, "rollback", target, names=chosen, stop_on_halt=False, nodes=chosen,
                   partial=bool(nodes), fleet_lock=lock["id"])
         try:
-            state = phases.State(tuple(run.names), target, phases.Phase.SWITCH, previous={n: probes[n].current for n in chosen})
+            state = phases.State(tuple(run.names), target, phases.Phase.SWITCH,
+                                 previous={n: probes[n].current for n in chosen})
             run.close_gates()  # whatever a router answers, the rollback goes on: it is the way out of a bad release
             state = run.walk(state, _switch_steps(run, _keep_closed_reason(nodes, probes)))
             return run.finish(state)
@@ -121,7 +122,8 @@ def recover(ctx: Context, break_lock: bool = False) -> RunResult:
         run = Run(ctx, fleet, "recover", target, stop_on_halt=False, interrupted=ctx.journal.interrupted(),
                   nodes=[n.name for n in ctx.nodes], fleet_lock=lock["id"])
         try:
-            state = phases.State(tuple(run.names), target, phases.Phase.SWITCH, previous={n: p.current for n, p in probes.items()})
+            state = phases.State(tuple(run.names), target, phases.Phase.SWITCH,
+                                 previous={n: p.current for n, p in probes.items()})
             state = run.walk(state, _switch_steps(run, "recover"), revert=False)
             if state.phase == phases.Phase.REVERT:  # a recovery that fails has nothing better to go back to
                 state = dataclasses.replace(state, phase=phases.Phase.REVERT_FAILED)

@@ -209,6 +209,7 @@ def preview(ctx: Context, artifact_path: Path) -> list[PreviewRow]:
     rows = []
     for n in ctx.nodes:
         probe, (have, _) = commands.parse_probe_answer(res[n.name].stdout), commands.parse_have(res[n.name].stdout)
-        note = "already current" if probe.current == art.digest else f"{len(have)} of {len(art.files)} files on the node"
+        note = ("already current" if probe.current == art.digest
+                else f"{len(have)} of {len(art.files)} files on the node")
         rows.append(PreviewRow(n.name, probe.current, art.digest, len(art.subset(frozenset(art.files) - have)), note))
     return rows

@@ -315,7 +315,8 @@ class Run:
     def finish(self, state: phases.State) -> RunResult:
         """Journal the end of the run (controller, and nodes if it failed); return or raise what happened."""
         self.timings["total"] = time.monotonic() - self.started
-        refused = state.phase == phases.Phase.REVERTED and all(f.phase == phases.Phase.PREFLIGHT for f in state.failures)
+        refused = (state.phase == phases.Phase.REVERTED
+                   and all(f.phase == phases.Phase.PREFLIGHT for f in state.failures))
         # "ok" means the whole fleet runs the release (journal.good_run): a forced partial run is not that.
         whole = set(self.names) == {n.name for n in self.ctx.nodes}
         outcome = {phases.Phase.DONE: "ok" if whole else "ok-partial",

@@ -171,7 +171,8 @@ def watch_loop(root: str) -> list[str]:
 def parse_watch(line: bytes) -> tuple[str | None, float | None]:
     """Return (release digest or None, switch time or None) from one watch answer; DeployctlError if malformed."""
     parts = line.decode("utf-8", "replace").split()
-    if len(parts) != 2 or not (parts[0] == "-" or HEX64.match(parts[0])) or not re.fullmatch(r"-|[0-9]{1,12}", parts[1]):
+    if (len(parts) != 2 or not (parts[0] == "-" or HEX64.match(parts[0]))
+            or not re.fullmatch(r"-|[0-9]{1,12}", parts[1])):
         raise DeployctlError(f"watch: unexpected answer from the node: {line[:80]!r}")
     return (None if parts[0] == "-" else parts[0]), (None if parts[1] == "-" else float(parts[1]))
 

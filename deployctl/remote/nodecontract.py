@@ -113,7 +113,8 @@ PROBE_SH = r"""for t in supervisorctl systemctl; do p=$(command -v "$t") && echo
 if [ -d /run/systemd/system ]; then echo "systemd yes"; else echo "systemd no"; fi
 for p in "$@"; do
   if [ -d "$p" ] && [ ! -L "$p" ]; then echo "path $p dir $(stat -c '%U %a' "$p") -"
-  elif [ -f "$p" ] && [ ! -L "$p" ]; then echo "path $p file $(stat -c '%U %a' "$p") $(sha256sum < "$p" | cut -d' ' -f1)"
+  elif [ -f "$p" ] && [ ! -L "$p" ]; then
+    echo "path $p file $(stat -c '%U %a' "$p") $(sha256sum < "$p" | cut -d' ' -f1)"
   elif [ -e "$p" ] || [ -L "$p" ]; then echo "path $p other - - -"
   else echo "path $p none - - -"; fi
 done"""

@@ -103,7 +103,8 @@ def _send(node: Node, method: str, path: str, raw: bytes, signed: dict[str, str]
             return Answer(node.name, resp.status, {}, f"HTTP {resp.status}: answer is not JSON")
         return Answer(node.name, resp.status, doc if isinstance(doc, dict) else {})
     except ConnectionError as exc:
-        return Answer(node.name, 0, {}, f"router not running at {node.host}:{node.router_port} ({exc.__class__.__name__})",
+        return Answer(node.name, 0, {},
+                      f"router not running at {node.host}:{node.router_port} ({exc.__class__.__name__})",
                       down=True)
     except (OSError, http.client.HTTPException) as exc:
         return Answer(node.name, 0, {}, f"router unreachable at {node.host}:{node.router_port}: {exc}")
@@ -114,7 +115,7 @@ def _send(node: Node, method: str, path: str, raw: bytes, signed: dict[str, str]
 def each(nodes: list[Node], fn: Callable[[Node], Answer]) -> dict[str, Answer]:
     """Run `fn` on every node in parallel; return node name -> Answer."""
     with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
-        return dict(zip((n.name for n in nodes), pool.map(fn, nodes)))
+        return dict(zip((n.name for n in nodes), pool.map(fn, nodes), strict=True))
 
 
 def health(nodes: list[Node], path: str = "/health", timeout: float = 2.0,
@@ -236,7 +237,8 @@ class KeptHealth:
             return Answer(name, 0, {}, "health answer is not JSON")
         except ConnectionError as exc:
             self.drop(name)
-            return Answer(name, 0, {}, f"router not running at {node.host}:{node.router_port} ({exc.__class__.__name__})",
+            return Answer(name, 0, {},
+                          f"router not running at {node.host}:{node.router_port} ({exc.__class__.__name__})",
                           down=True)
         except (OSError, http.client.HTTPException) as exc:
             self.drop(name)

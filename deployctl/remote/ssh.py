@@ -131,7 +131,7 @@ class SSHFleet:
     def connect(self, names: Iterable[str] | None = None) -> dict[str, NodeResult]:
         """Open (or reuse) a connection to each named node; return a NodeResult per node."""
         names = list(names or self._by_name)
-        return dict(zip(names, self._pool.map(self._connect_one, names)))
+        return dict(zip(names, self._pool.map(self._connect_one, names), strict=True))
 
     def _connect_one(self, name: str) -> NodeResult:
         start = time.monotonic()
@@ -212,7 +212,7 @@ class SSHFleet:
             return first, self._guard(name, Call("", then, left), lambda n, c: self._step_one(n, c, progress))
 
         names = list(data)
-        return dict(zip(names, self._pool.map(one, names)))
+        return dict(zip(names, self._pool.map(one, names), strict=True))
 
     def finish(self, lines: dict[str, bytes | None], timeout: float = 60.0) -> dict[str, NodeResult]:
         """Send each held command its next input (None: only end its input), then wait for it to finish;
@@ -220,7 +220,8 @@ class SSHFleet:
         return self._each({n: Call("", line, timeout) for n, line in lines.items()}, self._finish_one)
 
     def _hold_one(self, name: str, call: Call) -> tuple[int, bytes, bytes]:
-        return self._answer(name, Held.start(self._connection(name).get_transport(), call.command, call.stdin, call.timeout))
+        held = Held.start(self._connection(name).get_transport(), call.command, call.stdin, call.timeout)
+        return self._answer(name, held)
 
     def _step_one(self, name: str, call: Call, progress: Progress | None = None) -> tuple[int, bytes, bytes]:
         held = self._take(name)
@@ -265,7 +266,7 @@ class SSHFleet:
     def _each(self, calls: dict[str, Call], work) -> dict[str, NodeResult]:
         """Run `work(node, call)` for every node in parallel; return one NodeResult per node, in order."""
         names = list(calls)
-        return dict(zip(names, self._pool.map(lambda n: self._guard(n, calls[n], work), names)))
+        return dict(zip(names, self._pool.map(lambda n: self._guard(n, calls[n], work), names), strict=True))
 
     def _guard(self, name: str, call: Call, work) -> NodeResult:
         """Run `work` for one node and turn what it returns or raises into its NodeResult."""

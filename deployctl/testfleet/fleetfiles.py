@@ -264,7 +264,8 @@ def compose_text(nodes: int, project: str = "deployctl-fleet", first_ssh_port: i
     if not isinstance(project, str) or not _PROJECT.fullmatch(project):
         raise ConfigError(f"--project: should be a lowercase project name matching ^{_PROJECT.pattern}$, "
                           f"got {project!r}")
-    body = "".join(_COMPOSE_NODE.format(name=name, ssh=ssh, router=router, context=context) for name, ssh, router in ports)
+    body = "".join(_COMPOSE_NODE.format(name=name, ssh=ssh, router=router, context=context)
+                   for name, ssh, router in ports)
     return f"{_COMPOSE_HEADER}name: {project}\nservices:\n{body}networks:\n  fleet: {{}}\n"
 
 
