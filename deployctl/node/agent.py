@@ -15,6 +15,13 @@ import errno
 import os
 import sys
 
+# Names for the type checker only: a module-level annotation is a string here, and a local one is never
+# evaluated, so no annotation costs the node an import or needs a newer Python than the node's.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
 HEX = frozenset("0123456789abcdef")
 PART_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._+-")
 
@@ -74,7 +81,7 @@ class _ScanContext:
     parse_float, parse_int, parse_constant = float, int, float  # NaN, Infinity, -Infinity as json.loads
 
 
-_SCANNER = []
+_SCANNER: "list[Any]" = []
 
 
 def from_json(text):
@@ -85,7 +92,8 @@ def from_json(text):
     if not _SCANNER:
         try:
             from _json import make_scanner
-            _SCANNER.append(make_scanner(_ScanContext()))
+            # The C scanner reads only the attributes _ScanContext has: a JSONDecoder would import json.
+            _SCANNER.append(make_scanner(_ScanContext()))  # type: ignore[arg-type]
         except (ImportError, TypeError, AttributeError):
             _SCANNER.append(None)
     if _SCANNER[0] is None:
@@ -327,7 +335,8 @@ class Upload:
     """Exactly `size` bytes of stdin, read straight into the caller's buffers (no copy per block)."""
 
     def __init__(self, size, head=b""):
-        self.raw, self.left, self.size, self.head = sys.stdin.buffer.raw, size, size, head
+        # stdin's buffer is a BufferedReader, which has .raw; typeshed says only BinaryIO.
+        self.raw, self.left, self.size, self.head = sys.stdin.buffer.raw, size, size, head  # type: ignore[union-attr]
 
     def fill(self, view):
         n = len(view)
@@ -407,7 +416,8 @@ def extract(up, stage, meta):
     """
     import hashlib
 
-    seen, files, long_name = set(), {}, None
+    seen: set[str] = set()
+    files, long_name = {}, None
     buf = bytearray(1 << 20)
     view, block = memoryview(buf), memoryview(buf)[:512]
     while True:
@@ -556,7 +566,7 @@ class Lines:
     """stdin read raw, line by line; what was read past the last line is handed to the upload."""
 
     def __init__(self):
-        self.raw, self.buf = sys.stdin.buffer.raw, b""
+        self.raw, self.buf = sys.stdin.buffer.raw, b""  # type: ignore[union-attr]  # a BufferedReader, as in Upload
 
     def line(self, seconds, limit):
         """Return the next line (without its newline), or None at end of input; refuse a longer one."""
@@ -749,7 +759,7 @@ def stage_upload(root, digest, up, stage, have, verified=None, synced=None):
     caller prunes)."""
     final = release_dir(root, digest)
     try:
-        meta = {}
+        meta: dict[str, bytes] = {}
         files = extract(up, stage, meta)
         files.update(have)
         got = digest_of(files)
@@ -1162,11 +1172,13 @@ def op_halt(root):
     out({"halted": True})
 
 
-OPS = {"probe": op_probe, "have": op_have, "deploy": op_deploy, "stage": op_stage, "retarget": op_retarget,
-       "switch": op_switch, "prune": op_prune, "journal": op_journal, "halt": op_halt, "stop": op_stop}
+OPS: "dict[str, Callable[..., None]]" = {
+    "probe": op_probe, "have": op_have, "deploy": op_deploy, "stage": op_stage, "retarget": op_retarget,
+    "switch": op_switch, "prune": op_prune, "journal": op_journal, "halt": op_halt, "stop": op_stop}
 
 
-LOCK = {}  # the fleet deploy lock this command takes (deploy, retarget), from a last "--lock=JSON" argument
+# The fleet deploy lock this command takes (deploy, retarget), from a last "--lock=JSON" argument.
+LOCK: "dict[str, Any]" = {}
 
 
 def main(argv):
