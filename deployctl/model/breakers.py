@@ -111,7 +111,7 @@ def check(cfg: Breakers | None, readings: list[Reading], node_rates: dict[str, R
         over = {n: getattr(x, attr) for n, x in node_rates.items() if getattr(x, attr) is not None
                 and getattr(x, attr) > limit}
         if over:
-            worst = max(over, key=over.get)
+            worst = max(over, key=over.__getitem__)
             trips.append(Trip(name, tuple(sorted(over)), round(over[worst], 2), limit,
                               f"{name}: {worst} at {over[worst]:.1f} {unit}, above {limit:g}"
                               + (f" ({len(over)} nodes over)" if len(over) > 1 else "")))
@@ -126,7 +126,7 @@ def check(cfg: Breakers | None, readings: list[Reading], node_rates: dict[str, R
         gone = {n: now - t for n, t in memory.down_since.items()
                 if memory.last_gate.get(n) == "open" and now - t > cfg.unreachable_gate_open_s}
         if gone:
-            worst = max(gone, key=gone.get)
+            worst = max(gone, key=gone.__getitem__)
             trips.append(Trip("unreachable_gate_open_s", tuple(sorted(gone)), round(gone[worst], 2),
                               cfg.unreachable_gate_open_s,
                               f"unreachable_gate_open_s: {worst} unreachable for {gone[worst]:.1f} s with its gate "

@@ -9,16 +9,23 @@ never moves forward with fewer than all nodes.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 
 class Fitness(Protocol):
-    """What a node's probe says about its fitness for a release (commands.Probe has these fields)."""
+    """What a node's probe says about its fitness for a release (commands.Probe has these fields).
+    Read-only, so that a frozen dataclass fits."""
 
-    current: str | None
-    free: int
-    halted: bool
+    @property
+    def current(self) -> str | None: ...
+
+    @property
+    def free(self) -> int: ...
+
+    @property
+    def halted(self) -> bool: ...
 
 
 class Phase(str, enum.Enum):
@@ -73,7 +80,7 @@ class State:
         return self.phase in (Phase.DONE, Phase.REVERTED, Phase.REVERT_FAILED)
 
 
-def preflight_problems(probes: dict[str, Fitness], need_bytes: int, min_free_mb: int) -> dict[str, str]:
+def preflight_problems(probes: Mapping[str, Fitness], need_bytes: int, min_free_mb: int) -> dict[str, str]:
     """Return node -> problem for every node not fit to receive the release (halted, short of disk)."""
     problems = {}
     for node, p in probes.items():
@@ -84,7 +91,7 @@ def preflight_problems(probes: dict[str, Fitness], need_bytes: int, min_free_mb:
     return problems
 
 
-def advance(state: State, results: dict[str, Outcome], probes: dict[str, Fitness] | None = None) -> State:
+def advance(state: State, results: dict[str, Outcome], probes: Mapping[str, Fitness] | None = None) -> State:
     """Fold one phase's per-node outcomes into the state and return the next state.
 
     A node missing from `results` counts as failed: unknown is never success.

@@ -123,7 +123,7 @@ def judge(obs: NodeObservation, expected: str | None, manifest: dict[str, str] |
         problems.append(f"router: {obs.health_error}")
     elif running != expected:
         problems.append(f"running digest {(running or '?')[:12]} != expected {(expected or '?')[:12]}")
-    gate = h.get("gate") if h.get("gate") in ("open", "closed") else "unknown"
+    gate = h["gate"] if h.get("gate") in ("open", "closed") else "unknown"
     halted = h.get("halted") if isinstance(h.get("halted"), bool) else None
     ran = running_flags(obs)
     flags_ok = flags is None or obs.health is None or ran == dict(flags)

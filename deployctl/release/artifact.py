@@ -153,7 +153,7 @@ def release_flags(contents: Mapping[str, bytes]) -> dict[str, bool] | None:
     return dict(flags)
 
 
-def _pack(manifest_bytes: bytes, signature: str, contents: Mapping[str, bytes]) -> bytes:
+def _pack(manifest_bytes: bytes, signature: str, contents: Mapping[str, bytes | memoryview]) -> bytes:
     dirs = {"files"} | {"files/" + d for rel in contents for d in parents(rel)}
     body = [(d, None) for d in dirs] + [("files/" + rel, data) for rel, data in contents.items()]
     body.sort(key=lambda entry: [p.encode("utf-8") for p in entry[0].split("/")])  # parents first

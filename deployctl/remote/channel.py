@@ -134,7 +134,7 @@ def _collect(recv, deadline: Callable[[], float], box: list) -> None:
 def _read_all(recv, deadline: Callable[[], float]) -> bytes:
     """Read until end of stream; `deadline()` is read again after every wait, since a held command's
     deadline moves: none while it waits for the controller, a new one for each step."""
-    parts = []
+    parts: list[bytes] = []
     while True:
         if time.monotonic() > deadline():
             raise TimeoutError()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from deployctl.config.playbook import Service
@@ -51,13 +52,13 @@ def probe(root: str) -> list[str]:
     return _agent("probe", root)
 
 
-def stage(root: str, digest: str, size: int, keep: int, protect: list[str] = ()) -> list[str]:
+def stage(root: str, digest: str, size: int, keep: int, protect: Sequence[str] = ()) -> list[str]:
     """Receive `size` bytes of artifact tar on stdin, check and stage them, prune beyond `keep` (never
     `protect`), answer; then wait on stdin for `switch_request` (or its end: no change)."""
     return _agent("stage", root, digest, str(size), str(keep), *protect)
 
 
-def deploy(root: str, digest: str, keep: int, protect: list[str] = (), lock: dict | None = None) -> list[str]:
+def deploy(root: str, digest: str, keep: int, protect: Sequence[str] = (), lock: dict | None = None) -> list[str]:
     """A rollout's one command per node: take the fleet deploy `lock` (if given), answer a probe at once
     (parse_probe_answer), then take the reuse plan (reuse_hints) and answer what the node already has
     (parse_have), then the rest of the artifact (upload) and go on as `stage`. Closing its input at
@@ -191,11 +192,12 @@ def stop(root: str, supervisor: tuple[str, str] | None = None, argv: list[str] |
 def activate(root: str, digest: str | None, service: Service, become: bool = False) -> list[str] | list[list[str]]:
     """Switch to `digest` and restart the service, or stop it when there is no release to go back to."""
     kind, how = _restart_how(service, become, "restart" if digest else "stop")
+    supervisor = (how[0], how[1]) if kind == "supervisor" else None  # (socket, program)
     if digest is None:
-        if kind == "supervisor":
-            return stop(root, tuple(how))
+        if supervisor:
+            return stop(root, supervisor)
         return stop(root, argv=how) if (become or service.restart is None) else how
-    return switch(root, digest, tuple(how)) if kind == "supervisor" else [switch(root, digest), how]
+    return switch(root, digest, supervisor) if supervisor else [switch(root, digest), how]
 
 
 def prune(root: str, keep: int, protect: list[str]) -> list[str]:

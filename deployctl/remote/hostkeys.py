@@ -38,7 +38,9 @@ def _matches(field: str, name: str) -> bool:
 def known_keys(text: str, host: str, port: int) -> tuple[list[str], list[str]]:
     """Return (keys, revoked) for host:port in an OpenSSH known_hosts text: "keytype base64" each.
     @cert-authority lines are not host keys and are skipped."""
-    name, keys, revoked = host_pattern(host, port), [], []
+    name = host_pattern(host, port)
+    keys: list[str] = []
+    revoked: list[str] = []
     for line in text.splitlines():
         parts = line.split()
         if not parts or parts[0].startswith("#"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +94,7 @@ class Fleet(Protocol):
 
     def __exit__(self, *exc) -> None: ...
 
-    def finish(self, lines: dict[str, bytes | None], timeout: float = 60.0) -> dict[str, NodeResult]: ...
+    def finish(self, lines: Mapping[str, bytes | None], timeout: float = 60.0) -> dict[str, NodeResult]: ...
 
     def close(self) -> None: ...
 
@@ -121,6 +121,11 @@ class SSHFleet:
         self._own_bastions = self.bastions is None and any(t.jumps for t in self.targets)
         if self._own_bastions:
             self.bastions = sshconnect.Bastions(self.client_key, self.known_hosts, self.connect_timeout)
+
+    def _bastions(self, name: str) -> sshconnect.Bastions:
+        if self.bastions is None:  # __post_init__ makes them whenever a target has jumps
+            raise NodeError(f"{name} is behind a bastion, but this fleet has no bastion connections")
+        return self.bastions
 
     def __enter__(self) -> SSHFleet:
         return self
@@ -159,7 +164,7 @@ class SSHFleet:
             raise self._failed[name]
         try:
             t = self._by_name[name]
-            sock = self.bastions.tunnel(t.jumps, t.host, t.port) if t.jumps else None
+            sock = self._bastions(name).tunnel(t.jumps, t.host, t.port) if t.jumps else None
             conn = sshconnect.open_client(t.host, t.port, t.user, t.key or self.client_key, self.known_hosts,
                                           self.connect_timeout, sock)
         except NodeError as exc:
@@ -214,7 +219,7 @@ class SSHFleet:
         names = list(data)
         return dict(zip(names, self._pool.map(one, names), strict=True))
 
-    def finish(self, lines: dict[str, bytes | None], timeout: float = 60.0) -> dict[str, NodeResult]:
+    def finish(self, lines: Mapping[str, bytes | None], timeout: float = 60.0) -> dict[str, NodeResult]:
         """Send each held command its next input (None: only end its input), then wait for it to finish;
         return the rest of its output. A node with nothing held gets an error result."""
         return self._each({n: Call("", line, timeout) for n, line in lines.items()}, self._finish_one)
@@ -301,7 +306,7 @@ class SSHFleet:
             h.chan.close()
         for conn in conns:
             conn.close()
-        if self._own_bastions:
+        if self._own_bastions and self.bastions is not None:
             self.bastions.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 

@@ -15,9 +15,13 @@ import socket
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from deployctl.errors import DeployctlError
 from deployctl.remote.channel import NodeError
+
+if TYPE_CHECKING:
+    from paramiko import SSHClient
 
 # paramiko logs failed handshakes with tracebacks; our results carry the reason instead.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
@@ -152,7 +156,8 @@ def import_paramiko():
         if module is None:
             blocked = "invoke" not in sys.modules
             if blocked:
-                sys.modules["invoke"] = None  # makes `import invoke` raise ImportError, which paramiko allows
+                # None makes `import invoke` raise ImportError, which paramiko allows (typeshed wants a module).
+                sys.modules["invoke"] = None  # type: ignore[assignment]
             try:
                 import paramiko as module
             finally:
@@ -172,8 +177,9 @@ def _gcm_first_transport():
     to send back: 40 ms on every connection's first command, measured here (the ACK now rides on the
     ignore). Never from inside a key exchange: the transport thread would wait for itself."""
     paramiko = import_paramiko()
+    transport: Any = paramiko.Transport  # a base imported at run time, which the checker cannot name
 
-    class GcmFirst(paramiko.Transport):
+    class GcmFirst(transport):
         _preferred_ciphers = tuple(sorted(paramiko.Transport._preferred_ciphers, key=lambda c: "gcm" not in c))
 
         def _parse_global_request(self, m):
@@ -202,7 +208,7 @@ class Bastions:
 
     def __init__(self, client_key: Path, known_hosts: Path, timeout: float):
         self.client_key, self.known_hosts, self.timeout = client_key, known_hosts, timeout
-        self._clients: dict[tuple, object] = {}  # hop chain -> SSHClient, or the NodeError it failed with
+        self._clients: dict[tuple, SSHClient | NodeError] = {}  # hop chain -> client, or the error it failed with
         self._lock = threading.Lock()
         # paramiko keeps one saved exception per transport: two channel opens refused at once would lose
         # a reason ("Unable to open channel."), so opens go one at a time (each is one round trip).
