@@ -24,7 +24,8 @@ def _flag_type(self, ctx):
     return None if self.is_flag else _option_type(self, ctx)
 
 
-_option_type, TyperOption.display_type_rich = TyperOption.display_type_rich, _flag_type
+# Patched on the class, since Typer makes the options itself (mypy refuses any assignment to a method).
+_option_type, TyperOption.display_type_rich = TyperOption.display_type_rich, _flag_type  # type: ignore[method-assign]
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Deploy one artifact to every node, prove every node runs it, gate traffic until all do.")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.progress import Progress, TaskID
 
 # Not a terminal (CI logs, pipes): wide enough that digests and addresses are not cut.
 _WIDTH = None if sys.stdout.isatty() else 160
@@ -55,18 +56,22 @@ class _Uploads:
     DELAY = 1.0
 
     def __init__(self) -> None:
-        self.lock, self.started, self.bars, self.tasks, self.last = threading.Lock(), None, None, {}, {}
+        self.lock = threading.Lock()
+        self.started: float | None = None
+        self.bars: Progress | None = None
+        self.tasks: dict[str, TaskID] = {}
+        self.last: dict[str, tuple[int, int]] = {}
 
     def update(self, node: str, sent: int, total: int) -> None:
         with self.lock:
             self.last[node] = (sent, total)
-            self.started = self.started or time.monotonic()
-            if self.bars is None and time.monotonic() - self.started >= self.DELAY and err.is_terminal:
+            started = self.started = self.started or time.monotonic()
+            if self.bars is None and time.monotonic() - started >= self.DELAY and err.is_terminal:
                 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-                self.bars = Progress(TextColumn("    {task.description}"), BarColumn(), DownloadColumn(),
-                                     TransferSpeedColumn(), console=err.made(), transient=True)
-                self.bars.start()
+                bars = self.bars = Progress(TextColumn("    {task.description}"), BarColumn(), DownloadColumn(),
+                                            TransferSpeedColumn(), console=err.made(), transient=True)
+                bars.start()
             if self.bars is not None:
                 for name, (done, size) in sorted(self.last.items()):
                     if name not in self.tasks:

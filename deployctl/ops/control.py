@@ -8,6 +8,7 @@ Every control request is journaled with each node's answer; a node not reached i
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from deployctl.errors import DeployctlError, ExitCode, HaltedError, MismatchError, UnreachableError, UsageError
 from deployctl.model import outliers
@@ -31,7 +32,7 @@ def observe(ctx: Context, fleet: Fleet) -> list[verify_mod.NodeObservation]:
 
 
 def _observation(node: str, r: NodeResult, h: Answer) -> verify_mod.NodeObservation:
-    obs = dict(node=node, health=h.body if h.ok else None, health_error=None if h.ok else h.reason(),
+    obs: dict[str, Any] = dict(node=node, health=h.body if h.ok else None, health_error=None if h.ok else h.reason(),
                unreachable=bool(r.error) or h.status == 0, host_key_refused=r.host_key_refused)
     if r.ok:
         try:
@@ -107,12 +108,13 @@ def gate_status(ctx: Context) -> dict[str, Answer]:
 
 def gate_open(ctx: Context, expect: str | None = None) -> verify_mod.VerifyReport:
     """Verify the fleet; open every gate only if all match. MismatchError/UnreachableError/HaltedError otherwise."""
-    report = verify(ctx, expect)
+    digest = expected_digest(ctx, expect)
+    report = verify(ctx, digest)
     if not report.ok:
         raise _refusal("gate stays closed", report)
     if any(n.halted for n in report.nodes):
         raise HaltedError("gate stays closed: the fleet is halted; run `deployctl resume` first")
-    answers = ctx.routers.open_all_or_none(ctx.nodes, report.expected)
+    answers = ctx.routers.open_all_or_none(ctx.nodes, digest)
     _told(ctx, "gate-open", answers, DeployctlError, "gate open refused, all gates closed again",
           digest=report.expected)
     return report

@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +72,7 @@ def contract(ctx: Context, node: Node, tools: tuple[str, ...] = ()) -> nodecontr
 
 
 def enroll(ctx: Context, names: list[str] | None = None, dry_run: bool = False, sudo_password: str | None = None,
-           fingerprints: list[str] = (), ask=None, user_known_hosts: Path = Path("~/.ssh/known_hosts")
+           fingerprints: Sequence[str] = (), ask=None, user_known_hosts: Path = Path("~/.ssh/known_hosts")
            ) -> dict[str, Enrolled]:
     """Enroll the named nodes (default: all) and return a result per node. A host key not pinned yet is
     pinned from `user_known_hosts`, a `fingerprints` entry (NODE=SHA256:...) or `ask`'s yes, else refused.
@@ -100,7 +101,7 @@ def enroll(ctx: Context, names: list[str] | None = None, dry_run: bool = False, 
     if failed:
         kind = (HostKeyError if all(r.host_key for r in failed) else
                 UnreachableError if all(r.unreachable for r in failed) else DeployctlError)
-        raise kind("enroll: " + "; ".join(r.error if r.host_key else f"{r.node}: {r.error}" for r in failed))
+        raise kind("enroll: " + "; ".join(f"{r.error}" if r.host_key else f"{r.node}: {r.error}" for r in failed))
     return results
 
 
@@ -180,7 +181,7 @@ def _enroll_node(ctx: Context, node: Node, conn, dry_run: bool, result: Enrolled
     steps = nodecontract.steps(wanted, facts, tmp)
     try:
         for step in steps:
-            if step.upload is not None:
+            if step.upload is not None and step.upload.content is not None:  # an upload is always a file
                 conn.put(io.BytesIO(step.upload.content.encode()), step.argv[0][-1])
         code, err = root_cmd(nodecontract.apply_script(steps), "apply", check=False)
         done = len(steps) if code == 0 else (nodecontract.failed_step(steps, code) or 0)

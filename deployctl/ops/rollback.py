@@ -137,8 +137,9 @@ def _recover_target(ctx: Context, probes: dict[str, Probe]) -> str:
     if last and all(last in p.releases for p in probes.values()):
         return last
     currents = {p.current for p in probes.values()}
-    if len(currents) == 1 and None not in currents:
-        return currents.pop()
+    only = next(iter(currents)) if len(currents) == 1 else None
+    if only is not None:
+        return only
     if last is None:
         raise InconsistentError("recover: no release the whole fleet ran is in the journal and the nodes' current "
                                 "releases differ: roll out a release to the whole fleet "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from deployctl.errors import DeployctlError, UsageError
 from deployctl.model import phases
@@ -59,9 +60,11 @@ def rollout(ctx: Context, artifact_path: Path, break_lock: bool = False, plan: P
         ctx.keep_manifest(art)
         if superseded:
             ctx.emit("warning", message=f"this rollout supersedes an {superseded.split(': run')[0]}")
-        run = Run(ctx, fleet, "rollout", art.digest, deadline=ctx.playbook.timeouts.rollout, version=art.version,
-                  artifact=art.path.name, nodes=[n.name for n in ctx.nodes], fleet_lock=lock["id"], **who,
-                  **({"supersedes": superseded} if superseded else {}))
+        start: dict[str, Any] = {"version": art.version, "artifact": art.path.name,  # the journal's start record
+                                 "nodes": [n.name for n in ctx.nodes], "fleet_lock": lock["id"], **who}
+        if superseded:
+            start["supersedes"] = superseded
+        run = Run(ctx, fleet, "rollout", art.digest, deadline=ctx.playbook.timeouts.rollout, **start)
         try:
             state = run.walk(phases.State(tuple(run.names), art.digest), {
                 phases.Phase.PREFLIGHT: lambda s: _preflight(run, art, len(payload), lock, approved),

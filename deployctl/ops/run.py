@@ -301,8 +301,9 @@ class Run:
         out = {n: phases.Outcome(True) for n, d in targets.items() if not d}
         by_digest: dict[str, list] = {}
         for n in self.ctx.nodes:
-            if targets.get(n.name):
-                by_digest.setdefault(targets[n.name], []).append(n)
+            target = targets.get(n.name)
+            if target:
+                by_digest.setdefault(target, []).append(n)
         for digest, group in by_digest.items():
             for name, ans in self.ctx.routers.wait_running(group, digest, timeout).items():
                 running = ans.body.get("digest") if ans.ok else None
@@ -385,7 +386,8 @@ def _failure(kind: str, state: phases.State, refused: bool, unreachable: dict[st
 def _switched_to(targets: dict[str, str | None]) -> Callable[[str, bytes], None]:
     def check(node: str, stdout: bytes) -> None:
         # A stop (no release to go back to) prints no switch answer; a switch must name its target.
-        if targets[node] is not None and commands.parse_switch(stdout)[1] != targets[node]:
-            raise DeployctlError(f"node switched to something other than {targets[node][:12]}")
+        target = targets[node]
+        if target is not None and commands.parse_switch(stdout)[1] != target:
+            raise DeployctlError(f"node switched to something other than {target[:12]}")
 
     return check

@@ -11,6 +11,7 @@ talks to Docker.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import time
@@ -108,7 +109,7 @@ def up(compose: Path, state_dir: Path | None = None, pin_nodes: bool = True,
     keys.pin(state, {("127.0.0.1", port): (pairs[_host_key_name(spec, name)].public_line
                                             if pin_nodes or name == BASTION else None)
                       for name, port in ports.items()})
-    slow = [name for name, port in ports.items() if not _wait(lambda p=port: _greets(p), timeout)]
+    slow = [name for name, port in ports.items() if not _wait(functools.partial(_greets, port), timeout)]
     if slow:
         raise UnreachableError(f"fleet up --kind bare: sshd did not answer within {timeout:g}s on {', '.join(slow)}")
     return describe(compose, state_dir)

@@ -121,6 +121,7 @@ def start_node(dc, spec: FleetSpec, node: NodeSpec, image_id: str, files: NodeFi
         old.remove(force=True)  # a leftover from another run, image or keys: replace it
     except docker.errors.NotFound:
         pass
+    where: dict[str, object]  # the container's network, as docker's create() takes it
     if node.network_mode == "host":  # the bastion: it reaches the nodes on 127.0.0.1, as the controller does
         where = {"network_mode": "host"}
     else:

@@ -7,6 +7,7 @@ Only docker_fleet.py talks to Docker. A user's real fleet never goes through thi
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import time
@@ -92,7 +93,8 @@ def fleet_up(ctx: Context, compose: Path, timeout: float = 120) -> dict[str, str
         if node.service in files:
             done[node.service] = docker_fleet.start_node(dc, spec, node, image_id, files[node.service])
             ctx.emit("node", phase="up", node=node.service, ok=True, reason=done[node.service])
-    slow = [n.name for n in ctx.nodes if not wait_for(lambda n=n: sshd_answers(n.host, n.ssh_port), timeout, 0.1)]
+    slow = [n.name for n in ctx.nodes
+            if not wait_for(functools.partial(sshd_answers, n.host, n.ssh_port), timeout, 0.1)]
     if slow:
         raise UnreachableError(f"fleet up: sshd did not answer within {timeout:g}s on {', '.join(slow)}")
     _install_first_release(ctx)
@@ -129,8 +131,9 @@ def _install_first_release(ctx: Context) -> None:
         currents = {p.current for p in probe_all(ctx, fleet, "fleet up").values()}
     health = ctx.routers.health(ctx.nodes)
     running = {a.body.get("digest") if a.ok else None for a in health.values()}
-    if len(currents) == 1 and None not in currents and running == currents:
-        ctx.emit("step", message=f"every node runs {next(iter(currents))[:12]}: nothing to install")
+    only = next(iter(currents)) if len(currents) == 1 else None
+    if only is not None and running == currents:
+        ctx.emit("step", message=f"every node runs {only[:12]}: nothing to install")
         return
     art = build(ctx)
     ctx.emit("step", message=f"installing release {art.digest[:12]} on every node")

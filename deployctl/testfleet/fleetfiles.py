@@ -235,12 +235,13 @@ def load_spec(path: Path) -> FleetSpec:
             ports.append((int(m.group(1)), int(m.group(2))))
         mode, command = _host_mode(name, svc, body, ports)
         nodes.append(NodeSpec(svc, f"{project}-{svc}", str(body.get("hostname", svc)), tuple(ports), mode, command))
-    if len(images) != 1 or not isinstance(next(iter(images)), str):
+    image = images.pop() if len(images) == 1 else None
+    if not isinstance(image, str):
         raise ConfigError(f"{name}: services: every node should name the same image")
-    if len(contexts) != 1 or not isinstance(next(iter(contexts)), str):
+    folder = contexts.pop() if len(contexts) == 1 else None
+    if not isinstance(folder, str):
         raise ConfigError(f"{name}: services: every node should have the same build context (a folder)")
-    context = (path.parent / contexts.pop()).resolve()
-    return FleetSpec(project, images.pop(), context, f"{project}-net", tuple(nodes))
+    return FleetSpec(project, image, (path.parent / folder).resolve(), f"{project}-net", tuple(nodes))
 
 
 def _host_mode(name: str, svc: str, body: dict, ports: list) -> tuple[str, tuple[str, ...]]:
