@@ -30,7 +30,7 @@ EXPORTS = {
     "preview_rollout": ("ops.rollout", "preview"),
     "rollback": ("ops.rollback", "rollback"), "recover": ("ops.rollback", "recover"),
     "preview_rollback": ("ops.rollback", "preview"),
-    "PreviewRow": ("ops.run", "PreviewRow"), "RunResult": ("ops.run", "RunResult"),
+    "PreviewRow": ("ops.results", "PreviewRow"), "RunResult": ("ops.results", "RunResult"),
     "interrupted": ("ops.guards", "interrupted"),
     "VerifyReport": ("model.verify", "VerifyReport"),
     "watch": ("ops.watch", "watch"),

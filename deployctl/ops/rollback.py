@@ -20,7 +20,8 @@ from deployctl.ops.guards import (
     refuse_if_nodes_left,
     release_fleet,
 )
-from deployctl.ops.run import PreviewRow, Run, RunResult
+from deployctl.ops.results import PreviewRow, RunResult
+from deployctl.ops.run import Run
 from deployctl.remote import commands
 from deployctl.remote.commands import Probe
 from deployctl.state.journal import good_run

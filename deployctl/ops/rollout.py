@@ -18,7 +18,8 @@ from deployctl.errors import DeployctlError, UsageError
 from deployctl.model import phases
 from deployctl.ops.context import Context
 from deployctl.ops.guards import hold_locked, interrupted, locked, refuse_if_interrupted, release_fleet
-from deployctl.ops.run import PreviewRow, Run, RunResult, outcomes
+from deployctl.ops.results import PreviewRow, RunResult, outcomes
+from deployctl.ops.run import Run
 from deployctl.release import approval, flags
 from deployctl.release import artifact as artifact_mod
 from deployctl.remote import commands

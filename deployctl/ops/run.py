@@ -4,8 +4,8 @@ A Run journals each phase (fsync'd) before it starts, runs it on every node, fol
 outcomes into the pure state machine of phases.py, and stops at the first phase any node fails.
 From SWITCH on, a failure sends the run to REVERT, which walks the same loop: every node that may
 have switched goes back to its previous release, gate closed. SIGINT, SIGTERM and SIGHUP stop a
-rollout the same way, between phases (Run.walk). The deploy lock, the probes that start a run and
-the check for an interrupted run live here too.
+rollout the same way, between phases (Run.walk). What the outcomes and the run's end mean is
+ops/results.py; the lock, the probes and the refusals before a run are ops/guards.py.
 """
 
 from __future__ import annotations
@@ -18,26 +18,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from itertools import takewhile
 
-from deployctl.errors import (
-    DeployctlError,
-    HaltedError,
-    InconsistentError,
-    JournalError,
-    LockHeldError,
-    RolledBackError,
-)
+from deployctl.errors import InconsistentError, JournalError
 from deployctl.model import phases
 from deployctl.ops.context import Context
-from deployctl.ops.guards import raise_if_fleet_locked
+from deployctl.ops.results import CONTROLLER, Outcomes, RunResult, failure, gate_outcomes, outcomes, switched_to
 from deployctl.remote import commands
-from deployctl.remote.routers import Answer
-from deployctl.remote.ssh import Call, Fleet, NodeResult, raise_for_unreachable
+from deployctl.remote.ssh import Call, Fleet, NodeResult
 from deployctl.state.journal import encode, entry
 
-Outcomes = dict[str, phases.Outcome]
 # Phases before which a run that cannot journal has switched no node.
 SAFE_TO_STOP = ("start", phases.Phase.PREFLIGHT.value, phases.Phase.CLOSE_GATE.value, phases.Phase.STAGE.value,
                 phases.Phase.SWITCH.value)
@@ -50,49 +40,6 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # writes the phase's name to <file> when that phase starts (journaled, not yet run) and waits until
 # the file is removed (at most PAUSE_SECONDS): tests act on a run in a known phase without sleeps.
 PAUSE_FILE, PAUSE_AT, PAUSE_SECONDS = "DEPLOYCTL_TEST_PAUSE", "DEPLOYCTL_TEST_PAUSE_AT", 60.0
-CONTROLLER = "controller"  # the node name of a failure that is the controller's own (a signal)
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """What a rollout, rollback or recover did: its final state, time per phase, whether the gate opened."""
-
-    state: phases.State
-    timings: dict[str, float]
-    gate_open: bool = False
-
-
-@dataclass(frozen=True)
-class PreviewRow:
-    """One node's line of a dry-run plan."""
-
-    node: str
-    current: str | None
-    target: str
-    upload_bytes: int
-    note: str = ""
-
-
-def outcomes(results: dict[str, NodeResult], parse: Callable[[str, bytes], object] | None = None) -> Outcomes:
-    """Turn NodeResults into Outcomes; `parse(node, stdout)` raising DeployctlError fails that node."""
-    out = {}
-    for name, r in results.items():
-        if not r.ok:
-            out[name] = phases.Outcome(False, r.error or commands.agent_error(r.stderr))
-            continue
-        try:
-            if parse:
-                parse(name, r.stdout)
-            out[name] = phases.Outcome(True)
-        except DeployctlError as exc:
-            out[name] = phases.Outcome(False, str(exc))
-    return out
-
-
-def gate_outcomes(answers: dict[str, Answer], down_is_closed: bool = False) -> Outcomes:
-    """Outcomes of a gate request; for closing, a router that is not running counts as closed."""
-    return {n: phases.Outcome(a.ok or (down_is_closed and a.down), "" if a.ok else a.reason())
-            for n, a in answers.items()}
 
 
 class Run:
@@ -253,7 +200,7 @@ class Run:
         lines = {n: commands.switch_request(digest, entry(self.action, run=self.id, phase="switch", digest=digest,
                                                           node=n), self.ctx.playbook.service, becomes(self.ctx, n))
                  for n in self.names}
-        return outcomes(self.fleet.finish(lines, self.budget(self.ctx.playbook.timeouts.command)), _switched_to(
+        return outcomes(self.fleet.finish(lines, self.budget(self.ctx.playbook.timeouts.command)), switched_to(
             {n: digest for n in self.names}))
 
     def settle(self, state: phases.State) -> Outcomes:
@@ -291,7 +238,7 @@ class Run:
             how = commands.activate(self.ctx.root, targets[node], service, becomes(self.ctx, node))
             return Call(commands.render(how), record, timeout)
 
-        switched = outcomes(self.fleet.run_all(call, list(targets)), _switched_to(targets))
+        switched = outcomes(self.fleet.run_all(call, list(targets)), switched_to(targets))
         health = self._health({n: d for n, d in targets.items() if switched[n].ok}, self.ctx.playbook.timeouts.health)
         return {n: (switched[n] if not switched[n].ok else health.get(n, phases.Outcome(True))) for n in targets}
 
@@ -332,7 +279,7 @@ class Run:
         if state.phase == phases.Phase.DONE:
             return RunResult(state, self.timings, self.gate_opened)
         self._node_journal(record)
-        raise _failure(self.action, state, refused, self.unreachable)
+        raise failure(self.action, state, refused, self.unreachable)
 
     def _node_journal(self, record: dict) -> None:
         """Append a failed run's outcome to every reachable node's own journal (best effort, reported).
@@ -350,44 +297,3 @@ class Run:
 def becomes(ctx: Context, name: str) -> bool:
     """Whether node `name` logs in as a user that restarts the service with `sudo -n` (`become: sudo`)."""
     return any(n.name == name and n.become == "sudo" for n in ctx.nodes)
-
-
-def _failure(kind: str, state: phases.State, refused: bool, unreachable: dict[str, NodeResult]) -> DeployctlError:
-    """The error a run that did not reach DONE ends with; its class carries the exit code."""
-    failures = [f.describe() for f in state.failures]
-    first = failures[0] if failures else "aborted"
-    if refused:
-        try:
-            raise_if_fleet_locked(f"{kind} refused", {f.node: f.reason for f in state.failures})
-        except LockHeldError as exc:
-            return exc
-    stop = next((f for f in state.failures if f.node == CONTROLLER), None)
-    if stop is not None and state.phase == phases.Phase.REVERTED:
-        what = f"{kind} {stop.reason} during {stop.phase.value}"
-        if state.switched:
-            return RolledBackError(f"{what}: every node is back on its previous release, gate closed")
-        gates = "gates untouched" if stop.phase == phases.Phase.PREFLIGHT else "gate closed"
-        return DeployctlError(f"{what}: no node switched, every node is on its previous release, {gates}")
-    if refused and unreachable:
-        try:
-            raise_for_unreachable(unreachable, f"{kind} refused in preflight, nothing changed")
-        except DeployctlError as exc:
-            return exc
-    if any("halted" in f for f in failures) and state.phase == phases.Phase.REVERTED:
-        return HaltedError(f"{kind} aborted, fleet halted: {first}; gate stays closed")
-    if refused:
-        return DeployctlError(f"{kind} refused in preflight, nothing changed: {first}")
-    if state.phase == phases.Phase.REVERTED:
-        return RolledBackError(f"{kind} failed: {first}; every node is back on its previous release, gate closed")
-    return InconsistentError(f"{kind} failed: {'; '.join(failures)}; the fleet may be mixed, gate closed: "
-                             "run `deployctl recover`")
-
-
-def _switched_to(targets: dict[str, str | None]) -> Callable[[str, bytes], None]:
-    def check(node: str, stdout: bytes) -> None:
-        # A stop (no release to go back to) prints no switch answer; a switch must name its target.
-        target = targets[node]
-        if target is not None and commands.parse_switch(stdout)[1] != target:
-            raise DeployctlError(f"node switched to something other than {target[:12]}")
-
-    return check

@@ -41,7 +41,7 @@ ORDER = {
     "remote": ["channel", "reqsign", "agentpack", "commands", "nodecontract", "sshconnect", "ssh", "fabricconn",
                "routers", "hostkeys"],
     "node": ["agent"],
-    "ops": ["context", "guards", "run", "rollout", "rollback", "control", "twoperson", "enroll", "watch"],
+    "ops": ["context", "guards", "results", "run", "rollout", "rollback", "control", "twoperson", "enroll", "watch"],
     "testfleet": ["fleetfiles", "docker", "bare", "fleet", "api"],
     "cli": ["output", "common", "fleetcmds", "app", "fasthalt"],
 }
