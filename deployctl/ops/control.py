@@ -14,7 +14,7 @@ from deployctl.errors import DeployctlError, ExitCode, HaltedError, MismatchErro
 from deployctl.model import outliers
 from deployctl.model import verify as verify_mod
 from deployctl.ops.context import Context
-from deployctl.remote import commands
+from deployctl.remote import commands, replies
 from deployctl.remote.routers import Answer
 from deployctl.remote.ssh import Call, Fleet, NodeResult
 from deployctl.state.journal import entry
@@ -48,7 +48,7 @@ def _observation(node: str, r: NodeResult, h: Answer) -> verify_mod.NodeObservat
 def expected_digest(ctx: Context, expect: str | None) -> str:
     """Return `expect` if given (validated), else the last release the whole fleet ran; UsageError if neither."""
     if expect is not None:
-        if not commands.HEX64.match(expect):
+        if not replies.HEX64.match(expect):
             raise UsageError(f"--expect: {expect!r} is not a sha256 release digest (64 lowercase hex characters)")
         return expect
     last = ctx.journal.last_good()
@@ -73,7 +73,7 @@ def verify(ctx: Context, expect: str | None = None, fleet: Fleet | None = None) 
 def _running_manifests(ctx: Context, observations: list[verify_mod.NodeObservation]) -> dict[str, dict]:
     """Return the kept manifests of the releases the routers run (the outlier report names their files)."""
     running = {(o.health or {}).get("digest") for o in observations}
-    found = {d: ctx.manifest(d) for d in running if isinstance(d, str) and commands.HEX64.fullmatch(d)}
+    found = {d: ctx.manifest(d) for d in running if isinstance(d, str) and replies.HEX64.fullmatch(d)}
     return {d: files for d, files in found.items() if files is not None}
 
 

@@ -22,7 +22,7 @@ from deployctl.ops.guards import (
 )
 from deployctl.ops.results import PreviewRow, RunResult
 from deployctl.ops.run import Run
-from deployctl.remote import commands
+from deployctl.remote import replies
 from deployctl.remote.commands import Probe
 from deployctl.state.journal import good_run
 
@@ -58,7 +58,7 @@ def _chosen(ctx: Context, to: str | None, nodes: list[str] | None, force: bool) 
     """Check the rollback's arguments; return the names of the nodes to roll back."""
     if nodes and not force:
         raise UsageError("rolling back only some nodes leaves the fleet mixed: add --force if you mean it")
-    if to is not None and not commands.HEX64.match(to):
+    if to is not None and not replies.HEX64.match(to):
         raise UsageError(f"--to: {to!r} is not a sha256 release digest")
     unknown = sorted(set(nodes or []) - {n.name for n in ctx.nodes})
     if unknown:
@@ -96,7 +96,7 @@ def rollback_target(ctx: Context, probes: dict[str, Probe], to: str | None) -> s
 
 def preview(ctx: Context, to: str | None = None) -> list[PreviewRow]:
     """Dry run of a rollback to `to` (default: the previous release); changes nothing."""
-    if to is not None and not commands.HEX64.match(to):
+    if to is not None and not replies.HEX64.match(to):
         raise UsageError(f"--to: {to!r} is not a sha256 release digest")
     with ctx.ssh() as fleet:
         probes = probe_all(ctx, fleet, "plan")

@@ -1,4 +1,5 @@
-"""Pure builders for every remote action, each paired with the parser of its output.
+"""Pure builders for every remote action, each paired with the parser of its output (the answers'
+shared grammar is remote/replies.py).
 
 A builder returns an argv list (or a list of them for an `&&` chain); `render`
 is the only place that turns argv into shell text, quoting every token. Node-side
@@ -16,13 +17,9 @@ from dataclasses import dataclass
 
 from deployctl.config.playbook import Service
 from deployctl.errors import DeployctlError
+from deployctl.remote import replies
 from deployctl.remote.agentpack import agent_program
-
-HEX64 = re.compile(r"[0-9a-f]{64}\Z")  # use with .match: \Z, unlike $, refuses a trailing newline
-
-
-class NodeAnswerError(DeployctlError):
-    """A node's answer could not be understood."""
+from deployctl.remote.replies import HEX64, NodeAnswerError
 
 
 def render(argv: list[str] | list[list[str]]) -> str:
@@ -112,7 +109,7 @@ def upload(tar: bytes) -> bytes:
 
 def parse_have(stdout: bytes) -> tuple[frozenset[str], int]:
     """Parse a node's answer to the reuse plan: the paths it holds with the right sha256, their bytes."""
-    doc = _json(stdout, "reuse")
+    doc = replies.json_doc(stdout, "reuse")
     have, size = doc.get("have"), doc.get("bytes")
     if not isinstance(have, list) or not all(isinstance(p, str) for p in have):
         raise NodeAnswerError("reuse: answer field 'have' should be a list of paths")
@@ -232,30 +229,6 @@ class Hashes:
     halted: bool
 
 
-def _json(stdout: bytes, what: str) -> dict:
-    try:
-        doc = json.loads(stdout.decode().strip().splitlines()[0])
-    except (UnicodeDecodeError, ValueError, IndexError, RecursionError):
-        raise NodeAnswerError(f"{what}: unreadable answer {stdout[:80]!r}") from None
-    if not isinstance(doc, dict):
-        raise NodeAnswerError(f"{what}: answer is not an object")
-    return doc
-
-
-def _field(doc: dict, key: str, kind, what: str):
-    value = doc.get(key)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise NodeAnswerError(f"{what}: answer field {key!r} missing or of the wrong type")
-    return value
-
-
-def _optional_str(doc: dict, key: str, what: str) -> str | None:
-    value = doc.get(key)
-    if value is not None and not isinstance(value, str):
-        raise NodeAnswerError(f"{what}: answer field {key!r} of the wrong type")
-    return value
-
-
 def agent_error(stderr: bytes) -> str:
     """Return the one-line error a node agent printed, or the raw last line."""
     text = stderr.decode(errors="replace").strip()
@@ -265,60 +238,24 @@ def agent_error(stderr: bytes) -> str:
         return text.splitlines()[-1] if text else "no error text"
 
 
-def _lines(stdout: bytes, what: str) -> list[tuple[str, str]]:
-    """Split "key value" lines; NodeAnswerError for anything else."""
-    try:
-        text = stdout.decode()
-    except UnicodeDecodeError:
-        raise NodeAnswerError(f"{what}: answer is not UTF-8") from None
-    out = []
-    for line in text.splitlines():
-        key, sep, value = line.partition(" ")
-        if not sep:
-            raise NodeAnswerError(f"{what}: unreadable line {line[:60]!r}")
-        out.append((key, value))
-    return out
-
-
-def _one(pairs: list[tuple[str, str]], key: str, what: str) -> str:
-    values = [v for k, v in pairs if k == key]
-    if len(values) != 1:
-        raise NodeAnswerError(f"{what}: answer should have one {key!r} line")
-    return values[0]
-
-
-def _release_name(link: str) -> str | None:
-    """`current`'s target as a release name: None when absent, "?target" when not a release."""
-    if not link:
-        return None
-    name = link.rstrip("/").rsplit("/", 1)[-1]
-    return name if HEX64.match(name) else "?" + link
-
-
-def _flag(pairs: list[tuple[str, str]], key: str, what: str) -> bool:
-    value = _one(pairs, key, what)
-    if value not in ("yes", "no"):
-        raise NodeAnswerError(f"{what}: {key} should be yes or no")
-    return value == "yes"
-
-
 def parse_probe(stdout: bytes) -> Probe:
-    pairs = _lines(stdout, "probe")
-    if not _flag(pairs, "root", "probe"):
+    pairs = replies.kv_lines(stdout, "probe")
+    if not replies.flag(pairs, "root", "probe"):
         return Probe(None, (), 0, False)
-    free = _one(pairs, "free", "probe")
+    free = replies.one(pairs, "free", "probe")
     if not free.isdigit():
         raise NodeAnswerError("probe: free should be a number of bytes")
     releases = tuple(sorted(v for k, v in pairs if k == "release" and HEX64.match(v)))  # others aren't releases
     unknown = {k for k, _ in pairs} - {"root", "current", "halted", "free", "release"}
     if unknown:
         raise NodeAnswerError(f"probe: unexpected lines {sorted(unknown)}")
-    return Probe(_release_name(_one(pairs, "current", "probe")), releases, int(free), _flag(pairs, "halted", "probe"))
+    return Probe(replies.release_name(replies.one(pairs, "current", "probe")), releases, int(free),
+                 replies.flag(pairs, "halted", "probe"))
 
 
 def parse_probe_answer(stdout: bytes) -> Probe:
     """Parse a held command's probe line: {"probe": TEXT}, TEXT being what `probe` prints."""
-    text = _field(_json(stdout, "probe"), "probe", str, "probe")
+    text = replies.field(replies.json_doc(stdout, "probe"), "probe", str, "probe")
     return parse_probe(text.encode())
 
 
@@ -328,7 +265,7 @@ def parse_hashes(stdout: bytes) -> Hashes:
     sha256sum marks a name it had to escape (backslash, newline) with a leading backslash: such a
     name is reported as odd, so it can never match a manifest.
     """
-    pairs = _lines(stdout, "hashes")
+    pairs = replies.kv_lines(stdout, "hashes")
     files, odd = {}, []
     for key, value in pairs:
         if key in ("current", "halted"):
@@ -341,13 +278,13 @@ def parse_hashes(stdout: bytes) -> Hashes:
             files[value[3:]] = key
         else:
             raise NodeAnswerError(f"hashes: unreadable line {key[:20]!r}")
-    return Hashes(_release_name(_one(pairs, "current", "hashes")), files, tuple(sorted(odd)),
-                  _flag(pairs, "halted", "hashes"))
+    return Hashes(replies.release_name(replies.one(pairs, "current", "hashes")), files, tuple(sorted(odd)),
+                  replies.flag(pairs, "halted", "hashes"))
 
 
 def parse_stage(stdout: bytes) -> str:
     """Return the digest the node computed for what it staged."""
-    digest = _field(_json(stdout, "stage"), "digest", str, "stage")
+    digest = replies.field(replies.json_doc(stdout, "stage"), "digest", str, "stage")
     if not HEX64.match(digest):
         raise NodeAnswerError("stage: answer field 'digest' is not a sha256")
     return digest
@@ -355,8 +292,8 @@ def parse_stage(stdout: bytes) -> str:
 
 def parse_switch(stdout: bytes) -> tuple[str | None, str]:
     """Return (previous, current) release names from a switch."""
-    doc = _json(stdout, "switch")
-    current = _field(doc, "current", str, "switch")
+    doc = replies.json_doc(stdout, "switch")
+    current = replies.field(doc, "current", str, "switch")
     if not HEX64.match(current):
         raise NodeAnswerError("switch: answer field 'current' is not a sha256")
-    return _optional_str(doc, "previous", "switch"), current
+    return replies.optional_str(doc, "previous", "switch"), current

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from deployctl.remote.commands import NodeAnswerError
+from deployctl.remote.replies import NodeAnswerError
 
 SUPERVISOR_DIR = "/etc/supervisor/conf.d"
 SYSTEMD_DIR = "/etc/systemd/system"

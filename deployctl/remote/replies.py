@@ -1,0 +1,82 @@
+"""The grammar of node answers that commands.py's parsers share: a JSON object on the first line,
+"key value" lines, yes/no flags, release names. Anything else is a NodeAnswerError naming the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from deployctl.errors import DeployctlError
+
+HEX64 = re.compile(r"[0-9a-f]{64}\Z")  # use with .match: \Z, unlike $, refuses a trailing newline
+
+
+class NodeAnswerError(DeployctlError):
+    """A node's answer could not be understood."""
+
+
+def json_doc(stdout: bytes, what: str) -> dict:
+    """Return the JSON object on the answer's first line; NodeAnswerError naming `what` otherwise."""
+    try:
+        doc = json.loads(stdout.decode().strip().splitlines()[0])
+    except (UnicodeDecodeError, ValueError, IndexError, RecursionError):
+        raise NodeAnswerError(f"{what}: unreadable answer {stdout[:80]!r}") from None
+    if not isinstance(doc, dict):
+        raise NodeAnswerError(f"{what}: answer is not an object")
+    return doc
+
+
+def field(doc: dict, key: str, kind, what: str):
+    """Return doc[key] if it is a `kind` (an int is never a bool); NodeAnswerError otherwise."""
+    value = doc.get(key)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise NodeAnswerError(f"{what}: answer field {key!r} missing or of the wrong type")
+    return value
+
+
+def optional_str(doc: dict, key: str, what: str) -> str | None:
+    """Return doc[key], a str or None; NodeAnswerError for anything else."""
+    value = doc.get(key)
+    if value is not None and not isinstance(value, str):
+        raise NodeAnswerError(f"{what}: answer field {key!r} of the wrong type")
+    return value
+
+
+def kv_lines(stdout: bytes, what: str) -> list[tuple[str, str]]:
+    """Split "key value" lines; NodeAnswerError for anything else."""
+    try:
+        text = stdout.decode()
+    except UnicodeDecodeError:
+        raise NodeAnswerError(f"{what}: answer is not UTF-8") from None
+    out = []
+    for line in text.splitlines():
+        key, sep, value = line.partition(" ")
+        if not sep:
+            raise NodeAnswerError(f"{what}: unreadable line {line[:60]!r}")
+        out.append((key, value))
+    return out
+
+
+def one(pairs: list[tuple[str, str]], key: str, what: str) -> str:
+    """Return the value of the one `key` line; NodeAnswerError for none or several."""
+    values = [v for k, v in pairs if k == key]
+    if len(values) != 1:
+        raise NodeAnswerError(f"{what}: answer should have one {key!r} line")
+    return values[0]
+
+
+def release_name(link: str) -> str | None:
+    """`current`'s target as a release name: None when absent, "?target" when not a release."""
+    if not link:
+        return None
+    name = link.rstrip("/").rsplit("/", 1)[-1]
+    return name if HEX64.match(name) else "?" + link
+
+
+def flag(pairs: list[tuple[str, str]], key: str, what: str) -> bool:
+    """Return the one `key` line's yes or no as a bool; NodeAnswerError for anything else."""
+    value = one(pairs, key, what)
+    if value not in ("yes", "no"):
+        raise NodeAnswerError(f"{what}: {key} should be yes or no")
+    return value == "yes"
