@@ -1,6 +1,6 @@
 """What the CLI prints: rich tables and progress on a terminal, one JSON document with --json.
 
-rich is imported on first use only: `--json` and `-q` runs never pay for it (about 20 ms).
+rich is imported on first use only: `--json` and `-q` runs never pay for its import.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ _WIDTH = None if sys.stdout.isatty() else 160
 
 
 class _Console:
-    """A rich Console made on first use: `--json` and `-q` runs never import rich (about 20 ms)."""
+    """A rich Console made on first use: `--json` and `-q` runs never import rich."""
 
     def __init__(self, **options) -> None:
         self._options: dict[str, Any] = options
@@ -291,7 +291,7 @@ def exit_now(code: int) -> None:
 
     By now every command has closed what it opened: the lock is released, each journal record
     was fsynced when written, SSH connections are closed. What is left is freeing modules and
-    joining idle worker threads, about 50 ms on every command (a CI gate runs many).
+    joining idle worker threads, a cost every command would pay (and a CI gate runs many).
     """
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -7,8 +7,9 @@ installed on the node: what runs is always the controller's own copy, so the two
 
 Startup is most of what a small op costs a node, eight nodes at once on a shared machine: only os,
 sys and errno load at the start. hashlib, json and shutil are not imported on the way to the first
-answer (json and shutil bring in re, enum, functools, bz2 and lzma: 8 ms and 18 ms of a node's CPU
-here); to_json/from_json and rmtree stand in for them, hashlib loads where a file is hashed.
+answer (json and shutil bring in re, enum, functools, bz2 and lzma, a measurable share of a node's CPU);
+to_json/from_json and rmtree stand in for them, hashlib loads where a file is hashed. The figures behind
+these choices are in docs/distribution.md ("Figures behind the code").
 """
 
 import errno
@@ -212,7 +213,7 @@ def current_name(root):
 # checks the artifact's signature itself against the key pinned at `fleet up`.
 P = 2 ** 255 - 19
 L = 2 ** 252 + 27742317777372353535851937790883648493
-# Written out, not computed at every start of the agent (0.2 ms of each command): test_node_agent
+# Written out, not computed at every start of the agent (a measurable part of each command): test_node_agent
 # checks them against their definitions, -121665/121666 mod P and 2^((P-1)/4) mod P.
 D = 37095705934669439343138083508754565189542113879843219016388785533085940283555
 SQRT_M1 = 19681161376707505956807079304988542015446066515923890162744021073123829784752
@@ -291,7 +292,7 @@ def ed25519_ok(public, msg, sig):
 def check_signed(root, manifest, sig_hex, files, digest, verified=None):
     """Refuse unless the manifest is signed by the pinned key and names exactly the staged files.
     `verified`: a (manifest, signature) pair verify_signed already passed; the same bytes again are
-    not verified twice (5 ms of pure-Python ed25519)."""
+    not verified twice (pure-Python ed25519 is slow)."""
     if verified != (manifest, sig_hex):
         verify_signed(root, manifest, sig_hex)
     try:
@@ -597,7 +598,7 @@ class Lines:
 
 def signals():
     """signal.signal, alarm and SIGALRM without the signal module, which imports enum, functools and
-    collections: 4.7 ms of a node's CPU on the way to the reuse answer, eight nodes at once here."""
+    collections: measurable CPU on every node on the way to the reuse answer."""
     try:
         import _signal
     except ImportError:  # not CPython
@@ -792,8 +793,8 @@ def _xml(text):
 def rpc(sock_path, method, *params):
     """Call supervisord's XML-RPC over its unix socket with a plain HTTP/1.0 request.
 
-    Importing http.client and xmlrpc.client would cost more than the call (about 17 ms of a
-    node's CPU, eight nodes at once); the request and the fault are small and fixed in shape.
+    Importing http.client and xmlrpc.client would cost a node more CPU than the call itself; the
+    request and the fault are small and fixed in shape.
     """
     import socket
 
@@ -1208,7 +1209,7 @@ def run(argv):
 
 if __name__ == "__main__":
     code = run(sys.argv[1:])
-    # Out without tearing the interpreter down (1.3 ms of every command): everything the agent writes
+    # Out without tearing the interpreter down (a measurable part of every command): everything the agent writes
     # is written with os.write or closed where it is written, and stdout and stderr are flushed here.
     try:
         sys.stdout.flush()

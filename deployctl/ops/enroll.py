@@ -202,7 +202,7 @@ def _as_root(ctx: Context, node: Node, conn):
     """Return run(argv, what, check=True) -> stdout (check False: (exit code, stderr)), as root: directly for
     a root login, else through `sudo` (Fabric answers its password prompt); DeployctlError naming what failed
     with the command's last error line."""
-    # Setup work: sudo's password check alone took 8 s on the busy test machine; bounded all the same.
+    # Setup work: sudo's password check alone can take seconds on a busy machine; bounded all the same.
     timeout = max(ctx.playbook.timeouts.command, ENROLL_COMMAND_TIMEOUT)
 
     def run(argv, what: str, check: bool = True):

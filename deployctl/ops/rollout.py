@@ -165,7 +165,8 @@ def _sending(art: artifact_mod.Artifact, have: dict[str, frozenset[str]], sent: 
 
 # Smaller files are sent: copying one on the node (read, hash, write, fsync) costs about what
 # receiving it does, and every fsync'd copy during preflight slows the other nodes' handshakes on a
-# shared machine (a release whose only big file changed rolled out 11% slower with 4 KiB files reused).
+# shared machine (a release whose only big file changed rolled out slower when small files were reused
+# too: docs/distribution.md, "Figures behind the code").
 MIN_REUSE_BYTES = 64 * 1024
 
 

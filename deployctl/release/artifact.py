@@ -63,7 +63,7 @@ class Artifact:
 
     _parts: dict = field(default_factory=dict, repr=False, compare=False)  # subset tars made so far
     # Where each member's bytes lie in `data` (start, end), kept from the check that loaded it: a delta
-    # rollout's upload is cut from them without reading the tar again (8 ms of stage for 10 MiB).
+    # rollout's upload is cut from them without reading the tar again (a second read showed in stage).
     _spans: dict = field(default_factory=dict, repr=False, compare=False)
 
     def payload(self) -> bytes:

@@ -21,8 +21,8 @@ AGENT = AGENT_PATH.read_text()
 # The agent's first three arguments: the magic number of the bytecode this controller's Python
 # writes, that bytecode (marshal, zlib, base64) and the source (zlib, base64). A node whose Python
 # has the same magic number runs the bytecode; any other compiles the source, as before. Either way
-# it is this controller's copy of node/agent.py. Compiling 1000 lines cost every command 8.5 ms of
-# each node's CPU (a third of a probe's), eight nodes at once on two cores here.
+# it is this controller's copy of node/agent.py. Compiling the agent on the node cost every command a
+# large share of a probe's CPU on each node (docs/distribution.md, "Figures behind the code").
 BOOT = """import sys
 a = sys.argv
 m = getattr(sys.modules.get("_frozen_importlib_external"), "MAGIC_NUMBER", b"")
@@ -41,10 +41,10 @@ _program_cache: list[Path] = []  # the folder agent_program keeps the packed pro
 
 def cache_program_in(folder: Path) -> None:
     """Keep the packed agent program in `folder` (the controller's state folder) for later processes.
-    Compiling and packing node/agent.py cost every command 14 ms of controller time before its first
+    Compiling and packing node/agent.py was a measurable cost of every command before its first
     connection (Python's own bytecode cache is not written under PYTHONDONTWRITEBYTECODE, nor in a
-    read-only install); read back, it costs 0.2 ms. The file is named by the sha256 of the source
-    and Python's magic number and carries the sha256 of its content, checked on every read."""
+    read-only install); reading it back costs a small fraction of that. The file is named by the sha256
+    of the source and Python's magic number and carries the sha256 of its content, checked on every read."""
     _program_cache[:] = [Path(folder)]
 
 
@@ -88,7 +88,7 @@ def _check(code: str, src: str) -> str:
 
 def _pack_program(source: str) -> tuple[str, str]:
     """The bytecode (docstrings and line tables left out: the agent reports errors as one line, never
-    a traceback: 26 KB of argument instead of 52 KB) and the source, each zlib'd and base64'd."""
+    a traceback: about half the command line) and the source, each zlib'd and base64'd."""
     def pack(data: bytes) -> str:
         return binascii.b2a_base64(zlib.compress(data, 9), newline=False).decode("ascii")
 

@@ -1,8 +1,8 @@
 """SSH to every node: one connection per node, opened in parallel, reused by every phase of a command.
 
 sshconnect.py opens each connection (it alone imports paramiko) with paramiko's SSHClient, not
-Fabric's Connection: Fabric adds invoke (about 45 ms of import in every process, which
-`verify` and `halt` pay) and installs AutoAddPolicy, which we would only undo. Failures
+Fabric's Connection: Fabric adds invoke (an import every process would pay, `verify` and
+`halt` too) and installs AutoAddPolicy, which we would only undo. Failures
 are values: every call finishes every node and returns one NodeResult per node, never
 stopping at the first error. Host keys are pinned: the controller's known_hosts is the
 only source, and a missing or different key is refused.

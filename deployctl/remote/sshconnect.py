@@ -74,8 +74,8 @@ def _tcp(host: str, port: int, timeout: float) -> socket.socket:
     """A TCP connection to host:port with Nagle's algorithm off (TCP_NODELAY), as OpenSSH's client has it.
 
     With Nagle on, a small SSH message sent while an earlier one is still unacknowledged waits for
-    that ACK, which the other end delays up to 40 ms (delayed ACK): measured here, the userauth
-    request waited 40 ms on every connection."""
+    that ACK, which the other end delays (delayed ACK): the userauth request waited for it on every
+    connection."""
     sock = socket.create_connection((host, port), timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
@@ -149,7 +149,7 @@ def import_paramiko():
     """Import paramiko (once, under a lock: the first connections are opened from eight threads)
     without invoke. paramiko.config imports invoke only to run `Match exec` lines of ssh_config
     files, which deployctl never has paramiko read (sshconfig.py reads them); invoke pulls in asyncio
-    and unittest.mock, 50 ms of every command here. invoke stays importable (Fabric, for setup work,
+    and unittest.mock, which every command would import. invoke stays importable (Fabric, for setup work,
     imports it first): only paramiko's own reference to it is left unset."""
     with _import_lock:
         module = sys.modules.get("paramiko")
@@ -167,15 +167,15 @@ def import_paramiko():
 
 
 def _gcm_first_transport():
-    """A paramiko Transport that prefers AES-GCM: no separate MAC pass, about 40% less controller CPU
-    per uploaded byte than paramiko's default aes128-ctr + hmac-sha2-256 (measured here).
+    """A paramiko Transport that prefers AES-GCM: no separate MAC pass, so less controller CPU per
+    uploaded byte than paramiko's default aes128-ctr + hmac-sha2-256.
 
     It also answers the messages sshd sends right after authentication that want no reply (the
     hostkeys-00@openssh.com notice, the authorized_keys options debug line) with an SSH_MSG_IGNORE of
     one byte. sshd keeps Nagle on for a session without a pty, so its answer to our channel open waited
-    for the TCP ACK of those two messages, which the receiving side delays by 40 ms when it has nothing
-    to send back: 40 ms on every connection's first command, measured here (the ACK now rides on the
-    ignore). Never from inside a key exchange: the transport thread would wait for itself."""
+    for the TCP ACK of those two messages, which the receiving side delays when it has nothing to send
+    back: a wait on every connection's first command (the ACK now rides on the ignore). Never from
+    inside a key exchange: the transport thread would wait for itself."""
     paramiko = import_paramiko()
     transport: Any = paramiko.Transport  # a base imported at run time, which the checker cannot name
 
