@@ -10,9 +10,12 @@ import os
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
 
+# typing.TYPE_CHECKING without importing typing, which the fast halt door does not load otherwise.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from rich.console import Console
     from rich.progress import Progress, TaskID
 
