@@ -1,10 +1,10 @@
-"""`deployctl` and `python -m deployctl`: a halt takes the fast door (quick.py), everything else Typer's."""
+"""`deployctl` and `python -m deployctl`: a halt takes the fast door (cli/fasthalt.py), everything else Typer's."""
 
 import sys
 
 
 def main() -> None:
-    """Run `halt` through quick.py if that is the command line, else the Typer app; exit with its code."""
+    """Run `halt` through cli/fasthalt.py if that is the command line, else the Typer app; exit with its code."""
     from deployctl.cli import fasthalt, output
 
     code = fasthalt.run(sys.argv[1:])

@@ -3,8 +3,8 @@
 Typer (0.29) imports pydantic to parse arguments: together most of a halt's start-up, and a halt
 is the one command where every millisecond before the requests go out is time the fleet still
 routes orders. This module parses exactly the global options and `halt [--json]`; anything else
-(help, other commands, anything it does not know) returns None, and cli.py's Typer app runs.
-Output, errors and exit codes are those of cli.py's `halt` (tests/local/test_quick_halt.py checks).
+(help, other commands, anything it does not know) returns None, and cli/app.py's Typer app runs.
+Output, errors and exit codes are those of cli/app.py's `halt` (tests/local/test_quick_halt.py checks).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """OpenSSH client configuration, read as `ssh` reads it: Host blocks, first value wins, and ProxyJump specs.
 
-Pure (standard library only): config.py resolves each node through it while loading the inventory,
+Pure (standard library only): config/inventory.py resolves each node through it while loading the inventory,
 before any connection, so paramiko stays out of start-up. paramiko.SSHConfig was checked and not
 used: it matches Host patterns case-sensitively (OpenSSH does not), does not follow Include (the
 line becomes an option of the Host block above it), and needs invoke for Match. Here Match is
@@ -23,7 +23,7 @@ _JUMP_RE = re.compile(r"(?:(?P<user>[^@\s:\[\],]+)@)?(?:\[(?P<v6>[0-9A-Fa-f:.]+)
 
 
 class SSHConfigError(Exception):
-    """A line of an ssh config file deployctl cannot read as OpenSSH would; config.py names the file."""
+    """A line of an ssh config file deployctl cannot read as OpenSSH would; config/inventory.py names the file."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Node-side half of deployctl: run over SSH as `python3 -I -S -c BOOT ... OP ARGS...` (commands.py).
+"""Node-side half of deployctl: run over SSH as `python3 -I -S -c BOOT ... OP ARGS...` (remote/agentpack.py).
 
 Standard library only; never imported by the controller, which sends this file with every command:
 compiled by the controller's Python when the node's runs the same bytecode, else as source text.

@@ -1,7 +1,7 @@
 """The one phase runner: rollout, its revert, rollback and recover all walk the same loop.
 
 A Run journals each phase (fsync'd) before it starts, runs it on every node, folds the per-node
-outcomes into the pure state machine of phases.py, and stops at the first phase any node fails.
+outcomes into the pure state machine of model/phases.py, and stops at the first phase any node fails.
 From SWITCH on, a failure sends the run to REVERT, which walks the same loop: every node that may
 have switched goes back to its previous release, gate closed. SIGINT, SIGTERM and SIGHUP stop a
 rollout the same way, between phases (Run.walk). What the outcomes and the run's end mean is

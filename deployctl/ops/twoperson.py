@@ -1,4 +1,4 @@
-"""`plan`, `approve` and `keygen`: the two-person rule's commands (the plan document is approval.py's).
+"""`plan`, `approve` and `keygen`: the two-person rule's commands (the plan document is release/approval.py's).
 
 `plan` probes every node for its current release and writes a plan signed with the operator's key
 (`--key`, default the state folder's keys/operator_ed25519, made on first use); `approve` adds a

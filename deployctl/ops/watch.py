@@ -2,7 +2,7 @@
 
 One SSH connection per node holds one command (commands.watch_loop) that answers a line per sweep
 (the release `current` points to, when it was switched), and one kept-alive HTTP connection per node
-reads the router's /health; both run at once in each sweep. The playbook's breakers (breakers.py)
+reads the router's /health; both run at once in each sweep. The playbook's breakers (model/breakers.py)
 judge every sweep; when one trips, the whole fleet is halted (control.halt, the same kill switch as
 `deployctl halt`) before anything else, and the breaker is journaled with its figures.
 """

@@ -5,7 +5,7 @@ Fabric's and invoke's import cost). Each Connection, and each gateway Connection
 bastions, checks host keys against our pinned known_hosts only: Fabric's Connection installs
 paramiko's AutoAddPolicy in its __init__, which is replaced by a RejectPolicy here, after
 construction and before open. Fabric reads no ssh_config file itself: the inventory already
-resolved HostName, Port, User, IdentityFile and ProxyJump (config.py, through sshconfig.py),
+resolved HostName, Port, User, IdentityFile and ProxyJump (config/inventory.py, through config/sshconfig.py),
 so the two readings can never disagree.
 """
 

@@ -3,7 +3,7 @@
 Reaches routers at the host and router port of the inventory; for a node behind a bastion
 (proxy_jump), through a direct-tcpip channel over the bastion's SSH transport that an `opener`
 gives (http.client then speaks over that channel as its socket). A control request never carries
-the token: it is signed with it (deployctl/reqsign.py: HMAC over method, path, body, timestamp and
+the token: it is signed with it (deployctl/remote/reqsign.py: HMAC over method, path, body, timestamp and
 a fresh nonce), so a captured request neither reveals the token nor can be replayed.
 """
 

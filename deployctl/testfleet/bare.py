@@ -5,7 +5,7 @@ user whose sudo asks for SUDO_PASSWORD); the bastion is the same image running s
 networking, on 127.0.0.1:<bastion port> only. `up` plays the operator who provisioned those servers: it
 puts each one's host key in place and the fleet's client key in deploy's authorized_keys, and pins the
 host keys in the state folder's known_hosts (the bastion's always; the nodes' unless pin_nodes is False,
-so that `enroll` meets keys it does not know). It installs nothing of deployctl. Only docker_fleet.py
+so that `enroll` meets keys it does not know). It installs nothing of deployctl. Only testfleet/docker.py
 talks to Docker.
 """
 

@@ -2,7 +2,7 @@
 
 `up --nodes N` writes the compose file and the inventory for N nodes, builds the node image if
 needed, starts the nodes with their keys installed, and rolls the playbook's source out to them.
-Only docker_fleet.py talks to Docker. A user's real fleet never goes through this module.
+Only testfleet/docker.py talks to Docker. A user's real fleet never goes through this module.
 """
 
 from __future__ import annotations

@@ -16,11 +16,11 @@ MAX_NODES = 64  # `fleet up --nodes` upper bound: each node is a container with 
 
 _INVENTORY_HEADER = """\
 # The test fleet: N nodes, each a container on this machine. `deployctl fleet up
-# --nodes N` writes this file (config.inventory_text) and containers/compose.yaml.
+# --nodes N` writes this file (fleetfiles.inventory_text) and containers/compose.yaml.
 #
 # Every node publishes its SSH server and its router on consecutive ports of
 # 127.0.0.1 (see containers/compose.yaml). deployctl reads this file with
-# deployctl/config.py: unknown or duplicate keys are errors, node names must
+# deployctl/config/inventory.py: unknown or duplicate keys are errors, node names must
 # be unique, and no host:port pair may be used twice.
 #
 #   fleet                 name of the fleet ([a-z0-9][a-z0-9_-]*)
@@ -79,7 +79,7 @@ def inventory_text(nodes: int, first_ssh_port: int = 2201, first_router_port: in
 _BARE_HEADER = """\
 # The bare test fleet: N plain Debian servers that deployctl did not make (sshd, python3,
 # sudo, supervisor and a `deploy` user, nothing of deployctl), reached through a bastion.
-# `deployctl fleet up --kind bare --nodes N` writes this file (config.bare_inventory_text)
+# `deployctl fleet up --kind bare --nodes N` writes this file (fleetfiles.bare_inventory_text)
 # and containers/compose-bare.yaml. Each node publishes its SSH server and its (future)
 # router on 127.0.0.1; the bastion's sshd listens on 127.0.0.1 (host networking) and
 # forwards to those ports. deploy logs in with the fleet's key; its sudo asks for a password.
@@ -125,7 +125,7 @@ _PROJECT = re.compile(r"[a-z0-9][a-z0-9_-]*")  # what load_spec accepts as the c
 
 _COMPOSE_HEADER = """\
 # The nodes of the test fleet. `deployctl fleet up --nodes N` writes this file
-# (docker_fleet.compose_text), then reads it and creates the containers with the
+# (fleetfiles.compose_text), then reads it and creates the containers with the
 # Docker SDK (it does not need docker compose); ports are published on 127.0.0.1
 # only, and must match fleet/fleet.yaml.
 """
@@ -273,7 +273,7 @@ def compose_text(nodes: int, project: str = "deployctl-fleet", first_ssh_port: i
 _BARE_HEADER = """\
 # The bare test fleet: plain Debian servers deployctl did not make, and the bastion that
 # reaches them. `deployctl fleet up --kind bare --nodes N` writes this file
-# (docker_fleet.bare_compose_text) and fleet/bare.yaml, then creates the containers with the
+# (fleetfiles.bare_compose_text) and fleet/bare.yaml, then creates the containers with the
 # Docker SDK. Nodes publish on 127.0.0.1 only; the bastion runs with host networking, its
 # sshd on 127.0.0.1:{bastion} only, and reaches the nodes on their published ports.
 """
