@@ -28,7 +28,8 @@ from deployctl.errors import ConfigError
 
 
 def default_inventory() -> Path:
-    """The inventory when no -i is given: $DEPLOYCTL_INVENTORY, else fleet/fleet.yaml (cli/common.py and cli/fasthalt.py)."""
+    """The inventory when no -i is given: $DEPLOYCTL_INVENTORY, else fleet/fleet.yaml (cli/common.py and
+    cli/fasthalt.py)."""
     return Path(os.environ.get("DEPLOYCTL_INVENTORY") or "fleet/fleet.yaml")
 
 

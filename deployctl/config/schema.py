@@ -1,7 +1,8 @@
 """Strict YAML: a loader that refuses duplicate keys and empty files, and small checks for a schema.
 
 A check takes (value, path) and returns the value to keep, or raises Invalid naming the path; the
-loaders of config/inventory.py and config/playbook.py turn that into one ConfigError line, ``"<file>: <path>: <problem>"``.
+loaders (config/inventory.py, config/playbook.py) turn that into one ConfigError line,
+``"<file>: <path>: <problem>"``.
 """
 
 from __future__ import annotations

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,12 +50,7 @@ def write_files(inventory: Path, compose: Path, nodes: int, project: str = "depl
     texts = {compose: fleetfiles.bare_compose_text(nodes, project, first_ssh_port, first_router_port,
                                                       bastion_port, context),
              inventory: bare_inventory_text(nodes, first_ssh_port, first_router_port, bastion_port)}
-    for path, text in texts.items():
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    fleetfiles.write_texts(texts)
 
 
 def _spec(compose: Path) -> tuple[fleetfiles.FleetSpec, int]:
@@ -109,7 +102,9 @@ def up(compose: Path, state_dir: Path | None = None, pin_nodes: bool = True,
     keys.pin(state, {("127.0.0.1", port): (pairs[_host_key_name(spec, name)].public_line
                                             if pin_nodes or name == BASTION else None)
                       for name, port in ports.items()})
-    slow = [name for name, port in ports.items() if not _wait(functools.partial(_greets, port), timeout)]
+    greets = functools.partial(docker_fleet.sshd_answers, "127.0.0.1")
+    slow = [name for name, port in ports.items()
+            if not docker_fleet.wait_for(functools.partial(greets, port), timeout, 0.1)]
     if slow:
         raise UnreachableError(f"fleet up --kind bare: sshd did not answer within {timeout:g}s on {', '.join(slow)}")
     return describe(compose, state_dir)
@@ -129,7 +124,7 @@ def status(compose: Path) -> list[dict]:
     for n in spec.nodes:
         port = bastion_port if n.service == BASTION else dict((c, h) for h, c in n.ports).get(22, 0)
         rows.append({"node": n.service, "container": states[n.service], "ssh": f"127.0.0.1:{port}",
-                     "sshd": _greets(port)})
+                     "sshd": docker_fleet.sshd_answers("127.0.0.1", port)})
     return rows
 
 
@@ -145,25 +140,5 @@ def set_forwarding(compose: Path, enabled: bool, timeout: float = 15) -> None:
                             " && kill -HUP \"$(cat /run/sshd.pid)\""])
     if code != 0:
         raise DeployctlError(f"{BASTION}: cannot set AllowTcpForwarding {word}: {out.decode(errors='replace').strip()}")
-    if not _wait(lambda: c.logs().count(b"Server listening on") > before, timeout):
+    if not docker_fleet.wait_for(lambda: c.logs().count(b"Server listening on") > before, timeout, 0.1):
         raise DeployctlError(f"{BASTION}: sshd did not restart within {timeout:g}s after SIGHUP")
-
-
-def _wait(predicate: Callable[[], bool], seconds: float, step: float = 0.1) -> bool:
-    """Poll `predicate` until true or `seconds` pass (monotonic clock); return its last value."""
-    end = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() >= end:
-            return False
-        time.sleep(step)
-    return True
-
-
-def _greets(port: int) -> bool:
-    """Return whether an SSH server greets on 127.0.0.1:port within a second or two."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.settimeout(2)
-            return s.recv(8).startswith(b"SSH-")
-    except OSError:
-        return False

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import socket
 import subprocess
 import tarfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from deployctl.errors import DeployctlError, DockerUnavailableError
@@ -191,3 +194,23 @@ def container(dc, spec: FleetSpec, node: str):
         return dc.containers.get(f"{spec.project}-{node}")
     except docker.errors.NotFound:
         raise DeployctlError(f"{node}: no container {spec.project}-{node}: run `deployctl fleet up`") from None
+
+
+def wait_for(predicate: Callable[[], bool], seconds: float, step: float = 0.05) -> bool:
+    """Poll `predicate` until true or `seconds` pass (monotonic clock); return its last value."""
+    end = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() >= end:
+            return False
+        time.sleep(step)
+    return True
+
+
+def sshd_answers(host: str, port: int) -> bool:
+    """Return whether an SSH server greets at host:port within a second or two."""
+    try:
+        with socket.create_connection((host, port), timeout=1) as s:
+            s.settimeout(2)
+            return s.recv(8).startswith(b"SSH-")
+    except OSError:
+        return False

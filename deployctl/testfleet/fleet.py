@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from deployctl.config.inventory import Inventory
@@ -22,6 +19,7 @@ from deployctl.ops.rollout import build, rollout
 from deployctl.state import keys
 from deployctl.testfleet import docker as docker_fleet
 from deployctl.testfleet import fleetfiles
+from deployctl.testfleet.docker import sshd_answers, wait_for
 from deployctl.testfleet.fleetfiles import inventory_text
 
 CONTAINERS = Path(__file__).resolve().parents[2] / "containers"  # the node image's build folder
@@ -34,32 +32,7 @@ def write_files(inventory: Path, compose: Path, nodes: int, project: str = "depl
     context = os.path.relpath(CONTAINERS, compose.absolute().parent)
     texts = {compose: fleetfiles.compose_text(nodes, project, first_ssh_port, first_router_port, context),
              inventory: inventory_text(nodes, first_ssh_port, first_router_port)}
-    for path, text in texts.items():
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot write ({exc.strerror or exc})") from None
-
-
-def wait_for(predicate: Callable[[], bool], seconds: float, step: float = 0.05) -> bool:
-    """Poll `predicate` until true or `seconds` pass (monotonic clock); return its last value."""
-    end = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() >= end:
-            return False
-        time.sleep(step)
-    return True
-
-
-def sshd_answers(host: str, port: int) -> bool:
-    """Return whether an SSH server greets at host:port within a second or two."""
-    try:
-        with socket.create_connection((host, port), timeout=1) as s:
-            s.settimeout(2)
-            return s.recv(8).startswith(b"SSH-")
-    except OSError:
-        return False
+    fleetfiles.write_texts(texts)
 
 
 def _check_matches_inventory(inventory: Inventory, spec: fleetfiles.FleetSpec) -> None:

@@ -308,3 +308,13 @@ def bare_compose_text(nodes: int, project: str = "deployctl-bare", first_ssh_por
     body = _BARE_BASTION.format(context=context, bastion=bastion_port) + "".join(
         _BARE_NODE.format(name=name, ssh=ssh, router=router, context=context) for name, ssh, router in ports)
     return f"{_BARE_HEADER.format(bastion=bastion_port)}name: {project}\nservices:\n{body}networks:\n  fleet: {{}}\n"
+
+
+def write_texts(texts: dict[Path, str]) -> None:
+    """Write each text to its path, making folders; ConfigError, one line, naming a path that cannot be written."""
+    for path, text in texts.items():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot write ({exc.strerror or exc})") from None
