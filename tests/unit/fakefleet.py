@@ -359,8 +359,8 @@ class FakeFleet:
         reused = node.releases.get(held.digest) == files
         node.releases[held.digest], node.versions[held.digest] = files, version
         node.tampered = {t for t in node.tampered if t[0] != held.digest} if not reused else node.tampered
-        if not reused:
-            node.mtimes[held.digest] = len(self.world.log)
+        if not reused:  # the order staged, per node (a cloned rig's log starts empty: not its length)
+            node.mtimes[held.digest] = max(node.mtimes.values(), default=0) + 1
         _prune(node, held.keep, (held.digest,) + held.protect)  # after the answer on a real node
         held.staged = True
         return _line({"digest": held.digest, "files": len(files), "reused": reused, "copied": len(held.have)})
@@ -595,6 +595,18 @@ def _resume(f: FakeNode) -> tuple[int, dict]:
 
 
 # ---- a whole test setup --------------------------------------------------------------------------------
+
+NODES = [f"node{i}" for i in range(1, 9)]  # make_rig's eight nodes, in inventory order
+OTHERS = [n for n in NODES if n != "node3"]  # every node but node3, the one most tests break
+
+
+def every_node(digest: str | None, gate: str = "open", releases: Iterable[str] = (), halted: bool = False,
+               running: str | None = "same", nodes: Iterable[str] = NODES) -> dict[str, dict]:
+    """World.states() when every node is alike: `current` is `digest`, the router runs it (or `running`),
+    with this gate and halt flag, and these releases on disk."""
+    return {n: {"current": digest, "running": digest if running == "same" else running, "gate": gate,
+                "halted": halted, "releases": sorted(releases)} for n in nodes}
+
 
 @dataclass
 class Rig:

@@ -7,52 +7,34 @@ import json
 import pytest
 
 import fakefleet as ff
+from fakefleet import NODES, OTHERS
 from deployctl.ops import control
-from deployctl.ops import rollout as rollout_mod
 from deployctl.errors import DeployctlError, ExitCode, HaltedError, MismatchError, UnreachableError, UsageError
-
-NODES = [f"node{i}" for i in range(1, 9)]
-OTHERS = [n for n in NODES if n != "node3"]
-
-
-@pytest.fixture(scope="module")
-def _template(tmp_path_factory) -> ff.Rig:
-    rig = ff.make_rig(tmp_path_factory.mktemp("template"), versions=("1.0.0", "1.1.0"))
-    for art in rig.artifacts:
-        rollout_mod.rollout(rig.ctx, art.path)
-    return rig
-
-
-@pytest.fixture
-def rig(_template, tmp_path) -> ff.Rig:
-    """Every node on release 1 (release 0 kept), gates open, not halted."""
-    return _template.clone(tmp_path)
-
 
 def plain(rec: dict) -> dict:
     return {k: v for k, v in rec.items() if k not in ("ts", "who")}
 
 
-def gates(rig) -> dict[str, str]:
+def gates(rig: ff.Rig) -> dict[str, str]:
     return {n: rig.world[n].gate for n in NODES}
 
 
 # ---- verify ------------------------------------------------------------------------------------------------------
 
-def test_verify_passes_when_every_node_matches_on_disk_and_running(rig):
-    b = rig.digest(1)
-    report = control.verify(rig.ctx)
+def test_verify_passes_when_every_node_matches_on_disk_and_running(live):
+    b = live.digest(1)
+    report = control.verify(live.ctx)
     assert report.ok and report.exit_code == ExitCode.OK and report.expected == b
     assert [(n.node, n.disk_digest, n.running_digest, n.gate, n.halted, n.problems) for n in report.nodes] == [
         (n, b, b, "open", False, ()) for n in NODES]
-    assert ("verify", {"report": report}) in rig.events
-    assert rig.world.ran("hashes") == NODES
+    assert ("verify", {"report": report}) in live.events
+    assert live.world.ran("hashes") == NODES
 
 
-def test_verify_names_the_drifted_file(rig):
-    b = rig.digest(1)
-    rig.world["node3"].releases[b]["router.py"] = "0" * 64
-    report = control.verify(rig.ctx)
+def test_verify_names_the_drifted_file(live):
+    b = live.digest(1)
+    live.world["node3"].releases[b]["router.py"] = "0" * 64
+    report = control.verify(live.ctx)
     assert report.exit_code == ExitCode.MISMATCH == 3
     bad = [n for n in report.nodes if not n.ok]
     assert [n.node for n in bad] == ["node3"]
@@ -61,19 +43,19 @@ def test_verify_names_the_drifted_file(rig):
     assert bad[0].running_ok is True
 
 
-def test_verify_catches_a_node_running_another_release(rig):
-    a, b = rig.digest(0), rig.digest(1)
-    rig.world["node3"].running = a  # the files are right, the process was never restarted
-    report = control.verify(rig.ctx)
+def test_verify_catches_a_node_running_another_release(live):
+    a, b = live.digest(0), live.digest(1)
+    live.world["node3"].running = a  # the files are right, the process was never restarted
+    report = control.verify(live.ctx)
     assert report.exit_code == ExitCode.MISMATCH
     assert [(n.node, n.problems) for n in report.nodes if not n.ok] == [
         ("node3", (f"running digest {a[:12]} != expected {b[:12]}",))]
 
 
-def test_verify_unreachable_node(rig):
-    rig.world.fail("node3", "connect")
-    rig.world["node3"].answers = False
-    report = control.verify(rig.ctx)
+def test_verify_unreachable_node(live):
+    live.world.fail("node3", "connect")
+    live.world["node3"].answers = False
+    report = control.verify(live.ctx)
     assert report.exit_code == ExitCode.UNREACHABLE == 4
     node3 = report.nodes[2]
     assert node3.reachable is False and node3.problems == (
@@ -81,59 +63,58 @@ def test_verify_unreachable_node(rig):
         "router: router unreachable at 127.0.0.1:8103: timed out")
 
 
-def test_verify_host_key_refused(rig):
-    rig.world.fail("node3", "host-key")
-    rig.world.fail("node6", "connect")
-    report = control.verify(rig.ctx)
+def test_verify_host_key_refused(live):
+    live.world.fail("node3", "host-key")
+    live.world.fail("node6", "connect")
+    report = control.verify(live.ctx)
     assert report.exit_code == ExitCode.HOST_KEY == 10
     assert [n.host_key_refused for n in report.nodes] == [n == "node3" for n in NODES]
 
 
-def test_verify_unreachable_and_mismatch_is_a_mismatch(rig):
-    rig.world.fail("node3", "connect")
-    rig.world["node5"].running = rig.digest(0)
-    assert control.verify(rig.ctx).exit_code == ExitCode.MISMATCH
+def test_verify_unreachable_and_mismatch_is_a_mismatch(live):
+    live.world.fail("node3", "connect")
+    live.world["node5"].running = live.digest(0)
+    assert control.verify(live.ctx).exit_code == ExitCode.MISMATCH
 
 
-def test_verify_needs_an_expected_release(tmp_path):
-    fresh = ff.make_rig(tmp_path)
+def test_verify_needs_an_expected_release(rig):
     with pytest.raises(UsageError) as err:
-        control.verify(fresh.ctx)
+        control.verify(rig.ctx)
     assert str(err.value) == "no successful rollout in the journal: pass --expect DIGEST"
     with pytest.raises(UsageError) as err:
-        control.verify(fresh.ctx, "abc")
+        control.verify(rig.ctx, "abc")
     assert str(err.value) == "--expect: 'abc' is not a sha256 release digest (64 lowercase hex characters)"
-    assert fresh.world.connects == []
+    assert rig.world.connects == []
 
 
-def test_verify_against_an_older_release(rig):
-    report = control.verify(rig.ctx, rig.digest(0))
+def test_verify_against_an_older_release(live):
+    report = control.verify(live.ctx, live.digest(0))
     assert report.exit_code == ExitCode.MISMATCH and not any(n.ok for n in report.nodes)
 
 
 # ---- gate open / close ------------------------------------------------------------------------------------------------
 
 @pytest.fixture
-def closed(rig) -> ff.Rig:
-    control.gate_close(rig.ctx)
-    return rig
+def closed(live) -> ff.Rig:
+    control.gate_close(live.ctx)
+    return live
 
 
-def test_gate_close_closes_every_gate_and_journals_it(rig):
-    answers = control.gate_close(rig.ctx)
-    assert all(a.ok for a in answers.values()) and gates(rig) == dict.fromkeys(NODES, "closed")
-    assert plain(rig.journal()[-1]) == {"action": "gate-close", "outcome": "ok", "nodes": dict.fromkeys(NODES, "ok")}
+def test_gate_close_closes_every_gate_and_journals_it(live):
+    answers = control.gate_close(live.ctx)
+    assert all(a.ok for a in answers.values()) and gates(live) == dict.fromkeys(NODES, "closed")
+    assert plain(live.journal()[-1]) == {"action": "gate-close", "outcome": "ok", "nodes": dict.fromkeys(NODES, "ok")}
 
 
-def test_gate_close_names_the_nodes_it_did_not_reach(rig):
-    rig.world["node3"].answers = False
+def test_gate_close_names_the_nodes_it_did_not_reach(live):
+    live.world["node3"].answers = False
     with pytest.raises(UnreachableError) as err:
-        control.gate_close(rig.ctx)
+        control.gate_close(live.ctx)
     assert err.value.exit_code == 4
     reason = "router unreachable at 127.0.0.1:8103: timed out"
     assert str(err.value) == f"gate close did not reach: node3: {reason}"
-    assert gates(rig) == {**dict.fromkeys(OTHERS, "closed"), "node3": "open"}
-    assert plain(rig.journal()[-1]) == {"action": "gate-close", "outcome": "partial",
+    assert gates(live) == {**dict.fromkeys(OTHERS, "closed"), "node3": "open"}
+    assert plain(live.journal()[-1]) == {"action": "gate-close", "outcome": "partial",
                                         "nodes": {**dict.fromkeys(OTHERS, "ok"), "node3": reason}}
 
 
@@ -192,83 +173,83 @@ def test_gate_open_is_all_or_none(closed):
 
 # ---- halt / resume ------------------------------------------------------------------------------------------------------
 
-def test_halt_reaches_every_router_without_ssh(rig):
-    connects = len(rig.world.connects)
-    assert control.halt(rig.ctx) == dict.fromkeys(NODES, "halted")
-    assert {n: (rig.world[n].halted, rig.world[n].gate) for n in NODES} == dict.fromkeys(NODES, (True, "closed"))
-    assert len(rig.world.connects) == connects
-    assert plain(rig.journal()[-1]) == {"action": "halt", "outcome": "ok", "nodes": dict.fromkeys(NODES, "halted")}
-    assert plain(rig.world["node1"].journal[-1]) == {"action": "halt", "source": "router", "digest": rig.digest(1),
+def test_halt_reaches_every_router_without_ssh(live):
+    connects = len(live.world.connects)
+    assert control.halt(live.ctx) == dict.fromkeys(NODES, "halted")
+    assert {n: (live.world[n].halted, live.world[n].gate) for n in NODES} == dict.fromkeys(NODES, (True, "closed"))
+    assert len(live.world.connects) == connects
+    assert plain(live.journal()[-1]) == {"action": "halt", "outcome": "ok", "nodes": dict.fromkeys(NODES, "halted")}
+    assert plain(live.world["node1"].journal[-1]) == {"action": "halt", "source": "router", "digest": live.digest(1),
                                                       "gate": "closed", "halted": True}
 
 
 @pytest.mark.parametrize("silent", ["down", "hangs"])
-def test_halt_falls_back_to_ssh_for_a_router_that_does_not_answer(rig, silent):
+def test_halt_falls_back_to_ssh_for_a_router_that_does_not_answer(live, silent):
     if silent == "down":
-        rig.world["node3"].running = None
+        live.world["node3"].running = None
     else:
-        rig.world["node3"].answers = False
-    done = control.halt(rig.ctx)
+        live.world["node3"].answers = False
+    done = control.halt(live.ctx)
     assert done == {**dict.fromkeys(OTHERS, "halted"), "node3": "halted on disk (router not answering)"}
-    assert rig.world["node3"].halted is True
-    assert rig.world.connects[-1] == ["node3"]  # only the silent node over SSH
-    assert rig.world.ran("halt") == ["node3"]
-    assert plain(rig.journal()[-1]) == {"action": "halt", "outcome": "ok", "nodes": done}
+    assert live.world["node3"].halted is True
+    assert live.world.connects[-1] == ["node3"]  # only the silent node over SSH
+    assert live.world.ran("halt") == ["node3"]
+    assert plain(live.journal()[-1]) == {"action": "halt", "outcome": "ok", "nodes": done}
 
 
-def test_halt_names_a_node_reached_neither_way(rig):
-    rig.world["node3"].running = None
-    rig.world.fail("node3", "connect")
-    rig.world["node6"].answers = False
-    rig.world.fail("node6", "halt")
+def test_halt_names_a_node_reached_neither_way(live):
+    live.world["node3"].running = None
+    live.world.fail("node3", "connect")
+    live.world["node6"].answers = False
+    live.world.fail("node6", "halt")
     with pytest.raises(UnreachableError) as err:
-        control.halt(rig.ctx)
+        control.halt(live.ctx)
     n3 = "NOT HALTED: unreachable at 127.0.0.1:2203: ConnectionRefusedError: [Errno 111] Connection refused"
     n6 = "NOT HALTED: exit 1: " + json.dumps({"error": ff.FAULTS["halt"]})
     assert str(err.value) == f"halt did not reach: node3: {n3}; node6: {n6}"
-    assert [rig.world[n].halted for n in NODES] == [n not in ("node3", "node6") for n in NODES]
-    record = plain(rig.journal()[-1])
+    assert [live.world[n].halted for n in NODES] == [n not in ("node3", "node6") for n in NODES]
+    record = plain(live.journal()[-1])
     assert record == {"action": "halt", "outcome": "partial",
                       "nodes": {**{n: "halted" for n in NODES if n not in ("node3", "node6")}, "node3": n3,
                                 "node6": n6}}
 
 
-def test_resume_lifts_the_halt_and_leaves_the_gate_closed(rig):
-    control.halt(rig.ctx)
-    report = control.resume(rig.ctx)
+def test_resume_lifts_the_halt_and_leaves_the_gate_closed(live):
+    control.halt(live.ctx)
+    report = control.resume(live.ctx)
     assert report.ok
-    assert {n: (rig.world[n].halted, rig.world[n].gate) for n in NODES} == dict.fromkeys(NODES, (False, "closed"))
-    assert plain(rig.journal()[-1]) == {"action": "resume", "outcome": "ok", "digest": rig.digest(1),
+    assert {n: (live.world[n].halted, live.world[n].gate) for n in NODES} == dict.fromkeys(NODES, (False, "closed"))
+    assert plain(live.journal()[-1]) == {"action": "resume", "outcome": "ok", "digest": live.digest(1),
                                         "nodes": dict.fromkeys(NODES, "ok")}
 
 
-def test_resume_refused_unless_verify_passes(rig):
-    control.halt(rig.ctx)
-    rig.world["node3"].running = rig.digest(0)
+def test_resume_refused_unless_verify_passes(live):
+    control.halt(live.ctx)
+    live.world["node3"].running = live.digest(0)
     with pytest.raises(MismatchError) as err:
-        control.resume(rig.ctx)
+        control.resume(live.ctx)
     assert str(err.value) == (f"resume refused: 1 of 8 nodes do not match: node3: running digest "
-                              f"{rig.digest(0)[:12]} != expected {rig.digest(1)[:12]}")
-    assert all(rig.world[n].halted for n in NODES)
-    assert rig.journal()[-1]["action"] == "halt"
+                              f"{live.digest(0)[:12]} != expected {live.digest(1)[:12]}")
+    assert all(live.world[n].halted for n in NODES)
+    assert live.journal()[-1]["action"] == "halt"
 
 
-def test_resume_names_the_nodes_it_did_not_reach(rig):
-    control.halt(rig.ctx)
-    rig.world.fail("node3", "resume")
+def test_resume_names_the_nodes_it_did_not_reach(live):
+    control.halt(live.ctx)
+    live.world.fail("node3", "resume")
     with pytest.raises(UnreachableError) as err:
-        control.resume(rig.ctx)
+        control.resume(live.ctx)
     assert str(err.value) == f"resume did not reach: node3: HTTP 500: {ff.FAULTS['resume']}"
-    assert [rig.world[n].halted for n in NODES] == [n == "node3" for n in NODES]
-    assert rig.journal()[-1]["outcome"] == "partial"
+    assert [live.world[n].halted for n in NODES] == [n == "node3" for n in NODES]
+    assert live.journal()[-1]["outcome"] == "partial"
 
 
 # ---- status and history ---------------------------------------------------------------------------------------------
 
-def test_status_has_one_row_per_node(rig):
-    b = rig.digest(1)
-    rig.world["node3"].running = None
-    doc = control.status(rig.ctx)
+def test_status_has_one_row_per_node(live):
+    b = live.digest(1)
+    live.world["node3"].running = None
+    doc = control.status(live.ctx)
     rows = doc["nodes"]
     assert [g["nodes"] for g in doc["groups"]] == [[n for n in NODES if n != "node3"], ["node3"]]
     assert doc["groups"][1]["line"] == f"node3 has {b[:12]} on disk, runs ?"
@@ -279,6 +260,6 @@ def test_status_has_one_row_per_node(rig):
     assert rows[0]["last_deploy"].startswith(f"rollout {b[:12]} ok ")
 
 
-def test_history_is_the_journal_oldest_first(rig):
-    assert control.history(rig.ctx) == rig.journal()
-    assert control.history(rig.ctx, 1) == rig.journal()[-1:]
+def test_history_is_the_journal_oldest_first(live):
+    assert control.history(live.ctx) == live.journal()
+    assert control.history(live.ctx, 1) == live.journal()[-1:]

@@ -13,13 +13,13 @@ import types
 import pytest
 
 import fakefleet as ff
+from fakefleet import NODES
 from deployctl.ops import rollback as rollback_mod
 from deployctl.ops import rollout as rollout_mod
 from deployctl.ops import run as run_mod
 from deployctl.config.playbook import load_playbook
 from deployctl.errors import ConfigError, RolledBackError
 
-NODES = [f"node{i}" for i in range(1, 9)]
 DEADLINE = 30.0
 
 
@@ -33,23 +33,16 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(scope="module")
-def _template(tmp_path_factory) -> ff.Rig:
-    rig = ff.make_rig(tmp_path_factory.mktemp("template"))
-    for i in range(2):
-        rollout_mod.rollout(rig.ctx, rig.artifacts[i].path)
-    return rig
-
-
 @pytest.fixture
-def live(_template, tmp_path, monkeypatch) -> ff.Rig:
-    """Every node on release 1 (release 0 kept), gates open; a 30 s rollout deadline on a test clock."""
-    rig = _template.clone(tmp_path)
-    timeouts = dataclasses.replace(rig.ctx.playbook.timeouts, rollout=DEADLINE)
-    rig.ctx.playbook = dataclasses.replace(rig.ctx.playbook, timeouts=timeouts)
-    rig.clock = Clock()
-    monkeypatch.setattr(run_mod, "time", types.SimpleNamespace(monotonic=rig.clock.monotonic, time=time.time, sleep=time.sleep))
-    return rig
+def live(live, monkeypatch) -> ff.Rig:
+    """conftest's `live` (every node on release 1, release 0 kept, gates open) with a 30 s rollout deadline,
+    on a test clock."""
+    timeouts = dataclasses.replace(live.ctx.playbook.timeouts, rollout=DEADLINE)
+    live.ctx.playbook = dataclasses.replace(live.ctx.playbook, timeouts=timeouts)
+    live.clock = Clock()
+    monkeypatch.setattr(run_mod, "time", types.SimpleNamespace(monotonic=live.clock.monotonic, time=time.time,
+                                                               sleep=time.sleep))
+    return live
 
 
 def late(rig: ff.Rig, phase: str, seconds: float, status: str = "start") -> None:
@@ -58,9 +51,7 @@ def late(rig: ff.Rig, phase: str, seconds: float, status: str = "start") -> None
 
 
 def states(rig: ff.Rig, digest: str, gate: str) -> dict:
-    releases = sorted(rig.digest(i) for i in range(3))
-    return {n: {"current": digest, "running": digest, "gate": gate, "halted": False, "releases": releases}
-            for n in NODES}
+    return ff.every_node(digest, gate, [rig.digest(i) for i in range(3)])
 
 
 def last_run(rig: ff.Rig) -> list[str]:

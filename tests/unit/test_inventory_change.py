@@ -8,27 +8,11 @@ import dataclasses
 import pytest
 
 import fakefleet as ff
+from fakefleet import NODES
 from deployctl.ops import rollback as rollback_mod
 from deployctl.ops import rollout as rollout_mod
 from deployctl.config.inventory import Node
 from deployctl.errors import InconsistentError, UsageError
-
-NODES = [f"node{i}" for i in range(1, 9)]
-
-
-@pytest.fixture(scope="module")
-def _template(tmp_path_factory) -> ff.Rig:
-    rig = ff.make_rig(tmp_path_factory.mktemp("template"))
-    for i in range(2):
-        rollout_mod.rollout(rig.ctx, rig.artifacts[i].path)
-    return rig
-
-
-@pytest.fixture
-def live(_template, tmp_path) -> ff.Rig:
-    """Every node on release 1 (release 0 kept), gates open."""
-    return _template.clone(tmp_path)
-
 
 def without(rig: ff.Rig, name: str) -> None:
     inv = rig.ctx.inventory

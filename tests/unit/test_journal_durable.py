@@ -14,7 +14,6 @@ from types import SimpleNamespace
 
 import pytest
 
-import fakefleet as ff
 from deployctl.state import journal
 from deployctl.ops import rollout as rollout_mod
 from deployctl.errors import ExitCode, JournalError
@@ -142,10 +141,8 @@ def test_a_short_write_on_a_full_disk_is_an_error_and_leaves_no_partial_record(t
     assert [r["action"] for r in j.read()] == ["rollout", "after"]
 
 
-def test_a_rollout_whose_journal_fills_up_stops_before_the_switch(tmp_path, monkeypatch):
-    rig = ff.make_rig(tmp_path)
-    rollout_mod.rollout(rig.ctx, rig.artifacts[0].path)
-    before = rig.ctx.journal.path.read_bytes()
+def test_a_rollout_whose_journal_fills_up_stops_before_the_switch(one, monkeypatch):
+    before = one.ctx.journal.path.read_bytes()
     real = journal._write
 
     def write(fd, data):
@@ -155,16 +152,16 @@ def test_a_rollout_whose_journal_fills_up_stops_before_the_switch(tmp_path, monk
 
     monkeypatch.setattr(journal, "_write", write)
     with pytest.raises(JournalError) as info:
-        rollout_mod.rollout(rig.ctx, rig.artifacts[1].path)
+        rollout_mod.rollout(one.ctx, one.artifacts[1].path)
     assert str(info.value).endswith("No space left on device; the rollout stopped before its switch phase, "
                                     "no node switched")
-    old = rig.artifacts[0].digest
-    assert {s["current"] for s in rig.world.states().values()} == {old}
-    assert {s["running"] for s in rig.world.states().values()} == {old}
-    after = rig.ctx.journal.path.read_bytes()
+    old = one.artifacts[0].digest
+    assert {s["current"] for s in one.world.states().values()} == {old}
+    assert {s["running"] for s in one.world.states().values()} == {old}
+    after = one.ctx.journal.path.read_bytes()
     assert after.startswith(before) and after.endswith(b"\n")
-    assert rig.ctx.journal.interrupted()["digest"] == rig.artifacts[1].digest  # the next command says recover
-    assert not rig.ctx.lock.path.exists()
+    assert one.ctx.journal.interrupted()["digest"] == one.artifacts[1].digest  # the next command says recover
+    assert not one.ctx.lock.path.exists()
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import subprocess
 import pytest
 
 import fakefleet as ff
+from fakefleet import NODES, OTHERS, every_node
 from deployctl.remote import commands
 from deployctl.ops import control
 from deployctl.ops import rollback as rollback_mod
@@ -22,48 +23,11 @@ from deployctl.errors import (ArtifactError, DeployctlError, ExitCode, HaltedErr
                               LockHeldError, RolledBackError, UnreachableError, UsageError)
 from deployctl.state.journal import actor
 
-NODES = [f"node{i}" for i in range(1, 9)]
-OTHERS = [n for n in NODES if n != "node3"]
 UNREACHABLE3 = "unreachable at 127.0.0.1:2203: ConnectionRefusedError: [Errno 111] Connection refused"
-
-
-@pytest.fixture
-def rig(tmp_path) -> ff.Rig:
-    """A fresh fleet: eight empty nodes, routers not running, an empty journal, three signed artifacts."""
-    return ff.make_rig(tmp_path)
 
 
 def rollout(rig: ff.Rig, i: int, **kw):
     return rollout_mod.rollout(rig.ctx, rig.artifacts[i].path, **kw)
-
-
-@pytest.fixture(scope="module")
-def _after(tmp_path_factory) -> list[ff.Rig]:
-    """The fleet after one, two and three good rollouts, made once (tests get clones)."""
-    rig = ff.make_rig(tmp_path_factory.mktemp("template"))
-    out = []
-    for i in range(3):
-        rollout(rig, i)
-        out.append(rig.clone(tmp_path_factory.mktemp(f"after{i}")))
-    return out
-
-
-@pytest.fixture
-def live(_after, tmp_path) -> ff.Rig:
-    """The fleet after two good rollouts: every node on release 1, release 0 kept, gates open."""
-    return _after[1].clone(tmp_path)
-
-
-@pytest.fixture
-def three(_after, tmp_path) -> ff.Rig:
-    """Three good rollouts: every node on release 2, releases 0 and 1 kept."""
-    return _after[2].clone(tmp_path)
-
-
-def fleet(digest, gate="open", releases=(), halted=False, running="same", nodes=NODES) -> dict:
-    """The same state on every node."""
-    return {n: {"current": digest, "running": digest if running == "same" else running, "gate": gate,
-                "halted": halted, "releases": sorted(releases)} for n in nodes}
 
 
 def short(d: str) -> str:
@@ -73,10 +37,6 @@ def short(d: str) -> str:
 def plain(rec: dict) -> dict:
     """A journal record without what differs per run (time, who, run id, its fleet lock's id, timings)."""
     return {k: v for k, v in rec.items() if k not in ("ts", "who", "run", "timings", "fleet_lock")}
-
-
-def runs(rig: ff.Rig, since: int = 0) -> list[tuple]:
-    return [(r["action"], r.get("phase"), r.get("outcome")) for r in rig.journal()[since:]]
 
 
 FORWARD = [("rollout", p, None) for p in ("start", "preflight", "close-gate", "stage", "switch", "health",
@@ -90,8 +50,8 @@ def test_first_rollout_puts_every_node_on_the_release_and_opens_the_gate(rig):
     result = rollout(rig, 0)
     assert result.state.phase.value == "done" and result.gate_open is True
     assert result.state.previous == dict.fromkeys(NODES)
-    assert rig.world.states() == fleet(a, "open", [a])
-    assert runs(rig) == FORWARD + [("rollout", "done", "ok")]
+    assert rig.world.states() == every_node(a, "open", [a])
+    assert rig.phases() == FORWARD + [("rollout", "done", "ok")]
     start, done = rig.journal()[0], rig.journal()[-1]
     assert plain(start) == {"action": "rollout", "phase": "start", "digest": a, "version": "1.0.0",
                             "artifact": rig.artifacts[0].path.name, "nodes": NODES, "deadline": 600.0}
@@ -125,7 +85,7 @@ def test_rollout_events_report_each_phase_and_node(rig):
 
 def test_upgrade_records_the_previous_release_on_every_node(live):
     a, b = live.digest(0), live.digest(1)
-    assert live.world.states() == fleet(b, "open", [a, b])
+    assert live.world.states() == every_node(b, "open", [a, b])
     done = live.journal()[-1]
     assert done["previous"] == dict.fromkeys(NODES, a)
     for n in NODES:
@@ -138,20 +98,20 @@ def test_rollout_prunes_beyond_keep_but_never_the_last_good_release(tmp_path):
     d = [rig.digest(i) for i in range(4)]
     for i in range(4):
         rollout(rig, i)
-    assert rig.world.states() == fleet(d[3], "open", d[1:])
+    assert rig.world.states() == every_node(d[3], "open", d[1:])
 
 
 def test_rolling_out_the_running_release_again_reuses_it(live):
     a, b = live.digest(0), live.digest(1)
     rollout(live, 1)
-    assert live.world.states() == fleet(b, "open", [a, b])
+    assert live.world.states() == every_node(b, "open", [a, b])
 
 
 # ---- preflight -------------------------------------------------------------------------------------------------
 
 def assert_refused_nothing_changed(rig, before, since):
     assert rig.world.states() == before
-    assert runs(rig, since) == [("rollout", "start", None), ("rollout", "preflight", None),
+    assert rig.phases(since) == [("rollout", "start", None), ("rollout", "preflight", None),
                                 ("rollout", "done", "refused")]
     assert rig.world.ran("step") == [] and rig.world.ran("switch") == []
     assert rig.ctx.lock.info() is None
@@ -240,9 +200,9 @@ def test_close_gate_failure_rolls_back_before_any_upload(live):
     assert err.value.exit_code == ExitCode.ROLLED_BACK == 6
     assert str(err.value) == ("rollout failed: node3 failed in close-gate: router unreachable at 127.0.0.1:8103: "
                               "timed out; every node is back on its previous release, gate closed")
-    assert live.world.states() == {**fleet(b, "closed", [a, b], nodes=OTHERS),
-                                   "node3": fleet(b, "open", [a, b])["node3"]}
-    assert runs(live, since) == FORWARD[:3] + [("rollout", "done", "rolled-back")]
+    assert live.world.states() == {**every_node(b, "closed", [a, b], nodes=OTHERS),
+                                   "node3": every_node(b, "open", [a, b])["node3"]}
+    assert live.phases(since) == FORWARD[:3] + [("rollout", "done", "rolled-back")]
     assert live.world.ran("step") == []
 
 
@@ -255,11 +215,11 @@ def test_stage_failure_rolls_back_and_no_node_switches(live):
     assert str(err.value) == (f"rollout failed: node3 failed in stage: {ff.FAULTS['stage']}; every node is back "
                               "on its previous release, gate closed")
     # The other nodes staged the release (unused); nobody switched; every gate closed.
-    assert live.world.states() == {**fleet(b, "closed", [a, b, c], nodes=OTHERS),
-                                   "node3": fleet(b, "closed", [a, b])["node3"]}
+    assert live.world.states() == {**every_node(b, "closed", [a, b, c], nodes=OTHERS),
+                                   "node3": every_node(b, "closed", [a, b])["node3"]}
     assert live.world.ran("switch") == []
     assert live.world.ran("end") == OTHERS
-    assert runs(live, since) == FORWARD[:4] + [("rollout", "done", "rolled-back")]
+    assert live.phases(since) == FORWARD[:4] + [("rollout", "done", "rolled-back")]
     done = live.journal()[-1]
     assert done["nodes"] == {**dict.fromkeys(OTHERS, "ok"), "node3": f"failed in stage: {ff.FAULTS['stage']}"}
     for n in NODES:
@@ -278,10 +238,10 @@ def test_node_that_pins_another_signing_key_refuses_the_artifact(live):
 
 def assert_reverted(rig, since, failed_phase):
     a, b, c = (rig.digest(i) for i in range(3))
-    assert rig.world.states() == fleet(b, "closed", [a, b, c])
+    assert rig.world.states() == every_node(b, "closed", [a, b, c])
     phases = [p for p in ("start", "preflight", "close-gate", "stage", "switch", "health", "open-gate")]
     expected = [("rollout", p, None) for p in phases[:phases.index(failed_phase) + 1]]
-    assert runs(rig, since) == expected + [("rollout", "revert", None), ("rollout", "done", "rolled-back")]
+    assert rig.phases(since) == expected + [("rollout", "revert", None), ("rollout", "done", "rolled-back")]
     revert = rig.journal()[-2]
     assert revert["targets"] == dict.fromkeys(NODES, b)
     # Each node journaled its revert, naming what it went back from.
@@ -334,7 +294,7 @@ def test_failed_first_rollout_stops_the_service_it_started(rig):
         rollout(rig, 0)
     # There was no release to go back to: the routers are stopped and `current` is removed, so that
     # nothing (a reboot, supervisord) starts the failed release again.
-    assert rig.world.states() == fleet(None, "closed", [a], running=None)
+    assert rig.world.states() == every_node(None, "closed", [a], running=None)
     assert rig.world.ran("stop") == NODES
     assert [r["phase"] for r in rig.world["node1"].journal if r.get("phase") == "revert"] == ["revert"]
 
@@ -352,7 +312,7 @@ def test_failed_revert_is_inconsistent_and_recover_repairs_it(live):
     states = live.world.states()
     assert states["node5"] == {"current": b, "running": None, "gate": "closed", "halted": False,
                                "releases": sorted([a, b, c])}
-    assert {n: s for n, s in states.items() if n != "node5"} == fleet(b, "closed", [a, b, c],
+    assert {n: s for n, s in states.items() if n != "node5"} == every_node(b, "closed", [a, b, c],
                                                                       nodes=[n for n in NODES if n != "node5"])
     assert live.journal()[-1]["outcome"] == "inconsistent"
     assert guards.interrupted(live.ctx) is None  # the run finished (inconsistent), it was not interrupted
@@ -360,7 +320,7 @@ def test_failed_revert_is_inconsistent_and_recover_repairs_it(live):
     del live.world["node5"].faults["revert"], live.world["node3"].faults["switch"]
     result = rollback_mod.recover(live.ctx)
     assert result.state.target == b and result.gate_open is False
-    assert live.world.states() == fleet(b, "closed", [a, b, c])
+    assert live.world.states() == every_node(b, "closed", [a, b, c])
 
 
 # ---- interrupted runs and recover ---------------------------------------------------------------------------------
@@ -380,7 +340,7 @@ def test_interrupted_rollout_blocks_runs_until_recover(live):
     crash(live, "health")
     with pytest.raises(Crash):
         rollout(live, 2)
-    assert live.world.states() == fleet(c, "closed", [a, b, c])  # switched, never checked, gate closed
+    assert live.world.states() == every_node(c, "closed", [a, b, c])  # switched, never checked, gate closed
     start = next(r for r in reversed(live.journal()) if r.get("phase") == "start")
     message = (f"interrupted rollout (run {start['run']}, {short(c)}, started {start['ts']} by {actor()}): "
                "run `deployctl recover`")
@@ -393,8 +353,8 @@ def test_interrupted_rollout_blocks_runs_until_recover(live):
     since = len(live.journal())
     result = rollback_mod.recover(live.ctx)
     assert result.state.target == b and result.gate_open is False
-    assert live.world.states() == fleet(b, "closed", [a, b, c])
-    assert runs(live, since) == [("recover", "start", None), ("recover", "switch", None),
+    assert live.world.states() == every_node(b, "closed", [a, b, c])
+    assert live.phases(since) == [("recover", "start", None), ("recover", "switch", None),
                                  ("recover", "health", None), ("recover", "open-gate", None),
                                  ("recover", "done", "ok")]
     assert plain(live.journal()[since])["interrupted"] == start
@@ -423,8 +383,8 @@ def test_recover_falls_back_to_the_release_every_node_runs(live):
         live.world[n].current = live.world[n].running = a
     result = rollback_mod.recover(live.ctx)
     assert result.state.target == a
-    assert live.world.states() == {**fleet(a, "closed", [a, b, c], nodes=OTHERS),
-                                   "node3": fleet(a, "closed", [a, c])["node3"]}
+    assert live.world.states() == {**every_node(a, "closed", [a, b, c], nodes=OTHERS),
+                                   "node3": every_node(a, "closed", [a, c])["node3"]}
 
 
 def test_recover_refuses_when_no_release_is_common(live):
@@ -441,7 +401,7 @@ def test_recover_refuses_when_no_release_is_common(live):
     assert str(err.value) == (f"recover: the last good release {short(b)} is not on node3 and the nodes' current "
                               "releases differ: roll out a release to the whole fleet (`deployctl rollout ARTIFACT "
                               "--break-lock` supersedes the interrupted run)")
-    assert runs(live, since) == []  # no run started; only the gates were closed
+    assert live.phases(since) == []  # no run started; only the gates were closed
     assert live.world.ran("switch") == []
     assert {s["gate"] for s in live.world.states().values()} == {"closed"}
     # The way out it names: a plain rollout is still refused, one with --break-lock supersedes the
@@ -466,11 +426,11 @@ def test_recover_that_fails_is_inconsistent_without_a_revert(live):
         rollback_mod.recover(live.ctx)
     assert str(err.value) == (f"recover failed: node3 failed in switch: {ff.FAULTS['switch']}; the fleet may be "
                               "mixed, gate closed: run `deployctl recover`")
-    assert runs(live, since) == [("recover", "start", None), ("recover", "switch", None),
+    assert live.phases(since) == [("recover", "start", None), ("recover", "switch", None),
                                  ("recover", "done", "inconsistent")]
     a, b, c = (live.digest(i) for i in range(3))
-    assert live.world.states() == {**fleet(b, "closed", [a, b, c], nodes=OTHERS),
-                                   "node3": fleet(b, "closed", [a, b, c], running=None)["node3"]}
+    assert live.world.states() == {**every_node(b, "closed", [a, b, c], nodes=OTHERS),
+                                   "node3": every_node(b, "closed", [a, b, c], running=None)["node3"]}
 
 
 def test_recover_breaks_a_stale_lock_and_journals_it(live):
@@ -499,9 +459,9 @@ def test_halt_before_switch_aborts_with_nothing_switched(live):
     assert err.value.exit_code == 7
     assert str(err.value) == ("rollout aborted, fleet halted: fleet failed in switch: halted while the rollout "
                               "ran; gate stays closed")
-    assert live.world.states() == fleet(b, "closed", [a, b, c], halted=True)
+    assert live.world.states() == every_node(b, "closed", [a, b, c], halted=True)
     assert live.world.ran("switch") == []
-    assert runs(live, since) == FORWARD[:4] + [("halt", None, "ok"), ("rollout", "done", "rolled-back")]
+    assert live.phases(since) == FORWARD[:4] + [("halt", None, "ok"), ("rollout", "done", "rolled-back")]
 
 
 @pytest.mark.parametrize("after, aborted_in", [("switch", "health"), ("health", "open-gate")])
@@ -512,7 +472,7 @@ def test_halt_after_switch_reverts_the_fleet(live, after, aborted_in):
         rollout(live, 2)
     assert str(err.value) == (f"rollout aborted, fleet halted: fleet failed in {aborted_in}: halted while the "
                               "rollout ran; gate stays closed")
-    assert live.world.states() == fleet(b, "closed", [a, b, c], halted=True)
+    assert live.world.states() == every_node(b, "closed", [a, b, c], halted=True)
     assert live.journal()[-2]["targets"] == dict.fromkeys(NODES, b)
 
 
@@ -531,7 +491,7 @@ def test_halt_during_rollback_goes_on_with_the_gate_closed(three):
     halt_at(three, "switch")
     result = rollback_mod.rollback(three.ctx)
     assert result.state.phase.value == "done" and result.gate_open is False
-    assert three.world.states() == fleet(b, "closed", [a, b, c], halted=True)
+    assert three.world.states() == every_node(b, "closed", [a, b, c], halted=True)
     assert ("warning", {"message": "gate stays closed (the fleet was halted during the run)"}) in three.events
     assert three.journal()[-1]["outcome"] == "ok"
 
@@ -579,8 +539,8 @@ def test_rollback_goes_to_the_newest_good_release_no_node_runs(three):
     since, log = len(three.journal()), len(three.world.log)
     result = rollback_mod.rollback(three.ctx)
     assert result.state.target == b and result.gate_open is True
-    assert three.world.states() == fleet(b, "open", [a, b, c])
-    assert runs(three, since) == [("rollback", "start", None), ("rollback", "switch", None),
+    assert three.world.states() == every_node(b, "open", [a, b, c])
+    assert three.phases(since) == [("rollback", "start", None), ("rollback", "switch", None),
                                   ("rollback", "health", None), ("rollback", "open-gate", None),
                                   ("rollback", "done", "ok")]
     assert plain(three.journal()[since]) == {"action": "rollback", "phase": "start", "digest": b, "nodes": NODES,
@@ -600,7 +560,7 @@ def test_rollback_to_a_named_release(three):
     a, b, c = (three.digest(i) for i in range(3))
     result = rollback_mod.rollback(three.ctx, to=a)
     assert result.state.target == a
-    assert three.world.states() == fleet(a, "open", [a, b, c])
+    assert three.world.states() == every_node(a, "open", [a, b, c])
 
 
 def test_rollback_refuses_a_release_missing_on_a_node_and_changes_nothing(three):
@@ -651,8 +611,8 @@ def test_forced_partial_rollback_moves_only_the_named_nodes_and_keeps_every_gate
     result = rollback_mod.rollback(three.ctx, nodes=["node2", "node7"], force=True)
     assert result.gate_open is False and result.state.phase.value == "done"
     moved = ["node2", "node7"]
-    assert three.world.states() == {**fleet(c, "closed", [a, b, c], nodes=[n for n in NODES if n not in moved]),
-                                    **fleet(b, "closed", [a, b, c], nodes=moved)}
+    assert three.world.states() == {**every_node(c, "closed", [a, b, c], nodes=[n for n in NODES if n not in moved]),
+                                    **every_node(b, "closed", [a, b, c], nodes=moved)}
     assert plain(three.journal()[-5])["partial"] is True and three.journal()[-5]["nodes"] == moved
     assert ("warning", {"message": "gate stays closed (partial rollback: the fleet is mixed)"}) in three.events
     assert three.world.ran("end")[-6:] == [n for n in NODES if n not in moved]
@@ -670,7 +630,7 @@ def test_rollback_of_a_halted_fleet_keeps_the_gate_closed(three):
     control.halt(three.ctx)
     result = rollback_mod.rollback(three.ctx)
     assert result.gate_open is False
-    assert three.world.states() == fleet(b, "closed", [a, b, c], halted=True)
+    assert three.world.states() == every_node(b, "closed", [a, b, c], halted=True)
     assert ("warning", {"message": f"gate stays closed (halted: {', '.join(NODES)})"}) in three.events
 
 
@@ -681,7 +641,7 @@ def test_rollback_switch_failure_reverts_to_where_it_started(three):
         rollback_mod.rollback(three.ctx)
     assert str(err.value) == (f"rollback failed: node3 failed in switch: {ff.FAULTS['switch']}; every node is back "
                               "on its previous release, gate closed")
-    assert three.world.states() == fleet(c, "closed", [a, b, c])
+    assert three.world.states() == every_node(c, "closed", [a, b, c])
 
 
 def test_rollback_preflight_names_unreachable_and_refusing_nodes(three):
@@ -704,4 +664,4 @@ def test_rollback_restarts_a_router_that_was_down(three):
     a, b, c = (three.digest(i) for i in range(3))
     three.world["node3"].running = None  # crashed: its gate counts as closed, the rollback goes on
     assert rollback_mod.rollback(three.ctx).gate_open is True
-    assert three.world.states() == fleet(b, "open", [a, b, c])
+    assert three.world.states() == every_node(b, "open", [a, b, c])

@@ -12,43 +12,16 @@ import signal
 import pytest
 
 import fakefleet as ff
+from fakefleet import NODES, every_node
 from deployctl.ops import rollback as rollback_mod
 from deployctl.ops import rollout as rollout_mod
 from deployctl.ops import run
 from deployctl.ops import guards
 from deployctl.errors import DeployctlError, ExitCode, RolledBackError
 
-NODES = [f"node{i}" for i in range(1, 9)]
 BEFORE_SWITCH = ["preflight", "close-gate", "stage"]
 AFTER_SWITCH = ["switch", "health", "open-gate"]
 SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"]
-
-
-@pytest.fixture(scope="module")
-def _after(tmp_path_factory) -> list[ff.Rig]:
-    rig = ff.make_rig(tmp_path_factory.mktemp("template"))
-    out = []
-    for i in range(3):
-        rollout_mod.rollout(rig.ctx, rig.artifacts[i].path)
-        out.append(rig.clone(tmp_path_factory.mktemp(f"after{i}")))
-    return out
-
-
-@pytest.fixture
-def live(_after, tmp_path) -> ff.Rig:
-    """Every node on release 1, release 0 kept, gates open."""
-    return _after[1].clone(tmp_path)
-
-
-@pytest.fixture
-def three(_after, tmp_path) -> ff.Rig:
-    """Every node on release 2, releases 0 and 1 kept."""
-    return _after[2].clone(tmp_path)
-
-
-def fleet(digest, gate, releases) -> dict:
-    return {n: {"current": digest, "running": digest, "gate": gate, "halted": False, "releases": sorted(releases)}
-            for n in NODES}
 
 
 def send_at(rig: ff.Rig, phase: str, *names: str) -> None:
@@ -73,7 +46,7 @@ def test_a_signal_before_the_switch_stops_the_rollout_and_no_node_switches(live,
     assert str(err.value) == (f"rollout stopped by {sig} during {phase}: no node switched, every node is on its "
                               f"previous release, {gates}")
     staged = [a, b, c] if phase == "stage" else [a, b]
-    assert live.world.states() == fleet(b, "open" if phase == "preflight" else "closed", staged)
+    assert live.world.states() == every_node(b, "open" if phase == "preflight" else "closed", staged)
     assert live.world.ran("switch") == []
     recs = live.journal()[since:]
     upto = ["start", "preflight", "close-gate", "stage"][:["start", *BEFORE_SWITCH].index(phase) + 1]
@@ -97,7 +70,7 @@ def test_a_signal_after_the_switch_reverts_the_whole_fleet(live, phase, sig):
     assert err.value.exit_code == ExitCode.ROLLED_BACK
     assert str(err.value) == (f"rollout stopped by {sig} during {phase}: every node is back on its previous "
                               "release, gate closed")
-    assert live.world.states() == fleet(b, "closed", [a, b, c])
+    assert live.world.states() == every_node(b, "closed", [a, b, c])
     recs = live.journal()[since:]
     forward = ["start", "preflight", "close-gate", "stage", "switch", "health", "open-gate"]
     assert [r["phase"] for r in recs] == forward[:forward.index(phase) + 1] + ["revert", "done"]
@@ -114,7 +87,7 @@ def test_ctrl_c_twice_and_again_during_the_revert_still_reverts_the_whole_fleet(
     with pytest.raises(RolledBackError) as err:
         rollout_mod.rollout(live.ctx, live.artifacts[2].path)
     assert str(err.value).startswith("rollout stopped by SIGINT during health: ")
-    assert live.world.states() == fleet(b, "closed", [a, b, c])
+    assert live.world.states() == every_node(b, "closed", [a, b, c])
     assert live.journal()[-1]["signals"] == ["SIGINT during health"] * 2 + ["SIGINT during revert"]
     assert warnings(live) == ["SIGINT received during health: stopping after this phase"] * 2 + [
         "SIGINT received during revert: the revert goes on to its end"]
@@ -125,7 +98,7 @@ def test_a_signal_during_a_rollback_lets_it_finish_the_way_back(three):
     send_at(three, "switch", "SIGTERM")
     result = rollback_mod.rollback(three.ctx)
     assert result.state.phase.value == "done" and result.gate_open
-    assert three.world.states() == fleet(b, "open", [a, b, c])
+    assert three.world.states() == every_node(b, "open", [a, b, c])
     assert three.journal()[-1]["signals"] == ["SIGTERM during switch"]
     assert "SIGTERM received during switch: the rollback goes on to its end" in warnings(three)
 
