@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import types
 import uuid
 
@@ -105,11 +106,36 @@ def someone_else(i=1):
     return lock("theirs", holder="carol@other-controller", pid=4242 + i)
 
 
-def test_a_rollout_refused_by_one_node_lock_exits_5_naming_holder_and_host_and_releases_the_rest(tmp_path,
-                                                                                                  monkeypatch):
-    monkeypatch.setattr(guards, "LOCK_PATIENCE", 0.5)
-    rig = ff.make_rig(tmp_path)
-    rollout_mod.rollout(rig.ctx, rig.artifacts[0].path)
+class Clock:
+    """guards' monotonic clock: a sleep moves it on at once, so a run waits out its whole LOCK_PATIENCE in
+    no time. Wall-clock time (the fleet lock's `since`) is the real one."""
+
+    START = 1000.0
+    time = staticmethod(time.time)
+
+    def __init__(self) -> None:
+        self.now = self.START
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    @property
+    def waited(self) -> float:
+        return self.now - self.START
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(guards, "time", clock)
+    return clock
+
+
+def test_a_rollout_refused_by_one_node_lock_exits_5_naming_holder_and_host_and_releases_the_rest(one, clock):
+    rig = one
     before = rig.world.states()
     rig.world["node5"].lock = someone_else()
     with pytest.raises(LockHeldError) as info:
@@ -121,11 +147,11 @@ def test_a_rollout_refused_by_one_node_lock_exits_5_naming_holder_and_host_and_r
     assert [n for n in rig.world.nodes if rig.world[n].lock] == ["node5"]  # the other seven let go on close
     assert rig.world["node5"].lock == someone_else()
     assert not rig.ctx.lock.path.exists()
+    assert clock.waited >= guards.LOCK_PATIENCE  # node5 was asked again until the patience ran out
 
 
-def test_two_controllers_with_their_own_state_folders_one_proceeds(tmp_path):
-    rig = ff.make_rig(tmp_path / "a")
-    rollout_mod.rollout(rig.ctx, rig.artifacts[0].path)
+def test_two_controllers_with_their_own_state_folders_one_proceeds(one, tmp_path):
+    rig = one
     shutil.copytree(rig.ctx.state_dir, tmp_path / "b")
     second = ff.Rig(rig.ctx.__class__(rig.ctx.inventory, rig.ctx.playbook, tmp_path / "b", connect=rig.ctx.connect,
                                       http=rig.ctx.http), rig.world, rig.artifacts, [])
@@ -146,20 +172,16 @@ def test_two_controllers_with_their_own_state_folders_one_proceeds(tmp_path):
     assert all(rig.world[n].lock is None for n in rig.world.nodes)  # released at the end
 
 
-def test_a_failed_rollout_releases_the_lock_on_every_node(tmp_path):
-    rig = ff.make_rig(tmp_path)
-    rollout_mod.rollout(rig.ctx, rig.artifacts[0].path)
+def test_a_failed_rollout_releases_the_lock_on_every_node(one):
+    rig = one
     rig.world.fail("node3", "switch")
     with pytest.raises(Exception):
         rollout_mod.rollout(rig.ctx, rig.artifacts[1].path)
     assert all(rig.world[n].lock is None for n in rig.world.nodes)
 
 
-def test_a_rollback_finding_the_lock_held_exits_5(tmp_path, monkeypatch):
-    monkeypatch.setattr(guards, "LOCK_PATIENCE", 0.5)
-    rig = ff.make_rig(tmp_path)
-    for i in (0, 1):
-        rollout_mod.rollout(rig.ctx, rig.artifacts[i].path)
+def test_a_rollback_finding_the_lock_held_exits_5(live, clock):
+    rig = live
     rig.world["node2"].lock = someone_else()
     with pytest.raises(LockHeldError, match="rollback preflight refused, nothing changed: node2: fleet deploy lock "
                                             "held by carol@other-controller"):
@@ -171,11 +193,10 @@ def test_a_rollback_finding_the_lock_held_exits_5(tmp_path, monkeypatch):
     assert all(rig.world[n].lock is None for n in rig.world.nodes)
 
 
-def test_two_controllers_that_split_the_fleet_the_one_holding_the_first_node_proceeds(tmp_path):
+def test_two_controllers_that_split_the_fleet_the_one_holding_the_first_node_proceeds(one, clock):
     """The loser took node5 first; refused by node1, it ends its commands (releasing node5), and the winner,
     which holds node1, asks node5 again."""
-    rig = ff.make_rig(tmp_path)
-    rollout_mod.rollout(rig.ctx, rig.artifacts[0].path)
+    rig = one
     node5 = rig.world["node5"]
     node5.lock = someone_else()
     tries = []
@@ -191,23 +212,23 @@ def test_two_controllers_that_split_the_fleet_the_one_holding_the_first_node_pro
     node5.take_lock = loser_lets_go_after_one_refusal
     rollout_mod.rollout(rig.ctx, rig.artifacts[1].path)
     assert len(tries) == 2 and tries[0] == tries[1]
+    assert clock.waited == pytest.approx(0.2)  # asked again once, a moment later
     assert {s["current"] for s in rig.world.states().values()} == {rig.artifacts[1].digest}
 
 
-def test_a_rollout_refused_by_the_first_node_does_not_wait(tmp_path, monkeypatch):
-    monkeypatch.setattr(guards, "LOCK_PATIENCE", 60)
-    rig = ff.make_rig(tmp_path)
+def test_a_rollout_refused_by_the_first_node_does_not_wait(rig, clock):
     rig.world["node1"].lock = someone_else()
     with pytest.raises(LockHeldError, match="node1: fleet deploy lock held by carol@other-controller"):
         rollout_mod.rollout(rig.ctx, rig.artifacts[0].path)
+    assert clock.waited == 0
 
 
-def test_a_node_left_holding_the_lock_of_a_finished_run_does_not_block_the_next(tmp_path):
+def test_a_node_left_holding_the_lock_of_a_finished_run_does_not_block_the_next(one, clock):
     """A node that could not be reached when a run ended (killed, restarted) keeps that run's lock. The
-    controller's journal shows the run finished, so the next run replaces it (journaled on the node);
-    a lock whose run the journal does not show finished is still refused."""
-    rig = ff.make_rig(tmp_path)
-    rollout_mod.rollout(rig.ctx, rig.artifacts[0].path)
+    controller's journal shows the run finished, so the next run replaces it (journaled on the node) at
+    once; a lock whose run the journal does not show finished is still refused, once the run has asked
+    that node again for its whole LOCK_PATIENCE (the test clock's sleeps take no time)."""
+    rig = one
     start = next(r for r in reversed(rig.journal()) if r.get("phase") == "start")
     stale = {"holder": actor(), "pid": os.getpid(), "since": 1.0, "command": "rollout x", "id": start["fleet_lock"]}
     rig.world["node5"].lock = dict(stale)
@@ -215,17 +236,19 @@ def test_a_node_left_holding_the_lock_of_a_finished_run_does_not_block_the_next(
     assert {s["current"] for s in rig.world.states().values()} == {rig.artifacts[1].digest}
     assert {"action": "lock-broken", "broken": stale} in rig.world["node5"].journal
     assert guards.finished_fleet_locks(rig.ctx)[-2] == start["fleet_lock"]
+    assert clock.waited == 0
     rig.world["node5"].lock = dict(stale, id="not-a-finished-run")
-    with pytest.raises(LockHeldError):
+    with pytest.raises(LockHeldError, match="^rollout refused, nothing changed: node5: fleet deploy lock held by "):
         rollout_mod.rollout(rig.ctx, rig.artifacts[2].path)
+    assert guards.LOCK_PATIENCE <= clock.waited < guards.LOCK_PATIENCE + 0.5
+    assert rig.world["node5"].lock["id"] == "not-a-finished-run"
 
 
-def test_recover_takes_over_a_node_lock_of_the_run_it_recovers_from_after_its_stale_lock_is_gone(tmp_path):
+def test_recover_takes_over_a_node_lock_of_the_run_it_recovers_from_after_its_stale_lock_is_gone(one):
     """A first recover that failed (a node down) already broke the dead rollout's controller lock; the
     node that was down still holds the dead run's lock. The next recover replaces it: the journal shows
     that run's lock id and no `done` for it, and recover holds the controller lock, so the run is dead."""
-    rig = ff.make_rig(tmp_path)
-    rollout_mod.rollout(rig.ctx, rig.artifacts[0].path)
+    rig = one
 
     def die(kind, **data):
         if kind == "phase" and data == {"phase": "health", "status": "start"}:
@@ -270,10 +293,8 @@ def test_finished_fleet_locks_names_the_same_locks_as_a_read_of_the_whole_journa
         if finished:
             records.append({"action": "rollout", "phase": "done", "run": f"r{i}", "outcome": "ok"})
         records.append({"action": "halt"})
-    j = Journal(path)
-    for rec in records:
-        j.append(rec)
-    ctx = types.SimpleNamespace(journal=j)
+    path.write_bytes(b"".join(journal.checked_line(rec) for rec in records))  # as append writes them, unsynced
+    ctx = types.SimpleNamespace(journal=Journal(path))
     assert guards.finished_fleet_locks(ctx, last, dead) == _finished_fleet_locks_reference(records, last, dead)
 
 
