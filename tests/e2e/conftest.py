@@ -22,12 +22,9 @@ from deployctl.testfleet import fleetfiles
 from deployctl.remote import routers
 from deployctl.testfleet import fleet as testfleet
 from deployctl.errors import DeployctlError
-
-ROOT = Path(__file__).resolve().parents[2]
-# The fleet the suite runs on: the committed one, or another (scripts/test.sh runs half of the
-# suite on a second fleet of its own, with DEPLOYCTL_INVENTORY and DEPLOYCTL_COMPOSE pointing at it).
-INVENTORY = Path(os.environ.get("DEPLOYCTL_INVENTORY") or ROOT / "fleet" / "fleet.yaml")
-COMPOSE = Path(os.environ.get("DEPLOYCTL_COMPOSE") or ROOT / "containers" / "compose.yaml")
+from helpers import COMPOSE, INVENTORY, ROOT, revive
+from helpers import under_observer  # noqa: F401 - a fixture, for the modules that use it (helpers.py)
+from observer import observer  # noqa: F401 - a fixture, for under_observer and the tests that ask for it
 
 
 def pytest_collection_modifyitems(items):
@@ -87,8 +84,6 @@ def make_release(ctx, tmp_path_factory):
 
 def _restore(ctx: api.Context, art) -> None:
     """Bring the fleet back to `art`, running, not halted, gate open; cheap when it already is."""
-    from helpers import revive
-
     revive(ctx, docker_fleet.client(), fleetfiles.load_spec(COMPOSE))
     ctx.lock.path.unlink(missing_ok=True)
     health = routers.health(ctx.nodes)

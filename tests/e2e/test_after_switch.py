@@ -10,8 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from helpers import fleet_view, revive
-from observer import observer  # noqa: F401 - a fixture, used by _every_test
+from helpers import at_phase, fleet_view, heal
 
 from deployctl import api
 from deployctl.remote import commands
@@ -30,13 +29,12 @@ SOCKET = "/var/run/supervisor.sock"
 
 
 @pytest.fixture(autouse=True)
-def _every_test(observer, ctx, docker_spec, base_release):  # noqa: F811 - observer is the imported fixture
-    """Afterwards, put a node left on the crashing release back on the base release before conftest's
-    restore (which halts the fleet when a router does not answer, and a halt on disk outlives it)."""
+def _every_test(observer, ctx, docker_spec, base_release):
+    """helpers.under_observer, and then a node left on the crashing release is put back on the base
+    release before conftest's restore (which halts the fleet when a router does not answer, and a halt on
+    disk outlives it)."""
     yield observer
-    assert revive(ctx, *docker_spec)
-    if api.interrupted(ctx):
-        api.recover(ctx)
+    heal(ctx, docker_spec)
     if any(v[:2] != (base_release.digest,) * 2 for v in fleet_view(ctx).values()):
         roomy = dataclasses.replace(ctx, playbook=dataclasses.replace(ctx.playbook, min_free_mb=0))
         api.rollout(roomy, base_release.path, break_lock=True)
@@ -46,17 +44,6 @@ def quick(ctx, **kw) -> api.Context:
     """Short timeouts: a router that never comes up fails health in seconds, not 20."""
     pb = dataclasses.replace(ctx.playbook, timeouts=Timeouts(connect=3, command=30, health=6))
     return dataclasses.replace(ctx, playbook=pb, **kw)
-
-
-def at_revert(action):
-    fired = []
-
-    def hook(kind, **data):
-        if kind == "phase" and data.get("phase") == "revert" and data.get("status") == "start" and not fired:
-            fired.append(action())
-
-    hook.fired = fired
-    return hook
 
 
 def current_on(ctx, name: str) -> str | None:
@@ -87,7 +74,7 @@ def test_a_revert_that_finds_the_previous_release_gone_names_it_and_the_rest_go_
     """Revert fails on node3 (its previous release removed after the switch): exit 9 naming node3 and why;
     the seven others are back on the previous release; every gate closed."""
     bad = make_release("12.0.0", CRASH)
-    hook = at_revert(lambda: node_exec("node3", f"rm -rf /opt/router/releases/{base_release.digest}"))
+    hook = at_phase("revert", lambda: node_exec("node3", f"rm -rf /opt/router/releases/{base_release.digest}"))
     with pytest.raises(InconsistentError) as err:
         api.rollout(quick(ctx, on_event=hook), bad.path)
     assert hook.fired and hook.fired[0][0] == 0, hook.fired
@@ -106,7 +93,7 @@ def test_a_revert_whose_supervisor_is_unreachable_names_it_and_the_rest_go_back(
     """Revert fails on node3 (supervisord's socket gone, sshd still answers): `current` goes back, the
     restart is refused and named; exit 9; the seven others run the previous release; every gate closed."""
     bad = make_release("12.0.0", CRASH)
-    hook = at_revert(lambda: node_exec("node3", f"mv {SOCKET} {SOCKET}.off"))
+    hook = at_phase("revert", lambda: node_exec("node3", f"mv {SOCKET} {SOCKET}.off"))
     try:
         with pytest.raises(InconsistentError) as err:
             api.rollout(quick(ctx, on_event=hook), bad.path)

@@ -13,12 +13,9 @@ import signal
 import subprocess
 
 import pytest
-from helpers import fleet_view, revive, wait
-from observer import observer  # noqa: F401 - a fixture, used by _under_observer
-from test_faults import (DCTL, _env, cli, cli_rollout, journal_size, node, on_base, records_since, run_phases,
-                         wait_record)
+from helpers import (COMPOSE, DCTL, ROOT, at_phase, cli, cli_rollout, env_of, fleet_view, journal_size, node, on_base,
+                     records_since, run_phases, wait, wait_record)
 
-from conftest import COMPOSE, ROOT
 from deployctl import api
 from deployctl.testfleet import docker as docker_fleet
 from deployctl.remote import routers
@@ -30,30 +27,12 @@ from deployctl.errors import (ExitCode, HostKeyError, InconsistentError, RolledB
 
 VICTIM = "node5"
 OTHERS = [f"node{i}" for i in range(1, 9) if f"node{i}" != VICTIM]
+pytestmark = pytest.mark.usefixtures("under_observer")
 
 
 def quick(ctx) -> api.Context:
     pb = dataclasses.replace(ctx.playbook, timeouts=Timeouts(connect=5, command=15, health=8))
     return dataclasses.replace(ctx, playbook=pb, inventory=dataclasses.replace(ctx.inventory, connect_timeout=5))
-
-
-def at_phase(phase: str, action):
-    fired = []
-
-    def hook(kind, **data):
-        if kind == "phase" and data.get("phase") == phase and data.get("status") == "start" and not fired:
-            fired.append(action())
-
-    hook.fired = fired
-    return hook
-
-
-@pytest.fixture(autouse=True)
-def _under_observer(observer, ctx, docker_spec):  # noqa: F811 - observer is the imported fixture
-    yield observer
-    assert revive(ctx, *docker_spec)
-    if api.interrupted(ctx):
-        api.recover(ctx)
 
 
 def up(ctx, name: str = VICTIM) -> bool:
@@ -142,7 +121,7 @@ def test_a_reimaged_node_is_refused_by_its_host_key_then_needs_a_rollout_not_a_r
 
 def _interrupted_rollout(ctx, art, phase: str = "health") -> dict:
     offset = journal_size(ctx)
-    proc = cli_rollout(ctx, art)
+    proc = cli_rollout(ctx.state_dir, art)
     try:
         seen = wait_record(ctx, offset, lambda r: r.get("phase") == phase and r.get("digest") == art.digest, 60, proc)
     finally:
@@ -157,7 +136,7 @@ def test_a_recover_killed_midway_is_itself_seen_and_a_second_recover_brings_one_
         ctx, base_release, make_release):
     _interrupted_rollout(ctx, make_release("12.4.0"))
     offset = journal_size(ctx)
-    proc = subprocess.Popen([DCTL, "-q", "recover"], cwd=ROOT, env=_env(ctx), stdout=subprocess.PIPE,
+    proc = subprocess.Popen([DCTL, "-q", "recover"], cwd=ROOT, env=env_of(ctx), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         seen = wait_record(ctx, offset, lambda r: r.get("action") == "recover" and r.get("phase") == "switch", 60, proc)

@@ -34,7 +34,6 @@ from deployctl import api
 from deployctl.remote import commands
 from deployctl.testfleet import docker as docker_fleet
 from deployctl.remote import routers
-from deployctl.config.playbook import Timeouts
 from deployctl.errors import RolledBackError, UnreachableError
 from deployctl.remote.ssh import Call
 

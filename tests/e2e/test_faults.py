@@ -16,15 +16,12 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import time
-from typing import Callable
 
 import pytest
-from helpers import fleet_view, in_background, order, pause, post_order, revive, wait
-from observer import observer  # noqa: F401 - a fixture, used by _every_fault_test
+from helpers import (COMPOSE, ROOT, at_phase, cli, cli_rollout, fleet_view, in_background, journal_size, node, on_base,
+                     order, pause, post_order, race, records_since, run_phases, wait, wait_record)
 
-from conftest import COMPOSE, ROOT
 from deployctl.testfleet import api as testfleet_api
 from deployctl import api
 from deployctl.remote import commands
@@ -37,9 +34,10 @@ from deployctl.errors import (DeployctlError, ExitCode, InconsistentError, Rolle
 from deployctl.remote.ssh import Call
 from deployctl.state.journal import encode, entry
 
-DCTL = str(ROOT / ".venv" / "bin" / "deployctl")
 BLOB = os.urandom(8 << 20)  # incompressible: makes the upload long enough to cut it midway
 PHASES = ["preflight", "close-gate", "stage", "switch", "health", "open-gate"]
+# Each test runs under the observer; afterwards the nodes are revived and an interrupted run recovered.
+pytestmark = pytest.mark.usefixtures("under_observer")
 
 
 # ---- helpers --------------------------------------------------------------------------------------
@@ -48,68 +46,6 @@ def quick(ctx, health: float = 8, **playbook) -> api.Context:
     """A copy of ctx with short timeouts, so a dead or silent node fails fast."""
     pb = dataclasses.replace(ctx.playbook, timeouts=Timeouts(connect=3, command=8, health=health), **playbook)
     return dataclasses.replace(ctx, playbook=pb, inventory=dataclasses.replace(ctx.inventory, connect_timeout=3))
-
-
-def at_phase(phase: str, action: Callable) -> Callable[..., None]:
-    """An event hook that calls `action()` once, when `phase` starts."""
-    fired = []
-
-    def hook(kind, **data):
-        if kind == "phase" and data.get("phase") == phase and data.get("status") == "start" and not fired:
-            fired.append(action())
-
-    hook.fired = fired
-    return hook
-
-
-def cli(ctx, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([DCTL, *args], cwd=ROOT, env=_env(ctx), capture_output=True, text=True, timeout=timeout)
-
-
-def cli_rollout(ctx, art) -> subprocess.Popen:
-    return subprocess.Popen([DCTL, "-q", "rollout", str(art.path)], cwd=ROOT, env=_env(ctx), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def _env(ctx) -> dict:
-    return {**os.environ, "DEPLOYCTL_STATE": str(ctx.state_dir)}
-
-
-def journal_size(ctx) -> int:
-    return ctx.journal.path.stat().st_size if ctx.journal.path.exists() else 0
-
-
-def records_since(ctx, offset: int) -> list[dict]:
-    """The controller journal records appended after byte `offset`."""
-    return [json.loads(line) for line in ctx.journal.path.read_bytes()[offset:].splitlines() if line.strip()]
-
-
-def wait_record(ctx, offset: int, match, seconds: float, proc: subprocess.Popen | None = None) -> dict | None:
-    """Poll the journal (tightly: phases last milliseconds) for a record after `offset` that `match`es."""
-    end, buf = time.monotonic() + seconds, b""
-    with open(ctx.journal.path, "rb") as f:
-        f.seek(offset)
-        while time.monotonic() < end:
-            chunk = f.read()
-            if chunk:
-                *lines, buf = (buf + chunk).split(b"\n")
-                for line in lines:
-                    rec = json.loads(line)
-                    if match(rec):
-                        return rec
-            elif proc is not None and proc.poll() is not None:
-                return None
-            else:
-                time.sleep(0.001)
-    return None
-
-
-def run_phases(records: list[dict], action: str = "rollout") -> list[str]:
-    return [r["phase"] for r in records if r.get("action") == action and "phase" in r]
-
-
-def node(ctx, name: str):
-    return next(n for n in ctx.nodes if n.name == name)
 
 
 def release_files(ctx, name: str, digest: str) -> dict[str, str] | None:
@@ -133,28 +69,6 @@ def stage_leftovers(node_exec, name: str) -> list[str]:
     code, out = node_exec(name, "cd /opt/router/releases && ls -A")
     assert code == 0, out
     return [n for n in out.split() if n.startswith(".stage-")]
-
-
-def on_base(base, gate_state: str) -> tuple:
-    return (base.digest, base.digest, gate_state, False)
-
-
-def _revive(ctx, docker_spec) -> None:
-    """Every container running, unpaused and on the fleet network, sshd answering (bounded)."""
-    assert revive(ctx, *docker_spec)
-
-
-@pytest.fixture(autouse=True)
-def _every_fault_test(observer, ctx, docker_spec):  # noqa: F811 - observer is the imported fixture
-    """Run each test under the observer; afterwards revive the nodes and recover an interrupted run.
-
-    conftest's `fleet` fixture then brings back the base release with gates open; it cannot do
-    that while the journal shows an interrupted run (every rollout is refused until `recover`).
-    """
-    yield observer
-    _revive(ctx, docker_spec)
-    if api.interrupted(ctx):
-        api.recover(ctx)
 
 
 # ---- the observer itself --------------------------------------------------------------------------
@@ -579,7 +493,7 @@ def test_the_controller_killed_in_a_phase_is_seen_and_recover_brings_one_release
     """FAULTS 10 and 11: the next command sees the interrupted rollout; recover brings one release, gate closed."""
     art = make_release("7.0.0")
     offset = journal_size(ctx)
-    proc = cli_rollout(ctx, art)
+    proc = cli_rollout(ctx.state_dir, art)
     try:
         seen = wait_record(ctx, offset, lambda r: r.get("phase") == phase and r.get("digest") == art.digest, 60, proc)
     finally:
@@ -619,16 +533,7 @@ def test_two_rollouts_started_together_one_wins_the_other_is_refused_naming_the_
     """FAULTS 12: an atomic lock; the second is refused with the holder; the fleet ends on the winner."""
     arts = [make_release("8.0.0"), make_release("8.1.0")]
     offset = journal_size(ctx)
-    procs = [cli_rollout(ctx, a) for a in arts]
-    outs = []
-    try:
-        outs = [p.communicate(timeout=120) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    codes = [p.returncode for p in procs]
-    assert sorted(codes) == [ExitCode.OK, ExitCode.LOCKED], (codes, outs)
-    win, lose = (0, 1) if codes[0] == 0 else (1, 0)
+    procs, win, lose, outs = race(arts, [ctx.state_dir] * 2)
     err = outs[lose][1]
     assert err.startswith("deployctl: error: deploy lock held: ") and err.count("\n") == 1
     assert f"(pid {procs[win].pid}) running 'rollout {arts[win].digest[:12]}'" in err
@@ -647,7 +552,7 @@ def _halt_during_stage(ctx, make_release):
     """
     big = make_release("2.0.0", {"blob.bin": BLOB})
     offset = journal_size(ctx)
-    proc = cli_rollout(ctx, big)
+    proc = cli_rollout(ctx.state_dir, big)
     try:
         seen = wait_record(ctx, offset, lambda r: r.get("phase") == "stage" and r.get("digest") == big.digest,
                            60, proc)

@@ -7,14 +7,11 @@ import json
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 from deployctl.errors import ExitCode
 from deployctl.state.journal import actor
-from helpers import fleet_view
+from helpers import DCTL, ROOT, fleet_view, race
 
-ROOT = Path(__file__).resolve().parents[2]
-DCTL = str(ROOT / ".venv" / "bin" / "deployctl")
 LOCKED = "test -e /opt/router/state/deploy.lock && echo held || echo free"
 
 
@@ -23,18 +20,7 @@ def test_two_controllers_with_their_own_state_folders_exactly_one_proceeds(ctx, 
     arts = [make_release("8.2.0"), make_release("8.3.0")]
     second = tmp_path / "state-b"
     shutil.copytree(ctx.state_dir, second, ignore=shutil.ignore_patterns("deploy.lock", ".deploy.lock*"))
-    states = [ctx.state_dir, second]
-    procs = [subprocess.Popen([DCTL, "-q", "rollout", str(a.path)], cwd=ROOT, text=True,
-                              env={**os.environ, "DEPLOYCTL_STATE": str(s)}, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE) for a, s in zip(arts, states)]
-    try:
-        outs = [p.communicate(timeout=120) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    codes = [p.returncode for p in procs]
-    assert sorted(codes) == [ExitCode.OK, ExitCode.LOCKED], (codes, outs)
-    win, lose = (0, 1) if codes[0] == 0 else (1, 0)
+    procs, win, lose, outs = race(arts, [ctx.state_dir, second])
     err = outs[lose][1]
     assert err.count("\n") == 1 and err.startswith("deployctl: error: rollout refused, nothing changed: node")
     assert f"fleet deploy lock held by {actor()} (pid {procs[win].pid}) running 'rollout {arts[win].digest[:12]}'" in err

@@ -23,8 +23,7 @@ import time
 
 import docker
 import pytest
-from helpers import fleet_view, revive, wait
-from observer import observer  # noqa: F401 - a fixture, used by _under_observer
+from helpers import at_phase, fleet_view, journal_size, node, records_since, run_phases, wait
 
 from deployctl import api
 from deployctl.testfleet import docker as docker_fleet
@@ -35,6 +34,7 @@ from deployctl.errors import DeployctlError, ExitCode, InconsistentError, Rolled
 VICTIM = "node5"
 OTHERS = [f"node{i}" for i in range(1, 9) if f"node{i}" != VICTIM]
 AGENTS = "pgrep -f '^python3 -I -S -c' | wc -l"  # deployctl's node agents running on a node
+pytestmark = pytest.mark.usefixtures("under_observer")
 
 
 # Step timeouts of 8 s and 10 s: a router here restarts in under 0.2 s and a step takes under 1 s, so
@@ -44,19 +44,6 @@ def quick(ctx, rollout: float = 600, command: float = 8, health: float = 10) -> 
     pb = dataclasses.replace(ctx.playbook, timeouts=Timeouts(connect=5, command=command, health=health,
                                                              rollout=rollout))
     return dataclasses.replace(ctx, playbook=pb, inventory=dataclasses.replace(ctx.inventory, connect_timeout=5))
-
-
-def at_phase(phase: str, action) -> callable:
-    """An event hook calling `action()` once, when `phase` starts; records when it fired."""
-    fired: list[float] = []
-
-    def hook(kind, **data):
-        if kind == "phase" and data.get("phase") == phase and data.get("status") == "start" and not fired:
-            action()
-            fired.append(time.monotonic())
-
-    hook.fired = fired
-    return hook
 
 
 class Fault:
@@ -70,7 +57,12 @@ class Fault:
         subprocess.run(["nsenter", "-t", pid, "-n", "iptables", op, "INPUT", "-p", "tcp", "--dport", "8080",
                         "-j", "DROP"], check=True, capture_output=True, timeout=10)
 
-    def start(self) -> None:
+    def start(self) -> float:
+        """Start the fault; return when it took effect (time.monotonic(): at_phase's hook keeps it)."""
+        self._start()
+        return time.monotonic()
+
+    def _start(self) -> None:
         self.c.reload()
         self.on = True
         if self.kind == "cut":
@@ -110,31 +102,6 @@ def fault(docker_spec):
     yield make
     for f in made:
         f.heal()
-
-
-@pytest.fixture(autouse=True)
-def _under_observer(observer, ctx, docker_spec):  # noqa: F811 - observer is the imported fixture
-    yield observer
-    assert revive(ctx, *docker_spec)
-    if api.interrupted(ctx):
-        api.recover(ctx)
-
-
-def node(ctx, name):
-    return next(n for n in ctx.nodes if n.name == name)
-
-
-def records_since(ctx, offset: int) -> list[dict]:
-    import json
-    return [json.loads(line) for line in ctx.journal.path.read_bytes()[offset:].splitlines() if line.strip()]
-
-
-def run_phases(records: list[dict]) -> list[str]:
-    return [r["phase"] for r in records if r.get("action") == "rollout"]
-
-
-def journal_size(ctx) -> int:
-    return ctx.journal.path.stat().st_size if ctx.journal.path.exists() else 0
 
 
 # What each fault in each phase must end with: the error class, and the phases the controller journals.

@@ -14,27 +14,19 @@ import signal
 import subprocess
 
 import pytest
-from helpers import fleet_view, revive, wait
-from observer import observer  # noqa: F401 - a fixture, used by _every_signal_test
+from helpers import DCTL, ROOT, fleet_view, journal_size, wait
 
-from conftest import ROOT
 from deployctl import api
 from deployctl.remote import routers
 from deployctl.errors import ExitCode
 
-DCTL = str(ROOT / ".venv" / "bin" / "deployctl")
 # Each phase with one signal; together every signal twice (the fake-fleet tests cover every pair).
 CASES = [("preflight", "SIGTERM"), ("close-gate", "SIGINT"), ("stage", "SIGHUP"),
          ("switch", "SIGTERM"), ("health", "SIGINT"), ("open-gate", "SIGHUP")]
 FORWARD = ["start", "preflight", "close-gate", "stage", "switch", "health", "open-gate"]
 
 
-@pytest.fixture(autouse=True)
-def _every_signal_test(observer, ctx, docker_spec):  # noqa: F811 - observer is the imported fixture
-    yield observer
-    assert revive(ctx, *docker_spec)
-    if api.interrupted(ctx):
-        api.recover(ctx)
+pytestmark = pytest.mark.usefixtures("under_observer")
 
 
 _RUNS = itertools.count()
@@ -73,10 +65,6 @@ class Paused:
         finally:
             self.proc.kill()
         return self.proc.returncode, err
-
-
-def journal_size(ctx) -> int:
-    return ctx.journal.path.stat().st_size if ctx.journal.path.exists() else 0
 
 
 def run_records(ctx, offset: int, action: str = "rollout") -> list[dict]:
@@ -118,7 +106,7 @@ def test_a_signal_in_each_phase_stops_the_rollout_reverts_and_journals_it(ctx, b
 
 
 def test_ctrl_c_twice_then_again_during_the_revert_leaves_one_release_gate_closed(ctx, base_release, make_release,
-                                                                               tmp_path, observer):  # noqa: F811
+                                                                               tmp_path, observer):
     """A second Ctrl-C (and a third, during the revert) never leaves a mixed fleet with an open gate."""
     art = make_release("11.4.0")
     offset = journal_size(ctx)
