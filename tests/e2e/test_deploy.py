@@ -19,9 +19,8 @@ from deployctl.errors import (ExitCode, HaltedError, LockHeldError, RolledBackEr
 from deployctl.remote.ssh import Call
 from deployctl.state.lock import Lock
 from deployctl.state.journal import actor
-from helpers import order, post_order, wait
+from helpers import ROOT, order, post_order, wait
 
-from conftest import ROOT
 
 DCTL = [str(ROOT / ".venv" / "bin" / "deployctl")]
 BLOB_24M = os.urandom(24 << 20)  # incompressible: node4's upload lasts long enough to kill it midway

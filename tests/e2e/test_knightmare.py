@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from conftest import COMPOSE, ROOT
+from helpers import COMPOSE, ROOT
 
 from deployctl.remote import routers
 

@@ -16,7 +16,7 @@ from deployctl.release import signing
 from deployctl.errors import ExitCode
 from deployctl.remote.ssh import Call
 
-from conftest import ROOT
+from helpers import ROOT
 
 DCTL = [str(ROOT / ".venv" / "bin" / "deployctl")]
 
