@@ -1,15 +1,14 @@
 """The fleet deploy lock (issue 9 item 5): taken on the nodes by the rollout's and rollback's one command
 per node, so two controllers with different state folders cannot both move the same fleet.
 
-The node side runs the real agent as a process; the orchestration side runs on the fake fleet.
+The controller side, on the fake fleet; the node side (the real agent as a process) is
+tests/process/node/test_agent_lock.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 import time
 import types
 import uuid
@@ -19,88 +18,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fakefleet as ff
-from deployctl.remote import commands
 from deployctl.state import journal
 from deployctl.ops import rollback as rollback_mod
 from deployctl.ops import rollout as rollout_mod
 from deployctl.ops import guards
 from deployctl.errors import ExitCode, LockHeldError
 from deployctl.state.journal import Journal, actor
-from deployctl.state.statedir import StateDir
-from test_node_agent import A, DIGEST, answer, make_tar, refusal, root, run, _release  # noqa: F401
-from deployctl.config.playbook import Service
-
-SVC = Service(None, None, "/health", None)
 
 
 def lock(lock_id="L1", holder="alice@ctl-a", pid=111, **extra):
     return {"holder": holder, "pid": pid, "since": 1_800_000_000.0, "command": "rollout abc", "id": lock_id, **extra}
 
-
-def held(root):
-    path = root / "state" / "deploy.lock" / "holder.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-# --- the node agent -------------------------------------------------------------------------------------------
-
-def test_deploy_takes_the_lock_before_its_probe_and_releases_it_when_its_input_ends(root):  # noqa: F811
-    proc = run(commands.deploy(str(root), DIGEST, 3, lock=lock()), b"")
-    assert proc.returncode == 0 and list(json.loads(proc.stdout.splitlines()[0])) == ["probe"]
-    assert held(root) is None and sorted(os.listdir(root / "state")) == ["signing.pub"]  # released, no temp left
-
-
-def test_a_held_lock_is_refused_naming_the_holder_and_host(root):  # noqa: F811
-    (root / "state" / "deploy.lock").mkdir()
-    (root / "state" / "deploy.lock" / "holder.json").write_text(json.dumps(lock("L1")))
-    for argv in (commands.deploy(str(root), DIGEST, 3, lock=lock("L2", holder="bob@ctl-b")),
-                 commands.retarget(str(root), lock=lock("L2", holder="bob@ctl-b"))):
-        error = refusal(run(argv, b""))
-        assert error == ("fleet deploy lock held by alice@ctl-a (pid 111) running 'rollout abc' since "
-                         "2027-01-15 08:00:00 UTC (run L1)")
-    assert held(root) == lock("L1")
-
-
-def test_a_switched_command_keeps_the_lock_until_unlock(root):  # noqa: F811
-    _release(root, A)
-    request = commands.switch_request(A, {"action": "rollback"}, SVC)
-    assert run(commands.retarget(str(root), lock=lock()), request).returncode == 0
-    assert held(root) == lock()
-    assert unlock(root, "other") == {"unlocked": False}
-    assert unlock(root, "L") == {"unlocked": False}  # a prefix of the id is not the id
-    assert held(root) == lock()
-    assert unlock(root, "L1") == {"unlocked": True}
-    assert held(root) is None and sorted(os.listdir(root / "state")) == ["journal.jsonl", "signing.pub"]
-    assert unlock(root, "L1") == {"unlocked": False}
-
-
-def unlock(root, lock_id):
-    proc = subprocess.run(commands.unlock(str(root), lock_id), capture_output=True, timeout=30)
-    assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
-    return json.loads(proc.stdout)
-
-
-@pytest.mark.parametrize("how", ["any", {"holder": "alice@ctl-a", "pid": 111}])
-def test_break_lock_replaces_it_and_journals_it_on_the_node(root, how):  # noqa: F811
-    (root / "state" / "deploy.lock").mkdir()
-    (root / "state" / "deploy.lock" / "holder.json").write_text(json.dumps(lock("L1")))
-    mine = lock("L2", holder="bob@ctl-b", pid=222, **{"break": how})
-    request = commands.switch_request("0" * 64, None, SVC)  # any refusal after the probe: lock kept
-    run(commands.retarget(str(root), lock=mine), request)
-    assert held(root) == {k: v for k, v in mine.items() if k != "break"}
-    records = [json.loads(x) for x in (root / "state" / "journal.jsonl").read_text().splitlines()]
-    assert records == [{"action": "lock-broken", "broken": lock("L1"), "by": held(root)}]
-
-
-def test_recover_breaks_only_the_lock_of_the_run_it_recovers_from(root):  # noqa: F811
-    (root / "state" / "deploy.lock").mkdir()
-    (root / "state" / "deploy.lock" / "holder.json").write_text(json.dumps(lock("L1")))
-    other = lock("L2", holder="bob@ctl-b", pid=222, **{"break": {"holder": "alice@ctl-a", "pid": 999}})
-    assert "held by alice@ctl-a" in refusal(run(commands.retarget(str(root), lock=other), b""))
-    assert held(root) == lock("L1")
-
-
-# --- the controller, on the fake fleet -----------------------------------------------------------------------
 
 def someone_else(i=1):
     return lock("theirs", holder="carol@other-controller", pid=4242 + i)

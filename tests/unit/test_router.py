@@ -435,6 +435,17 @@ def test_orders_are_refused_while_the_halt_file_is_still_being_written(tmp_path,
     assert answer == ["halted"] and (tmp_path / "halted").exists()
 
 
+def test_the_journal_ends_a_torn_line_before_its_record(tmp_path):
+    """A torn last line of the node's journal is ended, never merged into the next record; the node agent
+    does the same (tests/process/node/test_agent.py)."""
+    path = tmp_path / "journal.jsonl"
+    torn = b'{"action":"switch","dig'
+    path.write_bytes(torn)
+    service_module.append_durably(str(path), b'{"action":"gate-open"}\n')
+    service_module.append_durably(str(path), b'{"action":"halt"}\n')
+    assert path.read_bytes() == torn + b'\n{"action":"gate-open"}\n{"action":"halt"}\n'
+
+
 def test_halt_file_placed_by_someone_else_closes_the_gate(tmp_path):
     service = _router(tmp_path)
     service.set_gate("open", DIGEST)

@@ -11,7 +11,7 @@ import pytest
 
 from deployctl.testfleet import fleetfiles
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:

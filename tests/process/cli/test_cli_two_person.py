@@ -13,7 +13,7 @@ from deployctl.release import approval
 from deployctl.release import artifact
 from deployctl.release import signing
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DCTL = str(ROOT / ".venv" / "bin" / "deployctl")
 INVENTORY = """fleet: t
 nodes:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DCTL = str(ROOT / ".venv" / "bin" / "deployctl")
 COMMANDS = [[], ["build"], ["rollout"], ["verify"], ["rollback"], ["recover"], ["halt"], ["resume"], ["history"],
             ["status"], ["gate"], ["gate", "open"], ["gate", "close"], ["gate", "status"], ["fleet"],

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from test_router_process import ORDER, RouterProcess, folder_digest, release, state  # noqa: F401 (fixtures)
+from routerproc import ORDER, RouterProcess, folder_digest
 
 
 def with_limit(release, limit):

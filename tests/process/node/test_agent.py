@@ -1,13 +1,13 @@
-"""node_agent.py, run as on a node (`python3 -I -S -c SOURCE OP ROOT ...`) against a temp install root.
+"""node/agent.py, run as on a node (`python3 -I -S -c SOURCE OP ROOT ...`) against a temp install root.
 
-Each test starts the agent as a subprocess from the argv the real builder in commands.py produces, with only
-`python3` replaced by this interpreter. No sockets: `switch` with a supervisor socket is not covered here.
+Each test starts the agent as a subprocess from the argv the real builder in remote/commands.py produces, with
+only `python3` replaced by this interpreter (agentproc.py). No sockets: `switch` with a supervisor socket is not
+covered here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import os
@@ -25,117 +25,8 @@ from deployctl.remote import commands
 from deployctl.remote import agentpack
 from deployctl.release.manifest import digest_of
 from deployctl.config.playbook import Service
-
-FILES = {
-    "router.py": b"print('router')\n",
-    "router.json": b'{"name": "router"}\n',
-    "lib/util.py": b"X = 1\n",
-    "lib/deep/data.bin": b"\x00\x01\xff",
-    "empty.txt": b"",
-}
-OTHER = "f" * 64
-KEY = Ed25519PrivateKey.generate()
-PUB_HEX = KEY.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def digest(files: dict[str, bytes]) -> str:
-    return digest_of({rel: sha(data) for rel, data in files.items()})
-
-
-DIGEST = digest(FILES)
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    r = tmp_path / "opt-router"
-    (r / "releases").mkdir(parents=True)
-    (r / "state").mkdir()
-    (r / "state" / "signing.pub").write_text(PUB_HEX + "\n")  # what `fleet up` pins on every node
-    return r
-
-
-def run(argv: list[str], stdin: bytes = b"") -> subprocess.CompletedProcess:
-    assert argv[0] == "python3"
-    return subprocess.run([sys.executable, *argv[1:]], input=stdin, capture_output=True, timeout=60)
-
-
-def answer(proc: subprocess.CompletedProcess) -> dict:
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == b""
-    lines = proc.stdout.decode().splitlines()
-    assert len(lines) == 1
-    return json.loads(lines[0])
-
-
-def refusal(proc: subprocess.CompletedProcess) -> str:
-    """Assert the agent refused: exit 1, nothing on stdout, one JSON error line on stderr; return the error."""
-    assert proc.returncode == 1, (proc.stdout, proc.stderr)
-    assert proc.stdout == b""
-    lines = proc.stderr.decode().splitlines()
-    assert len(lines) == 1, proc.stderr
-    doc = json.loads(lines[0])
-    assert list(doc) == ["error"] and isinstance(doc["error"], str) and doc["error"]
-    return doc["error"]
-
-
-def member(name: str, data: bytes | None = None, type_: bytes = tarfile.REGTYPE, linkname: str = "") -> tuple:
-    return (name, data, type_, linkname)
-
-
-def signed_manifest(files: dict[str, bytes], key=KEY, digest_value: str | None = None) -> tuple[bytes, bytes]:
-    hashes = {r: sha(d) for r, d in files.items()}
-    manifest = json.dumps({"digest": digest_value or digest_of(hashes), "files": hashes}, sort_keys=True).encode()
-    return manifest, key.sign(manifest).hex().encode()
-
-
-def make_tar(files: dict[str, bytes] = FILES, extra: list[tuple] = (), dirs: bool = True,
-             manifest: tuple[bytes, bytes] | None = None) -> bytes:
-    """A tar laid out like an artifact: signed manifest.json, manifest.sig, files/<relpath> (parents first)."""
-    body, sig = manifest or signed_manifest(files)
-    entries = [member("manifest.json", body), member("manifest.sig", sig)]
-    if dirs:
-        folders = {"files"} | {"files/" + "/".join(r.split("/")[:i]) for r in files for i in range(1, r.count("/") + 1)}
-        entries += [member(d, None, tarfile.DIRTYPE) for d in sorted(folders)]
-    entries += [member("files/" + r, d) for r, d in sorted(files.items())]
-    entries += list(extra)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data, type_, linkname in entries:
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname, info.mode = type_, linkname, 0o755 if type_ == tarfile.DIRTYPE else 0o644
-            if type_ == tarfile.REGTYPE:
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-            else:
-                tar.addfile(info)
-    return buf.getvalue()
-
-
-def tree(folder: Path) -> dict[str, bytes]:
-    """Every entry under folder: files with their bytes, anything else marked."""
-    out = {}
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder).as_posix()
-        if p.is_symlink():
-            out[rel] = "symlink"
-        elif p.is_dir():
-            out[rel] = "dir"
-        else:
-            out[rel] = p.read_bytes()
-    return out
-
-
-def expected_tree(files: dict[str, bytes]) -> dict:
-    out = dict(files)
-    for rel in files:
-        parts = rel.split("/")
-        for i in range(1, len(parts)):
-            out["/".join(parts[:i])] = "dir"
-    return out
+from agentproc import (A, B, DIGEST, FILES, OTHER, PUB_HEX, answer, digest, expected_tree, lines, make_tar, member,
+                       refusal, release_folder, run, sha, signed_manifest, tree)
 
 
 def stage(root: Path, data: bytes = None, want: str = DIGEST, size: int | None = None, keep: int = 3,
@@ -202,7 +93,7 @@ def test_deploy_answers_preflight_with_the_probe(tmp_path, shape):
         _shapes(root)
     if shape == "no-releases-folder":
         (root / "releases").rmdir()
-    line = _lines(run(commands.deploy(str(root), DIGEST, 3)))[0]
+    line = lines(run(commands.deploy(str(root), DIGEST, 3)))[0]
     from_agent = commands.parse_probe_answer(json.dumps(line).encode())
     from_probe = probe(root)
     assert dataclasses.replace(from_agent, free=0) == dataclasses.replace(from_probe, free=0)
@@ -217,7 +108,7 @@ def test_deploy_answers_the_probe_then_stages_and_switches_on_request(root):
     data = make_tar()
     request = commands.switch_request(DIGEST, {"action": "rollout"}, Service(None, None, "/health", None))
     plan = commands.reuse_hints({}, {})
-    probed, have, staged, switched = _lines(run(commands.deploy(str(root), DIGEST, 3),
+    probed, have, staged, switched = lines(run(commands.deploy(str(root), DIGEST, 3),
                                                 plan + commands.upload(data) + request))
     assert commands.parse_probe(probed["probe"].encode()).current is None
     assert have == {"have": [], "bytes": 0}
@@ -229,7 +120,7 @@ def test_deploy_ended_before_the_artifact_changes_nothing(root):
     before = tree(root)
     proc = run(commands.deploy(str(root), DIGEST, 3), b"")
     assert proc.returncode == 0 and proc.stderr == b""
-    assert list(_lines(proc)[0]) == ["probe"] and len(_lines(proc)) == 1
+    assert list(lines(proc)[0]) == ["probe"] and len(lines(proc)) == 1
     assert tree(root) == before  # no release, no stage folder, no current
 
 
@@ -384,7 +275,7 @@ def test_stage_takes_a_long_name_through_its_pax_header(root):
 
 def test_stage_prunes_in_the_same_command(root):
     for i, name in enumerate(R[:4]):
-        os.utime(_release(root, name), (1_000_000 + i, 1_000_000 + i))
+        os.utime(release_folder(root, name), (1_000_000 + i, 1_000_000 + i))
     doc = answer(run(commands.stage(str(root), DIGEST, len(make_tar()), 2, [R[0]]), make_tar()))
     assert sorted(doc["removed"]) == sorted(R[1:4])  # keep 2: the new release and the protected one
     assert _left(root) == sorted([DIGEST, R[0]])
@@ -392,15 +283,10 @@ def test_stage_prunes_in_the_same_command(root):
 
 # --- a held stage: the switch request after the tar ------------------------------------------------------------
 
-def _lines(proc: subprocess.CompletedProcess) -> list[dict]:
-    assert proc.returncode == 0, proc.stderr
-    return [json.loads(line) for line in proc.stdout.decode().splitlines()]
-
-
 def test_held_stage_switches_on_request_and_journals_it(root):
     record = {"action": "rollout", "phase": "switch", "node": "n1"}
     request = commands.switch_request(DIGEST, record, Service(None, None, "/health", None))
-    staged, switched = _lines(stage(root, then=request))
+    staged, switched = lines(stage(root, then=request))
     assert staged["digest"] == DIGEST
     assert switched == {"previous": None, "current": DIGEST, "restarted": False}
     assert os.readlink(root / "current") == f"releases/{DIGEST}"
@@ -411,7 +297,7 @@ def test_held_stage_switches_on_request_and_journals_it(root):
 def test_held_stage_runs_the_restart_argv(root):
     marker = root.parent / "restarted"
     svc = Service(("sh", "-c", f"echo yes > {marker}"), ("true",), "/health", None)
-    staged, switched = _lines(stage(root, then=commands.switch_request(DIGEST, None, svc)))
+    staged, switched = lines(stage(root, then=commands.switch_request(DIGEST, None, svc)))
     assert switched["restarted"] is True and marker.read_text() == "yes\n"
     svc = Service(("sh", "-c", "echo broken >&2; exit 3"), ("true",), "/health", None)
     error = json.loads(stage(root, then=commands.switch_request(DIGEST, None, svc)).stderr)["error"]
@@ -419,7 +305,7 @@ def test_held_stage_runs_the_restart_argv(root):
 
 
 def test_held_stage_without_a_request_changes_nothing(root):
-    (_lines(stage(root, then=b"")),)
+    (lines(stage(root, then=b"")),)
     assert not (root / "current").exists()
     assert not (root / "state" / "journal.jsonl").exists()
 
@@ -441,11 +327,11 @@ def test_held_stage_refuses_a_request_for_another_release(root):
 
 
 def test_retarget_answers_the_probe_then_switches_on_request(root):
-    _release(root, A)
-    _release(root, B)
+    release_folder(root, A)
+    release_folder(root, B)
     answer(run(commands.switch(str(root), A)))
     svc = Service(None, None, "/health", None)
-    probed, switched = _lines(run(commands.retarget(str(root)), commands.switch_request(B, {"action": "rollback"}, svc)))
+    probed, switched = lines(run(commands.retarget(str(root)), commands.switch_request(B, {"action": "rollback"}, svc)))
     assert commands.parse_probe(probed["probe"].encode()).current == A
     assert switched == {"previous": A, "current": B, "restarted": False}
     assert os.readlink(root / "current") == f"releases/{B}"
@@ -458,7 +344,7 @@ def test_retarget_answers_the_probe_then_switches_on_request(root):
                                                  (b'{"digest": "../x"}\n', "bad digest")],
                          ids=["end-of-input", "no-digest", "missing-release", "bad-digest"])
 def test_retarget_without_a_good_request_changes_nothing(root, request_line, words):
-    _release(root, A)
+    release_folder(root, A)
     answer(run(commands.switch(str(root), A)))
     proc = run(commands.retarget(str(root)), request_line)
     assert list(json.loads(proc.stdout.decode().splitlines()[0])) == ["probe"]
@@ -489,21 +375,9 @@ def test_stage_refusal_keeps_an_existing_release(root):
 
 # --- switch -----------------------------------------------------------------------------------------------------
 
-def _release(root: Path, name: str, files: dict[str, bytes] = None) -> Path:
-    folder = root / "releases" / name
-    folder.mkdir()
-    for rel, data in (files or {"router.py": name.encode()}).items():
-        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        (folder / rel).write_bytes(data)
-    return folder
-
-
-A, B = "a" * 64, "b" * 64
-
-
 def test_switch_makes_relative_symlink_and_reports_previous(root):
-    _release(root, A)
-    _release(root, B)
+    release_folder(root, A)
+    release_folder(root, B)
     first = answer(run(commands.switch(str(root), A)))
     assert first == {"previous": None, "current": A, "restarted": False}
     assert os.readlink(root / "current") == f"releases/{A}"
@@ -515,7 +389,7 @@ def test_switch_makes_relative_symlink_and_reports_previous(root):
 
 
 def test_switch_to_missing_release_is_refused(root):
-    _release(root, A)
+    release_folder(root, A)
     answer(run(commands.switch(str(root), A)))
     error = refusal(run(commands.switch(str(root), B)))
     assert B[:12] in error
@@ -559,7 +433,7 @@ def test_hashes_reports_added_file_and_symlinks(root):
 
 
 def test_hashes_reports_a_name_sha256sum_escapes_as_odd(root):
-    _release(root, A)
+    release_folder(root, A)
     (root / "releases" / A / "bad\\name").write_bytes(b"x")
     got = hashes(root, A)
     assert "bad\\name" not in got.files and len(got.odd) == 1 and got.odd[0].startswith("(unprintable name)")
@@ -571,7 +445,7 @@ def test_hashes_without_current_is_refused(root):
 
 
 def test_hashes_reports_halted(root):
-    _release(root, A)
+    release_folder(root, A)
     (root / "state" / "halted").write_text("x")
     assert hashes(root, A).halted is True
 
@@ -584,7 +458,7 @@ R = [c * 64 for c in "123456"]  # R[0] oldest ... R[5] newest
 @pytest.fixture
 def six(root):
     for i, name in enumerate(R):
-        folder = _release(root, name)
+        folder = release_folder(root, name)
         os.utime(folder, (1_000_000 + i * 100, 1_000_000 + i * 100))
     return root
 
@@ -668,6 +542,19 @@ def test_journal_keeps_one_record_per_line(root):
         assert not path.exists() or path.read_bytes() == b""
 
 
+def test_journal_ends_a_torn_line_before_its_record(root):
+    """A torn last line (a node that lost power mid-write) is ended, never merged into the next record;
+    the router's writer does the same (tests/unit/router/test_router.py)."""
+    path = root / "state" / "journal.jsonl"
+    path.write_bytes(b'{"action":"a"}\n' + TORN)
+    answer(run(commands.journal_append(str(root)), b'{"action":"b"}'))
+    assert path.read_bytes() == b'{"action":"a"}\n' + TORN + b'\n{"action":"b"}\n'
+    assert json.loads(path.read_bytes().splitlines()[-1]) == {"action": "b"}
+
+
+TORN = b'{"action":"switch","dig'
+
+
 # --- halt -------------------------------------------------------------------------------------------------------
 
 def test_halt_writes_flag(root):
@@ -723,7 +610,7 @@ def old(root: Path) -> Path:
 
 def test_deploy_reuses_the_files_it_holds_and_takes_only_the_rest(old):
     hints = {r: [(DIGEST, r)] for r in FILES}
-    probed, have, staged = _lines(deploy(old, NEW_FILES, hints, {"router.py": NEW_FILES["router.py"]}))
+    probed, have, staged = lines(deploy(old, NEW_FILES, hints, {"router.py": NEW_FILES["router.py"]}))
     assert have == {"have": sorted(set(FILES) - {"router.py"}),
                     "bytes": sum(len(d) for r, d in FILES.items() if r != "router.py")}
     assert staged["digest"] == NEW and staged["copied"] == 4 and staged["files"] == 5
@@ -737,13 +624,13 @@ def test_deploy_reuses_the_files_it_holds_and_takes_only_the_rest(old):
 def test_a_tampered_old_file_is_not_reused_and_the_node_journals_it(old):
     (old / "releases" / DIGEST / "lib" / "util.py").write_bytes(b"X = 2\n")  # same size, other bytes
     hints = {r: [(DIGEST, r)] for r in FILES if r != "router.py"}  # as the controller hints: unchanged files
-    probed, have, = _lines(deploy(old, NEW_FILES, hints))
+    probed, have, = lines(deploy(old, NEW_FILES, hints))
     assert "lib/util.py" not in have["have"] and "router.json" in have["have"]
     journal = [json.loads(line) for line in (old / "state" / "journal.jsonl").read_text().splitlines()]
     assert journal == [{"action": "stage", "event": "not-reused", "file": "lib/util.py", "from": DIGEST,
                         "from_file": "lib/util.py", "expected": sha(FILES["lib/util.py"]), "found": sha(b"X = 2\n")}]
     sent = {r: NEW_FILES[r] for r in ("lib/util.py", "router.py")}
-    probed, have, staged = _lines(deploy(old, NEW_FILES, hints, sent))
+    probed, have, staged = lines(deploy(old, NEW_FILES, hints, sent))
     assert staged["digest"] == NEW and tree(old / "releases" / NEW) == expected_tree(NEW_FILES)
 
 
@@ -768,9 +655,9 @@ def test_deploy_checks_an_upload_whose_manifest_is_not_the_one_checked_in_the_pl
 
 def test_deploy_prunes_after_its_answer(old):
     for i, name in enumerate(R[:4]):
-        os.utime(_release(old, name), (1_000_000 + i, 1_000_000 + i))
+        os.utime(release_folder(old, name), (1_000_000 + i, 1_000_000 + i))
     hints = {r: [(DIGEST, r)] for r in FILES}
-    probed, have, staged = _lines(deploy(old, NEW_FILES, hints, {"router.py": NEW_FILES["router.py"]}))
+    probed, have, staged = lines(deploy(old, NEW_FILES, hints, {"router.py": NEW_FILES["router.py"]}))
     assert "removed" not in staged and staged["digest"] == NEW
     assert _left(old) == sorted([NEW, DIGEST, R[3]])  # keep 3: the new release and the two newest
 

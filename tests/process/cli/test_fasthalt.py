@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_router_process import TOKEN, node, release, start, state  # noqa: F401
+from routerproc import TOKEN
 
 from deployctl.testfleet.fleetfiles import inventory_text
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 QUICK = [sys.executable, str(ROOT / ".venv" / "bin" / "deployctl")]  # the installed script: __main__.main
 TYPER = [sys.executable, "-c", "import sys; from deployctl.cli.app import main; sys.argv[0] = 'deployctl'; main()"]
 

@@ -5,7 +5,7 @@ skewed node's proven clock while a gate open stays refused."""
 import json
 import time
 
-from test_router_process import ORDER, TOKEN, call, folder_digest, node, release, start, state  # noqa: F401
+from routerproc import ORDER, TOKEN, call, folder_digest
 
 from deployctl.remote import routers
 from deployctl.remote import reqsign

@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
+from agentproc import run
 from deployctl.remote import commands
 from deployctl.config.playbook import Service
 
 DIGEST = "d" * 64
-
-
-def run(argv: list[str], stdin: bytes = b"") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *argv[1:]], input=stdin, capture_output=True, timeout=60)
 
 
 def node(tmp_path: Path) -> Path:

@@ -19,7 +19,7 @@ import pytest
 from deployctl.release import artifact
 from deployctl.release import signing
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DCTL = str(ROOT / ".venv" / "bin" / "deployctl")
 
 GOOD_INVENTORY = """fleet: t
