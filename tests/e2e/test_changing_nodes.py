@@ -1,6 +1,6 @@
 """Nodes that change under a run: restarted mid-rollout, reimaged (new host key, lost state), and `recover`
 itself interrupted or run while a node is down. (The inventory changing between a rollout and a rollback
-or recover is tested on the fake fleet: tests/unit/test_inventory_change.py.)
+or recover is tested on the fake fleet: tests/unit/ops/test_inventory_change.py.)
 
 Faults are injected through Docker on this fleet's own containers; deployctl reaches nodes only on
 127.0.0.1. Every test runs under the observer and ends with every node revived and one release.

@@ -2,8 +2,8 @@
 
 Modelled on pyinfra-dev/pyinfra src/pyinfra/connectors/fake.py: the code under test renders its real
 commands, and FakeFleet (an ssh.Fleet) reads them back with shlex.split and answers as the node agent
-(deployctl/node_agent.py) would: the same ops, the same JSON lines, errors as `{"error": ...}` on
-stderr with exit 1. FakeRouters (gate.Routers' methods) answers as fleet/router's HTTP control does.
+(deployctl/node/agent.py) would: the same ops, the same JSON lines, errors as `{"error": ...}` on
+stderr with exit 1. FakeRouters (routers.Routers' methods) answers as fleet/router's HTTP control does.
 Every node's state (releases on disk, `current`, the running digest, halt flag, gate, free bytes, its
 own journal) lives in a FakeNode; faults are injected per node and per phase with `World.fail`.
 """
@@ -98,7 +98,7 @@ class FakeNode:
     lock: dict | None = None  # state/deploy.lock/holder.json: the fleet deploy lock
 
     def take_lock(self, lock: dict | None) -> None:
-        """As node_agent.take_lock: refused naming the holder unless free, ours, or breakable."""
+        """As agent.take_lock: refused naming the holder unless free, ours, or breakable."""
         if not lock:
             return
         held, how = self.lock, lock.get("break")
@@ -127,13 +127,13 @@ class FakeNode:
                 "releases": sorted(self.releases)}
 
     def probe_text(self) -> str:
-        """What node_agent.probe_text prints for this node."""
+        """What agent.probe_text prints for this node."""
         lines = ["root yes", "current " + (f"releases/{self.current}" if self.current else ""),
                  "halted " + ("yes" if self.halted else "no"), "free %d" % self.free]
         return "\n".join(lines + ["release " + d for d in sorted(self.releases)]) + "\n"
 
     def reuse(self, plan: dict, journal: bool = True) -> dict[str, str]:
-        """node_agent.reuse: each hinted file the node holds with the right sha256; a tampered copy is
+        """agent.reuse: each hinted file the node holds with the right sha256; a tampered copy is
         journaled (not by the dry run, op `have`) and not used."""
         have = {}
         for rel, sha in sorted(plan["files"].items()):
@@ -159,7 +159,7 @@ class FakeNode:
             raise Refused(self.faults[fault])
 
     def switch_to(self, digest: str, record: dict | None) -> str | None:
-        """node_agent.switch_to: journal the record with its previous release, then rename `current`."""
+        """agent.switch_to: journal the record with its previous release, then rename `current`."""
         if not commands.HEX64.match(digest):
             raise Refused("bad digest %r" % digest)
         if digest not in self.releases:
@@ -230,7 +230,7 @@ class World:
 
 
 class FakeFleet:
-    """ssh.Fleet in memory: parses each rendered command and answers as node_agent.py would."""
+    """ssh.Fleet in memory: parses each rendered command and answers as node/agent.py would."""
 
     def __init__(self, world: World, targets: list[Target]):
         self.world, self.targets = world, targets
@@ -455,7 +455,7 @@ class _Exit(Refused):
 
 
 def _record(stdin: bytes | None) -> dict | None:
-    """node_agent.read_record."""
+    """agent.read_record."""
     if not stdin or not stdin.strip():
         return None
     try:
@@ -502,7 +502,7 @@ def _unpack(data: bytes, digest: str, pinned: str, have: tuple[tuple[str, str], 
 
 
 def _prune(node: FakeNode, keep: int, protect: tuple[str, ...]) -> list[str]:
-    """node_agent.prune: keep the `keep` newest releases, never a protected one or `current`."""
+    """agent.prune: keep the `keep` newest releases, never a protected one or `current`."""
     keep_set = set(protect) | {node.current}
     names = sorted(node.releases, key=lambda d: node.mtimes.get(d, 0), reverse=True)
     removed = []
@@ -518,7 +518,7 @@ def _prune(node: FakeNode, keep: int, protect: tuple[str, ...]) -> list[str]:
 
 
 class FakeRouters:
-    """gate.Routers' methods over the World's routers, answering as fleet/router's HTTP API does."""
+    """routers.Routers' methods over the World's routers, answering as fleet/router's HTTP API does."""
 
     def __init__(self, world: World):
         self.world = world
@@ -571,7 +571,7 @@ class FakeRouters:
         return self.control(nodes, "gate", {"action": "close"})
 
     def open_all_or_none(self, nodes: list[Node], digest: str) -> dict[str, Answer]:
-        # The same rule as gate.open_all_or_none (which speaks HTTP and cannot be reused here).
+        # The same rule as routers.open_all_or_none (which speaks HTTP and cannot be reused here).
         answers = self.control(nodes, "gate", {"action": "open", "digest": digest})
         if not all(a.ok for a in answers.values()):
             self.close_gate(nodes)

@@ -1,4 +1,4 @@
-"""`deployctl halt` takes quick.py's door (no Typer, no pydantic) and says and does exactly what the
+"""`deployctl halt` takes cli/fasthalt.py's door (no Typer, no pydantic) and says and does exactly what the
 Typer command says and does: against a real router process, with bad input, and with --help."""
 
 from __future__ import annotations

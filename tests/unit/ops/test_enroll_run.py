@@ -11,7 +11,7 @@ from deployctl import api
 from deployctl.ops import enroll
 from deployctl.errors import DeployctlError, HostKeyError, LockHeldError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture

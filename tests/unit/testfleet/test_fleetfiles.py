@@ -12,7 +12,7 @@ from deployctl.config.inventory import Node, load_inventory
 from deployctl.testfleet.fleetfiles import inventory_text
 from deployctl.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 ONE_NODE_COMPOSE_BODY = """\
 name: deployctl-fleet

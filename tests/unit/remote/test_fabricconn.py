@@ -11,7 +11,7 @@ from deployctl.remote import fabricconn
 from deployctl.config.inventory import Node
 from deployctl.config.sshconfig import Jump
 
-PACKAGE = Path(__file__).resolve().parents[2] / "deployctl"
+PACKAGE = Path(__file__).resolve().parents[3] / "deployctl"
 
 
 def test_fabric_connection_rejects_unknown_keys_at_every_hop(tmp_path, monkeypatch):

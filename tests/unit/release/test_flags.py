@@ -13,7 +13,7 @@ from deployctl.release import flags
 from deployctl.release import manifest
 from deployctl.errors import ArtifactError, ConfigError, UsageError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 GOOD = """flags:
   price_improvement: {meaning: better fills, state: active, introduced: "1.0.0"}

@@ -150,7 +150,7 @@ def test_expiry_is_bounded(keys):
 
 
 def _playbook(tmp_path: Path, extra: str) -> Path:
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     text = (root / "playbooks" / "router.yaml").read_text().replace("flag_registry: flags.yaml", "") + extra
     (tmp_path / "router.yaml").write_text(text)
     return tmp_path / "router.yaml"

@@ -22,7 +22,7 @@ from deployctl.config.schema import load_yaml
 from deployctl.config.sshconfig import Jump
 from deployctl.state.statedir import StateDir
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 ONE_NODE_BARE_COMPOSE_BODY = """\
 name: deployctl-bare

@@ -11,7 +11,7 @@ from deployctl.config.inventory import Inventory, Node, load_inventory
 from deployctl.config.schema import load_yaml as _load_yaml
 from deployctl.errors import ConfigError, ExitCode
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 NAME = "should be a name matching ^[a-z0-9][a-z0-9_-]{0,62}$"
 USER = "should be a user name matching ^[a-z_][a-z0-9_-]{0,31}$"
 HOST = "should be a hostname or IP address"

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from deployctl.remote import reqsign
 
-ROUTER_DIR = Path(__file__).resolve().parents[2] / "fleet" / "router"
+ROUTER_DIR = Path(__file__).resolve().parents[3] / "fleet" / "router"
 
 
 def _load_router_modules(*names):

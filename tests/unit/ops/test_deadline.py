@@ -149,7 +149,7 @@ def test_a_rollback_has_no_deadline(live):
 def test_the_playbook_sets_the_deadline_and_refuses_a_bad_one(tmp_path):
     from pathlib import Path
 
-    real = Path(__file__).resolve().parents[2] / "playbooks" / "router.yaml"
+    real = Path(__file__).resolve().parents[3] / "playbooks" / "router.yaml"
     assert load_playbook(real).timeouts.rollout == 600.0
     text = real.read_text().replace("  rollout: 600 ", "  rollout: 45 ")
     (tmp_path / "a.yaml").write_text(text)
