@@ -28,6 +28,7 @@ from deployctl.remote import commands
 from deployctl.release import signing
 from deployctl.config.inventory import Inventory, Node
 from deployctl.config.playbook import Playbook, Service, Supervisor, Timeouts
+from deployctl.ops import rollout as rollout_mod
 from deployctl.ops.context import Context
 from deployctl.remote.routers import Answer
 from deployctl.remote.ssh import Call, NodeResult, Target
@@ -600,6 +601,11 @@ NODES = [f"node{i}" for i in range(1, 9)]  # make_rig's eight nodes, in inventor
 OTHERS = [n for n in NODES if n != "node3"]  # every node but node3, the one most tests break
 
 
+def plain(rec: dict) -> dict:
+    """A journal record without what differs per run (time, who, run id, its fleet lock's id, timings)."""
+    return {k: v for k, v in rec.items() if k not in ("ts", "who", "run", "timings", "fleet_lock")}
+
+
 def every_node(digest: str | None, gate: str = "open", releases: Iterable[str] = (), halted: bool = False,
                running: str | None = "same", nodes: Iterable[str] = NODES) -> dict[str, dict]:
     """World.states() when every node is alike: `current` is `digest`, the router runs it (or `running`),
@@ -637,6 +643,10 @@ class Rig:
 
     def digest(self, i: int) -> str:
         return self.artifacts[i].digest
+
+    def rollout(self, i: int, **kw: Any):
+        """rollout.rollout of artifact `i` on this rig's context (its result; it raises as the run does)."""
+        return rollout_mod.rollout(self.ctx, self.artifacts[i].path, **kw)
 
     def at(self, phase: str, do: Callable[[], None], status: str = "done") -> None:
         """Call `do` once, when the run emits `phase` `status` (e.g. halt between stage and switch)."""

@@ -1,4 +1,5 @@
-"""rollout, rollback and recover on the in-memory fleet (fakefleet.py): every phase, every failure, the journal.
+"""rollout on the in-memory fleet (fakefleet.py): every phase, every failure, the journal (rollback and recover:
+test_rollback.py).
 
 Each test asserts the whole fleet's state afterwards (every node's `current`, running digest, gate, halt flag
 and releases), the exact error and exit code, and the controller's journal records.
@@ -7,36 +8,26 @@ and releases), the exact error and exit code, and the controller's journal recor
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
 import pytest
 
 import fakefleet as ff
-from fakefleet import NODES, OTHERS, every_node
+from fakefleet import NODES, OTHERS, every_node, plain
 from deployctl.remote import commands
 from deployctl.ops import control
 from deployctl.ops import rollback as rollback_mod
 from deployctl.ops import rollout as rollout_mod
 from deployctl.ops import guards
 from deployctl.errors import (ArtifactError, DeployctlError, ExitCode, HaltedError, HostKeyError, InconsistentError,
-                              LockHeldError, RolledBackError, UnreachableError, UsageError)
+                              LockHeldError, RolledBackError, UnreachableError)
 from deployctl.state.journal import actor
 
 UNREACHABLE3 = "unreachable at 127.0.0.1:2203: ConnectionRefusedError: [Errno 111] Connection refused"
 
 
-def rollout(rig: ff.Rig, i: int, **kw):
-    return rollout_mod.rollout(rig.ctx, rig.artifacts[i].path, **kw)
-
-
 def short(d: str) -> str:
     return d[:12]
-
-
-def plain(rec: dict) -> dict:
-    """A journal record without what differs per run (time, who, run id, its fleet lock's id, timings)."""
-    return {k: v for k, v in rec.items() if k not in ("ts", "who", "run", "timings", "fleet_lock")}
 
 
 FORWARD = [("rollout", p, None) for p in ("start", "preflight", "close-gate", "stage", "switch", "health",
@@ -47,7 +38,7 @@ FORWARD = [("rollout", p, None) for p in ("start", "preflight", "close-gate", "s
 
 def test_first_rollout_puts_every_node_on_the_release_and_opens_the_gate(rig):
     a = rig.digest(0)
-    result = rollout(rig, 0)
+    result = rig.rollout(0)
     assert result.state.phase.value == "done" and result.gate_open is True
     assert result.state.previous == dict.fromkeys(NODES)
     assert rig.world.states() == every_node(a, "open", [a])
@@ -72,7 +63,7 @@ def test_first_rollout_puts_every_node_on_the_release_and_opens_the_gate(rig):
 
 
 def test_rollout_events_report_each_phase_and_node(rig):
-    rollout(rig, 0)
+    rig.rollout(0)
     phases = [(d["phase"], d["status"]) for k, d in rig.events if k == "phase"]
     assert phases == [(p, s) for p in ("preflight", "close-gate", "stage", "switch", "health", "open-gate")
                       for s in ("start", "done")]
@@ -97,13 +88,13 @@ def test_rollout_prunes_beyond_keep_but_never_the_last_good_release(tmp_path):
     rig = ff.make_rig(tmp_path, versions=("1.0.0", "1.1.0", "1.2.0", "1.3.0"))
     d = [rig.digest(i) for i in range(4)]
     for i in range(4):
-        rollout(rig, i)
+        rig.rollout(i)
     assert rig.world.states() == every_node(d[3], "open", d[1:])
 
 
 def test_rolling_out_the_running_release_again_reuses_it(live):
     a, b = live.digest(0), live.digest(1)
-    rollout(live, 1)
+    live.rollout(1)
     assert live.world.states() == every_node(b, "open", [a, b])
 
 
@@ -121,7 +112,7 @@ def test_unreachable_node_in_preflight_refuses_and_changes_nothing(live):
     before, since = live.world.states(), len(live.journal())
     live.world.fail("node3", "connect")
     with pytest.raises(UnreachableError) as err:
-        rollout(live, 2)
+        live.rollout(2)
     assert err.value.exit_code == ExitCode.UNREACHABLE == 4
     assert str(err.value) == f"rollout refused in preflight, nothing changed: node3: {UNREACHABLE3}"
     assert_refused_nothing_changed(live, before, since)
@@ -139,7 +130,7 @@ def test_host_key_refused_in_preflight_is_its_own_exit_code(live):
     before = live.world.states()
     live.world.fail("node5", "host-key")
     with pytest.raises(HostKeyError) as err:
-        rollout(live, 2)
+        live.rollout(2)
     assert err.value.exit_code == ExitCode.HOST_KEY == 10
     assert str(err.value) == ("rollout refused in preflight, nothing changed: node5: host key mismatch at "
                               "127.0.0.1:2205: got ssh-ed25519 SHA256:evil, pinned SHA256:good; refusing to connect")
@@ -150,7 +141,7 @@ def test_probe_refused_in_preflight(live):
     before, since = live.world.states(), len(live.journal())
     live.world.fail("node3", "probe")
     with pytest.raises(DeployctlError) as err:
-        rollout(live, 2)
+        live.rollout(2)
     assert type(err.value) is DeployctlError and err.value.exit_code == ExitCode.FAILED
     assert str(err.value) == ("rollout refused in preflight, nothing changed: node3 failed in preflight: "
                               f"{ff.FAULTS['probe']}")
@@ -161,7 +152,7 @@ def test_halted_node_refuses_rollout_with_the_halted_code(live):
     live.world["node3"].halted, live.world["node3"].gate = True, "closed"
     before, since = live.world.states(), len(live.journal())
     with pytest.raises(HaltedError) as err:
-        rollout(live, 2)
+        live.rollout(2)
     assert err.value.exit_code == ExitCode.HALTED == 7
     assert str(err.value) == ("rollout aborted, fleet halted: node3 failed in preflight: node is halted "
                               "(run `deployctl resume` first); gate stays closed")
@@ -172,7 +163,7 @@ def test_node_short_of_disk_refuses_rollout(live):
     live.world["node3"].free = 10 * 2**20
     before, since = live.world.states(), len(live.journal())
     with pytest.raises(DeployctlError) as err:
-        rollout(live, 2)
+        live.rollout(2)
     assert type(err.value) is DeployctlError
     assert str(err.value) == ("rollout refused in preflight, nothing changed: node3 failed in preflight: "
                               "only 10 MiB free, need 64 MiB")
@@ -183,7 +174,7 @@ def test_every_unfit_node_is_named(live):
     live.world["node2"].free = 0
     live.world.fail("node6", "probe")
     with pytest.raises(DeployctlError):
-        rollout(live, 2)
+        live.rollout(2)
     assert live.journal()[-1]["failures"] == [
         "node2 failed in preflight: only 0 MiB free, need 64 MiB",
         f"node6 failed in preflight: {ff.FAULTS['probe']}"]
@@ -196,7 +187,7 @@ def test_close_gate_failure_rolls_back_before_any_upload(live):
     live.world["node3"].answers = False  # its router hangs: its gate cannot be closed
     since = len(live.journal())
     with pytest.raises(RolledBackError) as err:
-        rollout(live, 2)
+        live.rollout(2)
     assert err.value.exit_code == ExitCode.ROLLED_BACK == 6
     assert str(err.value) == ("rollout failed: node3 failed in close-gate: router unreachable at 127.0.0.1:8103: "
                               "timed out; every node is back on its previous release, gate closed")
@@ -211,7 +202,7 @@ def test_stage_failure_rolls_back_and_no_node_switches(live):
     live.world.fail("node3", "stage")
     since = len(live.journal())
     with pytest.raises(RolledBackError) as err:
-        rollout(live, 2)
+        live.rollout(2)
     assert str(err.value) == (f"rollout failed: node3 failed in stage: {ff.FAULTS['stage']}; every node is back "
                               "on its previous release, gate closed")
     # The other nodes staged the release (unused); nobody switched; every gate closed.
@@ -229,7 +220,7 @@ def test_stage_failure_rolls_back_and_no_node_switches(live):
 def test_node_that_pins_another_signing_key_refuses_the_artifact(live):
     live.world["node3"].signing_pub = "ab" * 32
     with pytest.raises(RolledBackError) as err:
-        rollout(live, 2)
+        live.rollout(2)
     assert "node3 failed in stage: manifest signature does not verify with the pinned key;" in str(err.value)
     assert live.world.ran("switch") == []
 
@@ -254,7 +245,7 @@ def test_switch_failure_reverts_every_node_to_its_previous_release(live):
     since = len(live.journal())
     live.world.fail("node3", "switch")
     with pytest.raises(RolledBackError) as err:
-        rollout(live, 2)
+        live.rollout(2)
     assert err.value.exit_code == 6
     assert str(err.value) == (f"rollout failed: node3 failed in switch: {ff.FAULTS['switch']}; every node is back "
                               "on its previous release, gate closed")
@@ -267,7 +258,7 @@ def test_health_failure_reverts(live):
     since = len(live.journal())
     live.world["node3"].crash_on.add(live.digest(2))  # the new router never comes up on node3
     with pytest.raises(RolledBackError) as err:
-        rollout(live, 2)
+        live.rollout(2)
     assert str(err.value) == ("rollout failed: node3 failed in health: router not running at 127.0.0.1:8103 "
                               "(ConnectionRefusedError); every node is back on its previous release, gate closed")
     assert_reverted(live, since, "health")
@@ -277,7 +268,7 @@ def test_open_gate_refused_reverts_with_every_gate_closed(live):
     since = len(live.journal())
     live.world.fail("node3", "gate-open")
     with pytest.raises(RolledBackError) as err:
-        rollout(live, 2)
+        live.rollout(2)
     assert str(err.value) == (f"rollout failed: node3 failed in open-gate: HTTP 409: {ff.FAULTS['gate-open']}; "
                               "every node is back on its previous release, gate closed")
     assert_reverted(live, since, "open-gate")
@@ -291,7 +282,7 @@ def test_failed_first_rollout_stops_the_service_it_started(rig):
     a = rig.digest(0)
     rig.world.fail("node3", "switch")
     with pytest.raises(RolledBackError):
-        rollout(rig, 0)
+        rig.rollout(0)
     # There was no release to go back to: the routers are stopped and `current` is removed, so that
     # nothing (a reboot, supervisord) starts the failed release again.
     assert rig.world.states() == every_node(None, "closed", [a], running=None)
@@ -304,7 +295,7 @@ def test_failed_revert_is_inconsistent_and_recover_repairs_it(live):
     live.world.fail("node3", "switch")
     live.world.fail("node5", "revert")
     with pytest.raises(InconsistentError) as err:
-        rollout(live, 2)
+        live.rollout(2)
     assert err.value.exit_code == ExitCode.INCONSISTENT == 9
     assert str(err.value) == (f"rollout failed: node3 failed in switch: {ff.FAULTS['switch']}; node5 failed in "
                               f"revert: {ff.FAULTS['revert']}; the fleet may be mixed, gate closed: "
@@ -323,127 +314,6 @@ def test_failed_revert_is_inconsistent_and_recover_repairs_it(live):
     assert live.world.states() == every_node(b, "closed", [a, b, c])
 
 
-# ---- interrupted runs and recover ---------------------------------------------------------------------------------
-
-class Crash(BaseException):
-    """The controller dies (^C, OOM) in the middle of a run."""
-
-
-def crash(rig, phase, status="start"):
-    def die():
-        raise Crash(phase)
-    rig.at(phase, die, status)
-
-
-def test_interrupted_rollout_blocks_runs_until_recover(live):
-    a, b, c = (live.digest(i) for i in range(3))
-    crash(live, "health")
-    with pytest.raises(Crash):
-        rollout(live, 2)
-    assert live.world.states() == every_node(c, "closed", [a, b, c])  # switched, never checked, gate closed
-    start = next(r for r in reversed(live.journal()) if r.get("phase") == "start")
-    message = (f"interrupted rollout (run {start['run']}, {short(c)}, started {start['ts']} by {actor()}): "
-               "run `deployctl recover`")
-    assert guards.interrupted(live.ctx) == message
-    for attempt in (lambda: rollout(live, 2), lambda: rollback_mod.rollback(live.ctx)):
-        with pytest.raises(InconsistentError) as err:
-            attempt()
-        assert str(err.value) == f"the fleet may be mixed after an {message}"
-    live.hooks.clear()
-    since = len(live.journal())
-    result = rollback_mod.recover(live.ctx)
-    assert result.state.target == b and result.gate_open is False
-    assert live.world.states() == every_node(b, "closed", [a, b, c])
-    assert live.phases(since) == [("recover", "start", None), ("recover", "switch", None),
-                                 ("recover", "health", None), ("recover", "open-gate", None),
-                                 ("recover", "done", "ok")]
-    assert plain(live.journal()[since])["interrupted"] == start
-    assert ("warning", {"message": "gate stays closed (recover)"}) in live.events
-    assert guards.interrupted(live.ctx) is None
-    assert rollout(live, 2).gate_open is True
-
-
-def test_interrupted_run_with_its_lock_still_held_is_not_reported(live):
-    crash(live, "switch")
-    with pytest.raises(Crash):
-        rollout(live, 2)
-    live.ctx.lock.path.write_text(json.dumps({"holder": actor(), "pid": os.getpid(), "since": 0, "command": "x"}))
-    assert guards.interrupted(live.ctx) is None  # its process is alive: the run may still be going
-
-
-def test_recover_falls_back_to_the_release_every_node_runs(live):
-    a, b, c = (live.digest(i) for i in range(3))
-    crash(live, "switch")
-    with pytest.raises(Crash):
-        rollout(live, 2)
-    live.hooks.clear()
-    live.world["node3"].releases.pop(b)  # the last good release is gone from node3 ...
-    live.world["node3"].current = live.world["node3"].running = a  # ... which (like all) runs a
-    for n in OTHERS:
-        live.world[n].current = live.world[n].running = a
-    result = rollback_mod.recover(live.ctx)
-    assert result.state.target == a
-    assert live.world.states() == {**every_node(a, "closed", [a, b, c], nodes=OTHERS),
-                                   "node3": every_node(a, "closed", [a, c])["node3"]}
-
-
-def test_recover_refuses_when_no_release_is_common(live):
-    a, b, c = (live.digest(i) for i in range(3))
-    crash(live, "switch")
-    with pytest.raises(Crash):
-        rollout(live, 2)
-    live.hooks.clear()
-    live.world["node3"].releases.pop(b)
-    live.world["node3"].current = live.world["node3"].running = a
-    since = len(live.journal())
-    with pytest.raises(InconsistentError) as err:
-        rollback_mod.recover(live.ctx)
-    assert str(err.value) == (f"recover: the last good release {short(b)} is not on node3 and the nodes' current "
-                              "releases differ: roll out a release to the whole fleet (`deployctl rollout ARTIFACT "
-                              "--break-lock` supersedes the interrupted run)")
-    assert live.phases(since) == []  # no run started; only the gates were closed
-    assert live.world.ran("switch") == []
-    assert {s["gate"] for s in live.world.states().values()} == {"closed"}
-    # The way out it names: a plain rollout is still refused, one with --break-lock supersedes the
-    # interrupted run (journaled) and brings the whole fleet to one release, gates open.
-    with pytest.raises(InconsistentError):
-        rollout(live, 2)
-    message = guards.interrupted(live.ctx)
-    assert rollout(live, 2, break_lock=True).gate_open is True
-    assert {s["current"] for s in live.world.states().values()} == {c}
-    assert plain(next(r for r in reversed(live.journal()) if r.get("phase") == "start"))["supersedes"] == message
-    assert guards.interrupted(live.ctx) is None
-
-
-def test_recover_that_fails_is_inconsistent_without_a_revert(live):
-    crash(live, "health")
-    with pytest.raises(Crash):
-        rollout(live, 2)
-    live.hooks.clear()
-    live.world.fail("node3", "switch")
-    since = len(live.journal())
-    with pytest.raises(InconsistentError) as err:
-        rollback_mod.recover(live.ctx)
-    assert str(err.value) == (f"recover failed: node3 failed in switch: {ff.FAULTS['switch']}; the fleet may be "
-                              "mixed, gate closed: run `deployctl recover`")
-    assert live.phases(since) == [("recover", "start", None), ("recover", "switch", None),
-                                 ("recover", "done", "inconsistent")]
-    a, b, c = (live.digest(i) for i in range(3))
-    assert live.world.states() == {**every_node(b, "closed", [a, b, c], nodes=OTHERS),
-                                   "node3": every_node(b, "closed", [a, b, c], running=None)["node3"]}
-
-
-def test_recover_breaks_a_stale_lock_and_journals_it(live):
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    live.ctx.lock.path.write_text(json.dumps({"holder": actor(), "pid": dead.pid, "since": 1.0, "command": "x"}))
-    since = len(live.journal())
-    rollback_mod.recover(live.ctx)
-    assert plain(live.journal()[since]) == {"action": "lock-broken", "holder": actor(), "pid": dead.pid,
-                                            "since": 1.0}
-    assert live.ctx.lock.info() is None
-
-
 # ---- halt between phases -------------------------------------------------------------------------------------------
 
 def halt_at(rig, phase, status="done"):
@@ -455,7 +325,7 @@ def test_halt_before_switch_aborts_with_nothing_switched(live):
     halt_at(live, "stage")
     since = len(live.journal())
     with pytest.raises(HaltedError) as err:
-        rollout(live, 2)
+        live.rollout(2)
     assert err.value.exit_code == 7
     assert str(err.value) == ("rollout aborted, fleet halted: fleet failed in switch: halted while the rollout "
                               "ran; gate stays closed")
@@ -469,7 +339,7 @@ def test_halt_after_switch_reverts_the_fleet(live, after, aborted_in):
     a, b, c = (live.digest(i) for i in range(3))
     halt_at(live, after)
     with pytest.raises(HaltedError) as err:
-        rollout(live, 2)
+        live.rollout(2)
     assert str(err.value) == (f"rollout aborted, fleet halted: fleet failed in {aborted_in}: halted while the "
                               "rollout ran; gate stays closed")
     assert live.world.states() == every_node(b, "closed", [a, b, c], halted=True)
@@ -480,20 +350,10 @@ def test_halt_during_rollout_with_a_failed_revert_is_inconsistent(live):
     halt_at(live, "switch")
     live.world.fail("node2", "revert")
     with pytest.raises(InconsistentError) as err:
-        rollout(live, 2)
+        live.rollout(2)
     assert str(err.value) == ("rollout failed: fleet failed in health: halted while the rollout ran; node2 failed "
                               f"in revert: {ff.FAULTS['revert']}; the fleet may be mixed, gate closed: "
                               "run `deployctl recover`")
-
-
-def test_halt_during_rollback_goes_on_with_the_gate_closed(three):
-    a, b, c = (three.digest(i) for i in range(3))
-    halt_at(three, "switch")
-    result = rollback_mod.rollback(three.ctx)
-    assert result.state.phase.value == "done" and result.gate_open is False
-    assert three.world.states() == every_node(b, "closed", [a, b, c], halted=True)
-    assert ("warning", {"message": "gate stays closed (the fleet was halted during the run)"}) in three.events
-    assert three.journal()[-1]["outcome"] == "ok"
 
 
 # ---- the deploy lock ------------------------------------------------------------------------------------------------
@@ -502,7 +362,7 @@ def test_rollout_refused_while_the_lock_is_held(live):
     live.ctx.lock.path.write_text(json.dumps({"holder": actor(), "pid": 1, "since": 0.0, "command": "rollout x"}))
     before, journal = live.world.states(), live.ctx.state.journal.read_bytes()
     connects = len(live.world.connects)
-    for attempt in (lambda: rollout(live, 2), lambda: rollback_mod.rollback(live.ctx)):
+    for attempt in (lambda: live.rollout(2), lambda: rollback_mod.rollback(live.ctx)):
         with pytest.raises(LockHeldError) as err:
             attempt()
         assert err.value.exit_code == ExitCode.LOCKED == 5
@@ -519,9 +379,9 @@ def test_stale_lock_needs_break_lock(live):
     dead.wait()
     live.ctx.lock.path.write_text(json.dumps({"holder": actor(), "pid": dead.pid, "since": 0.0, "command": "x"}))
     with pytest.raises(LockHeldError) as err:
-        rollout(live, 2)
+        live.rollout(2)
     assert str(err.value).endswith("(use --break-lock to take it over)")
-    assert rollout(live, 2, break_lock=True).gate_open is True
+    assert live.rollout(2, break_lock=True).gate_open is True
     assert [r["action"] for r in live.journal()].count("lock-broken") == 1
 
 
@@ -530,138 +390,3 @@ def test_artifact_signed_by_another_key_is_refused_before_any_connection(live, t
     with pytest.raises(ArtifactError):
         rollout_mod.rollout(live.ctx, other.artifacts[0].path)
     assert len(live.world.connects) == 2
-
-
-# ---- rollback -------------------------------------------------------------------------------------------------------
-
-def test_rollback_goes_to_the_newest_good_release_no_node_runs(three):
-    a, b, c = (three.digest(i) for i in range(3))
-    since, log = len(three.journal()), len(three.world.log)
-    result = rollback_mod.rollback(three.ctx)
-    assert result.state.target == b and result.gate_open is True
-    assert three.world.states() == every_node(b, "open", [a, b, c])
-    assert three.phases(since) == [("rollback", "start", None), ("rollback", "switch", None),
-                                  ("rollback", "health", None), ("rollback", "open-gate", None),
-                                  ("rollback", "done", "ok")]
-    assert plain(three.journal()[since]) == {"action": "rollback", "phase": "start", "digest": b, "nodes": NODES,
-                                             "partial": False}
-    assert three.journal()[-1]["previous"] == dict.fromkeys(NODES, c)
-    for n in NODES:
-        assert plain(three.world[n].journal[-2]) == {"action": "rollback", "phase": "switch", "digest": b,
-                                                      "node": n, "previous": c}
-    ssh = [(k, n, w) for k, n, w in three.world.log[log:] if k != "http"]
-    assert [e for e in ssh if e[0] != "unlock"] == [("hold", n, "retarget") for n in NODES] + [
-        e for n in NODES for e in (("finish", n, "switch"), ("switch", n, b))]  # one held command, no upload
-    assert [e[:2] for e in ssh if e[0] == "unlock"] == [("unlock", n) for n in NODES]  # the fleet lock, at the end
-    assert all(three.world[n].lock is None for n in NODES)
-
-
-def test_rollback_to_a_named_release(three):
-    a, b, c = (three.digest(i) for i in range(3))
-    result = rollback_mod.rollback(three.ctx, to=a)
-    assert result.state.target == a
-    assert three.world.states() == every_node(a, "open", [a, b, c])
-
-
-def test_rollback_refuses_a_release_missing_on_a_node_and_changes_nothing(three):
-    b = three.digest(1)
-    three.world["node3"].releases.pop(b)
-    three.world["node6"].releases.pop(b)
-    before, journal = three.world.states(), three.ctx.state.journal.read_bytes()
-    with pytest.raises(UsageError) as err:
-        rollback_mod.rollback(three.ctx)
-    assert err.value.exit_code == ExitCode.USAGE
-    assert str(err.value) == f"rollback refused, nothing changed: release {short(b)} is not on node3, node6"
-    assert three.world.states() == before  # gates still open: nothing was touched
-    assert three.ctx.state.journal.read_bytes() == journal
-    assert three.world.log[-16:] == [("hold", n, "retarget") for n in NODES] + [("end", n, "retarget") for n in NODES]
-
-
-@pytest.mark.parametrize("to, message", [
-    ("abc", "--to: 'abc' is not a sha256 release digest"),
-    ("f" * 64, f"rollback refused: the fleet never ran {'f' * 12} (not in the journal)"),
-])
-def test_rollback_to_refusals(three, to, message):
-    before = three.world.states()
-    with pytest.raises(UsageError) as err:
-        rollback_mod.rollback(three.ctx, to=to)
-    assert str(err.value) == message
-    assert three.world.states() == before
-
-
-def test_rollback_with_no_history_is_refused(rig):
-    rollout(rig, 0)
-    with pytest.raises(UsageError) as err:
-        rollback_mod.rollback(rig.ctx)
-    assert str(err.value) == "rollback refused, nothing changed: no previous release in the fleet's history"
-
-
-def test_partial_rollback_needs_force(three):
-    with pytest.raises(UsageError) as err:
-        rollback_mod.rollback(three.ctx, nodes=["node2"])
-    assert str(err.value) == "rolling back only some nodes leaves the fleet mixed: add --force if you mean it"
-    with pytest.raises(UsageError) as err:
-        rollback_mod.rollback(three.ctx, nodes=["node9"], force=True)
-    assert str(err.value) == "--node: not in the inventory: node9"
-    assert len(three.world.connects) == 3  # refused before any connection
-
-
-def test_forced_partial_rollback_moves_only_the_named_nodes_and_keeps_every_gate_closed(three):
-    a, b, c = (three.digest(i) for i in range(3))
-    result = rollback_mod.rollback(three.ctx, nodes=["node2", "node7"], force=True)
-    assert result.gate_open is False and result.state.phase.value == "done"
-    moved = ["node2", "node7"]
-    assert three.world.states() == {**every_node(c, "closed", [a, b, c], nodes=[n for n in NODES if n not in moved]),
-                                    **every_node(b, "closed", [a, b, c], nodes=moved)}
-    assert plain(three.journal()[-5])["partial"] is True and three.journal()[-5]["nodes"] == moved
-    assert ("warning", {"message": "gate stays closed (partial rollback: the fleet is mixed)"}) in three.events
-    assert three.world.ran("end")[-6:] == [n for n in NODES if n not in moved]
-
-
-def test_partial_rollback_is_not_the_fleets_last_good_release(three):
-    c = three.digest(2)
-    rollback_mod.rollback(three.ctx, nodes=["node2"], force=True)
-    assert three.ctx.journal.last_good() == c
-    assert three.ctx.journal.last_run()["outcome"] == "ok-partial"
-
-
-def test_rollback_of_a_halted_fleet_keeps_the_gate_closed(three):
-    a, b, c = (three.digest(i) for i in range(3))
-    control.halt(three.ctx)
-    result = rollback_mod.rollback(three.ctx)
-    assert result.gate_open is False
-    assert three.world.states() == every_node(b, "closed", [a, b, c], halted=True)
-    assert ("warning", {"message": f"gate stays closed (halted: {', '.join(NODES)})"}) in three.events
-
-
-def test_rollback_switch_failure_reverts_to_where_it_started(three):
-    a, b, c = (three.digest(i) for i in range(3))
-    three.world.fail("node3", "switch")
-    with pytest.raises(RolledBackError) as err:
-        rollback_mod.rollback(three.ctx)
-    assert str(err.value) == (f"rollback failed: node3 failed in switch: {ff.FAULTS['switch']}; every node is back "
-                              "on its previous release, gate closed")
-    assert three.world.states() == every_node(c, "closed", [a, b, c])
-
-
-def test_rollback_preflight_names_unreachable_and_refusing_nodes(three):
-    before = three.world.states()
-    three.world.fail("node4", "connect")
-    with pytest.raises(UnreachableError) as err:
-        rollback_mod.rollback(three.ctx)
-    assert str(err.value) == ("rollback preflight: node4: unreachable at 127.0.0.1:2204: ConnectionRefusedError: "
-                              "[Errno 111] Connection refused")
-    del three.world["node4"].faults["connect"]
-    three.world.fail("node4", "probe")
-    with pytest.raises(InconsistentError) as err:
-        rollback_mod.rollback(three.ctx)
-    assert str(err.value) == ("rollback preflight: cannot probe node4: exit 1: "
-                              + json.dumps({"error": ff.FAULTS["probe"]}))
-    assert three.world.states() == before
-
-
-def test_rollback_restarts_a_router_that_was_down(three):
-    a, b, c = (three.digest(i) for i in range(3))
-    three.world["node3"].running = None  # crashed: its gate counts as closed, the rollback goes on
-    assert rollback_mod.rollback(three.ctx).gate_open is True
-    assert three.world.states() == every_node(b, "open", [a, b, c])
