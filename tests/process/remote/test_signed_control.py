@@ -1,5 +1,5 @@
 """Signed control requests against a real router process: a captured request replayed, a bad
-signature, a stale timestamp, and deployctl's own client (gate.request) re-signing a halt with a
+signature, a stale timestamp, and deployctl's own client (routers.request) re-signing a halt with a
 skewed node's proven clock while a gate open stays refused."""
 
 import json

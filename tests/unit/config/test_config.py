@@ -1,4 +1,4 @@
-"""config.py: strict YAML loading; every bad input gives one exact, path-qualified message."""
+"""config/ (schema, inventory, playbook): strict YAML loading; every bad input gives one exact, path-qualified message."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""breakers.py (pure): rates between sweeps and which playbook breakers trip; the watch line's parser;
+"""model/breakers.py (pure): rates between sweeps and which playbook breakers trip; the watch line's parser;
 the playbook's strict `breakers` schema."""
 
 from pathlib import Path

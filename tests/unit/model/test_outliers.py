@@ -1,4 +1,4 @@
-"""The outlier report (deployctl/outliers.py) and the flag checks of verify: pure, on values."""
+"""The outlier report (model/outliers.py) and the flag checks of verify: pure, on values."""
 
 from __future__ import annotations
 

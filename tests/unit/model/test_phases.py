@@ -1,4 +1,4 @@
-"""rollout.py: the state machine, phase by phase, and a property that DONE needs every node in every phase."""
+"""model/phases.py: the state machine, phase by phase, and a property that DONE needs every node in every phase."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""verify.py: expected digest against every node's disk and running digest, drift, exit codes, --json shape."""
+"""model/verify.py: expected digest against every node's disk and running digest, drift, exit codes, --json shape."""
 
 from __future__ import annotations
 

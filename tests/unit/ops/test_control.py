@@ -1,4 +1,4 @@
-"""control.py on the in-memory fleet: verify's exit codes, gate open/close, halt and resume, and their journal."""
+"""ops/control.py on the in-memory fleet: verify's exit codes, gate open/close, halt and resume, and their journal."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The two-person rule's plan document (deployctl/approval.py): signatures, approvers, expiry, fleet state."""
+"""The two-person rule's plan document (release/approval.py): signatures, approvers, expiry, fleet state."""
 
 from __future__ import annotations
 

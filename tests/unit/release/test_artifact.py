@@ -1,4 +1,4 @@
-"""artifact.py: reproducible signed builds, the release digest, and a reader that refuses hostile tarballs."""
+"""release/artifact.py: reproducible signed builds, the release digest, and a reader that refuses hostile tarballs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The flag registry (playbooks/flags.yaml, deployctl/flags.py): strict loading, and build's refusals."""
+"""The flag registry (playbooks/flags.yaml, release/flags.py): strict loading, and build's refusals."""
 
 from __future__ import annotations
 

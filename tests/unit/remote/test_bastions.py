@@ -1,4 +1,4 @@
-"""Bastions (sshconnect) and the routers' opener (gate): shared hop connections, errors naming the bastion.
+"""Bastions (sshconnect) and the routers' opener (routers): shared hop connections, errors naming the bastion.
 Stand-ins for paramiko's client and transport: no sockets."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""commands.py: builders pinned by exact equality, `render` quoting, and every parser on good and bad answers."""
+"""remote/commands.py: builders pinned by exact equality, `render` quoting, and every parser on good and bad answers."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ def test_fabric_connection_rejects_unknown_keys_at_every_hop(tmp_path, monkeypat
         assert type(c.client._policy) is paramiko.RejectPolicy
         assert c.connect_kwargs["look_for_keys"] is False and c.connect_kwargs["allow_agent"] is False
     assert conn.client.get_host_keys().lookup("[10.0.0.5]:2222") is not None
-    assert conn.ssh_config == {"hostname": "10.0.0.5"}  # Fabric read no ~/.ssh/config: config.py did
+    assert conn.ssh_config == {"hostname": "10.0.0.5"}  # Fabric read no ~/.ssh/config: config/sshconfig.py did
 
 
 def _calls(tree: ast.AST):
