@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command, from nothing: install, lint (scripts/dev-lint.sh), start a Docker engine if none runs,
-# bring up the eight-node fleet, run every test (unit, local, end-to-end on the
+# bring up the eight-node fleet, run every test (unit, process, end-to-end on the
 # real nodes), use `deployctl verify` as the pre-open gate the way a CI
 # pipeline would, then remove the fleet and stop what this script started.
 #

@@ -542,7 +542,7 @@ def test_journal_keeps_one_record_per_line(root):
         assert not path.exists() or path.read_bytes() == b""
 
 
-def test_journal_ends_a_torn_line_before_its_record(root):
+def test_the_agent_ends_a_torn_line_before_its_record(root):
     """A torn last line (a node that lost power mid-write) is ended, never merged into the next record;
     the router's writer does the same (tests/unit/router/test_router.py)."""
     path = root / "state" / "journal.jsonl"

@@ -435,7 +435,7 @@ def test_orders_are_refused_while_the_halt_file_is_still_being_written(tmp_path,
     assert answer == ["halted"] and (tmp_path / "halted").exists()
 
 
-def test_the_journal_ends_a_torn_line_before_its_record(tmp_path):
+def test_the_router_ends_a_torn_line_before_its_record(tmp_path):
     """A torn last line of the node's journal is ended, never merged into the next record; the node agent
     does the same (tests/process/node/test_agent.py)."""
     path = tmp_path / "journal.jsonl"
