@@ -18,6 +18,7 @@ import io
 import json
 import shlex
 import tarfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -96,6 +97,7 @@ class FakeNode:
     faults: dict[str, str] = field(default_factory=dict)  # fault -> the error text the node gives
     crash_on: set[str] = field(default_factory=set)  # releases the router dies on when started
     tampered: set[tuple[str, str]] = field(default_factory=set)  # (release, path) whose bytes were changed on disk
+    sizes: dict[str, int] = field(default_factory=dict)  # sha256 -> bytes, of the files it was sent
     lock: dict | None = None  # state/deploy.lock/holder.json: the fleet deploy lock
 
     def take_lock(self, lock: dict | None) -> None:
@@ -106,12 +108,14 @@ class FakeNode:
         breakable = how == "any" or (isinstance(how, dict) and (
             held is not None and (held["id"] in (how.get("ids") or ())
                                   or ("holder" in how and (held["holder"], held["pid"]) == (how["holder"], how["pid"])))))
+        mine = {k: lock[k] for k in ("holder", "pid", "since", "command", "id")}
         if held and held["id"] != lock["id"] and not breakable:
+            since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(held["since"]))
             raise Refused(f"fleet deploy lock held by {held['holder']} (pid {held['pid']}) running "
-                          f"'{held['command']}' (run {held['id']})")
+                          f"'{held['command']}' since {since} (run {held['id']})")
         if held and held["id"] != lock["id"]:
-            self.journal.append({"action": "lock-broken", "broken": held})
-        self.lock = {k: lock[k] for k in ("holder", "pid", "since", "command", "id")}
+            self.journal.append({"action": "lock-broken", "broken": held, "by": mine})
+        self.lock = mine
 
     def release_lock(self, lock_id: str | None) -> bool:
         if lock_id and self.lock and self.lock["id"] == lock_id:
@@ -132,6 +136,10 @@ class FakeNode:
         lines = ["root yes", "current " + (f"releases/{self.current}" if self.current else ""),
                  "halted " + ("yes" if self.halted else "no"), "free %d" % self.free]
         return "\n".join(lines + ["release " + d for d in sorted(self.releases)]) + "\n"
+
+    def bytes_of(self, have: dict[str, str]) -> int:
+        """What the files `have` (path -> sha256) take on this node's disk: the agent's `bytes`."""
+        return sum(self.sizes.get(sha, 0) for sha in have.values())
 
     def reuse(self, plan: dict, journal: bool = True) -> dict[str, str]:
         """agent.reuse: each hinted file the node holds with the right sha256; a tampered copy is
@@ -347,7 +355,7 @@ class FakeFleet:
             assert data == b"", data[:40]
             self.world.log.append(("reuse", node.name, held.digest))
             held.have = node.reuse(held.plan)
-            return _line({"have": sorted(held.have), "bytes": 0})
+            return _line({"have": sorted(held.have), "bytes": node.bytes_of(held.have)})
         self.world.log.append(("step", node.name, held.digest))
         size, _, data = data.partition(b"\n")
         assert size.isdigit() and int(size) == len(data), (size, len(data))
@@ -355,7 +363,8 @@ class FakeFleet:
         node.refuse("stage")
         if len(data) > node.free:
             raise Refused("disk full: [Errno 28] No space left on device")
-        files, version = _unpack(data, held.digest, node.signing_pub, tuple(sorted(held.have.items())))
+        files, version, sizes = _unpack(data, held.digest, node.signing_pub, tuple(sorted(held.have.items())))
+        node.sizes.update(sizes)
         files = dict(files)
         reused = node.releases.get(held.digest) == files
         node.releases[held.digest], node.versions[held.digest] = files, version
@@ -427,7 +436,7 @@ class FakeFleet:
         if op == "have":
             node.refuse("probe")
             have = node.reuse(json.loads(call.stdin), journal=False)
-            return _line({"probe": node.probe_text(), "have": sorted(have), "bytes": 0})
+            return _line({"probe": node.probe_text(), "have": sorted(have), "bytes": node.bytes_of(have)})
         raise AssertionError(f"op {op!r} is not modelled")
 
     def _hashes(self, node: FakeNode, which: str) -> bytes:
@@ -469,19 +478,22 @@ def _record(stdin: bytes | None) -> dict | None:
 
 
 @functools.lru_cache(maxsize=64)  # eight nodes get the same bytes: read them once (callers copy the dict)
-def _unpack(data: bytes, digest: str, pinned: str, have: tuple[tuple[str, str], ...]) -> tuple[dict[str, str], str]:
+def _unpack(data: bytes, digest: str, pinned: str,
+            have: tuple[tuple[str, str], ...]) -> tuple[dict[str, str], str, dict[str, int]]:
     """Read the artifact tar as the agent does: hash files/, add the files the node already had, check
-    the digest, then the signature."""
+    the digest, then the signature. Return the release's files, its version and the sizes of the files
+    sent (sha256 -> bytes)."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    meta, files = {}, {}
+    meta, files, sizes = {}, {}, {}
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
         for m in tar:
             if m.isfile():
                 body = tar.extractfile(m).read()
                 if m.name.startswith("files/"):
-                    files[m.name[len("files/"):]] = hashlib.sha256(body).hexdigest()
+                    files[m.name[len("files/"):]] = sha = hashlib.sha256(body).hexdigest()
+                    sizes[sha] = len(body)
                 else:
                     meta[m.name] = body
     have = dict(have)
@@ -499,7 +511,7 @@ def _unpack(data: bytes, digest: str, pinned: str, have: tuple[tuple[str, str], 
     manifest = json.loads(meta["manifest.json"])
     if manifest.get("digest") != digest or manifest.get("files") != files:
         raise Refused("signed manifest does not match the staged files")
-    return dict(manifest["files"]), manifest["version"]
+    return dict(manifest["files"]), manifest["version"], sizes
 
 
 def _prune(node: FakeNode, keep: int, protect: tuple[str, ...]) -> list[str]:

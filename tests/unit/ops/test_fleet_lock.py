@@ -162,7 +162,9 @@ def test_a_node_left_holding_the_lock_of_a_finished_run_does_not_block_the_next(
     rig.world["node5"].lock = dict(stale)
     rollout_mod.rollout(rig.ctx, rig.artifacts[1].path)
     assert {s["current"] for s in rig.world.states().values()} == {rig.artifacts[1].digest}
-    assert {"action": "lock-broken", "broken": stale} in rig.world["node5"].journal
+    taker = next(r for r in reversed(rig.journal()) if r.get("phase") == "start")["fleet_lock"]
+    assert [(r["broken"], r["by"]["id"]) for r in rig.world["node5"].journal if r["action"] == "lock-broken"] == [
+        (stale, taker)]
     assert guards.finished_fleet_locks(rig.ctx)[-2] == start["fleet_lock"]
     assert clock.waited == 0
     rig.world["node5"].lock = dict(stale, id="not-a-finished-run")
