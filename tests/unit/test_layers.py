@@ -4,6 +4,7 @@ folder, the adapters, empty `__init__.py` files and no bare assert."""
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import subprocess
 import sys
@@ -52,6 +53,7 @@ ADAPTERS = {"paramiko": {"remote.sshconnect"}, "fabric": {"remote.fabricconn"}, 
             "rich": {"cli.output"}, "yaml": {"config.schema"}}
 
 
+@functools.lru_cache(maxsize=None)  # parsed once for all the tests here, which only read the trees
 def modules() -> dict[str, ast.Module]:
     """Every module of the package by dotted name under deployctl ("remote.ssh", "api", "cli.__init__")."""
     return {".".join(p.relative_to(PACKAGE).with_suffix("").parts): ast.parse(p.read_text(), filename=str(p))

@@ -7,6 +7,7 @@ fleet; each asserts it never got there (no journal, no lock, no connection attem
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import json
 import os
@@ -57,12 +58,13 @@ def run(*args: str, state: Path, cwd: Path = ROOT) -> subprocess.CompletedProces
 
 
 def assert_refused(proc: subprocess.CompletedProcess, state: Path, message: str | None = None) -> None:
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    assert proc.stderr.startswith("deployctl: error: ") and proc.stderr.count("\n") == 1, proc.stderr
-    assert "Traceback" not in proc.stderr + proc.stdout
+    args = proc.args[1:]  # which command, in every failure
+    assert proc.returncode == 2, (args, proc.returncode, proc.stderr)
+    assert proc.stderr.startswith("deployctl: error: ") and proc.stderr.count("\n") == 1, (args, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout, args
     if message is not None:
-        assert proc.stderr == f"deployctl: error: {message}\n"
-    assert not (state / "journal.jsonl").exists() and not (state / "deploy.lock").exists()
+        assert proc.stderr == f"deployctl: error: {message}\n", args
+    assert not (state / "journal.jsonl").exists() and not (state / "deploy.lock").exists(), args
 
 
 @pytest.fixture
@@ -70,13 +72,21 @@ def state(tmp_path: Path) -> Path:
     return tmp_path / "state"
 
 
+def at_once(*argvs: list[str], state: Path) -> list[subprocess.CompletedProcess]:
+    """run() each argv, on every core at once (a CLI start is most of each case's time)."""
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+        return list(pool.map(lambda argv: run(*argv, state=state), argvs))
+
+
 @pytest.mark.parametrize("case", sorted(BAD_INVENTORIES))
-@pytest.mark.parametrize("command", [["verify"], ["halt"], ["rollback", "--all"], ["status"]])
-def test_bad_inventory(tmp_path, state, case, command):
+def test_bad_inventory(tmp_path, state, case):
+    """Each command that reads the inventory refuses it: verify, halt, rollback --all, status."""
     text, message = BAD_INVENTORIES[case]
     inv = tmp_path / "fleet.yaml"
     inv.write_text(text)
-    assert_refused(run("-i", str(inv), *command, state=state), state, message)
+    commands = [["verify"], ["halt"], ["rollback", "--all"], ["status"]]
+    for proc in at_once(*(["-i", str(inv), *c] for c in commands), state=state):
+        assert_refused(proc, state, message)
 
 
 @pytest.mark.parametrize("old, new, message", [
@@ -167,13 +177,14 @@ def test_bad_artifacts_are_refused_before_any_connection(tmp_path, state):
     _signed_state(state)
     inv = tmp_path / "fleet.yaml"
     inv.write_text(GOOD_INVENTORY)
+    cases = []
     for case, (data, fragment) in _artifacts(tmp_path, state).items():
         path = tmp_path / f"{case.replace(' ', '-')}.tar"
         path.write_bytes(data)
-        for extra in ([], ["--dry-run"]):
-            proc = run("-i", str(inv), "rollout", *extra, str(path), state=state)
-            assert_refused(proc, state)
-            assert path.name in proc.stderr and fragment in proc.stderr, (case, proc.stderr)
+        cases += [(case, path, fragment, ["-i", str(inv), "rollout", *extra, str(path)]) for extra in ([], ["--dry-run"])]
+    for (case, path, fragment, _), proc in zip(cases, at_once(*(argv for *_, argv in cases), state=state)):
+        assert_refused(proc, state)
+        assert path.name in proc.stderr and fragment in proc.stderr, (case, proc.stderr)
 
 
 def test_missing_artifact_file(tmp_path, state):
