@@ -14,17 +14,22 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from deployctl.testfleet import api as testfleet_api
-from deployctl import api
-from deployctl.testfleet import docker as docker_fleet
-from deployctl.testfleet import fleetfiles
-from deployctl.remote import routers
-from deployctl.testfleet import fleet as testfleet
-from deployctl.errors import DeployctlError
-from helpers import COMPOSE, INVENTORY, ROOT, revive
-from helpers import under_observer  # noqa: F401 - a fixture, for the modules that use it (helpers.py)
+from helpers import (
+    COMPOSE,
+    INVENTORY,
+    ROOT,
+    revive,
+    under_observer,  # noqa: F401 - a fixture, for the modules that use it (helpers.py)
+)
 from observer import observer  # noqa: F401 - a fixture, for under_observer and the tests that ask for it
+
+from deployctl import api
+from deployctl.errors import DeployctlError
+from deployctl.remote import routers
+from deployctl.testfleet import api as testfleet_api
+from deployctl.testfleet import docker as docker_fleet
+from deployctl.testfleet import fleet as testfleet
+from deployctl.testfleet import fleetfiles
 
 
 def pytest_collection_modifyitems(items):

@@ -12,15 +12,16 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from deployctl import api
 from deployctl.errors import ExitCode
-from deployctl.testfleet import docker as docker_fleet
 from deployctl.remote import routers
+from deployctl.testfleet import docker as docker_fleet
 from deployctl.testfleet import fleet as testfleet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -201,7 +202,7 @@ def race(arts, state_dirs, timeout: float = 120) -> tuple[list[subprocess.Popen]
     """Two controllers started together, `deployctl -q rollout arts[i]` with state folder state_dirs[i]:
     exactly one must finish (exit 0) and the other be refused (exit 5, LOCKED). Return the processes,
     the winner's and the loser's index, and each one's (stdout, stderr)."""
-    procs = [cli_rollout(s, a) for a, s in zip(arts, state_dirs)]
+    procs = [cli_rollout(s, a) for a, s in zip(arts, state_dirs, strict=True)]
     outs: list[tuple[str, str]] = []
     try:
         outs = [p.communicate(timeout=timeout) for p in procs]

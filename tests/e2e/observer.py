@@ -44,7 +44,7 @@ class Observer:
     _thread: threading.Thread | None = None
     _t0: float = 0.0
 
-    def start(self) -> "Observer":
+    def start(self) -> Observer:
         path = self.ctx.journal.path
         self.journal_before = path.read_bytes() if path.exists() else b""
         self._t0 = time.monotonic()

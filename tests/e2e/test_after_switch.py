@@ -13,9 +13,9 @@ import pytest
 from helpers import at_phase, fleet_view, heal
 
 from deployctl import api
-from deployctl.remote import commands
 from deployctl.config.playbook import Timeouts
 from deployctl.errors import ExitCode, InconsistentError, RolledBackError
+from deployctl.remote import commands
 from deployctl.remote.ssh import Call
 
 # A router that starts, never serves, and dies 0.3 s later each time supervisord starts it

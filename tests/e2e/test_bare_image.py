@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import paramiko
 import pytest
+from barefleet import SUDO_PASSWORD, USER, BareFleetHandle, bare_fleet
 
 from deployctl.state import keys
-
-from barefleet import SUDO_PASSWORD, USER, BareFleetHandle, bare_fleet
 
 NODES = ("node1", "node2", "node3")
 

@@ -16,8 +16,8 @@ import pytest
 from barefleet import bare_fleet
 
 from deployctl import api
-from deployctl.remote import routers
 from deployctl.errors import UnreachableError
+from deployctl.remote import routers
 
 ROOT = Path(__file__).resolve().parents[2]
 BASTION_PORT = int(os.environ.get("DEPLOYCTL_E2E_BASTION_PORT", "3550"))

@@ -13,17 +13,31 @@ import signal
 import subprocess
 
 import pytest
-from helpers import (COMPOSE, DCTL, ROOT, at_phase, cli, cli_rollout, env_of, fleet_view, journal_size, node, on_base,
-                     records_since, run_phases, wait, wait_record)
+from helpers import (
+    COMPOSE,
+    DCTL,
+    ROOT,
+    at_phase,
+    cli,
+    cli_rollout,
+    env_of,
+    fleet_view,
+    journal_size,
+    node,
+    on_base,
+    records_since,
+    run_phases,
+    wait,
+    wait_record,
+)
 
 from deployctl import api
-from deployctl.testfleet import docker as docker_fleet
-from deployctl.remote import routers
-from deployctl.testfleet import fleet as testfleet
-from deployctl.state import keys
 from deployctl.config.playbook import Timeouts
-from deployctl.errors import (ExitCode, HostKeyError, InconsistentError, RolledBackError, UnreachableError,
-                              UsageError)
+from deployctl.errors import ExitCode, HostKeyError, InconsistentError, RolledBackError, UnreachableError, UsageError
+from deployctl.remote import routers
+from deployctl.state import keys
+from deployctl.testfleet import docker as docker_fleet
+from deployctl.testfleet import fleet as testfleet
 
 VICTIM = "node5"
 OTHERS = [f"node{i}" for i in range(1, 9) if f"node{i}" != VICTIM]

@@ -31,11 +31,10 @@ import pytest
 from helpers import fleet_view, wait
 
 from deployctl import api
-from deployctl.remote import commands
-from deployctl.testfleet import docker as docker_fleet
-from deployctl.remote import routers
 from deployctl.errors import RolledBackError, UnreachableError
+from deployctl.remote import commands, routers
 from deployctl.remote.ssh import Call
+from deployctl.testfleet import docker as docker_fleet
 
 SKEWED = "node3"
 DAY = 86400

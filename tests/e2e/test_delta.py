@@ -9,6 +9,7 @@ import uuid
 
 from deployctl import api
 
+
 def two_releases(make_release):
     """Two new releases that differ only in router.json's version and share a 1 MiB file that no
     release before them had (so no node holds it anywhere else)."""

@@ -9,18 +9,15 @@ import subprocess
 import time
 
 import pytest
-
-from deployctl import api
-from deployctl.remote import commands
-from deployctl.testfleet import docker as docker_fleet
-from deployctl.remote import routers
-from deployctl.errors import (ExitCode, HaltedError, LockHeldError, RolledBackError, UnreachableError,
-                              UsageError)
-from deployctl.remote.ssh import Call
-from deployctl.state.lock import Lock
-from deployctl.state.journal import actor
 from helpers import ROOT, order, post_order, wait
 
+from deployctl import api
+from deployctl.errors import ExitCode, HaltedError, LockHeldError, RolledBackError, UnreachableError, UsageError
+from deployctl.remote import commands, routers
+from deployctl.remote.ssh import Call
+from deployctl.state.journal import actor
+from deployctl.state.lock import Lock
+from deployctl.testfleet import docker as docker_fleet
 
 DCTL = [str(ROOT / ".venv" / "bin" / "deployctl")]
 BLOB_24M = os.urandom(24 << 20)  # incompressible: node4's upload lasts long enough to kill it midway
@@ -268,14 +265,16 @@ def test_journal_records_every_phase_on_the_controller_and_the_nodes(ctx, base_r
     assert recs[-1]["outcome"] == "ok" and set(recs[-1]["previous"]) == {n.name for n in ctx.nodes}
     token = ctx.token()
     assert token not in ctx.journal.path.read_text()
-    code, text = node_exec("node8", "tail -n 2 /opt/router/state/journal.jsonl; stat -c %a /opt/router/state/journal.jsonl")
+    code, text = node_exec("node8", "tail -n 2 /opt/router/state/journal.jsonl; "
+                                    "stat -c %a /opt/router/state/journal.jsonl")
     switch_line, gate_line, mode = text.strip().splitlines()
     switched, opened = json.loads(switch_line), json.loads(gate_line)
     # The node journals its own switch (with its previous release), then its router the gate opening.
     assert (switched["run"], switched["phase"], switched["digest"], switched["node"]) == \
         (recs[-1]["run"], "switch", v2.digest, "node8")
     assert switched["previous"] == base_release.digest and switched["who"] == recs[-1]["who"]
-    assert (opened["action"], opened["digest"], opened["gate"], opened["source"]) == ("gate", v2.digest, "open", "router")
+    assert (opened["action"], opened["digest"], opened["gate"], opened["source"]) == (
+        "gate", v2.digest, "open", "router")
     assert opened["who"] == recs[-1]["who"]
     assert mode == "600" and token not in text
     proc = cli("history", "--json", "--limit", "3")

@@ -11,8 +11,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from barefleet import ROOT, SUDO_PASSWORD, bare_fleet
+
 from deployctl import api
 from deployctl.testfleet import docker as docker_fleet
 from deployctl.testfleet import fleetfiles

@@ -6,11 +6,10 @@ import dataclasses
 
 import paramiko
 import pytest
-
-from deployctl.remote import fabricconn
-from deployctl.config.sshconfig import Jump
-
 from test_bastion_path import BASTION_PORT, bastion  # noqa: F401 - the module fixture: the bare fleet's bastion
+
+from deployctl.config.sshconfig import Jump
+from deployctl.remote import fabricconn
 
 
 def test_fabric_runs_on_a_pinned_node(ctx):

@@ -19,20 +19,36 @@ import signal
 import time
 
 import pytest
-from helpers import (COMPOSE, ROOT, at_phase, cli, cli_rollout, fleet_view, in_background, journal_size, node, on_base,
-                     order, pause, post_order, race, records_since, run_phases, wait, wait_record)
+from helpers import (
+    COMPOSE,
+    ROOT,
+    at_phase,
+    cli,
+    cli_rollout,
+    fleet_view,
+    in_background,
+    journal_size,
+    node,
+    on_base,
+    order,
+    pause,
+    post_order,
+    race,
+    records_since,
+    run_phases,
+    wait,
+    wait_record,
+)
 
-from deployctl.testfleet import api as testfleet_api
 from deployctl import api
-from deployctl.remote import commands
-from deployctl.testfleet import docker as docker_fleet
-from deployctl.remote import routers
-from deployctl.testfleet import fleet as testfleet
 from deployctl.config.playbook import Timeouts
-from deployctl.errors import (DeployctlError, ExitCode, InconsistentError, RolledBackError, UnreachableError,
-                              UsageError)
+from deployctl.errors import DeployctlError, ExitCode, InconsistentError, RolledBackError, UnreachableError, UsageError
+from deployctl.remote import commands, routers
 from deployctl.remote.ssh import Call
 from deployctl.state.journal import encode, entry
+from deployctl.testfleet import api as testfleet_api
+from deployctl.testfleet import docker as docker_fleet
+from deployctl.testfleet import fleet as testfleet
 
 BLOB = os.urandom(8 << 20)  # incompressible: makes the upload long enough to cut it midway
 PHASES = ["preflight", "close-gate", "stage", "switch", "health", "open-gate"]
@@ -397,7 +413,8 @@ def test_a_file_corrupted_after_the_router_started_keeps_every_gate_closed(
     passed) but before the gates open: each router hashes its folder again before it opens its gate,
     node2 refuses, no gate opens (all or none) and the whole fleet goes back."""
     v2 = make_release("6.6.1")  # a version no other test uses: this one leaves it on every node
-    hook = at_phase("open-gate", lambda: node_exec("node2", flip_a_bit(f"/opt/router/releases/{v2.digest}/router.json")))
+    router_json = f"/opt/router/releases/{v2.digest}/router.json"
+    hook = at_phase("open-gate", lambda: node_exec("node2", flip_a_bit(router_json)))
     offset = journal_size(ctx)
     with pytest.raises(RolledBackError) as err:
         api.rollout(dataclasses.replace(quick(ctx, health=5), on_event=hook), v2.path)
@@ -452,8 +469,8 @@ def test_a_release_with_an_unknown_flag_is_rolled_out_and_the_fleet_goes_back(
 def test_commands_held_on_every_node_then_dropped_change_nothing_and_leave_no_agent(
         ctx, base_release, make_release, node_exec, step):
     """A rollout's command waits on each node after preflight and the reuse plan (for the artifact) and
-    after the stage (for the switch request). A controller that closes its channels instead must leave every node as it was,
-    with no agent left waiting."""
+    after the stage (for the switch request). A controller that closes its channels instead must leave every
+    node as it was, with no agent left waiting."""
     v2 = make_release("6.1.0")
     agents = "pgrep -f '^python3 -I -S -c' | wc -l"
     with ctx.ssh() as f:

@@ -22,10 +22,9 @@ import pytest
 from helpers import order, post_order, wait
 
 from deployctl import api
-from deployctl.remote import commands
-from deployctl.remote import routers
-from deployctl.state import keys
+from deployctl.remote import commands, routers
 from deployctl.remote.ssh import Call, SSHFleet, Target
+from deployctl.state import keys
 
 pytestmark = pytest.mark.e2e
 
@@ -295,7 +294,8 @@ def test_control_without_a_good_token_is_refused_and_the_token_is_never_logged(c
     code, log = node_exec("node5", "cat /var/log/router.log")
     assert code == 0
     # The refusals were logged, so the absence of the token below is meaningful.
-    assert "refused control request /control/halt from" in log and ": unsigned request" in log and ": bad signature" in log
+    assert "refused control request /control/halt from" in log
+    assert ": unsigned request" in log and ": bad signature" in log
     assert token not in log and wrong not in log
     code, node_journal = node_exec("node5", "cat /opt/router/state/journal.jsonl")
     assert code == 0 and token not in node_journal
@@ -401,7 +401,7 @@ def test_fleet_status_lists_every_node_and_fleet_up_again_changes_nothing(ctx, b
     assert st.returncode == 0, st.stderr
     rows = json.loads(st.stdout)
     assert [r["node"] for r in rows] == [f"node{i}" for i in range(1, 9)]
-    for i, (r, n) in enumerate(zip(rows, ctx.nodes), 1):
+    for i, (r, n) in enumerate(zip(rows, ctx.nodes, strict=True), 1):
         assert r == {"node": f"node{i}", "container": "running", "ssh": f"127.0.0.1:{n.ssh_port}", "sshd": True,
                      "router": f"127.0.0.1:{n.router_port}", "digest": base_release.digest, "gate": "open",
                      "halted": False, "problem": None}

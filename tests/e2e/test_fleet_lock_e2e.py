@@ -8,9 +8,10 @@ import os
 import shutil
 import subprocess
 
+from helpers import DCTL, ROOT, fleet_view, race
+
 from deployctl.errors import ExitCode
 from deployctl.state.journal import actor
-from helpers import DCTL, ROOT, fleet_view, race
 
 LOCKED = "test -e /opt/router/state/deploy.lock && echo held || echo free"
 
@@ -23,7 +24,8 @@ def test_two_controllers_with_their_own_state_folders_exactly_one_proceeds(ctx, 
     procs, win, lose, outs = race(arts, [ctx.state_dir, second])
     err = outs[lose][1]
     assert err.count("\n") == 1 and err.startswith("deployctl: error: rollout refused, nothing changed: node")
-    assert f"fleet deploy lock held by {actor()} (pid {procs[win].pid}) running 'rollout {arts[win].digest[:12]}'" in err
+    holder = f"fleet deploy lock held by {actor()} (pid {procs[win].pid})"
+    assert f"{holder} running 'rollout {arts[win].digest[:12]}'" in err
     assert fleet_view(ctx) == {n.name: (arts[win].digest, arts[win].digest, "open", False) for n in ctx.nodes}
     assert {n.name: node_exec(n.name, LOCKED)[1].strip() for n in ctx.nodes} == {n.name: "free" for n in ctx.nodes}
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from helpers import wait
 
-from deployctl.remote import routers
 from deployctl.errors import ExitCode
+from deployctl.remote import routers
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -26,10 +26,10 @@ import pytest
 from helpers import at_phase, fleet_view, journal_size, node, records_since, run_phases, wait
 
 from deployctl import api
-from deployctl.testfleet import docker as docker_fleet
-from deployctl.remote import routers
 from deployctl.config.playbook import Timeouts
 from deployctl.errors import DeployctlError, ExitCode, InconsistentError, RolledBackError
+from deployctl.remote import routers
+from deployctl.testfleet import docker as docker_fleet
 
 VICTIM = "node5"
 OTHERS = [f"node{i}" for i in range(1, 9) if f"node{i}" != VICTIM]

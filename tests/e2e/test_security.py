@@ -9,14 +9,12 @@ import os
 import subprocess
 import tarfile
 
-from deployctl.release import artifact
-from deployctl.remote import commands
-from deployctl.remote import routers
-from deployctl.release import signing
-from deployctl.errors import ExitCode
-from deployctl.remote.ssh import Call
-
 from helpers import ROOT
+
+from deployctl.errors import ExitCode
+from deployctl.release import artifact, signing
+from deployctl.remote import commands, routers
+from deployctl.remote.ssh import Call
 
 DCTL = [str(ROOT / ".venv" / "bin" / "deployctl")]
 

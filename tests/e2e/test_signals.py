@@ -17,8 +17,8 @@ import pytest
 from helpers import DCTL, ROOT, fleet_view, journal_size, wait
 
 from deployctl import api
-from deployctl.remote import routers
 from deployctl.errors import ExitCode
+from deployctl.remote import routers
 
 # Each phase with one signal; together every signal twice (the fake-fleet tests cover every pair).
 CASES = [("preflight", "SIGTERM"), ("close-gate", "SIGINT"), ("stage", "SIGHUP"),

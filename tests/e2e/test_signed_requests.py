@@ -7,10 +7,10 @@ import json
 import socket
 import threading
 
-from deployctl.remote import routers
-from deployctl.config.inventory import Node
-
 from helpers import wait
+
+from deployctl.config.inventory import Node
+from deployctl.remote import routers
 
 
 class Recorder:

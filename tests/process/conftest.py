@@ -18,7 +18,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from agentproc import PUB_HEX
 from routerproc import ROUTER_DIR, TOKEN, RouterProcess, shipped_files
 

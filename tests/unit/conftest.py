@@ -13,9 +13,9 @@ conftest.py in each ring the module name `conftest` is whichever of them pytest 
 
 from __future__ import annotations
 
+import fakefleet as ff
 import pytest
 
-import fakefleet as ff
 from deployctl.ops import rollout as rollout_mod
 
 

@@ -13,24 +13,24 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
-import shutil
 import io
 import json
 import shlex
+import shutil
 import tarfile
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
-from deployctl.release import artifact as artifact_mod
-from deployctl.remote import agentpack
-from deployctl.remote import commands
-from deployctl.release import signing
 from deployctl.config.inventory import Inventory, Node
 from deployctl.config.playbook import Playbook, Service, Supervisor, Timeouts
 from deployctl.ops import rollout as rollout_mod
 from deployctl.ops.context import Context
+from deployctl.release import artifact as artifact_mod
+from deployctl.release import signing
+from deployctl.remote import agentpack, commands
 from deployctl.remote.routers import Answer
 from deployctl.remote.ssh import Call, NodeResult, Target
 from deployctl.state.statedir import StateDir
@@ -105,9 +105,10 @@ class FakeNode:
         if not lock:
             return
         held, how = self.lock, lock.get("break")
-        breakable = how == "any" or (isinstance(how, dict) and (
-            held is not None and (held["id"] in (how.get("ids") or ())
-                                  or ("holder" in how and (held["holder"], held["pid"]) == (how["holder"], how["pid"])))))
+        own_dead_run = isinstance(how, dict) and "holder" in how and held is not None and (
+            (held["holder"], held["pid"]) == (how["holder"], how["pid"]))
+        breakable = how == "any" or (isinstance(how, dict) and held is not None and (
+            held["id"] in (how.get("ids") or ()) or own_dead_run))
         mine = {k: lock[k] for k in ("holder", "pid", "since", "command", "id")}
         if held and held["id"] != lock["id"] and not breakable:
             since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(held["since"]))
@@ -225,7 +226,7 @@ class World:
         n = self.nodes[node]
         n.faults[fault] = message or FAULTS[fault].format(host=n.host, port=n.ssh_port)
 
-    def connect(self, nodes: list[Node]) -> "FakeFleet":
+    def connect(self, nodes: list[Node]) -> FakeFleet:
         """Context.connect: one FakeFleet per command, as SSHFleet opens one connection set per command."""
         self.connects.append([n.name for n in nodes])
         return FakeFleet(self, [Target(n.name, n.host, n.ssh_port, n.user) for n in nodes])
@@ -246,7 +247,7 @@ class FakeFleet:
         self.held: dict[str, Held] = {}
         self.closed = False
 
-    def __enter__(self) -> "FakeFleet":
+    def __enter__(self) -> FakeFleet:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -262,46 +263,47 @@ class FakeFleet:
     # ---- the Fleet protocol ----------------------------------------------------------------------
 
     def run(self, calls: dict[str, Call]) -> dict[str, NodeResult]:
-        return {n: self._guard(n, lambda: self._run_one(self.world[n], c)) for n, c in calls.items()}
+        return {n: self._guard(n, self._run_one, c) for n, c in calls.items()}
 
     def run_all(self, make: Callable[[str], Call], names: Iterable[str] | None = None) -> dict[str, NodeResult]:
         return self.run({n: make(n) for n in ([t.name for t in self.targets] if names is None else names)})
 
     def hold(self, calls: dict[str, Call]) -> dict[str, NodeResult]:
-        return {n: self._guard(n, lambda: self._hold_one(self.world[n], c)) for n, c in calls.items()}
+        return {n: self._guard(n, self._hold_one, c) for n, c in calls.items()}
 
     def step(self, data: dict[str, bytes], timeout: float = 60.0, progress=None) -> dict[str, NodeResult]:
         out = {}
         for n, d in data.items():
             if progress:
                 progress(n, len(d), len(d))
-            out[n] = self._guard(n, lambda: self._step_one(self.world[n], d))
+            out[n] = self._guard(n, self._step_one, d)
         return out
 
     def exchange(self, data: dict[str, bytes], reply, timeout: float = 60.0,
                  progress=None) -> dict[str, tuple[NodeResult, NodeResult | None]]:
         out = {}
         for n, d in data.items():  # node by node: each node's second step follows its own first answer
-            first = self._guard(n, lambda: self._step_one(self.world[n], d))
+            first = self._guard(n, self._step_one, d)
             then = reply(n, first.stdout) if first.ok else None
             if then is not None and progress:
                 progress(n, len(then), len(then))
-            out[n] = (first, None if then is None else self._guard(n, lambda: self._step_one(self.world[n], then)))
+            out[n] = (first, None if then is None else self._guard(n, self._step_one, then))
         return out
 
     def finish(self, lines: dict[str, bytes | None], timeout: float = 60.0) -> dict[str, NodeResult]:
-        return {n: self._guard(n, lambda: self._finish_one(self.world[n], line)) for n, line in lines.items()}
+        return {n: self._guard(n, self._finish_one, line) for n, line in lines.items()}
 
     # ---- one node ----------------------------------------------------------------------------------
 
-    def _guard(self, name: str, work: Callable[[], bytes]) -> NodeResult:
-        """Like SSHFleet._guard: a connection failure is an error result; a Refused is exit 1 + JSON error."""
+    def _guard(self, name: str, work: Callable[[FakeNode, Any], bytes], arg: Any) -> NodeResult:
+        """work(node, arg), like SSHFleet._guard: a connection failure is an error result; a Refused is
+        exit 1 + JSON error."""
         assert not self.closed, "a closed fleet was used"
         node = self.world[name]
         for fault in SSH_FAULTS & set(node.faults):
             return NodeResult(name, error=node.faults[fault], host_key_refused=fault == "host-key")
         try:
-            return NodeResult(name, 0, work())
+            return NodeResult(name, 0, work(node, arg))
         except _Exit as exc:
             return NodeResult(name, 1, b"", f"{exc}\n".encode())
         except Refused as exc:
@@ -639,7 +641,7 @@ class Rig:
     def journal(self) -> list[dict]:
         return list(self.ctx.journal.read())
 
-    def clone(self, tmp: Path) -> "Rig":
+    def clone(self, tmp: Path) -> Rig:
         """A copy of this rig (state folder under `tmp`, nodes, artifacts shared read-only): a fleet set up
         once by several rollouts serves many tests."""
         state = tmp / "state"

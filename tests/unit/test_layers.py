@@ -53,7 +53,7 @@ ADAPTERS = {"paramiko": {"remote.sshconnect"}, "fabric": {"remote.fabricconn"}, 
             "rich": {"cli.output"}, "yaml": {"config.schema"}}
 
 
-@functools.lru_cache(maxsize=None)  # parsed once for all the tests here, which only read the trees
+@functools.cache  # parsed once for all the tests here, which only read the trees
 def modules() -> dict[str, ast.Module]:
     """Every module of the package by dotted name under deployctl ("remote.ssh", "api", "cli.__init__")."""
     return {".".join(p.relative_to(PACKAGE).with_suffix("").parts): ast.parse(p.read_text(), filename=str(p))

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from deployctl.release import artifact
-from deployctl.release import signing
+from deployctl.release import artifact, signing
 
 ROOT = Path(__file__).resolve().parents[3]
 DCTL = str(ROOT / ".venv" / "bin" / "deployctl")
@@ -181,8 +180,9 @@ def test_bad_artifacts_are_refused_before_any_connection(tmp_path, state):
     for case, (data, fragment) in _artifacts(tmp_path, state).items():
         path = tmp_path / f"{case.replace(' ', '-')}.tar"
         path.write_bytes(data)
-        cases += [(case, path, fragment, ["-i", str(inv), "rollout", *extra, str(path)]) for extra in ([], ["--dry-run"])]
-    for (case, path, fragment, _), proc in zip(cases, at_once(*(argv for *_, argv in cases), state=state)):
+        cases += [(case, path, fragment, ["-i", str(inv), "rollout", *extra, str(path)])
+                  for extra in ([], ["--dry-run"])]
+    for (case, path, fragment, _), proc in zip(cases, at_once(*(argv for *_, argv in cases), state=state), strict=True):
         assert_refused(proc, state)
         assert path.name in proc.stderr and fragment in proc.stderr, (case, proc.stderr)
 

@@ -22,8 +22,9 @@ def files(tmp_path):
 
 def run(files, *args, env=None, quiet=False):
     inv, state = files
-    return subprocess.run([sys.executable, "-m", "deployctl", *(["-q"] if quiet else []), "-i", str(inv), "-p", str(ROOT / "playbooks" / "router.yaml"),
-                           "enroll", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60,
+    return subprocess.run([sys.executable, "-m", "deployctl", *(["-q"] if quiet else []), "-i", str(inv),
+                           "-p", str(ROOT / "playbooks" / "router.yaml"), "enroll", *args],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60,
                           env={**os.environ, "DEPLOYCTL_STATE": str(state), **(env or {})})
 
 

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from deployctl.release import approval
-from deployctl.release import artifact
-from deployctl.release import signing
+from deployctl.release import approval, artifact, signing
 
 ROOT = Path(__file__).resolve().parents[3]
 DCTL = str(ROOT / ".venv" / "bin" / "deployctl")
@@ -25,7 +23,8 @@ nodes:
 def setup(tmp_path):
     state = tmp_path / "state"
     signing.generate(state / "keys")
-    art = artifact.build(ROOT / "fleet" / "router", tmp_path / "dist", "order-router", state / "keys" / "signing_ed25519")
+    art = artifact.build(ROOT / "fleet" / "router", tmp_path / "dist", "order-router",
+                         state / "keys" / "signing_ed25519")
     alice, _ = signing.generate_at(tmp_path / "alice", tmp_path / "alice.pub")
     bob, bob_pub = signing.generate_at(tmp_path / "bob", tmp_path / "bob.pub")
     (tmp_path / "fleet.yaml").write_text(INVENTORY)

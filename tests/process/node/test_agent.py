@@ -17,16 +17,32 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
+from agentproc import (
+    DIGEST,
+    FILES,
+    OTHER,
+    PUB_HEX,
+    A,
+    B,
+    answer,
+    digest,
+    expected_tree,
+    lines,
+    make_tar,
+    member,
+    refusal,
+    release_folder,
+    run,
+    sha,
+    signed_manifest,
+    tree,
+)
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from deployctl.remote import commands
-from deployctl.remote import agentpack
-from deployctl.release.manifest import digest_of
 from deployctl.config.playbook import Service
-from agentproc import (A, B, DIGEST, FILES, OTHER, PUB_HEX, answer, digest, expected_tree, lines, make_tar, member,
-                       refusal, release_folder, run, sha, signed_manifest, tree)
+from deployctl.release.manifest import digest_of
+from deployctl.remote import agentpack, commands
 
 
 def stage(root: Path, data: bytes = None, want: str = DIGEST, size: int | None = None, keep: int = 3,
@@ -785,7 +801,7 @@ def test_ed25519_takes_the_rfc_vectors_and_nothing_changed(public, message, sign
 
 
 def test_ed25519_constants_are_what_they_are_defined_as():
-    from deployctl.node.agent import D, D2, GX, GY, P, SQRT_M1, _point
+    from deployctl.node.agent import D2, GX, GY, SQRT_M1, D, P, _point
 
     assert D == -121665 * pow(121666, P - 2, P) % P and D2 == 2 * D % P
     assert SQRT_M1 == pow(2, (P - 1) // 4, P) and SQRT_M1 * SQRT_M1 % P == P - 1

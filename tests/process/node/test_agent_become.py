@@ -8,8 +8,9 @@ import os
 from pathlib import Path
 
 from agentproc import run
-from deployctl.remote import commands
+
 from deployctl.config.playbook import Service
+from deployctl.remote import commands
 
 DIGEST = "d" * 64
 

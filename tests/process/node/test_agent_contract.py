@@ -207,7 +207,8 @@ class Twin:
     def finish(self, line: bytes | None) -> None:
         """The end of a held command (fleet.finish): a switch request (naming the fake's supervisor socket,
         the stand-in's for the agent), or None (end of input)."""
-        real = None if line is None else line.replace(json.dumps(ff.SOCKET).encode(), json.dumps(self.sup.path).encode())
+        socket_path = json.dumps(ff.SOCKET).encode(), json.dumps(self.sup.path).encode()
+        real = None if line is None else line.replace(*socket_path)
         self.same(self.held.end(real), self.fleet.finish({NAME: line})[NAME])
         self.held = None
 

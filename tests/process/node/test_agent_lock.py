@@ -10,8 +10,8 @@ import os
 import subprocess
 
 import pytest
+from agentproc import DIGEST, A, refusal, release_folder, run
 
-from agentproc import A, DIGEST, refusal, release_folder, run
 from deployctl.config.playbook import Service
 from deployctl.remote import commands
 

@@ -12,8 +12,7 @@ import sys
 
 import pytest
 
-from deployctl.remote import agentpack
-from deployctl.remote import commands
+from deployctl.remote import agentpack, commands
 
 # The agent's module namespace, loaded once as a node would (its main() guarded by __name__).
 AGENT: dict = {"__name__": "node_agent_under_test"}

@@ -7,9 +7,8 @@ import time
 
 from routerproc import ORDER, TOKEN, call, folder_digest
 
-from deployctl.remote import routers
-from deployctl.remote import reqsign
 from deployctl.config.inventory import Node
+from deployctl.remote import reqsign, routers
 
 
 def _capture(node, action, body, **kw):

@@ -1,10 +1,10 @@
-"""The router's own breaker (router.json max_child_orders_per_s) and its kept-alive /health, on a real router process."""
+"""The router's own breaker (router.json max_child_orders_per_s) and its kept-alive /health, on a real router
+process."""
 
 import http.client
 import json
 
 import pytest
-
 from routerproc import ORDER, RouterProcess, folder_digest
 
 

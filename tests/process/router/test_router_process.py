@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from routerproc import ORDER, TOKEN, RouterProcess, call, folder_digest, free_port, shipped_files
 
 WRONG_TOKEN = "tok-wrong-0000"

@@ -1,4 +1,5 @@
-"""config/ (schema, inventory, playbook): strict YAML loading; every bad input gives one exact, path-qualified message."""
+"""config/ (schema, inventory, playbook): strict YAML loading; every bad input gives one exact, path-qualified
+message."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from deployctl.config.playbook import Breakers, Playbook, Service, Supervisor, Timeouts, load_playbook
 from deployctl.config.inventory import Inventory, Node, load_inventory
+from deployctl.config.playbook import Breakers, Playbook, Service, Supervisor, Timeouts, load_playbook
 from deployctl.config.schema import load_yaml as _load_yaml
 from deployctl.errors import ConfigError, ExitCode
 
@@ -66,14 +67,17 @@ FLEET_CASES = [
     ("port-as-float", "ssh_port: 2204", "ssh_port: 2204.0", "fleet.yaml: nodes/3/ssh_port: should be an integer"),
     ("port-too-high", "router_port: 8103", "router_port: 70000",
      "fleet.yaml: nodes/2/router_port: should be between 1 and 65535"),
-    ("port-zero", "router_port: 8103", "router_port: 0", "fleet.yaml: nodes/2/router_port: should be between 1 and 65535"),
+    ("port-zero", "router_port: 8103", "router_port: 0",
+     "fleet.yaml: nodes/2/router_port: should be between 1 and 65535"),
     ("unknown-node-key", "{name: node1,", "{name: node1, prot: 22,", "fleet.yaml: nodes/0: unknown key 'prot'"),
     ("unknown-top-key", "fleet: test-fleet", "fleet: test-fleet\nfleets: x", "fleet.yaml: unknown key 'fleets'"),
     ("unknown-ssh-key", "  parallel: 8", "  parallel: 8\n  port: 22", "fleet.yaml: ssh: unknown key 'port'"),
-    ("duplicate-key", "{name: node3,", "{name: node3, name: node9,", "fleet.yaml: nodes/2: duplicate key 'name' (line 9)"),
+    ("duplicate-key", "{name: node3,", "{name: node3, name: node9,",
+     "fleet.yaml: nodes/2: duplicate key 'name' (line 9)"),
     ("duplicate-top-key", "fleet: test-fleet", "fleet: test-fleet\nfleet: other",
      "fleet.yaml: duplicate key 'fleet' (line 2)"),
-    ("duplicate-ssh-key", "  parallel: 8", "  parallel: 8\n  user: admin", "fleet.yaml: ssh: duplicate key 'user' (line 6)"),
+    ("duplicate-ssh-key", "  parallel: 8", "  parallel: 8\n  user: admin",
+     "fleet.yaml: ssh: duplicate key 'user' (line 6)"),
     ("duplicate-name", "name: node2", "name: node1", "fleet.yaml: nodes/1/name: duplicate node name 'node1'"),
     ("duplicate-ssh-address", "ssh_port: 2202", "ssh_port: 2201",
      "fleet.yaml: nodes/1/ssh_port: 127.0.0.1:2201 is already used by nodes/0/ssh_port"),
@@ -105,16 +109,20 @@ FLEET_CASES = [
     ("host-float", "host: 127.0.0.1, ssh_port: 2201", "host: 10.5, ssh_port: 2201",
      "fleet.yaml: nodes/0/host: should be a string"),
     ("user-upper", "user: root", "user: Root", f"fleet.yaml: ssh/user: {USER}, got 'Root'"),
-    ("node-user-metachar", "{name: node2,", "{name: node2, user: 'a`b`',", f"fleet.yaml: nodes/1/user: {USER}, got 'a`b`'"),
+    ("node-user-metachar", "{name: node2,", "{name: node2, user: 'a`b`',",
+     f"fleet.yaml: nodes/1/user: {USER}, got 'a`b`'"),
     ("node-user-null", "{name: node2,", "{name: node2, user: null,", "fleet.yaml: nodes/1/user: should be a string"),
     ("parallel-zero", "parallel: 8", "parallel: 0", "fleet.yaml: ssh/parallel: should be between 1 and 256"),
     ("parallel-too-high", "parallel: 8", "parallel: 257", "fleet.yaml: ssh/parallel: should be between 1 and 256"),
     ("parallel-yes", "parallel: 8", "parallel: yes", "fleet.yaml: ssh/parallel: should be an integer"),
-    ("timeout-zero", "connect_timeout: 5", "connect_timeout: 0", "fleet.yaml: ssh/connect_timeout: should be greater than 0"),
+    ("timeout-zero", "connect_timeout: 5", "connect_timeout: 0",
+     "fleet.yaml: ssh/connect_timeout: should be greater than 0"),
     ("timeout-negative", "connect_timeout: 5", "connect_timeout: -1.5",
      "fleet.yaml: ssh/connect_timeout: should be greater than 0"),
-    ("timeout-text", "connect_timeout: 5", "connect_timeout: five", "fleet.yaml: ssh/connect_timeout: should be a number"),
-    ("timeout-bool", "connect_timeout: 5", "connect_timeout: true", "fleet.yaml: ssh/connect_timeout: should be a number"),
+    ("timeout-text", "connect_timeout: 5", "connect_timeout: five",
+     "fleet.yaml: ssh/connect_timeout: should be a number"),
+    ("timeout-bool", "connect_timeout: 5", "connect_timeout: true",
+     "fleet.yaml: ssh/connect_timeout: should be a number"),
     ("timeout-inf", "connect_timeout: 5", "connect_timeout: .inf",
      "fleet.yaml: ssh/connect_timeout: should be a finite number"),
     ("timeout-nan", "connect_timeout: 5", "connect_timeout: .nan",
@@ -127,7 +135,8 @@ FLEET_CASES = [
      "fleet.yaml: ssh: should be a mapping"),
     ("node-not-mapping", "  - {name: node1, host: 127.0.0.1, ssh_port: 2201, router_port: 8101}", "  - node1",
      "fleet.yaml: nodes/0: should be a mapping"),
-    ("syntax-error", "  parallel: 8", "  parallel: [8", "fleet.yaml: line 6: invalid YAML: expected ',' or ']', but got ':'"),
+    ("syntax-error", "  parallel: 8", "  parallel: [8",
+     "fleet.yaml: line 6: invalid YAML: expected ',' or ']', but got ':'"),
     ("tab-indent", "  parallel: 8", "\tparallel: 8", "fleet.yaml: line 5: invalid YAML: found character '\\t' that "
      "cannot start any token"),
     ("python-tag", "fleet: test-fleet", "fleet: !!python/object/apply:os.system [id]",
@@ -203,8 +212,10 @@ def test_real_fleet_yaml_loads():
 PLAYBOOK_CASES = [
     ("missing-keep-releases", "keep_releases: 3\n", "", "router.yaml: keep_releases: missing"),
     ("keep-releases-one", "keep_releases: 3", "keep_releases: 1", "router.yaml: keep_releases: should be at least 2"),
-    ("keep-releases-bool", "keep_releases: 3", "keep_releases: true", "router.yaml: keep_releases: should be an integer"),
-    ("keep-releases-text", "keep_releases: 3", "keep_releases: '3'", "router.yaml: keep_releases: should be an integer"),
+    ("keep-releases-bool", "keep_releases: 3", "keep_releases: true",
+     "router.yaml: keep_releases: should be an integer"),
+    ("keep-releases-text", "keep_releases: 3", "keep_releases: '3'",
+     "router.yaml: keep_releases: should be an integer"),
     ("name-float", "name: order-router", "name: 1.10", "router.yaml: name: should be a string"),
     ("name-metachar", "name: order-router", "name: 'router&&id'", f"router.yaml: name: {NAME}, got 'router&&id'"),
     ("unknown-key", "keep_releases: 3", "keep_releases: 3\nkeep_release: 3", "router.yaml: unknown key 'keep_release'"),
@@ -269,7 +280,8 @@ def test_playbook_values_defaults_and_source_resolution(tmp_path):
 def test_real_router_playbook_loads():
     book = load_playbook(ROOT / "playbooks" / "router.yaml")
     assert book == Playbook("order-router", ROOT / "fleet" / "router", "/opt/router", 3,
-                            Service(None, None, "/health", Supervisor("router", "/var/run/supervisor.sock"), "supervisord"),
+                            Service(None, None, "/health", Supervisor("router", "/var/run/supervisor.sock"),
+                                    "supervisord"),
                             Timeouts(5.0, 60.0, 20.0), 64, ROOT / "playbooks" / "router.yaml",
                             flag_registry=ROOT / "playbooks" / "flags.yaml",
                             breakers=Breakers(50.0, 20000.0, True, 50.0, 5.0))
@@ -278,11 +290,13 @@ def test_real_router_playbook_loads():
 SERVICE_CASES = [
     ("supervisor-only", "  supervisor: {program: router}\n", None),
     ("neither", "", "router.yaml: service: needs `supervisor`, `manager`, or both `restart` and `stop`"),
-    ("restart-without-stop", "  restart: [x]\n", "router.yaml: service: needs `supervisor`, `manager`, or both `restart` and `stop`"),
+    ("restart-without-stop", "  restart: [x]\n",
+     "router.yaml: service: needs `supervisor`, `manager`, or both `restart` and `stop`"),
     ("supervisor-bad-program", "  supervisor: {program: 'a b'}\n",
      "router.yaml: service/supervisor/program: should be a name matching ^[a-z0-9][a-z0-9_-]{0,62}$, got 'a b'"),
     ("supervisor-relative-socket", "  supervisor: {program: router, socket: run/s.sock}\n",
-     "router.yaml: service/supervisor/socket: should be an absolute normalized path of [A-Za-z0-9._/-], got 'run/s.sock'"),
+     "router.yaml: service/supervisor/socket: should be an absolute normalized path of [A-Za-z0-9._/-], "
+     "got 'run/s.sock'"),
     ("supervisor-unknown-key", "  supervisor: {program: router, sock: /x}\n",
      "router.yaml: service/supervisor: unknown key 'sock'"),
 ]

@@ -8,8 +8,8 @@ import pytest
 
 from deployctl.config import sshconfig
 from deployctl.config.inventory import load_inventory
-from deployctl.errors import ConfigError
 from deployctl.config.sshconfig import Jump
+from deployctl.errors import ConfigError
 
 HEAD = "fleet: f\nssh:\n  connect_timeout: 5\n"
 

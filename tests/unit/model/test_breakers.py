@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from deployctl.remote import commands
-from deployctl.model.breakers import Memory, Rates, Reading, check, rates
 from deployctl.config.playbook import Breakers, load_playbook
 from deployctl.errors import ConfigError, DeployctlError
+from deployctl.model.breakers import Memory, Rates, Reading, check, rates
+from deployctl.remote import commands
 
 A, B = "a" * 64, "b" * 64
 
@@ -69,7 +69,8 @@ def test_rate_breakers_name_the_worst_node_its_figure_and_the_limit():
 def test_a_gate_open_while_digests_differ_trips_and_a_closed_one_does_not():
     mixed = [Reading("node1", 0, health(gate="open"), A), Reading("node8", 0, health(gate="closed", digest=B), B)]
     (trip,) = check(CFG, mixed, {}, Memory(), 0.0)
-    assert trip.line == f"gate_open_while_mixed: gate open on node1 while the fleet holds 2 digests ({A[:12]}, {B[:12]})"
+    assert trip.line == (f"gate_open_while_mixed: gate open on node1 while the fleet holds 2 digests "
+                         f"({A[:12]}, {B[:12]})")
     closed = [Reading("node1", 0, health(gate="closed"), A), mixed[1]]
     assert check(CFG, closed, {}, Memory(), 0.0) == []
     # files switched on disk under a router still running the old code: mixed too
@@ -113,7 +114,8 @@ def test_the_watch_command_is_one_quoted_sh_loop():
     assert commands.watch_loop("/opt/router") == ["sh", "-c", commands.WATCH_SH, "sh", "/opt/router"]
 
 
-BASE = "name: r\nsource: .\ninstall_root: /opt/r\nkeep_releases: 2\nservice: {health_path: /health, supervisor: {program: r}}\n"
+BASE = ("name: r\nsource: .\ninstall_root: /opt/r\nkeep_releases: 2\n"
+        "service: {health_path: /health, supervisor: {program: r}}\n")
 
 
 @pytest.mark.parametrize("text, problem", [

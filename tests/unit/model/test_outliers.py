@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from deployctl.model import outliers
-from deployctl.model import verify
 from deployctl.errors import ExitCode
+from deployctl.model import outliers, verify
 from deployctl.release.manifest import digest_of
 
 A = {"router.py": "1" * 64, "router.json": "2" * 64}

@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deployctl.model import phases
-from deployctl.remote.commands import Probe
 from deployctl.model.phases import FORWARD, Outcome, Phase, State
+from deployctl.remote.commands import Probe
 
 NODES = ("n1", "n2", "n3")
 TARGET = "c" * 64

@@ -6,10 +6,10 @@ import hashlib
 
 import pytest
 
-from deployctl.model import verify
-from deployctl.release.manifest import digest_of
 from deployctl.errors import ExitCode
+from deployctl.model import verify
 from deployctl.model.verify import NodeObservation, report
+from deployctl.release.manifest import digest_of
 
 
 def sha(text: str) -> str:
@@ -215,4 +215,5 @@ def test_a_refused_host_key_exits_10_even_beside_an_outage_or_a_mismatch():
     assert rep.to_dict()["nodes"][1]["host_key_refused"] is True
     mixed = report(fleet(n2=refused, n3=NodeObservation("n3", unreachable=True)), EXPECTED, MANIFEST)
     assert mixed.exit_code == ExitCode.HOST_KEY
-    assert report(fleet(n3=NodeObservation("n3", unreachable=True)), EXPECTED, MANIFEST).exit_code == ExitCode.UNREACHABLE
+    unreachable = fleet(n3=NodeObservation("n3", unreachable=True))
+    assert report(unreachable, EXPECTED, MANIFEST).exit_code == ExitCode.UNREACHABLE

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 import fakefleet as ff
+import pytest
 from fakefleet import NODES, OTHERS
-from deployctl.ops import control
+
 from deployctl.errors import DeployctlError, ExitCode, HaltedError, MismatchError, UnreachableError, UsageError
+from deployctl.ops import control
+
 
 def plain(rec: dict) -> dict:
     return {k: v for k, v in rec.items() if k not in ("ts", "who")}
@@ -92,7 +93,7 @@ def test_verify_against_an_older_release(live):
     assert report.exit_code == ExitCode.MISMATCH and not any(n.ok for n in report.nodes)
 
 
-# ---- gate open / close ------------------------------------------------------------------------------------------------
+# ---- gate open / close -------------------------------------------------------------------------------------------
 
 @pytest.fixture
 def closed(live) -> ff.Rig:
@@ -171,7 +172,7 @@ def test_gate_open_is_all_or_none(closed):
                                            "nodes": {**dict.fromkeys(OTHERS, "ok"), "node3": reason}}
 
 
-# ---- halt / resume ------------------------------------------------------------------------------------------------------
+# ---- halt / resume -----------------------------------------------------------------------------------------------
 
 def test_halt_reaches_every_router_without_ssh(live):
     connects = len(live.world.connects)

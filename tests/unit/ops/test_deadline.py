@@ -10,15 +10,15 @@ import dataclasses
 import time
 import types
 
-import pytest
-
 import fakefleet as ff
+import pytest
 from fakefleet import NODES
+
+from deployctl.config.playbook import load_playbook
+from deployctl.errors import ConfigError, RolledBackError
 from deployctl.ops import rollback as rollback_mod
 from deployctl.ops import rollout as rollout_mod
 from deployctl.ops import run as run_mod
-from deployctl.config.playbook import load_playbook
-from deployctl.errors import ConfigError, RolledBackError
 
 DEADLINE = 30.0
 
@@ -77,7 +77,8 @@ def test_a_deadline_passed_during_stage_stops_before_the_switch_and_nothing_swit
     assert last_run(live) == ["start", "preflight", "close-gate", "stage", "done"]
     rec = done(live)
     assert (rec["phase"], rec["outcome"]) == ("done", "rolled-back")
-    assert rec["failures"] == ["fleet failed in switch: the rollout deadline of 30 s (playbook timeouts.rollout) passed"]
+    assert rec["failures"] == [
+        "fleet failed in switch: the rollout deadline of 30 s (playbook timeouts.rollout) passed"]
 
 
 def test_a_deadline_passed_during_health_reverts_every_node_journaled(live):

@@ -6,9 +6,9 @@ import re
 
 import pytest
 
+from deployctl.errors import HostKeyError
 from deployctl.ops import enroll
 from deployctl.state import keys
-from deployctl.errors import HostKeyError
 from deployctl.state.statedir import StateDir
 
 BLOB = "AAAAC3NzaC1lZDI1NTE5AAAAIPZ7bOq1mXe7Q2NnQ6N0PV1Bqg4bVqX9Yb0b7o7xH1c8"

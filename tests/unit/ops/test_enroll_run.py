@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from deployctl import api
-from deployctl.ops import enroll
 from deployctl.errors import DeployctlError, HostKeyError, LockHeldError
+from deployctl.ops import enroll
 
 ROOT = Path(__file__).resolve().parents[3]
 

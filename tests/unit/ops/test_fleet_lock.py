@@ -13,16 +13,16 @@ import time
 import types
 import uuid
 
+import fakefleet as ff
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import fakefleet as ff
-from deployctl.state import journal
+from deployctl.errors import ExitCode, LockHeldError, RolledBackError
+from deployctl.ops import guards
 from deployctl.ops import rollback as rollback_mod
 from deployctl.ops import rollout as rollout_mod
-from deployctl.ops import guards
-from deployctl.errors import ExitCode, LockHeldError
+from deployctl.state import journal
 from deployctl.state.journal import Journal, actor
 
 
@@ -103,7 +103,7 @@ def test_two_controllers_with_their_own_state_folders_one_proceeds(one, tmp_path
 def test_a_failed_rollout_releases_the_lock_on_every_node(one):
     rig = one
     rig.world.fail("node3", "switch")
-    with pytest.raises(Exception):
+    with pytest.raises(RolledBackError):
         rollout_mod.rollout(rig.ctx, rig.artifacts[1].path)
     assert all(rig.world[n].lock is None for n in rig.world.nodes)
 

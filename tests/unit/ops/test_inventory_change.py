@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
-
 import fakefleet as ff
+import pytest
 from fakefleet import NODES
-from deployctl.ops import rollback as rollback_mod
-from deployctl.ops import rollout as rollout_mod
+
 from deployctl.config.inventory import Node
 from deployctl.errors import InconsistentError, UsageError
+from deployctl.ops import rollback as rollback_mod
+from deployctl.ops import rollout as rollout_mod
+
 
 def without(rig: ff.Rig, name: str) -> None:
     inv = rig.ctx.inventory

@@ -3,14 +3,13 @@ the right sha256; a tampered old file is never reused; the dry run says how many
 
 from __future__ import annotations
 
-import pytest
-
 import fakefleet as ff
+import pytest
 from fakefleet import NODES
 
-from deployctl.remote import commands
-from deployctl.ops import rollout as rollout_mod
 from deployctl.errors import UsageError
+from deployctl.ops import rollout as rollout_mod
+from deployctl.remote import commands
 
 
 def sent(rig: ff.Rig) -> dict[str, int]:

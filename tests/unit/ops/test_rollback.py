@@ -11,15 +11,15 @@ import json
 import os
 import subprocess
 
-import pytest
-
 import fakefleet as ff
+import pytest
 from fakefleet import NODES, OTHERS, every_node, plain
-from deployctl.ops import control
-from deployctl.ops import rollback as rollback_mod
-from deployctl.ops import guards
+
 from deployctl.errors import ExitCode, InconsistentError, RolledBackError, UnreachableError, UsageError
+from deployctl.ops import control, guards
+from deployctl.ops import rollback as rollback_mod
 from deployctl.state.journal import actor
+
 
 def short(d: str) -> str:
     return d[:12]

@@ -10,17 +10,25 @@ from __future__ import annotations
 import json
 import subprocess
 
-import pytest
-
 import fakefleet as ff
+import pytest
 from fakefleet import NODES, OTHERS, every_node, plain
-from deployctl.remote import commands
-from deployctl.ops import control
+
+from deployctl.errors import (
+    ArtifactError,
+    DeployctlError,
+    ExitCode,
+    HaltedError,
+    HostKeyError,
+    InconsistentError,
+    LockHeldError,
+    RolledBackError,
+    UnreachableError,
+)
+from deployctl.ops import control, guards
 from deployctl.ops import rollback as rollback_mod
 from deployctl.ops import rollout as rollout_mod
-from deployctl.ops import guards
-from deployctl.errors import (ArtifactError, DeployctlError, ExitCode, HaltedError, HostKeyError, InconsistentError,
-                              LockHeldError, RolledBackError, UnreachableError)
+from deployctl.remote import commands
 from deployctl.state.journal import actor
 
 UNREACHABLE3 = "unreachable at 127.0.0.1:2203: ConnectionRefusedError: [Errno 111] Connection refused"

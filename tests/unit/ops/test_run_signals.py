@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import signal
 
-import pytest
-
 import fakefleet as ff
+import pytest
 from fakefleet import NODES, every_node
+
+from deployctl.errors import DeployctlError, ExitCode, RolledBackError
+from deployctl.ops import guards, run
 from deployctl.ops import rollback as rollback_mod
 from deployctl.ops import rollout as rollout_mod
-from deployctl.ops import run
-from deployctl.ops import guards
-from deployctl.errors import DeployctlError, ExitCode, RolledBackError
 
 BEFORE_SWITCH = ["preflight", "close-gate", "stage"]
 AFTER_SWITCH = ["switch", "health", "open-gate"]

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from deployctl.errors import DeployctlError, ExitCode
 from deployctl.ops import control
 from deployctl.ops import rollout as rollout_mod
-from deployctl.errors import DeployctlError, ExitCode
 
 
 def test_a_skewed_node_is_halted_and_the_skew_journaled(one):

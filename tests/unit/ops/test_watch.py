@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from deployctl.ops import watch as watch_mod
-from deployctl.config.playbook import Breakers
 from deployctl.config.inventory import Node
+from deployctl.config.playbook import Breakers
 from deployctl.errors import HaltedError
+from deployctl.ops import watch as watch_mod
 from deployctl.remote.routers import Answer
 from deployctl.remote.ssh import NodeResult
 

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from deployctl.release import approval
-from deployctl.release import signing
 from deployctl.config.playbook import Approver
 from deployctl.errors import UsageError
+from deployctl.release import approval, signing
 
 D1, D2, D3 = "1" * 64, "2" * 64, "3" * 64
 NOW = 1_800_000_000
@@ -75,7 +74,8 @@ def test_self_approval_written_by_hand_is_refused_at_rollout(tmp_path, keys):
     doc = {"plan": plan.body, "signatures": {**plan.signatures, "approver": plan.signatures["planner"]}}
     forged = write(tmp_path, doc)
     listed = (Approver("alice", keys["alice"][1]),)
-    with pytest.raises(UsageError, match="^plan.json: rollout refused: the plan was approved by its own planner's key$"):
+    own_key = "^plan.json: rollout refused: the plan was approved by its own planner's key$"
+    with pytest.raises(UsageError, match=own_key):
         approval.check(forged, listed, NOW + 2, digest=D2, fleet="test-fleet", nodes=["node1", "node2"])
 
 
@@ -106,7 +106,8 @@ def test_a_plan_for_another_release_fleet_or_node_set_is_refused(tmp_path, keys)
     plan = approved(tmp_path, keys)
     with pytest.raises(UsageError, match="the plan is for release 222222222222, not 333333333333"):
         check(plan, keys, digest=D3)
-    with pytest.raises(UsageError, match="the plan is for fleet test-fleet with nodes node1, node2, not this inventory"):
+    other_fleet = "the plan is for fleet test-fleet with nodes node1, node2, not this inventory"
+    with pytest.raises(UsageError, match=other_fleet):
         check(plan, keys, fleet="other")
     with pytest.raises(UsageError, match="not this inventory"):
         check(plan, keys, nodes=["node1", "node2", "node3"])

@@ -16,13 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deployctl.release import artifact
-from deployctl.release import manifest
-from deployctl.release import signing
+from deployctl.errors import ArtifactError, ExitCode
+from deployctl.release import artifact, manifest, signing
 from deployctl.release.artifact import Artifact, build, load
 from deployctl.release.manifest import digest_of
 from deployctl.release.signing import generate as generate_signing_key
-from deployctl.errors import ArtifactError, ExitCode
 
 SOURCE = {
     "router.json": b'{"name": "router", "version": "1.0.0"}\n',
@@ -131,8 +129,9 @@ def test_tar_layout_and_metadata(built, keys):
 
 
 def test_build_skips_pycache_and_pyc_and_reads_version_file(tmp_path, keys):
-    src = make_source(tmp_path / "src", {"VERSION": b"2.3.4-rc1\n", "app.py": b"x", "__pycache__/app.cpython-311.pyc": b"c",
-                                         "sub/__pycache__/m.pyc": b"c", "stray.pyc": b"c"})
+    src = make_source(tmp_path / "src", {"VERSION": b"2.3.4-rc1\n", "app.py": b"x",
+                                         "__pycache__/app.cpython-311.pyc": b"c", "sub/__pycache__/m.pyc": b"c",
+                                         "stray.pyc": b"c"})
     (src / "empty-folder").mkdir()
     art = build(src, tmp_path / "out", "app", keys[0])
     assert sorted(art.files) == ["VERSION", "app.py"]
@@ -304,7 +303,8 @@ def evil_router(items, private):
 HOSTILE = [
     ("absolute-path", lambda e, k: e + [(member("/etc/evil"), b"x")], "member '/etc/evil' is an absolute path"),
     ("dotdot", lambda e, k: e + [(member("../evil"), b"x")], "member '../evil' escapes the release"),
-    ("dotdot-inside", lambda e, k: e + [(member("files/../../evil"), b"x")], "member 'files/../../evil' escapes the release"),
+    ("dotdot-inside", lambda e, k: e + [(member("files/../../evil"), b"x")],
+     "member 'files/../../evil' escapes the release"),
     ("dot-component", lambda e, k: e + [(member("files/./x"), b"x")], "member 'files/./x' is not a valid path"),
     ("backslash", lambda e, k: e + [(member("files/a\\b"), b"x")], "member 'files/a\\\\b' is not a valid path"),
     ("symlink", lambda e, k: e + [(member("files/link", tarfile.SYMTYPE, linkname="/etc/passwd"), None)],
@@ -319,7 +319,8 @@ HOSTILE = [
      "member 'files/c' is not a regular file or folder"),
     ("outside-member", lambda e, k: e + [(member("evil.txt"), b"x")],
      "member 'evil.txt' is outside manifest.json, manifest.sig and files/"),
-    ("extra-file", lambda e, k: e + [(member("files/extra.txt"), b"x")], "file 'extra.txt' is not listed in the manifest"),
+    ("extra-file", lambda e, k: e + [(member("files/extra.txt"), b"x")],
+     "file 'extra.txt' is not listed in the manifest"),
     ("extra-folder", lambda e, k: e + [(member("files/lib/new", tarfile.DIRTYPE), None)],
      "folder 'lib/new' holds no listed file"),
     ("missing-file", lambda e, k: [x for x in e if x[0].name != "files/lib/util.py"],
@@ -327,14 +328,16 @@ HOSTILE = [
     ("duplicate-member", lambda e, k: e + [(member("files/router.py"), b"print('hello')\n")],
      "duplicate member 'files/router.py'"),
     ("file-over-folder", lambda e, k: e + [(member("files/lib"), b"x")], "duplicate member 'files/lib'"),
-    ("tampered-file", lambda e, k: tampered_file(e), "file 'router.py' does not match its size and sha256 in the manifest"),
+    ("tampered-file", lambda e, k: tampered_file(e),
+     "file 'router.py' does not match its size and sha256 in the manifest"),
     ("grown-file", lambda e, k: replace(e, "files/empty.txt", b"x"),
      "file 'empty.txt' does not match its size and sha256 in the manifest"),
     ("tampered-manifest", lambda e, k: replace(e, "manifest.json", e[0][1].replace(b'"1.0.0"', b'"1.0.1"')),
      "bad signature: manifest.json is not signed by the trusted key"),
     ("resigned-by-other-key", lambda e, k: evil_router(e, k[0]),
      "bad signature: manifest.json is not signed by the trusted key"),
-    ("unsigned", lambda e, k: [x for x in e if x[0].name != "manifest.sig"], "manifest.sig missing (the artifact is unsigned)"),
+    ("unsigned", lambda e, k: [x for x in e if x[0].name != "manifest.sig"],
+     "manifest.sig missing (the artifact is unsigned)"),
     ("signature-not-hex", lambda e, k: replace(e, "manifest.sig", b"zz" * 64),
      "manifest.sig should be 128 lowercase hex digits"),
     ("signature-with-newline", lambda e, k: replace(e, "manifest.sig", e[1][1] + b"\n"),
@@ -383,8 +386,8 @@ MANIFEST_CASES = [
     ({"files": {"a": "0" * 64, "a/b": "0" * 64}, "sizes": {"a": 0, "a/b": 0}},
      "manifest.json: files: 'a/b' is inside another file"),
     ({"sizes": {}}, "manifest.json: sizes should have exactly the paths of files"),
-    ({"extra": 1}, "manifest.json: should be an object with exactly the keys digest, files, format, name, sizes, version "
-                    "(and optionally flags)"),
+    ({"extra": 1}, "manifest.json: should be an object with exactly the keys digest, files, format, name, sizes, "
+                    "version (and optionally flags)"),
 ]
 
 

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from deployctl.release import artifact
-from deployctl.release import flags
-from deployctl.release import manifest
 from deployctl.errors import ArtifactError, ConfigError, UsageError
+from deployctl.release import artifact, flags, manifest
 
 ROOT = Path(__file__).resolve().parents[3]
 

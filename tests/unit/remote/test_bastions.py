@@ -9,11 +9,10 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from deployctl.remote import routers
-from deployctl.remote import sshconnect
-from deployctl.remote.channel import NodeError
 from deployctl.config.inventory import Node
 from deployctl.config.sshconfig import Jump
+from deployctl.remote import routers, sshconnect
+from deployctl.remote.channel import NodeError
 
 OUTER, INNER = Jump("127.0.0.1", 3550, "deploy"), Jump("10.0.0.9", 22, "ops", "/keys/ops")
 

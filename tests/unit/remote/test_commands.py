@@ -9,11 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deployctl.remote import commands
-from deployctl.remote import agentpack
-from deployctl.remote.commands import Hashes, NodeAnswerError, Probe
 from deployctl.config.playbook import Service, Supervisor
 from deployctl.errors import DeployctlError, ExitCode
+from deployctl.remote import agentpack, commands
+from deployctl.remote.commands import Hashes, NodeAnswerError, Probe
 
 ROOT = "/opt/router"
 D1 = "a" * 64

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import paramiko
 
-from deployctl.remote import fabricconn
 from deployctl.config.inventory import Node
 from deployctl.config.sshconfig import Jump
+from deployctl.remote import fabricconn
 
 PACKAGE = Path(__file__).resolve().parents[3] / "deployctl"
 
@@ -19,7 +19,8 @@ def test_fabric_connection_rejects_unknown_keys_at_every_hop(tmp_path, monkeypat
     (tmp_path / ".ssh" / "config").write_text("Host *\n  ProxyJump evil\n  IdentityFile /evil\n")
     monkeypatch.setenv("HOME", str(tmp_path))
     known = tmp_path / "known_hosts"
-    known.write_text("[10.0.0.5]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n")
+    known.write_text("[10.0.0.5]:2222 ssh-ed25519 "
+                     "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n")
     node = Node("a", "10.0.0.5", 2222, 80, "deploy", "/keys/a",
                 (Jump("outer", 22, "o", "/keys/o"), Jump("inner", 2200, "i", None)))
     conn = fabricconn.connection(node, tmp_path / "id", known, 3.0)

@@ -8,9 +8,9 @@ import hmac
 
 import pytest
 
-from deployctl.state import keys
-from deployctl.remote import hostkeys
 from deployctl.errors import HostKeyError, UsageError
+from deployctl.remote import hostkeys
+from deployctl.state import keys
 from deployctl.state.statedir import StateDir
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPZ7bOq1mXe7Q2NnQ6N0PV1Bqg4bVqX9Yb0b7o7xH1c8"

@@ -7,21 +7,23 @@ import subprocess
 
 import pytest
 
+from deployctl.config.playbook import Service, Supervisor
 from deployctl.remote import commands
 from deployctl.remote.commands import NodeAnswerError
-from deployctl.config.playbook import Service, Supervisor
 from deployctl.remote.nodecontract import (
     Contract,
     Facts,
     check_manager,
     desired,
     parse_facts,
-    steps as plan_steps,
     probe,
     service_commands,
     service_file,
     sha256,
     sudoers_rule,
+)
+from deployctl.remote.nodecontract import (
+    steps as plan_steps,
 )
 
 SUP = Contract("/opt/router", "router", "supervisord", "deploy", "deploy", 8080, "t0ken", "ssh-ed25519 AAAA signing",
@@ -96,8 +98,8 @@ def test_root_with_supervisor_keeps_the_socket():
 
 def _facts(contract: Contract, **changed) -> Facts:
     """Facts of a node that has everything the contract wants, with `changed` paths replaced."""
-    paths = {w.path: ("dir", w.owner, w.mode, "-") if w.content is None else ("file", w.owner, w.mode, sha256(w.content))
-             for w in desired(contract)}
+    paths = {w.path: ("dir", w.owner, w.mode, "-") if w.content is None
+             else ("file", w.owner, w.mode, sha256(w.content)) for w in desired(contract)}
     return Facts({**paths, **changed}, contract.tools, False)
 
 
@@ -133,7 +135,8 @@ def test_only_what_differs_changes_and_the_token_is_never_shown():
 def test_a_changed_unit_reloads_systemd():
     path, _ = service_file(SYSD)
     steps = plan_steps(SYSD, _facts(SYSD, **{path: ("file", "root", "644", sha256("old"))}), "/tmp/x")
-    assert [s.argv for s in steps][-1] == (("/bin/systemctl", "daemon-reload"), ("/bin/systemctl", "enable", "orders.service"))
+    assert [s.argv for s in steps][-1] == (("/bin/systemctl", "daemon-reload"),
+                                           ("/bin/systemctl", "enable", "orders.service"))
 
 
 def test_probe_runs_on_a_real_shell_and_parses(tmp_path):
@@ -147,7 +150,8 @@ def test_probe_runs_on_a_real_shell_and_parses(tmp_path):
     me = getpass.getuser()
     assert facts.paths == {str(tmp_path / "d"): ("dir", me, "750", "-"),
                            str(tmp_path / "f"): ("file", me, "644", sha256("hello\n")),
-                           str(tmp_path / "l"): ("other", "-", "-", "-"), str(tmp_path / "none"): ("none", "-", "-", "-")}
+                           str(tmp_path / "l"): ("other", "-", "-", "-"),
+                           str(tmp_path / "none"): ("none", "-", "-", "-")}
 
 
 @pytest.mark.parametrize("text, message", [
@@ -173,7 +177,8 @@ def test_apply_script_stops_at_the_failing_step_and_names_it(tmp_path):
     from deployctl.remote.nodecontract import Step, apply_script, failed_step
 
     made = tmp_path / "made"
-    steps = [Step("one", (("touch", str(made)),)), Step("two", (("false",),)), Step("three", (("touch", str(tmp_path / "x")),))]
+    steps = [Step("one", (("touch", str(made)),)), Step("two", (("false",),)),
+             Step("three", (("touch", str(tmp_path / "x")),))]
     code = subprocess.run(apply_script(steps)).returncode
     assert failed_step(steps, code) == 1 and made.exists() and not (tmp_path / "x").exists()
     assert subprocess.run(apply_script(steps[:1])).returncode == 0
@@ -182,8 +187,10 @@ def test_apply_script_stops_at_the_failing_step_and_names_it(tmp_path):
 
 @pytest.mark.parametrize("service, message", [
     ("  manager: upstart\n", "router.yaml: service/manager: should be one of supervisord, systemd, got 'upstart'"),
-    ("  manager: systemd\n  supervisor: {program: router}\n", "router.yaml: service/supervisor: only for manager supervisord"),
-    ("  supervisor: {program: router}\n  unit: other\n", "router.yaml: service/unit: should be the supervisor program 'router'"),
+    ("  manager: systemd\n  supervisor: {program: router}\n",
+     "router.yaml: service/supervisor: only for manager supervisord"),
+    ("  supervisor: {program: router}\n  unit: other\n",
+     "router.yaml: service/unit: should be the supervisor program 'router'"),
     ("  manager: systemd\n  port: 0\n", "router.yaml: service/port: should be between 1 and 65535"),
 ])
 def test_playbook_service_manager_fields_are_strict(tmp_path, service, message):
@@ -191,7 +198,8 @@ def test_playbook_service_manager_fields_are_strict(tmp_path, service, message):
     from deployctl.errors import ConfigError
 
     book = tmp_path / "router.yaml"
-    book.write_text(f"name: r\nsource: .\ninstall_root: /opt/r\nkeep_releases: 2\nservice:\n  health_path: /h\n{service}")
+    book.write_text("name: r\nsource: .\ninstall_root: /opt/r\nkeep_releases: 2\n"
+                    f"service:\n  health_path: /h\n{service}")
     with pytest.raises(ConfigError) as exc:
         load_playbook(book)
     assert str(exc.value) == message

@@ -35,7 +35,8 @@ def known_hosts(tmp_path):
     return path, keys
 
 
-def test_sixty_four_connections_parse_the_file_once_and_each_gets_only_its_own_key(known_hosts, client_key, monkeypatch):
+def test_sixty_four_connections_parse_the_file_once_and_each_gets_only_its_own_key(known_hosts, client_key,
+                                                                                   monkeypatch):
     path, keys = known_hosts
     loads, seen = [], {}
     real_load = paramiko.HostKeys.load

@@ -24,6 +24,7 @@ def test_paramiko_comes_without_invoke_and_invoke_stays_importable():
 
 
 def test_an_invoke_imported_first_is_left_alone():
-    code = "import invoke, sys\nfrom deployctl.remote import sshconnect\nassert sshconnect.import_paramiko().config.invoke is invoke\n"
+    code = ("import invoke, sys\nfrom deployctl.remote import sshconnect\n"
+            "assert sshconnect.import_paramiko().config.invoke is invoke\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -16,9 +16,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from deployctl.remote import ssh
-from deployctl.remote import sshconnect
 from deployctl.errors import DeployctlError, ExitCode
+from deployctl.remote import ssh, sshconnect
 
 ROOT = Path(__file__).resolve().parents[3]
 REFUSAL = ("paramiko 3.3.1 lacks strict key exchange (Terrapin, CVE-2023-48795): install paramiko 3.4 or newer; "

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deployctl.state import journal
 from deployctl.errors import DeployctlError
+from deployctl.state import journal
 from deployctl.state.journal import Journal, entry
 
 D1, D2, D3 = "1" * 64, "2" * 64, "3" * 64
@@ -36,8 +36,8 @@ def test_encode_is_one_canonical_line():
     assert journal.encode({"b": 1, "a": "x\ny"}) == b'{"a":"x\\ny","b":1}\n'
 
 
-records = st.dictionaries(st.text(max_size=8).filter(lambda k: k != "crc32"), st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-                          max_size=4)
+records = st.dictionaries(st.text(max_size=8).filter(lambda k: k != "crc32"),
+                          st.none() | st.booleans() | st.integers() | st.text(max_size=20), max_size=4)
 
 
 @given(st.lists(records, min_size=1, max_size=6))
@@ -98,9 +98,9 @@ def test_last_good(tmp_path):
 def test_rollback_target_is_the_newest_release_the_fleet_ran_that_no_node_runs(tmp_path):
     from types import SimpleNamespace
 
-    from deployctl.remote.commands import Probe
-    from deployctl.ops.rollback import rollback_target as _rollback_target
     from deployctl.errors import UsageError
+    from deployctl.ops.rollback import rollback_target as _rollback_target
+    from deployctl.remote.commands import Probe
 
     j = Journal(tmp_path / "j.jsonl")
     ctx = SimpleNamespace(journal=j)

@@ -14,11 +14,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from deployctl.state import journal
-from deployctl.ops import rollout as rollout_mod
 from deployctl.errors import ExitCode, JournalError
-from deployctl.state.journal import Journal, entry
+from deployctl.ops import rollout as rollout_mod
 from deployctl.ops.run import Run
+from deployctl.state import journal
+from deployctl.state.journal import Journal, entry
 
 D1, D2 = "1" * 64, "2" * 64
 

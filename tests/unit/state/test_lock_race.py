@@ -14,8 +14,8 @@ import socket
 import time
 from types import SimpleNamespace
 
-from deployctl.ops import guards
 from deployctl.errors import LockHeldError
+from deployctl.ops import guards
 from deployctl.state.journal import Journal
 from deployctl.state.lock import Lock
 

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from deployctl.testfleet import bare as barefleet
-from deployctl.testfleet import fleetfiles
-from deployctl.testfleet import docker as docker_fleet
-from deployctl.state import keys
-from deployctl.testfleet.fleetfiles import bare_inventory_text, inventory_text
 from deployctl.config.inventory import load_inventory
-from deployctl.errors import ConfigError
 from deployctl.config.schema import load_yaml
 from deployctl.config.sshconfig import Jump
+from deployctl.errors import ConfigError
+from deployctl.state import keys
 from deployctl.state.statedir import StateDir
+from deployctl.testfleet import bare as barefleet
+from deployctl.testfleet import docker as docker_fleet
+from deployctl.testfleet import fleetfiles
+from deployctl.testfleet.fleetfiles import bare_inventory_text, inventory_text
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from deployctl.testfleet import fleetfiles
 from deployctl.config.inventory import Node, load_inventory
-from deployctl.testfleet.fleetfiles import inventory_text
 from deployctl.errors import ConfigError
+from deployctl.testfleet import fleetfiles
+from deployctl.testfleet.fleetfiles import inventory_text
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -78,7 +78,8 @@ def test_generated_files_load_strictly_and_agree(tmp_path, nodes):
     spec = fleetfiles.load_spec(write(tmp_path, "compose.yaml", fleetfiles.compose_text(nodes)))
     inv = load_inventory(write(tmp_path, "fleet.yaml", inventory_text(nodes)))
     names = [f"node{i}" for i in range(1, nodes + 1)]
-    assert (spec.project, spec.image, spec.network) == ("deployctl-fleet", "deployctl/node:latest", "deployctl-fleet-net")
+    assert (spec.project, spec.image, spec.network) == (
+        "deployctl-fleet", "deployctl/node:latest", "deployctl-fleet-net")
     assert [(n.service, n.container, n.hostname) for n in spec.nodes] == [
         (name, f"deployctl-fleet-{name}", name) for name in names]
     assert [n.ports for n in spec.nodes] == [((2200 + i, 22), (8100 + i, 8080)) for i in range(1, nodes + 1)]
