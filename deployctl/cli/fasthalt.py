@@ -4,7 +4,7 @@ Typer (0.29) imports pydantic to parse arguments: together most of a halt's star
 is the one command where every millisecond before the requests go out is time the fleet still
 routes orders. This module parses exactly the global options and `halt [--json]`; anything else
 (help, other commands, anything it does not know) returns None, and cli/app.py's Typer app runs.
-Output, errors and exit codes are those of cli/app.py's `halt` (tests/local/test_quick_halt.py checks).
+Output, errors and exit codes are those of cli/app.py's `halt` (tests/process/cli/test_fasthalt.py checks).
 """
 
 from __future__ import annotations

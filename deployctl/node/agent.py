@@ -213,8 +213,8 @@ def current_name(root):
 # checks the artifact's signature itself against the key pinned at `fleet up`.
 P = 2 ** 255 - 19
 L = 2 ** 252 + 27742317777372353535851937790883648493
-# Written out, not computed at every start of the agent (a measurable part of each command): test_node_agent
-# checks them against their definitions, -121665/121666 mod P and 2^((P-1)/4) mod P.
+# Written out, not computed at every start of the agent (a measurable part of each command):
+# tests/process/node/test_agent.py checks them against their definitions, -121665/121666 mod P and 2^((P-1)/4) mod P.
 D = 37095705934669439343138083508754565189542113879843219016388785533085940283555
 SQRT_M1 = 19681161376707505956807079304988542015446066515923890162744021073123829784752
 
