@@ -31,7 +31,7 @@ from deployctl import api
 from deployctl.remote import routers
 
 DCTL = [str(ROOT / ".venv" / "bin" / "deployctl"), "-q"]
-# The same halt through cli.py's Typer app, as every halt ran before deployctl/quick.py (A/B in one run).
+# The same halt through cli/app.py's Typer app, as every halt ran before cli/fasthalt.py (A/B in one run).
 TYPER = [sys.executable, "-c", "import sys; from deployctl.cli import main; main()", "-q"]
 EARLIER = {"idle": "0.18 s", "load": "0.45-0.50 s"}  # issue 10 item 5, before this bench existed
 ORDER = {"symbol": "AAPL", "side": "buy", "quantity": 250, "limit_price": 10.5}

@@ -38,7 +38,7 @@ TARGETS = {8: (None, 0.70), 64: (1.0, 0.45)}
 
 
 def write_inventory(path: Path, nodes: int, parallel: int | None) -> Path:
-    """The first `nodes` nodes of the bench fleet, as config.inventory_text writes them."""
+    """The first `nodes` nodes of the bench fleet, as testfleet.fleetfiles.inventory_text writes them."""
     text = fleetfiles.inventory_text(nodes, FIRST_SSH, FIRST_ROUTER, fleet_name=PROJECT)
     if parallel is not None:
         text = text.replace("  parallel: 8\n", f"  parallel: {parallel}\n")
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--sizes", default="8,32,64", help="node counts, comma-separated (each 1-64)")
     parser.add_argument("--parallel", type=int, default=None,
-                        help="the inventories' ssh.parallel (default: as config.inventory_text writes it)")
+                        help="the inventories' ssh.parallel (default: as fleetfiles.inventory_text writes it)")
     parser.add_argument("--keep-up", action="store_true", help="leave the fleet up at the end")
     args = parser.parse_args()
     try:
