@@ -2,8 +2,10 @@
 
 A command is started with its first input; it answers one line per step (`read_line`), waits on the
 node while the controller decides (no deadline runs then), and is ended by `finish`: last input, end
-of input, then its exit code, stdout and stderr. Closing the channel at any wait changes nothing on
-the node. No paramiko import here: this works on any channel object with paramiko's interface.
+of input, then its exit code, stdout and stderr. Each stream is capped (MAX_LINE, MAX_STDOUT,
+MAX_STDERR): a node that sends more is cut off with a NodeError naming the stream. Closing the
+channel at any wait changes nothing on the node. No paramiko import here: this works on any channel
+object with paramiko's interface.
 """
 
 from __future__ import annotations
@@ -16,6 +18,12 @@ from collections.abc import Callable
 
 _CHUNK = 1 << 18
 MAX_LINE = 1 << 20  # an agent's answer line is a few KiB
+# What a node may send on each stream of one command; past that it is cut off (its channel closed),
+# so a hostile or broken node costs the controller at most this much memory. The largest stdout,
+# `have` and `hashes` of a release, is a line of about 100 bytes per file; an agent's error is one
+# line, a Python traceback a few KiB.
+MAX_STDOUT = 8 << 20
+MAX_STDERR = 4 << 20
 
 
 class NodeError(Exception):
@@ -39,9 +47,9 @@ class Held:
         self.chan, self.deadline, self.out = chan, deadline, b""
         # Drain stderr beside stdout: paramiko reopens a stream's window only as it is read, so a
         # command with megabytes of stderr would stall while we wait on stdout.
+        # It also runs while the command waits (no deadline then), so MAX_STDERR bounds it, not time.
         self.err_box: list = []
-        self.reader = threading.Thread(target=_collect, args=(chan.recv_stderr, lambda: self.deadline, self.err_box),
-                                       daemon=True)
+        self.reader = threading.Thread(target=self._collect_stderr, daemon=True)
 
     @classmethod
     def start(cls, transport, command: str, stdin: bytes | None, timeout: float) -> Held:
@@ -88,6 +96,7 @@ class Held:
     def read_line(self) -> bytes | None:
         """Read stdout up to the first newline; None if the command ended first (its output is kept)."""
         while b"\n" not in self.out:
+            self._raise_if_cut()
             if time.monotonic() > self.deadline:
                 raise TimeoutError()
             if len(self.out) > MAX_LINE:
@@ -105,13 +114,14 @@ class Held:
     def finish(self, data: bytes | None) -> tuple[int, bytes, bytes]:
         """Send `data`, end the input, read everything left; return (exit code, stdout, stderr)."""
         try:
+            self._raise_if_cut()
             self.send(data)
             try:
                 self.chan.shutdown_write()
             except OSError:
                 if not self.chan.get_transport().is_active():
                     raise
-            out = self.out + _read_all(self.chan.recv, lambda: self.deadline)
+            out = self.out + _read_all(self.chan.recv, lambda: self.deadline, MAX_STDOUT - len(self.out), "stdout")
             self.reader.join(max(0.0, self.deadline - time.monotonic()))
             if not self.err_box:
                 raise TimeoutError()
@@ -123,18 +133,28 @@ class Held:
         finally:
             self.chan.close()
 
+    def _collect_stderr(self) -> None:
+        """The stderr reader: all of stderr into the box, or the exception that ended it. A node past
+        MAX_STDERR is cut off here and then, even while its command waits for the controller."""
+        try:
+            self.err_box.append(_read_all(self.chan.recv_stderr, lambda: self.deadline, MAX_STDERR, "stderr"))
+        except BaseException as exc:  # reported to the caller through the box
+            self.err_box.append(exc)
+            if isinstance(exc, NodeError):
+                self.chan.close()
 
-def _collect(recv, deadline: Callable[[], float], box: list) -> None:
-    try:
-        box.append(_read_all(recv, deadline))
-    except BaseException as exc:  # reported to the caller through the box
-        box.append(exc)
+    def _raise_if_cut(self) -> None:
+        """Raise the NodeError the stderr reader cut the node off with, if it did."""
+        if self.err_box and isinstance(self.err_box[0], NodeError):
+            raise self.err_box[0]
 
 
-def _read_all(recv, deadline: Callable[[], float]) -> bytes:
-    """Read until end of stream; `deadline()` is read again after every wait, since a held command's
-    deadline moves: none while it waits for the controller, a new one for each step."""
+def _read_all(recv, deadline: Callable[[], float], limit: int, stream: str) -> bytes:
+    """Read until end of stream; NodeError once more than `limit` bytes came. `deadline()` is read
+    again after every wait, since a held command's deadline moves: none while it waits for the
+    controller, a new one for each step."""
     parts: list[bytes] = []
+    size = 0
     while True:
         if time.monotonic() > deadline():
             raise TimeoutError()
@@ -144,4 +164,11 @@ def _read_all(recv, deadline: Callable[[], float]) -> bytes:
             continue
         if not chunk:
             return b"".join(parts)
+        size += len(chunk)
+        if size > limit:
+            raise NodeError(f"answer too large: more than {_mib(limit)} on {stream}")
         parts.append(chunk)
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.3g} MiB"

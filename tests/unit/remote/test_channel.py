@@ -1,18 +1,25 @@
 """channel.Held, the two-phase command on one channel, against a scripted stand-in for a paramiko channel.
 
 The real thing runs in the e2e suite (every rollout holds its command across preflight, stage and switch);
-these pin the edge cases: a command that ends before answering, an answer line that never ends.
+these pin the edge cases: a command that ends before answering, an answer line that never ends, a node
+that floods a stream. Run as a script (`python test_channel.py stderr`), this file is the controller
+of the memory test: one node floods a stream, and it prints what that cost (see `flood_controller`).
 """
 
 from __future__ import annotations
 
+import json
+import resource
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
-from deployctl.remote import channel
-from deployctl.remote.channel import Held
+from deployctl.errors import UnreachableError
+from deployctl.remote import channel, ssh
+from deployctl.remote.channel import MAX_STDERR, MAX_STDOUT, Held, NodeError
 
 
 class FakeChannel:
@@ -39,8 +46,13 @@ class FakeChannel:
 
 
 class FakeTransport:
+    """A transport, and the connection that has it (SSHFleet's connections are paramiko SSHClients)."""
+
     def __init__(self, chan): self.chan = chan
     def open_session(self, timeout): return self.chan
+    def get_transport(self): return self
+    def is_active(self): return True
+    def close(self): pass
 
 
 def start(chan: FakeChannel, stdin: bytes | None = b"tar") -> Held:
@@ -115,3 +127,125 @@ def test_send_reports_progress_chunk_by_chunk(monkeypatch):
     seen = []
     held.send(b"0123456789", seen.append)
     assert chan.sent == b"0123456789" and seen == [4, 8, 10]
+
+
+class FloodChannel(FakeChannel):
+    """Once its stdout `chunks` (its answer) are read, sends `stdout` and `stderr` more bytes, made as
+    they are read, 64 KiB at a time (each a new object, as paramiko's are); closing it ends both
+    streams, as paramiko's does."""
+
+    def __init__(self, chunks: list[bytes], stdout: int = 0, stderr: int = 0):
+        super().__init__(chunks)
+        self.left = {"stdout": stdout, "stderr": stderr}
+        self.taken = {"stdout": 0, "stderr": 0}
+        self.answered = threading.Event()
+        if not chunks:
+            self.answered.set()
+
+    def _flood(self, stream: str, n: int) -> bytes:
+        size = 0 if self.closed else min(n, self.left[stream])
+        self.left[stream] -= size
+        self.taken[stream] += size
+        return b"e" * size  # not bytes(size): untouched zero pages would not count in RSS
+
+    def recv(self, n):
+        if self.chunks and not self.closed:
+            chunk = super().recv(n)
+            if not self.chunks:
+                self.answered.set()
+            return chunk
+        return self._flood("stdout", n)
+
+    def recv_stderr(self, n):
+        self.answered.wait()
+        return self._flood("stderr", n)
+
+
+PROBE = b'{"probe": "x"}\n'
+TOO_MUCH_STDERR = f"answer too large: more than {MAX_STDERR >> 20} MiB on stderr"
+TOO_MUCH_STDOUT = f"answer too large: more than {MAX_STDOUT >> 20} MiB on stdout"
+
+
+def test_a_node_flooding_stderr_is_cut_off_while_its_command_waits():
+    """The stderr reader runs with no deadline while a held command waits: the cap, not time, ends it."""
+    chan = FloodChannel([PROBE], stderr=10 * MAX_STDERR)
+    held = start(chan, None)
+    assert held.read_line() == PROBE
+    held.wait()
+    held.reader.join()  # no deadline runs now: only the cap stops the reader
+    assert chan.closed and chan.taken["stderr"] <= MAX_STDERR + (1 << 16)
+    held.arm(5)
+    with pytest.raises(NodeError) as err:
+        held.read_line()
+    assert err.value.reason == TOO_MUCH_STDERR
+
+
+def test_a_node_flooding_stdout_after_its_answer_is_cut_off():
+    chan = FloodChannel([PROBE], stdout=10 * MAX_STDOUT)
+    held = start(chan, None)
+    assert held.read_line() == PROBE
+    with pytest.raises(NodeError) as err:
+        held.finish(b"go\n")
+    assert err.value.reason == TOO_MUCH_STDOUT
+    assert chan.closed and chan.taken["stdout"] <= MAX_STDOUT + (1 << 16)
+
+
+def test_a_command_with_as_much_output_as_the_caps_allow_finishes():
+    chan = FloodChannel([], stdout=MAX_STDOUT, stderr=MAX_STDERR)
+    code, out, err = start(chan, None).finish(None)
+    assert (code, len(out), len(err)) == (0, MAX_STDOUT, MAX_STDERR)
+
+
+def test_the_node_cut_off_is_named_in_its_error(tmp_path):
+    """Through SSHFleet: the cut-off node gets its own error result, which names it; the others go on."""
+    chans = {"node1": FakeChannel([PROBE, b"ok\n"]), "node3": FloodChannel([PROBE], stderr=10 * MAX_STDERR)}
+    targets = [ssh.Target(n, "127.0.0.1", 1, "root") for n in chans]
+    with ssh.SSHFleet(targets, tmp_path / "k", tmp_path / "kh") as fleet:
+        fleet._conns.update({n: FakeTransport(c) for n, c in chans.items()})
+        assert all(r.ok for r in fleet.hold({n: ssh.Call("agent") for n in chans}).values())
+        fleet._held["node3"].reader.join()  # node3 floods stderr while both wait for the controller
+        res = fleet.finish({"node1": b"go\n", "node3": b"go\n"})
+    assert res["node1"].ok and res["node1"].stdout == b"ok\n"
+    assert res["node3"].error == TOO_MUCH_STDERR and chans["node3"].closed
+    with pytest.raises(UnreachableError) as err:
+        ssh.raise_for_unreachable(res, "switch")
+    assert str(err.value) == f"switch: node3: {TOO_MUCH_STDERR}"
+
+
+FLOOD = 200 << 20  # what one node sends in the memory test: 200 MiB
+GREW_MAX_KIB = 32 << 10  # what that may cost the controller: its peak RSS grows by less than 32 MiB
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_a_node_flooding_200_mib_costs_the_controller_under_32_mib(stream):
+    """One node sends 200 MiB on a stream (stderr while its command waits for the controller); the
+    controller, a fresh process so that its peak RSS is its own, cuts it off having grown < 32 MiB."""
+    proc = subprocess.run([sys.executable, __file__, stream], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["error"] == {"stdout": TOO_MUCH_STDOUT, "stderr": TOO_MUCH_STDERR}[stream]
+    assert got["taken"] <= {"stdout": MAX_STDOUT, "stderr": MAX_STDERR}[stream] + (1 << 16)
+    assert got["grew_kib"] < GREW_MAX_KIB, got
+
+
+def flood_controller(stream: str) -> dict:
+    """Hold a command on a node that floods `stream` with FLOOD bytes; return the error it was cut off
+    with, the bytes it got to send and how much this process's peak RSS grew (KiB)."""
+    chan = FloodChannel([PROBE], **{stream: FLOOD})
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    held = start(chan, None)
+    held.read_line()
+    held.wait()
+    held.reader.join()  # stderr floods while the command waits
+    held.arm(60)
+    try:
+        held.finish(b"go\n")
+        error = None
+    except NodeError as exc:
+        error = exc.reason
+    grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    return {"error": error, "taken": chan.taken[stream], "grew_kib": grew}
+
+
+if __name__ == "__main__":
+    print(json.dumps(flood_controller(sys.argv[1])))
