@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from deployctl.errors import DeployctlError, HaltedError, InconsistentError, LockHeldError, RolledBackError
 from deployctl.model import phases
 from deployctl.ops.guards import raise_if_fleet_locked
-from deployctl.remote import commands
+from deployctl.remote import commands, replies
 from deployctl.remote.routers import Answer
 from deployctl.remote.ssh import NodeResult, raise_for_unreachable
 
@@ -54,7 +54,7 @@ def outcomes(results: dict[str, NodeResult], parse: Callable[[str, bytes], objec
                 parse(name, r.stdout)
             out[name] = phases.Outcome(True)
         except DeployctlError as exc:
-            out[name] = phases.Outcome(False, str(exc))
+            out[name] = phases.Outcome(False, replies.clip(str(exc)))  # a parser may quote the node
     return out
 
 

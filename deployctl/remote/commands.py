@@ -230,12 +230,12 @@ class Hashes:
 
 
 def agent_error(stderr: bytes) -> str:
-    """Return the one-line error a node agent printed, or the raw last line."""
+    """Return the one-line error a node agent printed, or the raw last line; clipped (replies.clip)."""
     text = stderr.decode(errors="replace").strip()
     try:
-        return str(json.loads(text.splitlines()[-1])["error"])
+        return replies.clip(str(json.loads(text.splitlines()[-1])["error"]))
     except (ValueError, KeyError, IndexError, TypeError, RecursionError):
-        return text.splitlines()[-1] if text else "no error text"
+        return replies.clip(text.splitlines()[-1]) if text else "no error text"
 
 
 def parse_probe(stdout: bytes) -> Probe:
@@ -248,7 +248,7 @@ def parse_probe(stdout: bytes) -> Probe:
     releases = tuple(sorted(v for k, v in pairs if k == "release" and HEX64.match(v)))  # others aren't releases
     unknown = {k for k, _ in pairs} - {"root", "current", "halted", "free", "release"}
     if unknown:
-        raise NodeAnswerError(f"probe: unexpected lines {sorted(unknown)}")
+        raise NodeAnswerError(replies.clip(f"probe: unexpected lines {sorted(unknown)}"))
     return Probe(replies.release_name(replies.one(pairs, "current", "probe")), releases, int(free),
                  replies.flag(pairs, "halted", "probe"))
 

@@ -10,10 +10,19 @@ import re
 from deployctl.errors import DeployctlError
 
 HEX64 = re.compile(r"[0-9a-f]{64}\Z")  # use with .match: \Z, unlike $, refuses a trailing newline
+MAX_REASON = 500  # characters of a node's own words kept in an error message or a journal record
 
 
 class NodeAnswerError(DeployctlError):
     """A node's answer could not be understood."""
+
+
+def clip(text: str, limit: int = MAX_REASON) -> str:
+    """Return a node's `text` fit for one line of a message or a journal record: whitespace shown as a
+    space, other control characters (a terminal's escapes) as "?", and past `limit` characters a
+    marker saying how many more there were."""
+    line = "".join(c if c.isprintable() else " " if c.isspace() else "?" for c in text[:limit])
+    return line if len(text) <= limit else f"{line}... [clipped, {len(text)} characters in all]"
 
 
 def json_doc(stdout: bytes, what: str) -> dict:

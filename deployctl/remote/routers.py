@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from deployctl.config.inventory import Node
-from deployctl.remote import reqsign
+from deployctl.remote import replies, reqsign
 
 # (node, timeout) -> a connected socket-like object to its router; raises ConnectionRefusedError when nothing
 # listens there, OSError (naming the bastion) for anything else
@@ -45,9 +45,10 @@ class Answer:
         return self.status == 200
 
     def reason(self) -> str:
+        """Return a one-line reason for a failed answer, the node's words clipped (replies.clip)."""
         if self.error:
             return self.error
-        return f"HTTP {self.status}: {self.body.get('error', 'no reason given')}"
+        return f"HTTP {self.status}: {replies.clip(str(self.body.get('error', 'no reason given')))}"
 
 
 def request(node: Node, method: str, path: str, body: dict | None = None, token: str | None = None,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from deployctl.errors import HostKeyError, UnreachableError
-from deployctl.remote import channel, sshconnect
+from deployctl.remote import channel, replies, sshconnect
 from deployctl.remote.channel import Held, NodeError
 
 
@@ -40,11 +40,11 @@ class NodeResult:
         return self.error is None and self.exit_code == 0
 
     def reason(self) -> str:
-        """Return a one-line reason for a failed result."""
+        """Return a one-line reason for a failed result, the node's words clipped (replies.clip)."""
         if self.error:
             return self.error
         lines = (self.stderr or self.stdout).decode(errors="replace").strip().splitlines()
-        return f"exit {self.exit_code}: {lines[-1] if lines else 'no output'}"
+        return f"exit {self.exit_code}: {replies.clip(lines[-1]) if lines else 'no output'}"
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,14 @@ def test_a_command_with_a_lot_of_stderr_completes(ctx):
     assert (r.error, r.exit_code, r.stdout, len(r.stderr)) == (None, 0, b"done\n", size)
 
 
+def test_a_node_flooding_stderr_is_cut_off_and_named(ctx):
+    """Past channel.MAX_STDERR (4 MiB) the node is cut off, not read to the end: 1 GiB is never held."""
+    with ctx.ssh([_node(ctx, "node7"), _node(ctx, "node8")]) as f:
+        res = f.run_all(lambda n: Call("head -c 1G /dev/zero >&2; echo done" if n == "node7" else "echo done",
+                                       timeout=60))
+    assert (res["node7"].error, res["node8"].stdout) == ("answer too large: more than 4 MiB on stderr", b"done\n")
+
+
 def _known_hosts_line(port: int, public_line: str) -> str:
     kind, blob = public_line.split()[:2]
     return f"[127.0.0.1]:{port} {kind} {blob}\n"

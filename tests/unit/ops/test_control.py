@@ -10,6 +10,10 @@ from fakefleet import NODES, OTHERS
 
 from deployctl.errors import DeployctlError, ExitCode, HaltedError, MismatchError, UnreachableError, UsageError
 from deployctl.ops import control
+from deployctl.remote.replies import MAX_REASON
+
+HUGE = "x" * (1 << 20)  # a hostile node's error text, and how it reaches messages and journals:
+CLIPPED = "x" * MAX_REASON + f"... [clipped, {len(HUGE)} characters in all]"
 
 
 def plain(rec: dict) -> dict:
@@ -42,6 +46,12 @@ def test_verify_names_the_drifted_file(live):
     assert bad[0].drift == ("changed: router.py",)
     assert bad[0].problems == (f"disk digest {bad[0].disk_digest[:12]} != expected {b[:12]}",)
     assert bad[0].running_ok is True
+
+
+def test_verify_clips_a_nodes_error_text(live):
+    live.world.fail("node3", "hashes", HUGE)
+    report = control.verify(live.ctx)
+    assert report.nodes[2].problems == (f"disk: {CLIPPED}",)
 
 
 def test_verify_catches_a_node_running_another_release(live):
@@ -213,6 +223,23 @@ def test_halt_names_a_node_reached_neither_way(live):
     assert record == {"action": "halt", "outcome": "partial",
                       "nodes": {**{n: "halted" for n in NODES if n not in ("node3", "node6")}, "node3": n3,
                                 "node6": n6}}
+
+
+def test_halt_and_resume_clip_a_nodes_error_text(live):
+    """Through the SSH fallback (NodeResult.reason) and the router's answer (Answer.reason)."""
+    live.world["node6"].answers = False
+    live.world.fail("node6", "halt", HUGE)
+    with pytest.raises(UnreachableError) as err:
+        control.halt(live.ctx)
+    raw = '{"error": "' + "x" * (MAX_REASON - 11) + f"... [clipped, {len(HUGE) + 13} characters in all]"
+    assert str(err.value) == f"halt did not reach: node6: NOT HALTED: exit 1: {raw}"  # the agent's line, raw
+    assert live.journal()[-1]["nodes"]["node6"] == f"NOT HALTED: exit 1: {raw}"
+    live.world["node6"].answers = True
+    live.world.fail("node3", "resume", HUGE)
+    with pytest.raises(UnreachableError) as err:
+        control.resume(live.ctx)
+    assert str(err.value) == f"resume did not reach: node3: HTTP 500: {CLIPPED}"
+    assert live.journal()[-1]["nodes"]["node3"] == f"HTTP 500: {CLIPPED}"
 
 
 def test_resume_lifts_the_halt_and_leaves_the_gate_closed(live):

@@ -29,6 +29,7 @@ from deployctl.ops import control, guards
 from deployctl.ops import rollback as rollback_mod
 from deployctl.ops import rollout as rollout_mod
 from deployctl.remote import commands
+from deployctl.remote.replies import MAX_REASON
 from deployctl.state.journal import actor
 
 UNREACHABLE3 = "unreachable at 127.0.0.1:2203: ConnectionRefusedError: [Errno 111] Connection refused"
@@ -223,6 +224,21 @@ def test_stage_failure_rolls_back_and_no_node_switches(live):
     assert done["nodes"] == {**dict.fromkeys(OTHERS, "ok"), "node3": f"failed in stage: {ff.FAULTS['stage']}"}
     for n in NODES:
         assert plain(live.world[n].journal[-1]) == plain(done)
+
+
+def test_a_mebibyte_of_agent_error_reaches_the_error_and_the_journals_clipped(live):
+    """A hostile node's error text reaches the terminal and every journal as one short line."""
+    huge = "\x1b[2J" + "x" * (1 << 20)
+    live.world.fail("node3", "stage", huge)
+    with pytest.raises(RolledBackError) as err:
+        live.rollout(2)
+    said = "?[2J" + "x" * (MAX_REASON - 4) + f"... [clipped, {len(huge)} characters in all]"
+    assert str(err.value) == (f"rollout failed: node3 failed in stage: {said}; every node is back on its "
+                              "previous release, gate closed")
+    done = live.journal()[-1]
+    assert done["failures"] == [f"node3 failed in stage: {said}"]
+    assert done["nodes"]["node3"] == f"failed in stage: {said}"
+    assert all(plain(live.world[n].journal[-1]) == plain(done) for n in NODES)
 
 
 def test_node_that_pins_another_signing_key_refuses_the_artifact(live):

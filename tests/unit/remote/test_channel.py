@@ -203,7 +203,7 @@ def test_the_node_cut_off_is_named_in_its_error(tmp_path):
     with ssh.SSHFleet(targets, tmp_path / "k", tmp_path / "kh") as fleet:
         fleet._conns.update({n: FakeTransport(c) for n, c in chans.items()})
         assert all(r.ok for r in fleet.hold({n: ssh.Call("agent") for n in chans}).values())
-        fleet._held["node3"].reader.join()  # node3 floods stderr while both wait for the controller
+        fleet._held["node3"].reader.join()  # node3 floods stderr while both wait
         res = fleet.finish({"node1": b"go\n", "node3": b"go\n"})
     assert res["node1"].ok and res["node1"].stdout == b"ok\n"
     assert res["node3"].error == TOO_MUCH_STDERR and chans["node3"].closed

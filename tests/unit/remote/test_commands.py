@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from deployctl.config.playbook import Service, Supervisor
 from deployctl.errors import DeployctlError, ExitCode
-from deployctl.remote import agentpack, commands
+from deployctl.remote import agentpack, commands, replies
 from deployctl.remote.commands import Hashes, NodeAnswerError, Probe
+from deployctl.remote.replies import MAX_REASON
 
 ROOT = "/opt/router"
 D1 = "a" * 64
@@ -198,6 +199,15 @@ def test_parse_probe_current_not_a_digest_is_kept():
     assert commands.parse_probe(probe_out(current="/elsewhere")).current == "?/elsewhere"
 
 
+def test_parse_probe_clips_what_it_quotes_of_unexpected_lines():
+    out = probe_out() + b"".join(b"k%06d v\n" % i for i in range(100_000))
+    with pytest.raises(NodeAnswerError) as err:
+        commands.parse_probe(out)
+    said = str(err.value)
+    assert said.startswith("probe: unexpected lines ['k000000', 'k000001', ") and len(said) < MAX_REASON + 50
+    assert said.endswith(f"... [clipped, {len(repr([f'k{i:06d}' for i in range(100_000)])) + 24} characters in all]")
+
+
 def test_parse_hashes_good():
     got = commands.parse_hashes(hashes_out())
     assert got == Hashes(D1, {"router.py": SHA, "lib/util.py": D2}, ("link",), False)
@@ -248,6 +258,28 @@ AGENT_ERRORS = [
 @pytest.mark.parametrize("name, stderr, text", AGENT_ERRORS, ids=[a[0] for a in AGENT_ERRORS])
 def test_agent_error(name, stderr, text):
     assert commands.agent_error(stderr) == text
+
+
+HUGE = "x" * (1 << 20)
+CLIPPED = "x" * MAX_REASON + f"... [clipped, {len(HUGE)} characters in all]"
+CLIPS = [
+    ("short", "disk full", "disk full"),
+    ("at-the-limit", "x" * MAX_REASON, "x" * MAX_REASON),
+    ("one-over", "x" * (MAX_REASON + 1), "x" * MAX_REASON + f"... [clipped, {MAX_REASON + 1} characters in all]"),
+    ("a-mebibyte", HUGE, CLIPPED),
+    ("control-characters", "a\nb\tc\x1b[2Jd\x00e", "a b c?[2Jd?e"),
+]
+
+
+@pytest.mark.parametrize("name, text, said", CLIPS, ids=[c[0] for c in CLIPS])
+def test_clip_keeps_a_nodes_words_to_one_short_line(name, text, said):
+    assert replies.clip(text) == said
+
+
+@pytest.mark.parametrize("stderr", [json.dumps({"error": HUGE}).encode(), HUGE.encode(), b"noise\n" + HUGE.encode()],
+                         ids=["json", "raw", "raw-last-line"])
+def test_agent_error_clips_a_mebibyte_of_error_text(stderr):
+    assert commands.agent_error(stderr) == CLIPPED
 
 
 # --- parsers: malformed output ----------------------------------------------------------------------------------
@@ -368,7 +400,7 @@ def test_parsers_refuse_deeply_nested_json(parser):
 
 
 def test_agent_error_survives_deeply_nested_json():
-    assert commands.agent_error(DEEP) == DEEP.decode()
+    assert commands.agent_error(DEEP) == "[" * MAX_REASON + f"... [clipped, {len(DEEP)} characters in all]"
 
 
 # --- parsers: random bytes ---------------------------------------------------------------------------------------
