@@ -5,11 +5,14 @@ import sys
 
 def main() -> None:
     """Run `halt` through cli/fasthalt.py if that is the command line, else the Typer app; exit with its code."""
-    from deployctl.cli import fasthalt, output
+    from deployctl.cli import streams
+
+    streams.protect()  # before anything is written or opened: output can never end a run
+    from deployctl.cli import fasthalt
 
     code = fasthalt.run(sys.argv[1:])
     if code is not None:
-        output.exit_now(code)
+        streams.exit_now(code)
     from deployctl.cli.app import main as cli_main
 
     cli_main()

@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperOption
 
 from deployctl import __version__, api
-from deployctl.cli import fleetcmds, output
+from deployctl.cli import fleetcmds, output, streams
 from deployctl.cli.common import JSON, OPTS, context
 from deployctl.errors import ExitCode, UsageError, report
 
@@ -216,7 +216,7 @@ def enroll(nodes: list[str] | None = typer.Argument(None, help="Nodes of the inv
         password = os.environ.get(sudo_password_env)
         if password is None:
             raise UsageError(f"--sudo-password-env: variable {sudo_password_env} is not set")
-    interactive, ctx = sys.stdin.isatty() and not json_out, context(json_out)
+    interactive, ctx = streams.is_terminal(sys.stdin) and not json_out, context(json_out)
     if password is None and interactive and any(n.user != "root" for n in ctx.nodes):
         import getpass
 
@@ -258,7 +258,7 @@ def watch(interval: float = typer.Option(1.0, "--interval", min=0.1, max=1.0,
 
     When stdout is not a terminal: one JSON line per sweep, and a tripped breaker ends it with exit 7."""
     ctx = context(True)
-    if not sys.stdout.isatty():
+    if not streams.is_terminal(sys.stdout):
         api.watch(ctx, output.watch_line, interval, sweeps, stop_on_trip=True)
         return
     with output.WatchScreen() as screen:
@@ -266,8 +266,10 @@ def watch(interval: float = typer.Option(1.0, "--interval", min=0.1, max=1.0,
 
 
 def main() -> None:
-    """Entry point: run the app and exit with its code (see output.exit_now)."""
-    output.exit_now(_run())
+    """Entry point: run the app and exit with its code; no failed write to stdout or stderr changes it
+    (cli/streams.py)."""
+    streams.protect()
+    streams.exit_now(_run())
 
 
 def _run() -> int:
@@ -281,6 +283,8 @@ def _run() -> int:
         output.err.print("deployctl: aborted")
         return ExitCode.FAILED
     except typer.TyperException as exc:  # typer's usage errors: bad option, missing argument
+        if type(exc).__name__ == "NoArgsIsHelpError":  # its help is printed (on stdout) already; as Typer
+            return ExitCode.OK  # tells it apart, by name: typer._click is private
         text = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         output.err.print(f"deployctl: error: {' '.join(text.split())} (see --help)", markup=False)
         return ExitCode.USAGE

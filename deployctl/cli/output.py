@@ -6,7 +6,6 @@ rich is imported on first use only: `--json` and `-q` runs never pay for its imp
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 import time
@@ -19,8 +18,14 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
 
-# Not a terminal (CI logs, pipes): wide enough that digests and addresses are not cut.
-_WIDTH = None if sys.stdout.isatty() else 160
+
+def _width() -> int | None:
+    """Not a terminal (CI logs, pipes, a closed stdout): wide enough that digests and addresses are not cut.
+    Asked when the first Console is made, never at import: stdout may be None then (it was closed)."""
+    try:
+        return None if sys.stdout is not None and sys.stdout.isatty() else 160
+    except (OSError, ValueError):
+        return 160
 
 
 class _Console:
@@ -35,7 +40,7 @@ class _Console:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(highlight=False, soft_wrap=True, width=_WIDTH, **self._options)
+            self._console = Console(highlight=False, soft_wrap=True, width=_width(), **self._options)
         return self._console
 
     def __getattr__(self, name: str):
@@ -254,7 +259,7 @@ class WatchScreen:
 
         from rich.live import Live
 
-        self._fd = sys.stdin.fileno() if sys.stdin.isatty() else None
+        self._fd = sys.stdin.fileno() if sys.stdin is not None and sys.stdin.isatty() else None
         if self._fd is not None:
             self._saved = termios.tcgetattr(self._fd)
             tty.setcbreak(self._fd)
@@ -287,18 +292,3 @@ class WatchScreen:
             import termios
 
             termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)
-
-
-def exit_now(code: int) -> None:
-    """Flush stdout and stderr, then end the process without the interpreter's teardown.
-
-    By now every command has closed what it opened: the lock is released, each journal record
-    was fsynced when written, SSH connections are closed. What is left is freeing modules and
-    joining idle worker threads, a cost every command would pay (and a CI gate runs many).
-    """
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more can be said there
-            code = code or 1
-    os._exit(int(code) & 0xFF)

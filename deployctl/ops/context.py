@@ -98,7 +98,13 @@ class Context:
         return self._token
 
     def emit(self, kind: str, **data: Any) -> None:
-        self.on_event(kind, **data)
+        """Hand an event to the sink. A sink that fails to write (OSError: a closed or broken pipe, a
+        terminal gone) loses that event, never the run: a run stopped by its own output would leave
+        the fleet part-switched, without its `done` record."""
+        try:
+            self.on_event(kind, **data)
+        except OSError:
+            pass
 
     def ssh(self, nodes: list[Node] | None = None) -> Fleet:
         """Return connections to `nodes` (all by default); use it as a context manager."""

@@ -6,6 +6,8 @@
   a release folder copied from fleet/router, its state folder with the control token, and router
   processes on 127.0.0.1 (`start()` starts one more; `node` is one, ready to serve). Every process is
   stopped at teardown.
+- `controller`: a controller whose inventory is one node, that router process (its SSH port unused), and a
+  state folder holding the control token: enough for `deployctl halt` (cli/test_fasthalt.py, test_streams.py).
 
 The CLI tests (cli/) run `deployctl` itself against throw-away state folders. Test modules import
 agentproc and routerproc, never this file: with a conftest.py in each ring, the module name `conftest`
@@ -20,6 +22,8 @@ from pathlib import Path
 import pytest
 from agentproc import PUB_HEX
 from routerproc import ROUTER_DIR, TOKEN, RouterProcess, shipped_files
+
+from deployctl.testfleet.fleetfiles import inventory_text
 
 
 @pytest.fixture
@@ -74,3 +78,14 @@ def start(release, state, tmp_path):
 def node(start) -> RouterProcess:
     """One router process, ready to serve (gate closed, not halted)."""
     return start()
+
+
+@pytest.fixture
+def controller(tmp_path, node):
+    """An inventory of one node whose router is the local process, and a state folder holding its token."""
+    folder = tmp_path / "controller"
+    (folder / "keys").mkdir(parents=True)
+    (folder / "keys" / "token").write_text(TOKEN + "\n")
+    inventory = tmp_path / "fleet.yaml"
+    inventory.write_text(inventory_text(1, 2201, int(node.url.rsplit(":", 1)[1])))
+    return folder, inventory

@@ -44,7 +44,7 @@ ORDER = {
     "node": ["agent"],
     "ops": ["context", "guards", "results", "run", "rollout", "rollback", "control", "twoperson", "enroll", "watch"],
     "testfleet": ["fleetfiles", "docker", "bare", "fleet", "api"],
-    "cli": ["output", "common", "fleetcmds", "app", "fasthalt"],
+    "cli": ["streams", "output", "common", "fleetcmds", "app", "fasthalt"],
 }
 
 # Third-party packages and the only modules allowed to import each.

@@ -56,3 +56,12 @@ def test_help_shows_no_bool_metavar_and_no_fixed_node_count(command):
 def test_help_still_shows_the_type_of_options_that_take_a_value():
     proc = run("--help")
     assert re.search(r"--inventory\s+-i\s+<path>", proc.stdout), proc.stdout
+
+
+@pytest.mark.parametrize("command", [[], ["gate"], ["fleet"]], ids=lambda c: " ".join(c) or "top")
+def test_no_arguments_print_the_help_and_exit_0(command):
+    """As kubectl, git and Kamal do: `deployctl` alone (or a command group alone) is a request for help."""
+    proc = run(*command)
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+    assert "Usage: deployctl" in proc.stdout
+    assert proc.stdout.rstrip() == run(*command, "--help").stdout.rstrip()  # the same help, blank lines aside

@@ -10,9 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from routerproc import TOKEN
-
-from deployctl.testfleet.fleetfiles import inventory_text
 
 ROOT = Path(__file__).resolve().parents[3]
 QUICK = [sys.executable, str(ROOT / ".venv" / "bin" / "deployctl")]  # the installed script: __main__.main
@@ -27,17 +24,6 @@ def run(door: list[str], *args: str, state_dir: Path, importtime: bool = False,
         env["DEPLOYCTL_INVENTORY"] = str(inventory)
     argv = [door[0], *(["-X", "importtime"] if importtime else []), *door[1:], *args]
     return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-
-
-@pytest.fixture
-def controller(tmp_path, node):
-    """An inventory of one node whose router is the local process, and a state folder holding its token."""
-    folder = tmp_path / "controller"
-    (folder / "keys").mkdir(parents=True)
-    (folder / "keys" / "token").write_text(TOKEN + "\n")
-    inventory = tmp_path / "fleet.yaml"
-    inventory.write_text(inventory_text(1, 2201, int(node.url.rsplit(":", 1)[1])))
-    return folder, inventory
 
 
 def test_a_halt_through_either_door_halts_and_says_the_same(controller, node):

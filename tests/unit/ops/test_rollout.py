@@ -83,6 +83,26 @@ def test_rollout_events_report_each_phase_and_node(rig):
         (n, len(commands.upload(rig.artifacts[0].payload()))) for n in NODES]
 
 
+@pytest.mark.parametrize("failure", [BrokenPipeError(32, "Broken pipe"), OSError(5, "Input/output error")])
+def test_a_sink_that_cannot_write_loses_its_events_never_the_run(live, failure):
+    """The CLI's stderr piped into `head -1`, or a terminal gone: every event the sink gets fails to
+    write. The run still goes to its end: every node switched, gate open, `done` journaled."""
+    a, b = live.digest(0), live.digest(1)
+    raised = []
+
+    def cannot_write(kind, **data):
+        raised.append(kind)
+        raise failure
+
+    live.hooks.append(cannot_write)
+    result = live.rollout(2)
+    c = live.digest(2)
+    assert result.state.phase.value == "done" and result.gate_open is True
+    assert live.world.states() == every_node(c, "open", [a, b, c])
+    assert live.phases()[-1] == ("rollout", "done", "ok")
+    assert {"phase", "node", "upload"} <= set(raised)  # the sink was called, and failed, all along
+
+
 def test_upgrade_records_the_previous_release_on_every_node(live):
     a, b = live.digest(0), live.digest(1)
     assert live.world.states() == every_node(b, "open", [a, b])
