@@ -7,7 +7,8 @@
   processes on 127.0.0.1 (`start()` starts one more; `node` is one, ready to serve). Every process is
   stopped at teardown.
 - `controller`: a controller whose inventory is one node, that router process (its SSH port unused), and a
-  state folder holding the control token: enough for `deployctl halt` (cli/test_fasthalt.py, test_streams.py).
+  state folder holding the control token: enough for `deployctl halt` (cli/test_fasthalt.py,
+  cli/test_cli_closed_streams.py).
 
 The CLI tests (cli/) run `deployctl` itself against throw-away state folders. Test modules import
 agentproc and routerproc, never this file: with a conftest.py in each ring, the module name `conftest`

@@ -83,7 +83,8 @@ def test_rollout_events_report_each_phase_and_node(rig):
         (n, len(commands.upload(rig.artifacts[0].payload()))) for n in NODES]
 
 
-@pytest.mark.parametrize("failure", [BrokenPipeError(32, "Broken pipe"), OSError(5, "Input/output error")])
+@pytest.mark.parametrize("failure", [BrokenPipeError(32, "Broken pipe"), OSError(5, "Input/output error")],
+                         ids=["EPIPE", "EIO"])
 def test_a_sink_that_cannot_write_loses_its_events_never_the_run(live, failure):
     """The CLI's stderr piped into `head -1`, or a terminal gone: every event the sink gets fails to
     write. The run still goes to its end: every node switched, gate open, `done` journaled."""

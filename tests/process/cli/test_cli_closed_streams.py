@@ -65,6 +65,21 @@ def run(argv: list[str], state: Path, closed: tuple[int, ...] = (), gone: tuple[
     return proc.returncode, proc.stderr if captured else None
 
 
+def test_no_stream_is_touched_at_import(tmp_path):
+    """Importing the CLI with all three streams closed (sys.stdout is None then) raises nothing."""
+    code = "import deployctl.__main__, deployctl.cli.app, deployctl.cli.fasthalt, deployctl.cli.output"
+    assert run([sys.executable, "-c", code], tmp_path, closed=(0, 1, 2)) == (0, None)
+
+
+def test_with_the_standard_descriptors_closed_no_file_the_run_opens_takes_their_number(tmp_path):
+    """Else the journal, opened first, would be descriptor 0, 1 or 2, and whatever writes there, in it."""
+    opened = tmp_path / "opened"
+    code = ("import os, sys; from deployctl.cli import streams; streams.protect(); "
+            "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT); os.write(fd, str(fd).encode())")
+    assert run([sys.executable, "-c", code, str(opened)], tmp_path, closed=(0, 1, 2)) == (0, None)
+    assert int(opened.read_text()) > 2
+
+
 def journal(state: Path) -> list[dict]:
     return [json.loads(line) for line in (state / "journal.jsonl").read_text().splitlines()]
 
