@@ -28,6 +28,8 @@ class SafeStream:
         if not self.broken:
             try:
                 self.stream.write(text)
+            except BlockingIOError:  # EAGAIN on a non-blocking descriptor: this text is lost, not the rest
+                pass
             except (OSError, ValueError):  # EPIPE, EIO, EBADF; ValueError: the file object was closed
                 self._give_up()
         return len(text)
@@ -36,6 +38,8 @@ class SafeStream:
         if not self.broken:
             try:
                 self.stream.flush()
+            except BlockingIOError:
+                pass
             except (OSError, ValueError):
                 self._give_up()
 

@@ -30,3 +30,25 @@ def test_a_closed_stream_and_none_take_writes_and_flushes():
         assert safe.write("lost") == 4
         safe.flush()
         assert safe.broken and not safe.isatty() and safe.encoding == "utf-8"
+
+
+class Busy(io.StringIO):
+    """A stream on a non-blocking descriptor whose reader is slow: the first write meets EAGAIN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.busy = True
+
+    def write(self, text: str) -> int:
+        if self.busy:
+            self.busy = False
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return super().write(text)
+
+
+def test_a_busy_stream_loses_that_write_only():
+    stream = Busy()
+    safe = SafeStream(stream)
+    safe.write("lost\n")
+    safe.write("kept\n")
+    assert not safe.broken and stream.getvalue() == "kept\n"
