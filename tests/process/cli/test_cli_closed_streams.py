@@ -142,3 +142,10 @@ def test_what_stdout_cannot_take_changes_no_exit_code(tmp_path, args, mode):
     """A command whose whole answer is on stdout: the answer is lost, the code is still 0; the interpreter
     exits without a BrokenPipeError on its last flush."""
     assert run([*QUICK, *args], tmp_path / "state", **MODES[mode]) == (0, None if "2>&1" in mode else "")
+
+
+def test_enroll_with_stdin_closed_asks_nothing_and_fails_only_on_the_fleet(unreachable):
+    """With stdin closed (sys.stdin is None), enroll is not interactive: it goes on to the nodes."""
+    state, inventory, _ = unreachable
+    code, stderr = run([*QUICK, "-i", str(inventory), "enroll"], state, closed=(0,))
+    assert code == 4 and stderr.splitlines()[-1].startswith("deployctl: error: enroll: n1: unreachable"), stderr

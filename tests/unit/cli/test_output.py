@@ -93,3 +93,14 @@ def test_the_progress_sink_routes_upload_events_and_stops_bars_when_the_phase_en
                                      (2**20, "1.0 MiB"), (10 * 2**20 + 2**19, "10.5 MiB")])
 def test_sizes_for_people(n, text):
     assert output.size(n) == text
+
+
+def test_the_watch_screen_takes_a_closed_stdin(monkeypatch):
+    """stdin closed (None) and stdout a terminal: no keys to read, the view still shows."""
+    from rich.console import Console
+
+    monkeypatch.setattr(output.sys, "stdin", None)
+    monkeypatch.setattr(output.out, "_console", Console(file=io.StringIO(), force_terminal=True))
+    with output.WatchScreen() as screen:
+        assert screen._fd is None
+
