@@ -235,7 +235,7 @@ def _last_line(text: str) -> str:
     if lines and lines[-1].startswith("{"):
         try:
             return str(json.loads(lines[-1]).get("error", lines[-1]))
-        except ValueError:
+        except (ValueError, RecursionError):  # {"a": {"a": ... nested past the parser's depth
             pass
     return lines[-1].strip() if lines else ""
 

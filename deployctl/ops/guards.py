@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 from deployctl.errors import InconsistentError, LockHeldError, UsageError
 from deployctl.ops.context import Context
-from deployctl.remote import commands
+from deployctl.remote import commands, replies
 from deployctl.remote.ssh import Call, Fleet, NodeResult, raise_for_unreachable
 from deployctl.state.journal import actor, entry
 
@@ -178,4 +178,4 @@ def _probes(res: dict[str, NodeResult], what: str, parse) -> dict[str, commands.
     bad = sorted(n for n, r in res.items() if not r.ok)
     if bad:
         raise InconsistentError(f"{what}: cannot probe " + "; ".join(f"{n}: {res[n].reason()}" for n in bad))
-    return {n: parse(r.stdout) for n, r in res.items()}
+    return replies.each_node(parse, {n: r.stdout for n, r in res.items()}, what)

@@ -22,7 +22,7 @@ from deployctl.ops.results import PreviewRow, RunResult, outcomes
 from deployctl.ops.run import Run
 from deployctl.release import approval, flags
 from deployctl.release import artifact as artifact_mod
-from deployctl.remote import commands
+from deployctl.remote import commands, replies
 from deployctl.remote.ssh import Call, raise_for_unreachable
 
 
@@ -211,9 +211,11 @@ def preview(ctx: Context, artifact_path: Path) -> list[PreviewRow]:
     bad = sorted(n for n, r in res.items() if not r.ok)
     if bad:
         raise DeployctlError("plan: " + "; ".join(f"{n}: {commands.agent_error(res[n].stderr)}" for n in bad))
+    answers = replies.each_node(lambda out: (commands.parse_probe_answer(out), commands.parse_have(out)),
+                                {n: r.stdout for n, r in res.items()}, "plan")
     rows = []
     for n in ctx.nodes:
-        probe, (have, _) = commands.parse_probe_answer(res[n.name].stdout), commands.parse_have(res[n.name].stdout)
+        probe, (have, _) = answers[n.name]
         note = ("already current" if probe.current == art.digest
                 else f"{len(have)} of {len(art.files)} files on the node")
         rows.append(PreviewRow(n.name, probe.current, art.digest, len(art.subset(frozenset(art.files) - have)), note))

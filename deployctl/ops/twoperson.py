@@ -15,7 +15,7 @@ from pathlib import Path
 from deployctl.errors import DeployctlError, UsageError
 from deployctl.ops.context import Context
 from deployctl.release import approval, signing
-from deployctl.remote import commands
+from deployctl.remote import commands, replies
 from deployctl.remote.ssh import Call, raise_for_unreachable
 from deployctl.state.journal import entry
 
@@ -60,7 +60,8 @@ def plan(ctx: Context, artifact_path: Path, out: Path, key: Path | None = None, 
     bad = sorted(n for n, r in res.items() if not r.ok)
     if bad:
         raise DeployctlError("plan: " + "; ".join(f"{n}: {commands.agent_error(res[n].stderr)}" for n in bad))
-    current = {n: commands.parse_probe(r.stdout).current for n, r in res.items()}
+    probes = replies.each_node(commands.parse_probe, {n: r.stdout for n, r in res.items()}, "plan")
+    current = {n: p.current for n, p in probes.items()}
     doc = approval.new(private, fleet=ctx.inventory.fleet, service=ctx.playbook.name, artifact=art.path.name,
                        digest=art.digest, version=art.version, nodes=current, now=time.time(), ttl_s=ttl_s)
     _write(Path(out), approval.dumps(doc))

@@ -243,7 +243,7 @@ def parse_probe(stdout: bytes) -> Probe:
     if not replies.flag(pairs, "root", "probe"):
         return Probe(None, (), 0, False)
     free = replies.one(pairs, "free", "probe")
-    if not free.isdigit():
+    if not re.fullmatch(r"[0-9]{1,20}", free):  # not str.isdigit: int() refuses "²" and 5000-digit numbers
         raise NodeAnswerError("probe: free should be a number of bytes")
     releases = tuple(sorted(v for k, v in pairs if k == "release" and HEX64.match(v)))  # others aren't releases
     unknown = {k for k, _ in pairs} - {"root", "current", "halted", "free", "release"}
@@ -256,7 +256,7 @@ def parse_probe(stdout: bytes) -> Probe:
 def parse_probe_answer(stdout: bytes) -> Probe:
     """Parse a held command's probe line: {"probe": TEXT}, TEXT being what `probe` prints."""
     text = replies.field(replies.json_doc(stdout, "probe"), "probe", str, "probe")
-    return parse_probe(text.encode())
+    return parse_probe(text.encode("utf-8", "surrogatepass"))  # a lone surrogate reads as "not UTF-8"
 
 
 def parse_hashes(stdout: bytes) -> Hashes:

@@ -5,10 +5,14 @@
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Callable
+from typing import TypeVar
 
 from deployctl.errors import DeployctlError
 
+T = TypeVar("T")
 HEX64 = re.compile(r"[0-9a-f]{64}\Z")  # use with .match: \Z, unlike $, refuses a trailing newline
 MAX_REASON = 500  # characters of a node's own words kept in an error message or a journal record
 
@@ -34,6 +38,61 @@ def json_doc(stdout: bytes, what: str) -> dict:
     if not isinstance(doc, dict):
         raise NodeAnswerError(f"{what}: answer is not an object")
     return doc
+
+
+# What deployctl reads in a router's JSON answer (GET /health, a control answer, a refusal), and the
+# type each field must have when present; any other field is kept as it came. A field of another type
+# makes the whole answer unreadable: a reader never meets a list where it expects a digest.
+_NUMBER = (int, float)
+ROUTER_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "digest": str, "gate": str, "halted": bool, "version": str, "service": str, "error": str, "nonce": str,
+    "now": str, "proof": str, "pid": int, "flags": dict, "breaker": dict, "orders": _NUMBER,
+    "child_orders": _NUMBER, "rejected": _NUMBER, "errors": _NUMBER, "max_children_per_order": _NUMBER}
+
+
+def router_doc(data: bytes, what: str) -> dict:
+    """Return a router's JSON answer body as a dict whose known fields (ROUTER_FIELDS) have their types,
+    flags map names to booleans and numbers are finite; NodeAnswerError naming `what` otherwise."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; so is a 5000-digit number
+        raise NodeAnswerError(f"{what}: answer is not JSON") from None
+    if not isinstance(doc, dict):
+        raise NodeAnswerError(f"{what}: answer is not a JSON object")
+    for key, kind in ROUTER_FIELDS.items():
+        if key in doc and not _typed(doc[key], kind):
+            raise NodeAnswerError(f"{what}: answer field {key!r} of the wrong type")
+    flags = doc.get("flags", {})
+    if not all(isinstance(k, str) and isinstance(v, bool) for k, v in flags.items()):
+        raise NodeAnswerError(f"{what}: answer field 'flags' should map names to true or false")
+    return doc
+
+
+def _typed(value, kind) -> bool:
+    """Whether `value` is a `kind` (a bool only if `kind` is bool), a finite number, text without lone surrogates."""
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        return False
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return False
+    return True
+
+
+def each_node(parse: Callable[[bytes], T], answers: dict[str, bytes], what: str) -> dict[str, T]:
+    """Return node -> parse(its answer); NodeAnswerError naming `what` and every node whose answer is bad."""
+    out, bad = {}, []
+    for node, data in answers.items():
+        try:
+            out[node] = parse(data)
+        except NodeAnswerError as exc:
+            bad.append(f"{node}: {exc}")
+    if bad:
+        raise NodeAnswerError(f"{what}: bad answer from " + "; ".join(sorted(bad)))
+    return out
 
 
 def field(doc: dict, key: str, kind, what: str):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hmac
 import http.client
 import json
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 from deployctl.config.inventory import Node
 from deployctl.remote import replies, reqsign
+from deployctl.remote.replies import NodeAnswerError, router_doc
 
 # (node, timeout) -> a connected socket-like object to its router; raises ConnectionRefusedError when nothing
 # listens there, OSError (naming the bastion) for anything else
@@ -42,13 +44,23 @@ class Answer:
 
     @property
     def ok(self) -> bool:
-        return self.status == 200
+        """HTTP 200 with a readable answer."""
+        return self.status == 200 and self.error is None
 
     def reason(self) -> str:
         """Return a one-line reason for a failed answer, the node's words clipped (replies.clip)."""
         if self.error:
             return self.error
-        return f"HTTP {self.status}: {replies.clip(str(self.body.get('error', 'no reason given')))}"
+        return f"HTTP {self.status}: {replies.clip(str(self.body.get('error') or 'no reason given'))}"
+
+
+def decode_answer(node: str, status: int, data: bytes) -> Answer:
+    """The Answer of `node`'s router that said `data` with HTTP `status`: its body (router_doc), or a not-ok
+    Answer naming what is wrong with it. Never raises."""
+    try:
+        return Answer(node, status, router_doc(data, f"HTTP {status}"))
+    except NodeAnswerError as exc:
+        return Answer(node, status, {}, str(exc))
 
 
 def request(node: Node, method: str, path: str, body: dict | None = None, token: str | None = None,
@@ -79,12 +91,14 @@ def _proven_clock(body: dict, token: str, nonce: str) -> float | None:
     now, proof = body.get("now"), body.get("proof")
     if body.get("nonce") != nonce or not isinstance(now, str) or not isinstance(proof, str):
         return None
-    if not hmac.compare_digest(proof, reqsign.clock_proof(token, nonce, now)):
+    # Bytes, not text: compare_digest refuses non-ASCII text, and an answer's text may hold anything.
+    if not hmac.compare_digest(proof.encode("utf-8", "replace"), reqsign.clock_proof(token, nonce, now).encode()):
         return None
     try:
-        return float(now)
+        clock = float(now)
     except ValueError:
         return None
+    return clock if math.isfinite(clock) else None
 
 
 def _send(node: Node, method: str, path: str, raw: bytes, signed: dict[str, str], timeout: float,
@@ -97,12 +111,7 @@ def _send(node: Node, method: str, path: str, raw: bytes, signed: dict[str, str]
             conn.sock = opener(node, timeout)  # http.client sends over it and never connects itself
         conn.request(method, path, body=raw if raw else None, headers=headers)
         resp = conn.getresponse()
-        data = resp.read(1 << 20)
-        try:
-            doc = json.loads(data)
-        except ValueError:
-            return Answer(node.name, resp.status, {}, f"HTTP {resp.status}: answer is not JSON")
-        return Answer(node.name, resp.status, doc if isinstance(doc, dict) else {})
+        return decode_answer(node.name, resp.status, resp.read(1 << 20))
     except ConnectionError as exc:
         return Answer(node.name, 0, {},
                       f"router not running at {node.host}:{node.router_port} ({exc.__class__.__name__})",
@@ -231,11 +240,10 @@ class KeptHealth:
             raw = resp.read(1 << 20)
             if resp.getheader("Connection", "").lower() != "keep-alive":
                 self.drop(name)
-            doc = json.loads(raw)
-            return Answer(name, resp.status, doc if isinstance(doc, dict) else {})
-        except ValueError:
-            self.drop(name)
-            return Answer(name, 0, {}, "health answer is not JSON")
+            said = decode_answer(name, resp.status, raw)
+            if said.error:
+                self.drop(name)
+            return said
         except ConnectionError as exc:
             self.drop(name)
             return Answer(name, 0, {},
