@@ -91,14 +91,15 @@ def _proven_clock(body: dict, token: str, nonce: str) -> float | None:
     now, proof = body.get("now"), body.get("proof")
     if body.get("nonce") != nonce or not isinstance(now, str) or not isinstance(proof, str):
         return None
-    # Bytes, not text: compare_digest refuses non-ASCII text, and an answer's text may hold anything.
-    if not hmac.compare_digest(proof.encode("utf-8", "replace"), reqsign.clock_proof(token, nonce, now).encode()):
-        return None
     try:
-        clock = float(now)
+        clock = float(now)  # first: what float() reads is text the proof can be computed over
     except ValueError:
         return None
-    return clock if math.isfinite(clock) else None
+    # Bytes, not text: compare_digest refuses non-ASCII text, and an answer's text may hold anything.
+    if not math.isfinite(clock) or not hmac.compare_digest(proof.encode("utf-8", "replace"),
+                                                           reqsign.clock_proof(token, nonce, now).encode()):
+        return None
+    return clock
 
 
 def _send(node: Node, method: str, path: str, raw: bytes, signed: dict[str, str], timeout: float,
