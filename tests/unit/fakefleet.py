@@ -6,6 +6,8 @@ commands, and FakeFleet (an ssh.Fleet) reads them back with shlex.split and answ
 stderr with exit 1. FakeRouters (routers.Routers' methods) answers as fleet/router's HTTP control does.
 Every node's state (releases on disk, `current`, the running digest, halt flag, gate, free bytes, its
 own journal) lives in a FakeNode; faults are injected per node and per phase with `World.fail`.
+`over_http` puts the real HTTP client (routers.Routers) in front of FakeRouters over a fake socket, so a
+node's router can answer hostile bytes; `fake_http` is that socket for tests without a World.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import http.client
 import io
 import json
 import shlex
@@ -30,7 +33,7 @@ from deployctl.ops import rollout as rollout_mod
 from deployctl.ops.context import Context
 from deployctl.release import artifact as artifact_mod
 from deployctl.release import signing
-from deployctl.remote import agentpack, commands
+from deployctl.remote import agentpack, commands, routers
 from deployctl.remote.routers import Answer
 from deployctl.remote.ssh import Call, NodeResult, Target
 from deployctl.state.statedir import StateDir
@@ -607,6 +610,66 @@ def _resume(f: FakeNode) -> tuple[int, dict]:
         return 500, {"error": f.faults["resume"]}
     f.halted = False
     return 200, f.health()
+
+
+# ---- the real HTTP client, without a network ------------------------------------------------------------
+
+class _Wire:
+    """What http.client takes for a socket: it collects the request; its answer is `reply(request bytes)`."""
+
+    def __init__(self, reply: Callable[[bytes], bytes]):
+        self.reply, self.sent = reply, b""
+
+    def sendall(self, data: bytes) -> None:
+        self.sent += data
+
+    def makefile(self, mode: str) -> io.BytesIO:
+        return io.BytesIO(self.reply(self.sent))
+
+    def close(self) -> None:
+        pass
+
+
+def http_answer(status: int, data: bytes) -> bytes:
+    """A raw HTTP/1.1 answer with `status` and body `data`."""
+    return b"HTTP/1.1 %d -\r\nContent-Length: %d\r\n\r\n%s" % (status, len(data), data)
+
+
+def fake_http(monkeypatch, reply: Callable[[int, bytes], bytes]) -> None:
+    """Make every http.client connection a _Wire: the raw answer to a request to port P is reply(P, request)."""
+
+    class Connection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            port = self.port
+            self.sock = _Wire(lambda request: reply(port, request))
+
+    monkeypatch.setattr(http.client, "HTTPConnection", Connection)
+
+
+def over_http(rig: Rig, monkeypatch, says: dict[str, bytes] | None = None) -> None:
+    """Put routers.Routers, the real HTTP client, in front of the World's routers: each request is written
+    as HTTP, answered by FakeRouters and read back by http.client; a node in `says` answers those bytes
+    instead (a hostile answerer on its router port), with HTTP 200."""
+    fake, by_port = FakeRouters(rig.world), {n.router_port: n for n in rig.ctx.nodes}
+    hostile = says or {}
+
+    def reply(port: int, request: bytes) -> bytes:
+        node = by_port[port]
+        head, _, body = request.partition(b"\r\n\r\n")
+        path = head.split(b" ", 2)[1].decode()
+        if node.name in hostile:
+            status, data = 200, hostile[node.name]
+        else:
+            doc = json.loads(body) if body else {}
+            answer = (fake.health([node]) if path == rig.ctx.playbook.service.health_path
+                      else fake.control([node], path.rsplit("/", 1)[-1], doc))[node.name]
+            if answer.status == 0:
+                raise (ConnectionRefusedError if answer.down else TimeoutError)(answer.error)
+            status, data = answer.status, json.dumps(answer.body).encode()
+        return http_answer(status, data)
+
+    fake_http(monkeypatch, reply)
+    rig.ctx.http = routers.Routers(lambda: "token", health_path=rig.ctx.playbook.service.health_path)
 
 
 # ---- a whole test setup --------------------------------------------------------------------------------

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
-import io
 import json
 
 import fakefleet as ff
@@ -12,7 +10,6 @@ from fakefleet import NODES, OTHERS
 
 from deployctl.errors import DeployctlError, ExitCode, HaltedError, MismatchError, UnreachableError, UsageError
 from deployctl.ops import control
-from deployctl.remote import routers
 from deployctl.remote.replies import MAX_REASON
 
 HUGE = "x" * (1 << 20)  # a hostile node's error text, and how it reaches messages and journals:
@@ -211,37 +208,12 @@ def test_halt_falls_back_to_ssh_for_a_router_that_does_not_answer(live, silent):
     assert plain(live.journal()[-1]) == {"action": "halt", "outcome": "ok", "nodes": done}
 
 
-class _Wire:
-    """What http.client takes for a socket: it swallows the request and gives back one raw HTTP answer."""
-
-    def __init__(self, answer: bytes):
-        self.answer = answer
-
-    def sendall(self, data: bytes) -> None:
-        pass
-
-    def makefile(self, mode: str) -> io.BytesIO:
-        return io.BytesIO(self.answer)
-
-    def close(self) -> None:
-        pass
-
-
 def test_halt_falls_back_to_ssh_for_a_router_answering_deep_json(live, monkeypatch):
-    # The real HTTP client (routers.Routers) with no network: every router answers a halt as fleet/router
-    # does, but node3's answers "[" * 100000, which fits under the 1 MiB read cap.
-    hostile = live.world["node3"].router_port
-
-    class Connection(http.client.HTTPConnection):
-        def connect(self) -> None:
-            body = b"[" * 100_000 if self.port == hostile else b'{"gate": "closed", "halted": true}'
-            self.sock = _Wire(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-
-    monkeypatch.setattr(http.client, "HTTPConnection", Connection)
-    live.ctx.http = routers.Routers(lambda: "token")
+    # The real HTTP client; node3's router answers "[" * 100000, which fits under the 1 MiB read cap.
+    ff.over_http(live, monkeypatch, says={"node3": b"[" * 100_000})
     done = control.halt(live.ctx)
     assert done == {**dict.fromkeys(OTHERS, "halted"), "node3": "halted on disk (router not answering)"}
-    assert live.world["node3"].halted is True and live.world.ran("halt") == ["node3"]
+    assert [live.world[n].halted for n in NODES] == [True] * 8 and live.world.ran("halt") == ["node3"]
     assert plain(live.journal()[-1]) == {"action": "halt", "outcome": "ok", "nodes": done}
 
 

@@ -7,6 +7,7 @@ and the controller's journal records.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ import fakefleet as ff
 import pytest
 from fakefleet import NODES, OTHERS, every_node, plain
 
+from deployctl.config.playbook import Timeouts
 from deployctl.errors import ExitCode, InconsistentError, RolledBackError, UnreachableError, UsageError
 from deployctl.ops import control, guards
 from deployctl.ops import rollback as rollback_mod
@@ -67,6 +69,25 @@ def test_interrupted_rollout_blocks_runs_until_recover(live):
     assert ("warning", {"message": "gate stays closed (recover)"}) in live.events
     assert guards.interrupted(live.ctx) is None
     assert live.rollout(2).gate_open is True
+
+
+def test_recover_with_a_router_answering_deep_json_ends_its_run_naming_that_node(live, monkeypatch):
+    a, b, c = (live.digest(i) for i in range(3))
+    crash(live, "health")
+    with pytest.raises(Crash):
+        live.rollout(2)
+    live.hooks.clear()
+    # The real HTTP client; node3's router answers "[" * 100000 to every request, gate close included.
+    ff.over_http(live, monkeypatch, says={"node3": b"[" * 100_000})
+    live.ctx.playbook = dataclasses.replace(live.ctx.playbook, timeouts=Timeouts(5, 60, 0.05))
+    with pytest.raises(InconsistentError) as err:
+        rollback_mod.recover(live.ctx)
+    assert str(err.value) == ("recover failed: node3 failed in health: HTTP 200: answer is not JSON; the fleet may "
+                              "be mixed, gate closed: run `deployctl recover`")
+    assert live.world.states() == every_node(b, "closed", [a, b, c])
+    done = live.journal()[-1]
+    assert (done["action"], done["phase"], done["outcome"]) == ("recover", "done", "inconsistent")
+    assert done["nodes"] == {**dict.fromkeys(OTHERS, "ok"), "node3": "failed in health: HTTP 200: answer is not JSON"}
 
 
 def test_interrupted_run_with_its_lock_still_held_is_not_reported(live):

@@ -4,15 +4,17 @@ connection is opened again."""
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
+import fakefleet as ff
 import pytest
 
 from deployctl.config.inventory import Node
 from deployctl.config.playbook import Breakers
 from deployctl.errors import HaltedError
 from deployctl.ops import watch as watch_mod
-from deployctl.remote.routers import Answer
+from deployctl.remote.routers import Answer, KeptHealth
 from deployctl.remote.ssh import NodeResult
 
 A = "a" * 64
@@ -116,3 +118,16 @@ def test_a_lost_ssh_connection_is_opened_again(monkeypatch):
         assert world.opens.count("node2") == 2 and world.opens.count("node1") == 1
     finally:
         watcher.close()
+
+
+def test_a_router_answering_deep_json_is_a_problem_row_and_the_watch_goes_on(monkeypatch):
+    # The real kept-alive health client, no network: node2's router answers "[" * 100000, node1's as a router.
+    world, seen = World(["node1", "node2"]), []
+    good = json.dumps(world.read("node1").body).encode()
+    ff.fake_http(monkeypatch, lambda port, request: ff.http_answer(200, b"[" * 100_000 if port == 8101 else good))
+    links = KeptHealth(world.ctx.nodes)
+    assert watch_mod.watch(world.ctx, seen.append, interval=0.01, sweeps=3, links=links) == 3
+    for sweep in seen:
+        rows = {r["node"]: r for r in sweep.rows()}
+        assert (rows["node1"]["reachable"], rows["node1"]["running"], rows["node1"]["problem"]) == (True, A, None)
+        assert (rows["node2"]["reachable"], rows["node2"]["problem"]) == (False, "HTTP 200: answer is not JSON")
