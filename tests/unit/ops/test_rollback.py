@@ -20,6 +20,7 @@ from deployctl.config.playbook import Timeouts
 from deployctl.errors import ExitCode, InconsistentError, RolledBackError, UnreachableError, UsageError
 from deployctl.ops import control, guards
 from deployctl.ops import rollback as rollback_mod
+from deployctl.remote.replies import NodeAnswerError
 from deployctl.state.journal import actor
 
 
@@ -271,6 +272,15 @@ def test_rollback_of_a_halted_fleet_keeps_the_gate_closed(three):
     assert result.gate_open is False
     assert three.world.states() == every_node(b, "closed", [a, b, c], halted=True)
     assert ("warning", {"message": f"gate stays closed (halted: {', '.join(NODES)})"}) in three.events
+
+
+def test_a_bad_probe_answer_refuses_the_rollback_naming_the_node(three, monkeypatch):
+    before = three.world.states()
+    monkeypatch.setattr(three.world["node3"], "probe_text", lambda: "root yes\ncurrent \nhalted no\nfree ²\n")
+    with pytest.raises(NodeAnswerError) as err:
+        rollback_mod.rollback(three.ctx)
+    assert str(err.value) == "rollback preflight: bad answer from node3: probe: free should be a number of bytes"
+    assert three.world.states() == before
 
 
 def test_rollback_switch_failure_reverts_to_where_it_started(three):

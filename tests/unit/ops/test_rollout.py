@@ -29,7 +29,7 @@ from deployctl.ops import control, guards
 from deployctl.ops import rollback as rollback_mod
 from deployctl.ops import rollout as rollout_mod
 from deployctl.remote import commands
-from deployctl.remote.replies import MAX_REASON
+from deployctl.remote.replies import MAX_REASON, NodeAnswerError
 from deployctl.state.journal import actor
 
 UNREACHABLE3 = "unreachable at 127.0.0.1:2203: ConnectionRefusedError: [Errno 111] Connection refused"
@@ -176,6 +176,13 @@ def test_probe_refused_in_preflight(live):
     assert str(err.value) == ("rollout refused in preflight, nothing changed: node3 failed in preflight: "
                               f"{ff.FAULTS['probe']}")
     assert_refused_nothing_changed(live, before, since)
+
+
+def test_a_bad_probe_answer_in_the_preview_names_the_node(live, monkeypatch):
+    monkeypatch.setattr(live.world["node3"], "probe_text", lambda: "root yes\ncurrent \nhalted no\nfree lots\n")
+    with pytest.raises(NodeAnswerError) as err:
+        rollout_mod.preview(live.ctx, live.artifacts[2].path)
+    assert str(err.value) == "plan: bad answer from node3: probe: free should be a number of bytes"
 
 
 def test_halted_node_refuses_rollout_with_the_halted_code(live):
