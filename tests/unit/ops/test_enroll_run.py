@@ -4,6 +4,7 @@ with phases of its own (so that an enroll never hides or fakes an interrupted ro
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -60,3 +61,18 @@ def test_only_host_key_refusals_exit_10(ctx, monkeypatch):
         node.name, error=f"{node.name}: unknown host key", host_key=True))
     with pytest.raises(HostKeyError, match="^enroll: n1: unknown host key; n2: unknown host key$"):
         enroll.enroll(ctx)
+
+
+@pytest.mark.parametrize("stderr, said", [
+    ('{"error": "no space left"}\n', "no space left"),
+    ('{"a":' * 100_000 + "\n", '{"a":' * 100_000),  # deeper than the JSON parser goes: the line as it is
+    ("[sudo] password for deploy:\nsh: 1: x: not found\n", "sh: 1: x: not found"),
+])
+def test_a_failed_setup_command_is_named_with_its_last_error_line(stderr, said):
+    class Conn:
+        def run(self, text, **options):
+            return SimpleNamespace(exited=1, stderr=stderr, stdout="")
+
+    with pytest.raises(DeployctlError) as exc:
+        enroll._run(Conn(), ["true"], "journal on the node")
+    assert type(exc.value) is DeployctlError and str(exc.value) == f"journal on the node: {said}"
