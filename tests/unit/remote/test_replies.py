@@ -17,7 +17,7 @@ from deployctl.errors import DeployctlError
 from deployctl.model import breakers, outliers
 from deployctl.model import verify as verify_mod
 from deployctl.ops import watch
-from deployctl.remote import commands, replies, routers
+from deployctl.remote import commands, nodecontract, replies, routers
 from deployctl.remote.replies import NodeAnswerError
 
 D1 = "a" * 64
@@ -90,7 +90,9 @@ ANY_ANSWER = st.one_of(st.binary(max_size=300), hostile_json(), hostile_lines(),
 PARSERS = {"probe": commands.parse_probe, "probe_answer": commands.parse_probe_answer,
            "hashes": commands.parse_hashes, "stage": commands.parse_stage, "switch": commands.parse_switch,
            "have": commands.parse_have, "json_doc": lambda out: replies.json_doc(out, "x"),
-           "kv_lines": lambda out: replies.kv_lines(out, "x")}
+           "kv_lines": lambda out: replies.kv_lines(out, "x"),
+           # enroll's probe of a plain server, which Fabric hands over decoded with errors replaced
+           "facts": lambda out: nodecontract.parse_facts(out.decode("utf-8", "replace"))}
 
 
 def only_node_answer_error(parser: str, data: bytes) -> None:
