@@ -13,9 +13,12 @@ import hmac
 import http.client
 import json
 import math
+import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from deployctl.config.inventory import Node
@@ -102,25 +105,82 @@ def _proven_clock(body: dict, token: str, nonce: str) -> float | None:
     return clock
 
 
+# A timeout bounds each read from the socket, not the exchange: a router that drips its answer a byte
+# at a time would hold a halt for as long as it likes. The whole exchange gets this many timeouts.
+EXCHANGE_TIMEOUTS = 3
+
+
 def _send(node: Node, method: str, path: str, raw: bytes, signed: dict[str, str], timeout: float,
           opener: Opener | None = None) -> Answer:
-    """One HTTP exchange with `node`'s router; never raises."""
-    headers = {"Content-Type": "application/json", **signed}
+    """One HTTP exchange with `node`'s router, cut off after EXCHANGE_TIMEOUTS * `timeout`; never raises."""
     conn = http.client.HTTPConnection(node.host, node.router_port, timeout=timeout)
     try:
         if opener is not None and node.proxy_jump:
             conn.sock = opener(node, timeout)  # http.client sends over it and never connects itself
-        conn.request(method, path, body=raw if raw else None, headers=headers)
-        resp = conn.getresponse()
-        return decode_answer(node.name, resp.status, resp.read(1 << 20))
-    except ConnectionError as exc:
-        return Answer(node.name, 0, {},
-                      f"router not running at {node.host}:{node.router_port} ({exc.__class__.__name__})",
-                      down=True)
-    except (OSError, http.client.HTTPException) as exc:
-        return Answer(node.name, 0, {}, f"router unreachable at {node.host}:{node.router_port}: {exc}")
+        return _exchange(node, conn, method, path, raw, {"Content-Type": "application/json", **signed},
+                         EXCHANGE_TIMEOUTS * timeout)
+    except OSError as exc:
+        return _failed(node, exc, None)
     finally:
         conn.close()
+
+
+def _exchange(node: Node, conn: http.client.HTTPConnection, method: str, path: str, raw: bytes,
+              headers: dict[str, str], seconds: float) -> Answer:
+    """Send one request on `conn` and read its answer, all within `seconds`; never raises."""
+    with _deadline(conn, seconds) as cut:
+        try:
+            conn.request(method, path, body=raw if raw else None, headers=headers)
+            cut.sock = conn.sock
+            resp = conn.getresponse()
+            data = resp.read(1 << 20)
+            if cut.is_set():  # what was read before the cut is not the whole answer
+                raise TimeoutError
+            return decode_answer(node.name, resp.status, data)
+        except (OSError, http.client.HTTPException) as exc:
+            return _failed(node, exc, seconds if cut.is_set() else None)
+
+
+def _failed(node: Node, exc: Exception, cut_after: float | None) -> Answer:
+    """The Answer of an exchange that failed with `exc`, or was cut off after `cut_after` seconds."""
+    where = f"{node.host}:{node.router_port}"
+    if cut_after is not None:
+        return Answer(node.name, 0, {}, f"router at {where} did not answer within {cut_after:g} s")
+    if isinstance(exc, ConnectionError):
+        return Answer(node.name, 0, {}, f"router not running at {where} ({exc.__class__.__name__})", down=True)
+    return Answer(node.name, 0, {}, f"router unreachable at {where}: {exc}")
+
+
+class _Cut(threading.Event):
+    """Set when an exchange ran out of time; `sock` is its socket once the request is sent (http.client
+    lets go of it in getresponse() when the router will close the connection, while the answer is read)."""
+
+    sock: object = None
+
+
+@contextmanager
+def _deadline(conn: http.client.HTTPConnection, seconds: float) -> Iterator[_Cut]:
+    """Cut `conn` off after `seconds`; the _Cut yielded says whether it was."""
+    cut = _Cut()
+    watchdog = threading.Timer(seconds, _cut_off, (conn, cut))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        yield cut
+    finally:
+        watchdog.cancel()
+
+
+def _cut_off(conn: http.client.HTTPConnection, cut: _Cut) -> None:
+    """End an exchange that ran out of time: the read under way ends within one `timeout`, and the next
+    one finds no time left (a shutdown alone does not stop a Linux socket reading what still arrives)."""
+    cut.set()
+    sock = cut.sock or conn.sock
+    try:
+        getattr(sock, "settimeout", lambda seconds: None)(1e-6)
+        getattr(sock, "shutdown", lambda how: None)(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def each(nodes: list[Node], fn: Callable[[Node], Answer]) -> dict[str, Answer]:
@@ -235,24 +295,11 @@ class KeptHealth:
         conn = self._conns.get(name)
         if conn is None:
             conn = self._conns[name] = http.client.HTTPConnection(node.host, node.router_port, timeout=self._timeout)
-        try:
-            conn.request("GET", self._path, headers={"Connection": "keep-alive"})
-            resp = conn.getresponse()
-            raw = resp.read(1 << 20)
-            if resp.getheader("Connection", "").lower() != "keep-alive":
-                self.drop(name)
-            said = decode_answer(name, resp.status, raw)
-            if said.error:
-                self.drop(name)
-            return said
-        except ConnectionError as exc:
+        answer = _exchange(node, conn, "GET", self._path, b"", {"Connection": "keep-alive"},
+                           EXCHANGE_TIMEOUTS * self._timeout)
+        if answer.error or conn.sock is None:  # failed, or not kept alive (http.client let go of it)
             self.drop(name)
-            return Answer(name, 0, {},
-                          f"router not running at {node.host}:{node.router_port} ({exc.__class__.__name__})",
-                          down=True)
-        except (OSError, http.client.HTTPException) as exc:
-            self.drop(name)
-            return Answer(name, 0, {}, f"router unreachable at {node.host}:{node.router_port}: {exc}")
+        return answer
 
     def drop(self, name: str) -> None:
         conn = self._conns.pop(name, None)

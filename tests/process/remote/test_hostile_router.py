@@ -46,12 +46,13 @@ HOSTILE = [
 
 class Answerer(http.server.ThreadingHTTPServer):
     """An HTTP server on 127.0.0.1 answering every request with `status` and the raw `body`; for a
-    refusal with a nonce placeholder, the nonce of the request it answers (as a router's clock refusal)."""
+    refusal with a nonce placeholder, the nonce of the request it answers (as a router's clock refusal).
+    With `drip`, it sends the head, then one byte of the body every 0.2 s, for up to 30 s."""
 
     daemon_threads = True
 
-    def __init__(self, status: int, body: bytes):
-        self.status, self.body = status, body
+    def __init__(self, status: int, body: bytes, drip: bool = False):
+        self.status, self.body, self.drip, self.done = status, body, drip, threading.Event()
         super().__init__(("127.0.0.1", 0), _Handler)
 
     @property
@@ -68,7 +69,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if not server.drip:
+            self.wfile.write(body)
+            return
+        for byte in body[:150]:
+            if server.done.wait(0.2):
+                return
+            self.wfile.write(bytes([byte]))
+            self.wfile.flush()
 
     do_GET = do_POST = _answer
 
@@ -81,14 +89,15 @@ def answerer():
     """Start hostile answerers (status, body); every one is shut down at teardown."""
     started = []
 
-    def start(status: int, body: bytes) -> Answerer:
-        server = Answerer(status, body)
+    def start(status: int, body: bytes, drip: bool = False) -> Answerer:
+        server = Answerer(status, body, drip)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         started.append(server)
         return server
 
     yield start
     for server in started:
+        server.done.set()
         server.shutdown()
         server.server_close()
 
@@ -116,6 +125,21 @@ def test_every_http_read_of_a_hostile_answer_is_a_bad_answer_named(answerer, nam
                                     "HTTP 200: answer field 'halted' of the wrong type",
                                     "HTTP 200: answer field 'errors' of the wrong type",
                                     "HTTP 200: answer field 'gate' of the wrong type")
+
+
+def test_a_router_dripping_its_answer_is_cut_off_and_named(answerer):
+    # Each read from the socket gets a byte within its 0.5 s timeout, so only a deadline on the whole
+    # exchange ends it; the answerer drips for 30 s, so without one the answer is another (and late).
+    target = _node("node3", answerer(200, b'{"halted": true, "gate": "closed"}' + b" " * 200, drip=True).port)
+    halted = routers.control([target], "halt", TOKEN, timeout=0.5)["node3"]
+    links = routers.KeptHealth([target], timeout=0.5)
+    try:
+        health = links.read("node3")
+    finally:
+        links.close()
+    for answer in (halted, health):
+        assert (answer.ok, answer.down, answer.reason()) == (
+            False, False, f"router at 127.0.0.1:{target.router_port} did not answer within 1.5 s")
 
 
 def _closed_port() -> int:
