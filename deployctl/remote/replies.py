@@ -1,5 +1,6 @@
 """The grammar of node answers that commands.py's parsers share: a JSON object on the first line,
-"key value" lines, yes/no flags, release names. Anything else is a NodeAnswerError naming the answer.
+"key value" lines, yes/no flags, release names; and a router's JSON answer (router_doc). Anything else is a
+NodeAnswerError naming the answer.
 """
 
 from __future__ import annotations
