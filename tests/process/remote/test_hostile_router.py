@@ -91,7 +91,7 @@ def answerer():
 
     def start(status: int, body: bytes, drip: bool = False) -> Answerer:
         server = Answerer(status, body, drip)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         started.append(server)
         return server
 
