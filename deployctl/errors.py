@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+import errno
 import os
+import socket
 
 
 class ExitCode(enum.IntEnum):
@@ -60,6 +62,10 @@ class UnreachableError(DeployctlError):
 
     exit_code = ExitCode.UNREACHABLE
 
+    def __init__(self, message: str, nodes: dict[str, str] | None = None):
+        super().__init__(message)
+        self.nodes = dict(nodes or {})  # node -> its own reason (the message groups them)
+
 
 class HostKeyError(DeployctlError):
     """A node presented a host key that is not the pinned one."""
@@ -99,6 +105,41 @@ class DockerUnavailableError(DeployctlError):
     """No Docker engine could be reached."""
 
     exit_code = ExitCode.NO_DOCKER
+
+
+# What an OSError means, in the words a person reads (never a Python class name).
+_ERRNO_WORDS = {
+    errno.ECONNREFUSED: "connection refused", errno.ECONNRESET: "connection reset", errno.ETIMEDOUT: "timed out",
+    errno.EHOSTUNREACH: "no route to host", errno.ENETUNREACH: "network unreachable", errno.EPIPE: "connection closed",
+    errno.ENOENT: "no such file or folder", errno.ENOTDIR: "a file where a folder is expected",
+    errno.EISDIR: "a folder, not a file", errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+    errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system", errno.ELOOP: "too many symlinks",
+    errno.ENAMETOOLONG: "name too long", errno.EEXIST: "already exists",
+}
+
+
+def describe_os_error(exc: BaseException) -> str:
+    """Return what an OSError (or EOFError) means in a few lowercase words, without its class name:
+    "connection refused", "timed out", "host name not resolved", "a file where a folder is expected"."""
+    if isinstance(exc, socket.gaierror):
+        return "host name not resolved"
+    if isinstance(exc, TimeoutError):  # socket.timeout too
+        return "timed out"
+    if isinstance(exc, EOFError):
+        return "connection closed"
+    inner = getattr(exc, "errors", None)  # paramiko's NoValidConnectionsError: {address: OSError}
+    if isinstance(inner, dict) and inner:
+        return describe_os_error(next(iter(inner.values())))
+    number = getattr(exc, "errno", None)
+    if number in _ERRNO_WORDS:
+        return _ERRNO_WORDS[number]
+    text = " ".join(str(getattr(exc, "strerror", None) or exc).split())
+    return text[:1].lower() + text[1:] if text else "failed"
+
+
+def path_error(what: str, path: object, exc: OSError) -> UsageError:
+    """The UsageError for an input path the operator gave that cannot be used: one line naming it."""
+    return UsageError(f"{what} {path}: {describe_os_error(exc)}")
 
 
 def report(exc: BaseException, say) -> int:

@@ -16,7 +16,7 @@ from deployctl.model import verify as verify_mod
 from deployctl.ops.context import Context
 from deployctl.remote import commands, replies
 from deployctl.remote.routers import Answer
-from deployctl.remote.ssh import Call, Fleet, NodeResult
+from deployctl.remote.ssh import Call, Fleet, NodeResult, grouped
 from deployctl.state.journal import entry
 
 
@@ -166,11 +166,14 @@ def _told(ctx: Context, action: str, answers: dict, error: type[DeployctlError],
     bad = sorted(n for n, a in answers.items() if a is None or (isinstance(a, Answer) and not a.ok))
     ctx.journal.append(entry(action, outcome="partial" if bad else "ok", nodes=said, **fields))
     if bad:
-        raise error(f"{what}: " + "; ".join(f"{n}: {said[n]}" for n in bad))
+        why = {n: said[n].removeprefix("NOT HALTED: ") for n in bad}
+        message = f"{what}{' ' if what.endswith('did not reach') else ': '}{grouped(why, len(answers), 'nodes')}"
+        raise UnreachableError(message, nodes=why) if error is UnreachableError else error(message)
 
 
 def _refusal(what: str, report: verify_mod.VerifyReport) -> DeployctlError:
-    bad = [n for n in report.nodes if not n.ok]
-    text = "; ".join(f"{n.node}: {(n.problems or ('mismatch',))[0]}" for n in bad)
-    cls = UnreachableError if report.exit_code == ExitCode.UNREACHABLE else MismatchError
-    return cls(f"{what}: {len(bad)} of {len(report.nodes)} nodes do not match: {text}")
+    why = {n.node: (n.problems or ("mismatch",))[0] for n in report.nodes if not n.ok}
+    message = f"{what}: {grouped(why, len(report.nodes), 'nodes do not match')}"
+    if report.exit_code == ExitCode.UNREACHABLE:
+        return UnreachableError(message, nodes=why)
+    return MismatchError(message)

@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deployctl.config.inventory import Node
-from deployctl.errors import DeployctlError, HostKeyError, UnreachableError, UsageError
+from deployctl.errors import DeployctlError, HostKeyError, UnreachableError, UsageError, describe_os_error
 from deployctl.ops.context import Context
 from deployctl.ops.guards import locked
 from deployctl.remote import commands, hostkeys, nodecontract
+from deployctl.remote.ssh import grouped
 from deployctl.state import keys
 from deployctl.state.journal import encode, entry
 
@@ -99,8 +100,10 @@ def enroll(ctx: Context, names: list[str] | None = None, dry_run: bool = False, 
                                     for r in results.values()}))
     failed = [r for r in results.values() if r.error]
     if failed:
-        kind = (HostKeyError if all(r.host_key for r in failed) else
-                UnreachableError if all(r.unreachable for r in failed) else DeployctlError)
+        if all(r.unreachable for r in failed):
+            reasons = {r.node: r.error or "" for r in failed}
+            raise UnreachableError(f"enroll: {grouped(reasons, len(results))}", nodes=reasons)
+        kind = HostKeyError if all(r.host_key for r in failed) else DeployctlError
         raise kind("enroll: " + "; ".join(f"{r.error}" if r.host_key else f"{r.node}: {r.error}" for r in failed))
     return results
 
@@ -142,7 +145,8 @@ def _one(ctx: Context, node: Node, dry_run: bool, password: str | None, given: s
     except Exception as exc:  # noqa: BLE001 - a node's failure is a value (STYLE.md 5), named with its cause
         result.error = _describe(exc)
         if isinstance(exc, OSError):  # refused, no route, timed out (paramiko's NoValidConnectionsError too)
-            result.error, result.unreachable = f"unreachable at {node.host}:{node.ssh_port}: {result.error}", True
+            reason = f"unreachable at {node.host}:{node.ssh_port}: {describe_os_error(exc)}"
+            result.error, result.unreachable = reason, True
         if type(exc).__name__ == "ChannelException" and node.proxy_jump:  # the last hop refused direct-tcpip
             result.error = f"via bastion {node.proxy_jump[-1].label()}: forwarding refused ({exc.args[-1]})"
     return result
@@ -159,10 +163,11 @@ ENROLL_COMMAND_TIMEOUT = 300.0
 
 
 def _describe(exc: Exception) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    """The cause in words, without the exception's class name (an operator reads it, not a programmer)."""
+    text = describe_os_error(exc) if isinstance(exc, OSError | EOFError) else " ".join(str(exc).split())
     if text == "No existing session":  # paramiko: the key exchange did not finish within the timeout
         text = "the SSH handshake did not finish in time (no existing session)"
-    return f"{type(exc).__name__}: {text}"[:300]
+    return (text or "failed without a reason given")[:300]
 
 
 def _enroll_node(ctx: Context, node: Node, conn, dry_run: bool, result: Enrolled) -> None:

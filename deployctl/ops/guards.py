@@ -67,11 +67,12 @@ def finished_fleet_locks(ctx: Context, last: int = 16, dead: bool = False) -> li
     return finished[:last - len(never)][::-1] + never[::-1]
 
 
-def release_fleet(ctx: Context, fleet: Fleet, lock: dict) -> None:
-    """Release the fleet deploy lock on every node that holds it (a failed or reverted run too); a node
-    not reached keeps it, named in a warning (`--break-lock` takes it over)."""
+def release_fleet(ctx: Context, fleet: Fleet, lock: dict, names: list[str] | None = None) -> None:
+    """Release the fleet deploy lock on the nodes this run took it on (`names`, default: every node of the
+    fleet), a failed or reverted run too; a node not reached keeps it, named in a warning (`--break-lock`
+    takes it over). A node where the run never took the lock is never named."""
     call = lambda n: Call(commands.render(commands.unlock(ctx.root, lock["id"])), timeout=15)  # noqa: E731
-    res = fleet.run_all(call)
+    res = fleet.run_all(call, names)
     # A node whose connection dropped during the run (restarted, say) is asked once more on a new
     # connection: removing this run's own lock (matched by its id) is safe on whatever the node is now.
     dropped = [n for n in ctx.nodes if res.get(n.name) is not None and res[n.name].error]

@@ -82,7 +82,7 @@ def failure(kind: str, state: phases.State, refused: bool, unreachable: dict[str
         return DeployctlError(f"{what}: no node switched, every node is on its previous release, {gates}")
     if refused and unreachable:
         try:
-            raise_for_unreachable(unreachable, f"{kind} refused in preflight, nothing changed")
+            raise_for_unreachable(unreachable, f"{kind} refused in preflight, nothing changed", len(state.nodes))
         except DeployctlError as exc:
             return exc
     if any("halted" in f for f in failures) and state.phase == phases.Phase.REVERTED:

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from deployctl.config.inventory import Node
+from deployctl.errors import describe_os_error
 from deployctl.remote import replies, reqsign
 from deployctl.remote.replies import NodeAnswerError, router_doc
 
@@ -147,8 +148,8 @@ def _failed(node: Node, exc: Exception, cut_after: float | None) -> Answer:
     if cut_after is not None:
         return Answer(node.name, 0, {}, f"router at {where} did not answer within {cut_after:g} s")
     if isinstance(exc, ConnectionError):
-        return Answer(node.name, 0, {}, f"router not running at {where} ({exc.__class__.__name__})", down=True)
-    return Answer(node.name, 0, {}, f"router unreachable at {where}: {exc}")
+        return Answer(node.name, 0, {}, f"router not running at {where}: {describe_os_error(exc)}", down=True)
+    return Answer(node.name, 0, {}, f"router unreachable at {where}: {describe_os_error(exc)}")
 
 
 class _Cut(threading.Event):

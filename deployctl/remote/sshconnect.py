@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deployctl.errors import DeployctlError
+from deployctl.errors import DeployctlError, describe_os_error
 from deployctl.remote.channel import NodeError
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ def open_client(host: str, port: int, user: str, client_key: Path, known_hosts: 
     except FileNotFoundError as exc:
         raise NodeError(f"cannot read identity file {exc.filename or client_key}") from None
     except (TimeoutError, OSError, EOFError) as exc:
-        raise NodeError(f"unreachable at {host}:{port}: {exc.__class__.__name__}: {exc}") from None
+        raise NodeError(f"unreachable at {host}:{port}: {describe_os_error(exc)}") from None
     client.get_transport().set_keepalive(5)
     return client
 
@@ -92,7 +92,7 @@ def open_tunnel(transport, host: str, port: int, via: str, timeout: float):
         why = {1: "forwarding refused", 2: f"cannot reach {host}:{port} from there"}.get(exc.code, exc.text)
         raise NodeError(f"via bastion {via}: {why}", refused=exc.code == 2) from None
     except (paramiko.SSHException, OSError, EOFError) as exc:
-        raise NodeError(f"via bastion {via}: connection lost ({exc or exc.__class__.__name__})") from None
+        raise NodeError(f"via bastion {via}: connection lost ({describe_os_error(exc)})") from None
     chan.settimeout(timeout)
     return chan
 

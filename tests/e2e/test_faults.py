@@ -153,8 +153,10 @@ def test_a_node_down_before_the_rollout_is_refused_in_preflight_and_nothing_chan
     with pytest.raises(UnreachableError) as err:
         api.rollout(quick(ctx), v2.path)
     assert err.value.exit_code == ExitCode.UNREACHABLE
-    assert str(err.value).startswith("rollout refused in preflight, nothing changed: "
-                                     f"node2: unreachable at 127.0.0.1:{node(ctx, 'node2').ssh_port}: ")
+    # One grouped line (the reason without the address), each node's own reason in err.value.nodes.
+    assert str(err.value).startswith("rollout refused in preflight, nothing changed: 1 of 8 unreachable (")
+    assert str(err.value).endswith("): node2"), str(err.value)
+    assert err.value.nodes["node2"].startswith(f"unreachable at 127.0.0.1:{node(ctx, 'node2').ssh_port}: ")
     assert all(f"node{i}" not in str(err.value) for i in (1, 3, 4, 5, 6, 7, 8))
 
     assert fleet_view(ctx) == before
@@ -677,11 +679,13 @@ def test_a_node_cut_off_from_the_network_is_unreachable_not_ready(ctx, base_rele
 
         with pytest.raises(UnreachableError) as err:
             api.gate_open(ctx)
-        assert str(err.value).startswith("gate stays closed: 1 of 8 nodes do not match: node4: ")
+        assert str(err.value).startswith("gate stays closed: 1 of 8 nodes do not match (")
+        assert str(err.value).endswith("): node4"), str(err.value)
         with pytest.raises(UnreachableError) as err:
             api.rollout(quick(ctx), v2.path)
-        assert str(err.value).startswith("rollout refused in preflight, nothing changed: "
-                                         f"node4: unreachable at 127.0.0.1:{node(ctx, 'node4').ssh_port}: ")
+        assert str(err.value).startswith("rollout refused in preflight, nothing changed: 1 of 8 unreachable (")
+        assert str(err.value).endswith("): node4"), str(err.value)
+        assert err.value.nodes["node4"].startswith(f"unreachable at 127.0.0.1:{node(ctx, 'node4').ssh_port}: ")
         others = routers.health([n for n in ctx.nodes if n.name != "node4"])
         assert {(a.body["digest"], a.body["gate"]) for a in others.values()} == {(base_release.digest, "open")}
     finally:

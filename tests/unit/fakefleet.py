@@ -44,7 +44,7 @@ GiB = 2 ** 30
 
 # What a real node says when each fault happens (node agent error texts, paramiko/OS texts).
 FAULTS = {
-    "connect": "unreachable at {host}:{port}: ConnectionRefusedError: [Errno 111] Connection refused",
+    "connect": "unreachable at {host}:{port}: connection refused",
     "host-key": "host key mismatch at {host}:{port}: got ssh-ed25519 SHA256:evil, pinned SHA256:good; "
                 "refusing to connect",
     "probe": "PermissionError: [Errno 13] Permission denied: '/opt/router/releases'",
@@ -545,8 +545,8 @@ class FakeRouters:
         fake = self.world[node.name]
         self.world.log.append(("http", node.name, action))
         if fake.running is None:
-            return Answer(node.name, 0, {}, f"router not running at {node.host}:{node.router_port} "
-                                            "(ConnectionRefusedError)", down=True)
+            return Answer(node.name, 0, {}, f"router not running at {node.host}:{node.router_port}: "
+                                            "connection refused", down=True)
         if not fake.answers:
             return Answer(node.name, 0, {}, f"router unreachable at {node.host}:{node.router_port}: timed out")
         skewed = abs(fake.clock_skew) > 30 and action not in ("health", "wait")

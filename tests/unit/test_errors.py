@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,27 @@ def test_cli_missing_inventory_exits_usage(tmp_path):
     assert proc.returncode == ExitCode.USAGE == 2
     assert "/nonexistent" in one_line(proc)
     assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("exc, words", [
+    (ConnectionRefusedError(111, "Connection refused"), "connection refused"),
+    (TimeoutError("timed out"), "timed out"),
+    (socket.gaierror(-2, "Name or service not known"), "host name not resolved"),
+    (NotADirectoryError(20, "Not a directory", "/tmp/x"), "a file where a folder is expected"),
+    (PermissionError(13, "Permission denied", "/x"), "permission denied"),
+    (EOFError(), "connection closed"),
+    (OSError("via bastion b: cannot reach h:1 from there"), "via bastion b: cannot reach h:1 from there"),
+    (OSError(None, "Unable to connect to port 1 on 127.0.0.1"), "unable to connect to port 1 on 127.0.0.1"),
+])
+def test_os_errors_are_described_in_words_without_class_names(exc, words):
+    assert errors.describe_os_error(exc) == words
+
+
+def test_paramikos_no_valid_connections_is_described_by_its_cause():
+    class NoValidConnectionsError(OSError):  # as paramiko.ssh_exception has it: {address: OSError}
+        def __init__(self, errors):
+            super().__init__(None, "Unable to connect to port 1 on 127.0.0.1")
+            self.errors = errors
+
+    exc = NoValidConnectionsError({("127.0.0.1", 1): ConnectionRefusedError(111, "Connection refused")})
+    assert errors.describe_os_error(exc) == "connection refused"

@@ -70,7 +70,7 @@ def test_verify_unreachable_node(live):
     assert report.exit_code == ExitCode.UNREACHABLE == 4
     node3 = report.nodes[2]
     assert node3.reachable is False and node3.problems == (
-        "disk: unreachable at 127.0.0.1:2203: ConnectionRefusedError: [Errno 111] Connection refused",
+        "disk: unreachable at 127.0.0.1:2203: connection refused",
         "router: router unreachable at 127.0.0.1:8103: timed out")
 
 
@@ -123,7 +123,8 @@ def test_gate_close_names_the_nodes_it_did_not_reach(live):
         control.gate_close(live.ctx)
     assert err.value.exit_code == 4
     reason = "router unreachable at 127.0.0.1:8103: timed out"
-    assert str(err.value) == f"gate close did not reach: node3: {reason}"
+    assert str(err.value) == "gate close did not reach 1 of 8 nodes (router unreachable: timed out): node3"
+    assert err.value.nodes == {"node3": reason}
     assert gates(live) == {**dict.fromkeys(OTHERS, "closed"), "node3": "open"}
     assert plain(live.journal()[-1]) == {"action": "gate-close", "outcome": "partial",
                                         "nodes": {**dict.fromkeys(OTHERS, "ok"), "node3": reason}}
@@ -145,8 +146,8 @@ def test_gate_open_refuses_on_mismatch_and_asks_no_router(closed):
         control.gate_open(closed.ctx)
     assert err.value.exit_code == 3
     disk = [n for n in control.verify(closed.ctx).nodes if n.node == "node3"][0].disk_digest
-    assert str(err.value) == f"gate stays closed: 1 of 8 nodes do not match: node3: disk digest {disk[:12]} != " \
-                             f"expected {b[:12]}"
+    assert str(err.value) == f"gate stays closed: 1 of 8 nodes do not match (disk digest {disk[:12]} != " \
+                             f"expected {b[:12]}): node3"
     assert gates(closed) == dict.fromkeys(NODES, "closed")
     assert [w for k, _, w in closed.world.log if k == "http" and w.startswith("gate")] == []
 
@@ -155,8 +156,9 @@ def test_gate_open_refuses_with_an_unreachable_node(closed):
     closed.world.fail("node3", "connect")
     with pytest.raises(UnreachableError) as err:
         control.gate_open(closed.ctx)
-    assert str(err.value) == ("gate stays closed: 1 of 8 nodes do not match: node3: disk: unreachable at "
-                              "127.0.0.1:2203: ConnectionRefusedError: [Errno 111] Connection refused")
+    assert str(err.value) == ("gate stays closed: 1 of 8 nodes do not match (disk: unreachable: connection refused): "
+                              "node3")
+    assert err.value.nodes == {"node3": "disk: unreachable at 127.0.0.1:2203: connection refused"}
     assert gates(closed) == dict.fromkeys(NODES, "closed")
 
 
@@ -176,7 +178,7 @@ def test_gate_open_is_all_or_none(closed):
         control.gate_open(closed.ctx)
     assert type(err.value) is DeployctlError
     reason = f"HTTP 409: {ff.FAULTS['gate-open']}"
-    assert str(err.value) == f"gate open refused, all gates closed again: node3: {reason}"
+    assert str(err.value) == f"gate open refused, all gates closed again: 1 of 8 nodes ({reason}): node3"
     assert gates(closed) == dict.fromkeys(NODES, "closed")
     assert plain(closed.journal()[-1]) == {"action": "gate-open", "outcome": "partial", "digest": b,
                                            "nodes": {**dict.fromkeys(OTHERS, "ok"), "node3": reason}}
@@ -224,9 +226,10 @@ def test_halt_names_a_node_reached_neither_way(live):
     live.world.fail("node6", "halt")
     with pytest.raises(UnreachableError) as err:
         control.halt(live.ctx)
-    n3 = "NOT HALTED: unreachable at 127.0.0.1:2203: ConnectionRefusedError: [Errno 111] Connection refused"
+    n3 = "NOT HALTED: unreachable at 127.0.0.1:2203: connection refused"
     n6 = "NOT HALTED: exit 1: " + json.dumps({"error": ff.FAULTS["halt"]})
-    assert str(err.value) == f"halt did not reach: node3: {n3}; node6: {n6}"
+    assert str(err.value) == f"halt did not reach 2 of 8 nodes: node3 (connection refused); node6 ({n6[12:]})"
+    assert err.value.nodes == {"node3": n3[12:], "node6": n6[12:]}
     assert [live.world[n].halted for n in NODES] == [n not in ("node3", "node6") for n in NODES]
     record = plain(live.journal()[-1])
     assert record == {"action": "halt", "outcome": "partial",
@@ -265,8 +268,8 @@ def test_resume_refused_unless_verify_passes(live):
     live.world["node3"].running = live.digest(0)
     with pytest.raises(MismatchError) as err:
         control.resume(live.ctx)
-    assert str(err.value) == (f"resume refused: 1 of 8 nodes do not match: node3: running digest "
-                              f"{live.digest(0)[:12]} != expected {live.digest(1)[:12]}")
+    assert str(err.value) == (f"resume refused: 1 of 8 nodes do not match (running digest "
+                              f"{live.digest(0)[:12]} != expected {live.digest(1)[:12]}): node3")
     assert all(live.world[n].halted for n in NODES)
     assert live.journal()[-1]["action"] == "halt"
 
@@ -276,7 +279,7 @@ def test_resume_names_the_nodes_it_did_not_reach(live):
     live.world.fail("node3", "resume")
     with pytest.raises(UnreachableError) as err:
         control.resume(live.ctx)
-    assert str(err.value) == f"resume did not reach: node3: HTTP 500: {ff.FAULTS['resume']}"
+    assert str(err.value) == f"resume did not reach 1 of 8 nodes (HTTP 500: {ff.FAULTS['resume']}): node3"
     assert [live.world[n].halted for n in NODES] == [n == "node3" for n in NODES]
     assert live.journal()[-1]["outcome"] == "partial"
 
@@ -293,7 +296,7 @@ def test_status_has_one_row_per_node(live):
     assert [(r["node"], r["release"], r["running"], r["gate"], r["version"]) for r in rows] == [
         (n, b, None if n == "node3" else b, "unknown" if n == "node3" else "open", None if n == "node3" else "1.1.0")
         for n in NODES]
-    assert rows[2]["problem"] == "router not running at 127.0.0.1:8103 (ConnectionRefusedError)"
+    assert rows[2]["problem"] == "router not running at 127.0.0.1:8103: connection refused"
     assert rows[0]["last_deploy"].startswith(f"rollout {b[:12]} ok ")
 
 

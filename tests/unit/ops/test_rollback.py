@@ -298,8 +298,8 @@ def test_rollback_preflight_names_unreachable_and_refusing_nodes(three):
     three.world.fail("node4", "connect")
     with pytest.raises(UnreachableError) as err:
         rollback_mod.rollback(three.ctx)
-    assert str(err.value) == ("rollback preflight: node4: unreachable at 127.0.0.1:2204: ConnectionRefusedError: "
-                              "[Errno 111] Connection refused")
+    assert str(err.value) == "rollback preflight: 1 of 8 unreachable (connection refused): node4"
+    assert err.value.nodes == {"node4": "unreachable at 127.0.0.1:2204: connection refused"}
     del three.world["node4"].faults["connect"]
     three.world.fail("node4", "probe")
     with pytest.raises(InconsistentError) as err:

@@ -32,7 +32,7 @@ from deployctl.remote import commands
 from deployctl.remote.replies import MAX_REASON, NodeAnswerError
 from deployctl.state.journal import actor
 
-UNREACHABLE3 = "unreachable at 127.0.0.1:2203: ConnectionRefusedError: [Errno 111] Connection refused"
+UNREACHABLE3 = "unreachable at 127.0.0.1:2203: connection refused"
 
 
 def short(d: str) -> str:
@@ -144,7 +144,9 @@ def test_unreachable_node_in_preflight_refuses_and_changes_nothing(live):
     with pytest.raises(UnreachableError) as err:
         live.rollout(2)
     assert err.value.exit_code == ExitCode.UNREACHABLE == 4
-    assert str(err.value) == f"rollout refused in preflight, nothing changed: node3: {UNREACHABLE3}"
+    assert str(err.value) == ("rollout refused in preflight, nothing changed: 1 of 8 unreachable (connection refused): "
+                              "node3")
+    assert err.value.nodes == {"node3": UNREACHABLE3}
     assert_refused_nothing_changed(live, before, since)
     done = live.journal()[-1]
     assert done["failures"] == [f"node3 failed in preflight: {UNREACHABLE3}"]
@@ -154,6 +156,26 @@ def test_unreachable_node_in_preflight_refuses_and_changes_nothing(live):
         assert plain(live.world[n].journal[-1]) == plain(done)
     assert ("warning", {"message": "node journal not written on: node3"}) in live.events
     assert live.world.ran("end") == OTHERS  # the held commands end unused
+
+
+def test_a_rollout_refused_in_preflight_warns_of_no_lock_it_never_took(live):
+    """No node's fleet lock outlives a preflight refusal (the held commands release theirs as they end),
+    so there is nothing to warn about: the node not reached never had this run's lock."""
+    live.world.fail("node3", "connect")
+    with pytest.raises(UnreachableError):
+        live.rollout(2)
+    assert [d["message"] for k, d in live.events if k == "warning" and "lock" in d["message"]] == []
+    assert live.world.ran("unlock") == []
+    assert all(live.world[n].lock is None for n in NODES), {n: live.world[n].lock for n in NODES}
+
+
+def test_a_failed_rollout_releases_the_lock_only_where_it_took_it(live):
+    """Past preflight every node took the run's lock: a failure releases it on each of them."""
+    live.world["node3"].crash_on.add(live.digest(2))
+    with pytest.raises(RolledBackError):
+        live.rollout(2)
+    assert sorted(live.world.ran("unlock")) == NODES
+    assert [d["message"] for k, d in live.events if k == "warning" and "lock" in d["message"]] == []
 
 
 def test_host_key_refused_in_preflight_is_its_own_exit_code(live):
@@ -311,8 +333,8 @@ def test_health_failure_reverts(live):
     live.world["node3"].crash_on.add(live.digest(2))  # the new router never comes up on node3
     with pytest.raises(RolledBackError) as err:
         live.rollout(2)
-    assert str(err.value) == ("rollout failed: node3 failed in health: router not running at 127.0.0.1:8103 "
-                              "(ConnectionRefusedError); every node is back on its previous release, gate closed")
+    assert str(err.value) == ("rollout failed: node3 failed in health: router not running at 127.0.0.1:8103: "
+                              "connection refused; every node is back on its previous release, gate closed")
     assert_reverted(live, since, "health")
 
 

@@ -135,7 +135,8 @@ def test_close_closes_every_hop(opened):
 
 
 @pytest.mark.parametrize("code, error, down", [
-    (2, "router not running at 127.0.0.1:9501 (ConnectionRefusedError)", True),
+    (2, "router not running at 127.0.0.1:9501: via bastion deploy@127.0.0.1:3550: cannot reach 127.0.0.1:9501 from "
+        "there", True),
     (1, "router unreachable at 127.0.0.1:9501: via bastion deploy@127.0.0.1:3550: forwarding refused", False),
 ])
 def test_router_requests_through_a_refusing_bastion(opened, code, error, down):
