@@ -181,8 +181,20 @@ def gate_status(json_out: bool = JSON) -> None:
     """Show every node's gate and halt state."""
     answers = api.gate_status(context(json_out))
     if json_out:
-        return output.dump({n: (a.body if a.ok else {"error": a.reason()}) for n, a in answers.items()})
-    output.gate_table(answers)
+        output.dump({n: (a.body if a.ok else {"error": a.reason()}) for n, a in answers.items()})
+    else:
+        output.gate_table(answers)
+    _unreachable_exit(api.unreachable_routers(answers), json_out)
+
+
+def _unreachable_exit(line: str | None, say: bool) -> None:
+    """A read-only command's ending: exit 4 if a node was not reached (`say`: naming them on stderr, where
+    the table has not already), else 0; its table or JSON is printed either way."""
+    if line is None:
+        return
+    if say:
+        output.err.print(f"deployctl: {line}", markup=False)
+    raise typer.Exit(int(ExitCode.UNREACHABLE))
 
 
 @app.command()
@@ -244,8 +256,10 @@ def status(json_out: bool = JSON) -> None:
     """One table of the fleet: release, running digest, gate, halt, errors, last deploy; nodes grouped by release."""
     doc = api.status(context(json_out))
     if json_out:
-        return output.dump(doc)
-    output.status_table(doc)
+        output.dump(doc)
+    else:
+        output.status_table(doc)
+    _unreachable_exit(doc["unreachable"], json_out)
 
 
 @app.command()
@@ -256,13 +270,28 @@ def watch(interval: float = typer.Option(1.0, "--interval", min=0.1, max=1.0,
           ) -> None:
     """Live view of the fleet, read every second; the playbook's breakers halt the whole fleet. Keys: h halts, q quits.
 
-    When stdout is not a terminal: one JSON line per sweep, and a tripped breaker ends it with exit 7."""
+    When stdout is not a terminal: one JSON line per sweep, a line on stderr whenever the nodes not reached
+    change, and a tripped breaker ends it with exit 7. With --sweeps, exit 4 if the last sweep missed a node."""
     ctx = context(True)
+    last: list[str | None] = [None]
     if not streams.is_terminal(sys.stdout):
-        api.watch(ctx, output.watch_line, interval, sweeps, stop_on_trip=True)
-        return
-    with output.WatchScreen() as screen:
-        api.watch(ctx, screen.show, interval, sweeps, key=screen.key)
+        def line(sweep) -> None:
+            output.watch_line(sweep)
+            down = sweep.unreachable()
+            if down != last[0]:
+                output.err.print(f"deployctl: watch: {down or 'every node answers again'}", markup=False)
+            last[0] = down
+
+        api.watch(ctx, line, interval, sweeps, stop_on_trip=True)
+    else:
+        with output.WatchScreen() as screen:
+            def show(sweep) -> None:
+                screen.show(sweep)
+                last[0] = sweep.unreachable()
+
+            api.watch(ctx, show, interval, sweeps, key=screen.key)
+    if sweeps is not None:
+        _unreachable_exit(last[0], False)
 
 
 def main() -> None:

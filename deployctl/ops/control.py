@@ -79,7 +79,8 @@ def _running_manifests(ctx: Context, observations: list[verify_mod.NodeObservati
 
 def status(ctx: Context) -> dict:
     """Return {"nodes": one row per node (release on disk, running digest, flags, gate, halt, errors, last
-    deploy), "groups": the outlier report against the largest group}."""
+    deploy, whether it was reached), "groups": the outlier report against the largest group, "unreachable":
+    one line naming the nodes not reached (None if every one was; the CLI then exits 4)}."""
     last = ctx.journal.last_run()
     deploy = (f"{last.get('action')} {str(last.get('digest'))[:12]} {last.get('outcome')} {last.get('ts')}"
               if last else None)
@@ -87,12 +88,15 @@ def status(ctx: Context) -> dict:
         observations = observe(ctx, fleet)
     verdicts = [verify_mod.judge(o, None, None) for o in observations]
     groups = outliers.group(verify_mod.members(observations, verdicts), manifests=_running_manifests(ctx, observations))
-    rows = [{"node": o.node, "release": o.current, "running": (o.health or {}).get("digest"),
+    rows = [{"node": o.node, "reachable": not o.unreachable, "release": o.current,
+             "running": (o.health or {}).get("digest"),
              "gate": (o.health or {}).get("gate", "unknown"), "halted": (o.health or {}).get("halted"),
              "errors": (o.health or {}).get("errors"), "version": (o.health or {}).get("version"),
              "flags": verify_mod.running_flags(o), "problem": o.disk_error or o.health_error, "last_deploy": deploy}
             for o in observations]
-    return {"nodes": rows, "groups": [g.to_dict() for g in groups]}
+    down = {o.node: o.disk_error or o.health_error or "unreachable" for o in observations if o.unreachable}
+    return {"nodes": rows, "groups": [g.to_dict() for g in groups],
+            "unreachable": grouped(down, len(rows)) if down else None}
 
 
 def history(ctx: Context, limit: int | None = None) -> list[dict]:
@@ -104,6 +108,12 @@ def history(ctx: Context, limit: int | None = None) -> list[dict]:
 def gate_status(ctx: Context) -> dict[str, Answer]:
     """Return every node's health answer (gate, halt, digest)."""
     return ctx.routers.health(ctx.nodes)
+
+
+def unreachable_routers(answers: dict[str, Answer]) -> str | None:
+    """One line naming the nodes whose router gave no answer at all (grouped by reason); None if every one did."""
+    down = {n: a.reason() for n, a in answers.items() if a.status == 0}
+    return grouped(down, len(answers)) if down else None
 
 
 def gate_open(ctx: Context, expect: str | None = None) -> verify_mod.VerifyReport:

@@ -21,7 +21,7 @@ from deployctl.ops.context import Context
 from deployctl.ops.control import halt
 from deployctl.remote import commands
 from deployctl.remote.routers import Answer, KeptHealth
-from deployctl.remote.ssh import Call, Fleet, NodeResult
+from deployctl.remote.ssh import Call, Fleet, NodeResult, grouped
 from deployctl.state.journal import entry
 
 
@@ -59,6 +59,12 @@ class Sweep:
                         "rejects": h.get("rejected"), "errors": h.get("errors"),
                         "breaker": h.get("breaker"), "last_deploy": r.deployed_at, "problem": r.error})
         return out
+
+    def unreachable(self) -> str | None:
+        """One line naming the nodes whose router did not answer this sweep, grouped by reason
+        ("2 of 8 unreachable (router not running: connection refused): node3-node4"); None if all did."""
+        down = {r.node: r.error or "no answer" for r in self.readings if not r.reachable}
+        return grouped(down, len(self.readings)) if down else None
 
     def to_dict(self) -> dict:
         """The JSON line written per sweep when stdout is not a terminal."""
