@@ -6,6 +6,7 @@ import enum
 import errno
 import os
 import socket
+import stat
 
 
 class ExitCode(enum.IntEnum):
@@ -107,20 +108,17 @@ class DockerUnavailableError(DeployctlError):
     exit_code = ExitCode.NO_DOCKER
 
 
-# What an OSError means, in the words a person reads (never a Python class name).
+# What a network OSError means, in the words a person reads (never a Python class name); a file error
+# reads as its strerror ("No such file or directory", "Permission denied").
 _ERRNO_WORDS = {
     errno.ECONNREFUSED: "connection refused", errno.ECONNRESET: "connection reset", errno.ETIMEDOUT: "timed out",
     errno.EHOSTUNREACH: "no route to host", errno.ENETUNREACH: "network unreachable", errno.EPIPE: "connection closed",
-    errno.ENOENT: "no such file or folder", errno.ENOTDIR: "a file where a folder is expected",
-    errno.EISDIR: "a folder, not a file", errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-    errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system", errno.ELOOP: "too many symlinks",
-    errno.ENAMETOOLONG: "name too long", errno.EEXIST: "already exists",
 }
 
 
 def describe_os_error(exc: BaseException) -> str:
-    """Return what an OSError (or EOFError) means in a few lowercase words, without its class name:
-    "connection refused", "timed out", "host name not resolved", "a file where a folder is expected"."""
+    """Return what an OSError (or EOFError) means in a few words, without its class name: "connection
+    refused", "timed out", "host name not resolved", else its strerror ("Not a directory") or message."""
     if isinstance(exc, socket.gaierror):
         return "host name not resolved"
     if isinstance(exc, TimeoutError):  # socket.timeout too
@@ -133,13 +131,45 @@ def describe_os_error(exc: BaseException) -> str:
     number = getattr(exc, "errno", None)
     if number in _ERRNO_WORDS:
         return _ERRNO_WORDS[number]
-    text = " ".join(str(getattr(exc, "strerror", None) or exc).split())
-    return text[:1].lower() + text[1:] if text else "failed"
+    return " ".join(str(getattr(exc, "strerror", None) or exc).split()) or "failed without a reason given"
 
 
-def path_error(what: str, path: object, exc: OSError) -> UsageError:
-    """The UsageError for an input path the operator gave that cannot be used: one line naming it."""
-    return UsageError(f"{what} {path}: {describe_os_error(exc)}")
+def check_folder(path: os.PathLike | str, what: str) -> None:
+    """Return if `path` is a folder or can be made one (its nearest existing parent is a folder);
+    UsageError naming `what` and the path otherwise: "--out /tmp/f: a file, not a folder", "--out /tmp/f/x:
+    /tmp/f is a file, not a folder"."""
+    given = os.path.abspath(path)
+    here = given
+    while True:
+        try:
+            mode = os.stat(here).st_mode
+        except (FileNotFoundError, NotADirectoryError):  # not there (yet), or below a file: look further up
+            parent = os.path.dirname(here)
+            if parent == here:
+                return
+            here = parent
+            continue
+        except OSError as exc:
+            raise UsageError(f"{what} {path}: cannot use {here} ({describe_os_error(exc)})") from None
+        if not stat.S_ISDIR(mode):
+            where = "" if here == given else f"{here} is "
+            raise UsageError(f"{what} {path}: {where}{file_kind(mode)}, not a folder")
+        return
+
+
+def file_kind(mode: int) -> str:
+    """Name what a stat mode is, as a message says it: "a file", "a folder", "a FIFO", "a device"."""
+    if stat.S_ISREG(mode):
+        return "a file"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a file"
 
 
 def report(exc: BaseException, say) -> int:
@@ -153,5 +183,8 @@ def report(exc: BaseException, say) -> int:
         return 130
     if os.environ.get("DEPLOYCTL_DEBUG"):
         raise exc
+    if isinstance(exc, OSError) and exc.filename:  # a path the checks before it missed: still one plain line
+        say(f"deployctl: error: {exc.filename}: {describe_os_error(exc)}")
+        return ExitCode.FAILED
     say(f"deployctl: internal error: {type(exc).__name__}: {exc}")
     return ExitCode.FAILED

@@ -8,14 +8,16 @@ loaders (config/inventory.py, config/playbook.py) turn that into one ConfigError
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from deployctl.errors import ConfigError
+from deployctl.errors import ConfigError, describe_os_error, file_kind
 
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -72,14 +74,35 @@ class StrictLoader(yaml.SafeLoader):
                 self._check_keys(value_node, f"{path}/{key}" if path else str(key), seen)
 
 
+def read_regular(path: Path, error: type[Exception] = ConfigError, limit: int | None = None) -> bytes:
+    """Return the bytes of the regular file at `path` (at most `limit` + 1 of them, so a caller can tell
+    it is too big); `error` naming the path, in one line, if it cannot be read or is not a regular file.
+
+    A FIFO or a device is refused before it is opened, and the file is opened with O_NONBLOCK (and
+    checked again once open, in case it was swapped meanwhile), so no input ever blocks the command."""
+    try:
+        mode = os.stat(path).st_mode
+        if stat.S_ISREG(mode):
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+            try:
+                mode = os.fstat(fd).st_mode
+                if stat.S_ISREG(mode):
+                    os.set_blocking(fd, True)
+                    with os.fdopen(fd, "rb", closefd=False) as f:
+                        return f.read(-1 if limit is None else limit + 1)
+            finally:
+                os.close(fd)
+    except OSError as exc:
+        raise error(f"{path}: cannot read ({describe_os_error(exc)})") from None
+    raise error(f"{path}: {file_kind(mode)}, not a regular file")
+
+
 def load_yaml(path: Path) -> Any:
     """Parse one YAML file strictly; ConfigError (one line, with file and line) on any problem."""
     path = Path(path)
     label = path.name
     try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        text = read_regular(path).decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{label}: not valid UTF-8") from None
     try:

@@ -17,6 +17,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from deployctl.config.schema import read_regular
+
 USED = ("hostname", "port", "user", "identityfile", "proxyjump")
 _JUMP_RE = re.compile(r"(?:(?P<user>[^@\s:\[\],]+)@)?(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^@\s:\[\],]+))"
                       r"(?::(?P<port>[0-9]{1,5}))?")
@@ -95,12 +97,12 @@ def lookup(path: Path, host: str) -> dict[str, list[str]]:
 def _read(path: Path, host: str, found: dict[str, list[str]], active: bool, depth: int) -> bool:
     if depth > 16:
         raise SSHConfigError(f"{path}: Include nested too deeply")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
+    if not path.exists():
         return active
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SSHConfigError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        lines = read_regular(path, SSHConfigError).decode("utf-8").splitlines()  # never a FIFO: it would hang
+    except UnicodeDecodeError as exc:
+        raise SSHConfigError(f"{path}: cannot read ({exc})") from None
     for number, raw in enumerate(lines, 1):
         try:
             parsed = _split(raw)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deployctl.errors import DeployctlError, UsageError
+from deployctl.errors import DeployctlError, UsageError, check_folder
 from deployctl.model import phases
 from deployctl.ops.context import Context
 from deployctl.ops.guards import hold_locked, interrupted, locked, refuse_if_interrupted, release_fleet
@@ -32,6 +32,7 @@ def build(ctx: Context, out_dir: Path | None = None, source: Path | None = None)
     With a flag registry in the playbook, a release using a flag missing from it or retired is refused
     (UsageError) before anything is written."""
     out = Path(out_dir or Path.cwd() / "dist")
+    check_folder(out, "--out")  # before anything is built or signed
     check = None
     if ctx.playbook.flag_registry is not None:
         registry, label = flags.load(ctx.playbook.flag_registry), ctx.playbook.flag_registry.name

@@ -8,11 +8,12 @@ key that signed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
 
-from deployctl.errors import DeployctlError, UsageError
+from deployctl.errors import DeployctlError, UsageError, check_folder, describe_os_error
 from deployctl.ops.context import Context
 from deployctl.release import approval, signing
 from deployctl.remote import commands, replies
@@ -40,17 +41,22 @@ def operator_key(ctx: Context, key: Path | None) -> Path:
 
 def _write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    check_folder(path.parent, "--out")
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UsageError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise UsageError(f"{path}: cannot write ({describe_os_error(exc)})") from None
 
 
 def plan(ctx: Context, artifact_path: Path, out: Path, key: Path | None = None, ttl_s: int = 3600) -> dict:
     """Probe every node's current release and write a plan for the artifact, signed with the operator's key,
     to `out`; return the plan document. UnreachableError if a node cannot be probed."""
+    check_folder(Path(out).parent, "--out")  # before the first connection, as every input
+    if Path(out).is_dir():
+        raise UsageError(f"--out {out}: a folder, not a file")
     art = ctx.load_artifact(artifact_path)
     private = signing.private_key(operator_key(ctx, key))
     with ctx.ssh() as fleet:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from deployctl.config.fields import NAME_RE
 from deployctl.config.playbook import Approver
+from deployctl.config.schema import read_regular
 from deployctl.errors import UsageError
 from deployctl.release import signing
 from deployctl.release.manifest import canonical
@@ -113,15 +114,19 @@ def _sig_problem(sig: Any) -> bool:
                 and HEX64.fullmatch(sig["key"]) and isinstance(sig["sig"], str) and SIG.fullmatch(sig["sig"]))
 
 
+MAX_PLAN_BYTES = 1 << 20  # a plan names each node's release: a few hundred bytes a node
+
+
 def load(path: Path) -> Plan:
     """Read the plan at `path`; UsageError (naming the file) unless it is well formed and its planner's
     signature (and the approver's, if present) holds over its body."""
     path = Path(path)
     label = path.name
+    data = read_regular(path, UsageError, MAX_PLAN_BYTES)
+    if len(data) > MAX_PLAN_BYTES:
+        raise UsageError(f"{label}: not a plan (larger than {MAX_PLAN_BYTES} bytes)")
     try:
-        doc = json.loads(path.read_bytes())
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        doc = json.loads(data)
     except (ValueError, RecursionError):
         raise UsageError(f"{label}: not a plan (not valid JSON)") from None
     if not isinstance(doc, dict) or set(doc) != {"plan", "signatures"}:

@@ -8,6 +8,7 @@ release digest of docs/node-layout.md. Only local files are touched.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -24,7 +25,8 @@ if TYPE_CHECKING:  # cryptography is imported where keys are used: `verify` neve
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from deployctl.config.fields import NAME_RE
-from deployctl.errors import ArtifactError
+from deployctl.config.schema import read_regular
+from deployctl.errors import ArtifactError, check_folder, describe_os_error
 from deployctl.release import signing
 from deployctl.release.manifest import (
     FLAG_RE,
@@ -197,13 +199,15 @@ def build(source: Path, out_dir: Path, name: str, signing_key: Path,
     data = _pack(manifest_bytes, signature, contents)
     path = Path(out_dir) / f"{name}-{version}-{digest[:12]}.tar"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    check_folder(path.parent, "--out")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(data)
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ArtifactError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise ArtifactError(f"{path}: cannot write ({describe_os_error(exc)})") from None
     return Artifact(path, name, version, digest, files, sizes, manifest_bytes, signature, data, flags)
 
 
@@ -309,16 +313,9 @@ def _parse(data: bytes, path: Path, verifier: Ed25519PublicKey | None) -> Artifa
 
 
 def _read_capped(path: Path) -> bytes:
-    too_big = _err(Path(path).name, f"larger than {MAX_BYTES} bytes")
-    try:
-        with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size > MAX_BYTES:
-                raise too_big
-            data = f.read(MAX_BYTES + 1)
-    except OSError as exc:
-        raise ArtifactError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if len(data) > MAX_BYTES:  # grew while being read
-        raise too_big
+    data = read_regular(path, ArtifactError, MAX_BYTES)  # a FIFO or a device is refused, never read
+    if len(data) > MAX_BYTES:
+        raise _err(Path(path).name, f"larger than {MAX_BYTES} bytes")
     return data
 
 

@@ -11,7 +11,10 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from deployctl.errors import ArtifactError
+from deployctl.config.schema import read_regular
+from deployctl.errors import ArtifactError, check_folder, describe_os_error
+
+KEY_BYTES = 64 << 10  # an ed25519 key file is about 120 bytes: more is not a key (and is never read whole)
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -45,6 +48,7 @@ def generate_at(private: Path, public: Path) -> tuple[Path, Path]:
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    check_folder(dir, "key folder")
     try:
         Path(dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -53,7 +57,7 @@ def generate_at(private: Path, public: Path) -> tuple[Path, Path]:
             f.write(pem)
         public.write_text(raw.hex() + "\n", encoding="ascii")
     except OSError as exc:
-        raise ArtifactError(f"{dir}: cannot write signing key ({exc.strerror or exc})") from None
+        raise ArtifactError(f"{dir}: cannot write signing key ({describe_os_error(exc)})") from None
     return private, public
 
 
@@ -63,9 +67,7 @@ def private_key(path: Path) -> Ed25519PrivateKey:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     try:
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-    except OSError as exc:
-        raise ArtifactError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        key = serialization.load_pem_private_key(read_regular(Path(path), ArtifactError, KEY_BYTES), password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
         key = None
     if not isinstance(key, Ed25519PrivateKey):
@@ -76,10 +78,7 @@ def private_key(path: Path) -> Ed25519PrivateKey:
 def public_key(path: Path) -> Ed25519PublicKey:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    try:
-        text = Path(path).read_bytes().strip()
-    except OSError as exc:
-        raise ArtifactError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    text = read_regular(Path(path), ArtifactError, KEY_BYTES).strip()
     if not re.fullmatch(rb"[0-9a-f]{64}", text):
         raise ArtifactError(f"{Path(path).name}: not a hex-encoded ed25519 public key")
     return Ed25519PublicKey.from_public_bytes(bytes.fromhex(text.decode("ascii")))

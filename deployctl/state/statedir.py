@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from deployctl.errors import ConfigError
+from deployctl.errors import ConfigError, check_folder
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,11 @@ class StateDir:
 
     @classmethod
     def locate(cls, given: Path | None = None) -> StateDir:
-        """Return the folder given, else $DEPLOYCTL_STATE, else ./.deployctl, as an absolute path."""
-        return cls(Path(given or os.environ.get("DEPLOYCTL_STATE") or ".deployctl").absolute())
+        """Return the folder given, else $DEPLOYCTL_STATE, else ./.deployctl, as an absolute path; UsageError
+        (one line) if it, or the nearest part of it that exists, is a file (or cannot be looked at)."""
+        root = Path(given or os.environ.get("DEPLOYCTL_STATE") or ".deployctl").absolute()
+        check_folder(root, "state folder")
+        return cls(root)
 
     @property
     def keys(self) -> Path:

