@@ -117,8 +117,8 @@ def keygen(path: Path = typer.Argument(..., help="Where to write the private key
 
 
 @app.command()
-def verify(expect: str | None = typer.Option(None, "--expect", help="Expected release digest "
-                                             "(default: the last successful rollout's)."),
+def verify(expect: str | None = typer.Option(None, "--expect", help="Expected release digest, or a unique prefix "
+                                             "of 8+ characters (default: the last successful rollout's)."),
            json_out: bool = JSON) -> None:
     """Check every node's files on disk and running process against the expected release (the pre-open gate)."""
     ctx = context(json_out)
@@ -135,7 +135,8 @@ def verify(expect: str | None = typer.Option(None, "--expect", help="Expected re
 
 @app.command()
 def rollback(all_nodes: bool = typer.Option(False, "--all", help="Every node (the only safe way)."),
-             to: str | None = typer.Option(None, "--to", help="Release digest to go back to (default: previous)."),
+             to: str | None = typer.Option(None, "--to", help="Release digest (or a unique prefix of 8+ characters) "
+                                           "to go back to (default: previous)."),
              node: list[str] | None = typer.Option(None, "--node", help="Only this node (needs --force)."),
              force: bool = typer.Option(False, "--force", help="Allow rolling back only some nodes."),
              dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan; change nothing."),

@@ -14,6 +14,7 @@ from deployctl.errors import DeployctlError, ExitCode, HaltedError, MismatchErro
 from deployctl.model import outliers
 from deployctl.model import verify as verify_mod
 from deployctl.ops.context import Context
+from deployctl.ops.guards import check_digest, journal_digests, resolve_digest
 from deployctl.remote import commands, replies
 from deployctl.remote.routers import Answer
 from deployctl.remote.ssh import Call, Fleet, NodeResult, grouped
@@ -46,11 +47,11 @@ def _observation(node: str, r: NodeResult, h: Answer) -> verify_mod.NodeObservat
 
 
 def expected_digest(ctx: Context, expect: str | None) -> str:
-    """Return `expect` if given (validated), else the last release the whole fleet ran; UsageError if neither."""
+    """Return `expect` if given (a digest, or a unique prefix of one the journal knows), else the last release
+    the whole fleet ran; UsageError if neither, or if the prefix names no release or several."""
     if expect is not None:
-        if not replies.HEX64.match(expect):
-            raise UsageError(f"--expect: {expect!r} is not a sha256 release digest (64 lowercase hex characters)")
-        return expect
+        check_digest(expect, "--expect")
+        return expect if len(expect) == 64 else resolve_digest(expect, journal_digests(ctx), "--expect")
     last = ctx.journal.last_good()
     if not last:
         raise UsageError("no successful rollout in the journal: pass --expect DIGEST")

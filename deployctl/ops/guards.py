@@ -5,9 +5,10 @@ out of the inventory) and the probes that start a rollout, rollback or recover.
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from deployctl.errors import InconsistentError, LockHeldError, UsageError
@@ -154,6 +155,40 @@ def refuse_if_nodes_left(ctx: Context, what: str) -> None:
                                  f"{'it' if len(gone) == 1 else 'them'} back in the inventory, or roll out to the "
                                  "fleet as it is now")
             return
+
+
+PREFIX = re.compile(r"[0-9a-f]{8,64}\Z")  # a release digest, or a unique prefix of at least 8 of its characters
+
+
+def check_digest(given: str, option: str) -> str:
+    """Return `given` if it is a release digest or a prefix of one (8 to 64 lowercase hex characters);
+    UsageError naming the option otherwise."""
+    if not PREFIX.match(given):
+        raise UsageError(f"{option}: {given!r} is not a sha256 release digest (64 lowercase hex characters, or a "
+                         "unique prefix of at least 8)")
+    return given
+
+
+def resolve_digest(given: str, known: Iterable[str], option: str) -> str:
+    """Return the release digest `given` names: itself if whole (64 characters), else the one release in
+    `known` it is a prefix of; UsageError, one line, if it names none or several."""
+    check_digest(given, option)
+    if len(given) == 64:
+        return given
+    found = sorted({d for d in known if isinstance(d, str) and len(d) == 64 and d.startswith(given)})
+    if not found:
+        raise UsageError(f"{option}: no release known to the journal or the nodes starts with {given}")
+    if len(found) > 1:
+        raise UsageError(f"{option}: {given} is ambiguous ({', '.join(d[:16] for d in found[:4])}"
+                         f"{', ...' if len(found) > 4 else ''}): give more characters")
+    return found[0]
+
+
+def journal_digests(ctx: Context) -> set[str]:
+    """Every release digest the controller has seen: its journal's records and its kept manifests."""
+    known = {rec.get("digest") for rec in ctx.journal.read()}
+    known |= {p.stem for p in ctx.state.manifests.glob("*.json")} if ctx.state.manifests.is_dir() else set()
+    return {d for d in known if isinstance(d, str)}
 
 
 def probe_all(ctx: Context, fleet: Fleet, what: str) -> dict[str, commands.Probe]:

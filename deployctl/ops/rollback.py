@@ -13,16 +13,18 @@ from deployctl.errors import InconsistentError, UsageError
 from deployctl.model import phases
 from deployctl.ops.context import Context
 from deployctl.ops.guards import (
+    check_digest,
+    journal_digests,
     locked,
     probe_all,
     probe_held,
     refuse_if_interrupted,
     refuse_if_nodes_left,
     release_fleet,
+    resolve_digest,
 )
 from deployctl.ops.results import PreviewRow, RunResult
 from deployctl.ops.run import Run
-from deployctl.remote import replies
 from deployctl.remote.commands import Probe
 from deployctl.state.journal import good_run
 
@@ -58,8 +60,8 @@ def _chosen(ctx: Context, to: str | None, nodes: list[str] | None, force: bool) 
     """Check the rollback's arguments; return the names of the nodes to roll back."""
     if nodes and not force:
         raise UsageError("rolling back only some nodes leaves the fleet mixed: add --force if you mean it")
-    if to is not None and not replies.HEX64.match(to):
-        raise UsageError(f"--to: {to!r} is not a sha256 release digest")
+    if to is not None:
+        check_digest(to, "--to")
     unknown = sorted(set(nodes or []) - {n.name for n in ctx.nodes})
     if unknown:
         raise UsageError(f"--node: not in the inventory: {', '.join(unknown)}")
@@ -81,8 +83,11 @@ def _keep_closed_reason(partial: list[str] | None, probes: dict[str, Probe]) -> 
 
 
 def rollback_target(ctx: Context, probes: dict[str, Probe], to: str | None) -> str:
-    """Return the release to go back to: `to` (if the fleet ever ran it) or the newest one it ran that
-    no node runs now. Reads the journal newest first and stops at the answer; UsageError if none."""
+    """Return the release to go back to: `to` (if the fleet ever ran it; a unique prefix of a release the
+    journal or a node knows will do) or the newest one it ran that no node runs now. Reads the journal
+    newest first and stops at the answer; UsageError if none."""
+    if to is not None and len(to) < 64:
+        to = resolve_digest(to, journal_digests(ctx) | {r for p in probes.values() for r in p.releases}, "--to")
     currents = {p.current for p in probes.values()}
     for rec in ctx.journal.newest_first():
         digest = good_run(rec)
@@ -96,8 +101,8 @@ def rollback_target(ctx: Context, probes: dict[str, Probe], to: str | None) -> s
 
 def preview(ctx: Context, to: str | None = None) -> list[PreviewRow]:
     """Dry run of a rollback to `to` (default: the previous release); changes nothing."""
-    if to is not None and not replies.HEX64.match(to):
-        raise UsageError(f"--to: {to!r} is not a sha256 release digest")
+    if to is not None:
+        check_digest(to, "--to")
     with ctx.ssh() as fleet:
         probes = probe_all(ctx, fleet, "plan")
     digest = rollback_target(ctx, probes, to)

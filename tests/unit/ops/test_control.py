@@ -11,6 +11,7 @@ from fakefleet import NODES, OTHERS
 from deployctl.errors import DeployctlError, ExitCode, HaltedError, MismatchError, UnreachableError, UsageError
 from deployctl.ops import control
 from deployctl.remote.replies import MAX_REASON
+from deployctl.state.journal import entry
 
 HUGE = "x" * (1 << 20)  # a hostile node's error text, and how it reaches messages and journals:
 CLIPPED = "x" * MAX_REASON + f"... [clipped, {len(HUGE)} characters in all]"
@@ -34,6 +35,21 @@ def test_verify_passes_when_every_node_matches_on_disk_and_running(live):
         (n, b, b, "open", False, ()) for n in NODES]
     assert ("verify", {"report": report}) in live.events
     assert live.world.ran("hashes") == NODES
+
+
+def test_verify_takes_a_unique_prefix_of_a_known_release(live):
+    b = live.digest(1)
+    assert control.verify(live.ctx, b[:8]).expected == b
+    assert control.gate_open(live.ctx, b[:12]).expected == b
+    live.ctx.journal.append(entry("plan", digest=b[:8] + "0" * 56))  # a second release with the same prefix
+    with pytest.raises(UsageError) as err:
+        control.verify(live.ctx, b[:8])
+    both = ", ".join(sorted([b[:16], b[:8] + "0" * 8]))
+    assert str(err.value) == f"--expect: {b[:8]} is ambiguous ({both}): give more characters"
+    with pytest.raises(UsageError) as err:
+        control.resume(live.ctx, "0123abcd")
+    assert str(err.value) == "--expect: no release known to the journal or the nodes starts with 0123abcd"
+    assert control.verify(live.ctx, b[:9]).expected == b  # one more character tells them apart
 
 
 def test_verify_names_the_drifted_file(live):
@@ -94,7 +110,8 @@ def test_verify_needs_an_expected_release(rig):
     assert str(err.value) == "no successful rollout in the journal: pass --expect DIGEST"
     with pytest.raises(UsageError) as err:
         control.verify(rig.ctx, "abc")
-    assert str(err.value) == "--expect: 'abc' is not a sha256 release digest (64 lowercase hex characters)"
+    assert str(err.value) == ("--expect: 'abc' is not a sha256 release digest (64 lowercase hex characters, or a "
+                              "unique prefix of at least 8)")
     assert rig.world.connects == []
 
 

@@ -21,7 +21,7 @@ from deployctl.errors import ExitCode, InconsistentError, RolledBackError, Unrea
 from deployctl.ops import control, guards
 from deployctl.ops import rollback as rollback_mod
 from deployctl.remote.replies import NodeAnswerError
-from deployctl.state.journal import actor
+from deployctl.state.journal import actor, entry
 
 
 def short(d: str) -> str:
@@ -217,11 +217,28 @@ def test_rollback_refuses_a_release_missing_on_a_node_and_changes_nothing(three)
     assert three.world.log[-16:] == [("hold", n, "retarget") for n in NODES] + [("end", n, "retarget") for n in NODES]
 
 
+def test_rollback_to_a_unique_prefix_of_a_release(three):
+    """Every table shows 12 characters of a digest: 8 or more of them name the release."""
+    a, b, c = (three.digest(i) for i in range(3))
+    assert rollback_mod.rollback(three.ctx, to=a[:8]).state.target == a
+    assert rollback_mod.preview(three.ctx, to=b[:12])[0].target == b
+
+
+AMBIGUOUS = ("12345678" + "a" * 56, "12345678" + "b" * 56)
+
+
 @pytest.mark.parametrize("to, message", [
-    ("abc", "--to: 'abc' is not a sha256 release digest"),
+    ("abc", "--to: 'abc' is not a sha256 release digest (64 lowercase hex characters, or a unique prefix of at "
+            "least 8)"),
+    ("abcdef1", "--to: 'abcdef1' is not a sha256 release digest (64 lowercase hex characters, or a unique prefix "
+                "of at least 8)"),
     ("f" * 64, f"rollback refused: the fleet never ran {'f' * 12} (not in the journal)"),
+    ("ffffffff", "--to: no release known to the journal or the nodes starts with ffffffff"),
+    ("12345678", f"--to: 12345678 is ambiguous ({AMBIGUOUS[0][:16]}, {AMBIGUOUS[1][:16]}): give more characters"),
 ])
 def test_rollback_to_refusals(three, to, message):
+    for digest in AMBIGUOUS:
+        three.ctx.journal.append(entry("plan", digest=digest))
     before = three.world.states()
     with pytest.raises(UsageError) as err:
         rollback_mod.rollback(three.ctx, to=to)
