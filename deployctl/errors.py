@@ -1,12 +1,15 @@
-"""One error hierarchy; each error carries the exit code the CLI maps it to."""
+"""One error hierarchy; each error carries the exit code the CLI maps it to. And how a failure reads:
+an OS error in words (never a class name), a path that cannot be used, many nodes in one grouped line."""
 
 from __future__ import annotations
 
 import enum
 import errno
 import os
+import re
 import socket
 import stat
+from collections.abc import Iterable
 
 
 class ExitCode(enum.IntEnum):
@@ -170,6 +173,43 @@ def file_kind(mode: int) -> str:
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "a device"
     return "not a file"
+
+
+# "at 127.0.0.1:2203", "at [::1]:22": where a node was tried, which differs per node and so is left out of a group
+_ADDRESS = re.compile(r" at (?:\[[^\]]*\]|[\w.-]+):\d+\b")
+
+
+def grouped(reasons: dict[str, str], total: int, word: str = "unreachable") -> str:
+    """Return one line for the nodes that failed, grouped by their reason without the address:
+    "3 of 8 unreachable (connection refused): node1-node3", or with several reasons
+    "3 of 8 unreachable: node1-node2 (connection refused); node5 (timed out)"."""
+    groups: dict[str, list[str]] = {}
+    for node, reason in reasons.items():
+        kind = _ADDRESS.sub("", reason)
+        kind = kind[len("unreachable: "):] if kind.startswith("unreachable: ") else kind
+        groups.setdefault(kind, []).append(node)
+    head = f"{len(reasons)} of {total} {word}"
+    if len(groups) == 1:
+        ((kind, names),) = groups.items()
+        return f"{head} ({kind}): {name_ranges(names)}"
+    parts = sorted((name_ranges(names), kind) for kind, names in groups.items())
+    return f"{head}: " + "; ".join(f"{names} ({kind})" for names, kind in parts)
+
+
+def name_ranges(names: Iterable[str]) -> str:
+    """Return node names in natural order, runs of numbered names as ranges: "node1-node4, node6, web"."""
+    def key(name: str) -> tuple[str, int, str]:
+        m = re.fullmatch(r"(.*?)(\d+)", name)
+        return (m.group(1), int(m.group(2)), name) if m else (name, -1, name)
+
+    out: list[list[tuple[str, int, str]]] = []
+    for k in sorted(map(key, set(names))):
+        last = out[-1][-1] if out else None
+        if last is not None and k[1] >= 0 and last[0] == k[0] and last[1] == k[1] - 1:
+            out[-1].append(k)
+        else:
+            out.append([k])
+    return ", ".join(run[0][2] if len(run) == 1 else f"{run[0][2]}-{run[-1][2]}" for run in out)
 
 
 def report(exc: BaseException, say) -> int:

@@ -10,14 +10,22 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from deployctl.errors import DeployctlError, ExitCode, HaltedError, MismatchError, UnreachableError, UsageError
+from deployctl.errors import (
+    DeployctlError,
+    ExitCode,
+    HaltedError,
+    MismatchError,
+    UnreachableError,
+    UsageError,
+    grouped,
+)
 from deployctl.model import outliers
 from deployctl.model import verify as verify_mod
 from deployctl.ops.context import Context
 from deployctl.ops.guards import check_digest, journal_digests, resolve_digest
 from deployctl.remote import commands, replies
 from deployctl.remote.routers import Answer
-from deployctl.remote.ssh import Call, Fleet, NodeResult, grouped
+from deployctl.remote.ssh import Call, Fleet, NodeResult
 from deployctl.state.journal import entry
 
 

@@ -20,11 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deployctl.config.inventory import Node
-from deployctl.errors import DeployctlError, HostKeyError, UnreachableError, UsageError, describe_os_error
+from deployctl.errors import (
+    DeployctlError,
+    HostKeyError,
+    UnreachableError,
+    UsageError,
+    describe_os_error,
+    grouped,
+)
 from deployctl.ops.context import Context
 from deployctl.ops.guards import locked
 from deployctl.remote import commands, hostkeys, nodecontract
-from deployctl.remote.ssh import grouped
 from deployctl.state import keys
 from deployctl.state.journal import encode, entry
 

@@ -15,13 +15,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from deployctl.errors import DeployctlError, HaltedError
+from deployctl.errors import DeployctlError, HaltedError, grouped
 from deployctl.model import breakers, outliers
 from deployctl.ops.context import Context
 from deployctl.ops.control import halt
 from deployctl.remote import commands
 from deployctl.remote.routers import Answer, KeptHealth
-from deployctl.remote.ssh import Call, Fleet, NodeResult, grouped
+from deployctl.remote.ssh import Call, Fleet, NodeResult
 from deployctl.state.journal import entry
 
 

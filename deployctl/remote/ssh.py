@@ -10,7 +10,6 @@ only source, and a missing or different key is refused.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from deployctl.errors import HostKeyError, UnreachableError, describe_os_error
+from deployctl.errors import HostKeyError, UnreachableError, describe_os_error, grouped
 from deployctl.remote import channel, replies, sshconnect
 from deployctl.remote.channel import Held, NodeError
 
@@ -324,40 +323,3 @@ def raise_for_unreachable(results: dict[str, NodeResult], what: str, total: int 
         raise HostKeyError(f"{what}: " + "; ".join(f"{n}: {r.error}" for n, r in sorted(bad.items())))
     raise UnreachableError(f"{what}: {grouped({n: r.error or '' for n, r in bad.items()}, total or len(results))}",
                            nodes={n: r.error or "" for n, r in bad.items()})
-
-
-# "at 127.0.0.1:2203", "at [::1]:22": where a node was tried, which differs per node and so is left out of a group
-_ADDRESS = re.compile(r" at (?:\[[^\]]*\]|[\w.-]+):\d+\b")
-
-
-def grouped(reasons: dict[str, str], total: int, word: str = "unreachable") -> str:
-    """Return one line for the nodes that failed, grouped by their reason without the address:
-    "3 of 8 unreachable (connection refused): node1-node3", or with several reasons
-    "3 of 8 unreachable: node1-node2 (connection refused); node5 (timed out)"."""
-    groups: dict[str, list[str]] = {}
-    for node, reason in reasons.items():
-        kind = _ADDRESS.sub("", reason)
-        kind = kind[len("unreachable: "):] if kind.startswith("unreachable: ") else kind
-        groups.setdefault(kind, []).append(node)
-    head = f"{len(reasons)} of {total} {word}"
-    if len(groups) == 1:
-        ((kind, names),) = groups.items()
-        return f"{head} ({kind}): {name_ranges(names)}"
-    parts = sorted((name_ranges(names), kind) for kind, names in groups.items())
-    return f"{head}: " + "; ".join(f"{names} ({kind})" for names, kind in parts)
-
-
-def name_ranges(names: Iterable[str]) -> str:
-    """Return node names in natural order, runs of numbered names as ranges: "node1-node4, node6, web"."""
-    def key(name: str) -> tuple[str, int, str]:
-        m = re.fullmatch(r"(.*?)(\d+)", name)
-        return (m.group(1), int(m.group(2)), name) if m else (name, -1, name)
-
-    out: list[list[tuple[str, int, str]]] = []
-    for k in sorted(map(key, set(names))):
-        last = out[-1][-1] if out else None
-        if last is not None and k[1] >= 0 and last[0] == k[0] and last[1] == k[1] - 1:
-            out[-1].append(k)
-        else:
-            out.append([k])
-    return ", ".join(run[0][2] if len(run) == 1 else f"{run[0][2]}-{run[-1][2]}" for run in out)

@@ -127,3 +127,27 @@ def test_paramikos_no_valid_connections_is_described_by_its_cause():
 
     exc = NoValidConnectionsError({("127.0.0.1", 1): ConnectionRefusedError(111, "Connection refused")})
     assert errors.describe_os_error(exc) == "connection refused"
+
+
+REFUSED = "unreachable at 127.0.0.1:{}: connection refused"
+
+
+@pytest.mark.parametrize("names, line", [
+    ([f"node{i}" for i in range(8, 0, -1)], "node1-node8"),
+    (["node10", "node2", "node1", "node3", "web", "node9", "node5"], "node1-node3, node5, node9-node10, web"),
+    (["a", "b"], "a, b"),
+    (["db01", "db02", "db2"], "db01-db02, db2"),
+])
+def test_name_ranges(names, line):
+    assert errors.name_ranges(names) == line
+
+
+def test_a_fleet_wide_failure_is_one_grouped_line_without_addresses():
+    reasons = {f"node{i}": REFUSED.format(2200 + i) for i in range(1, 9)}
+    assert errors.grouped(reasons, 8) == "8 of 8 unreachable (connection refused): node1-node8"
+
+
+def test_several_reasons_each_get_their_group():
+    reasons = {"node1": REFUSED.format(1), "node2": REFUSED.format(2), "node5": "no SSH answer at [::1]:22 within 5s"}
+    assert errors.grouped(reasons, 8) == ("3 of 8 unreachable: node1-node2 (connection refused); "
+                                   "node5 (no SSH answer within 5s)")
