@@ -79,10 +79,9 @@ def rollout(ctx: Context, artifact_path: Path, break_lock: bool = False, plan: P
             return run.finish(state)
         finally:
             # A command still held releases the lock when the fleet closes; one that staged (and maybe
-            # switched) or refused has ended, keeping it: past preflight, release it on every node that
-            # took it (answered preflight). A run refused in preflight took none that outlives the fleet.
-            if set(run.timings) - {"preflight", "total"}:
-                release_fleet(ctx, fleet, lock, sorted(run.probes))
+            # switched) or refused has ended, keeping it: release it on every node preflight reached. A
+            # node it never reached never took this run's lock, so it is neither asked nor named.
+            release_fleet(ctx, fleet, lock, [n for n in run.names if n not in run.unreachable])
 
 
 def _approved(ctx: Context, art: artifact_mod.Artifact,

@@ -159,13 +159,13 @@ def test_unreachable_node_in_preflight_refuses_and_changes_nothing(live):
 
 
 def test_a_rollout_refused_in_preflight_warns_of_no_lock_it_never_took(live):
-    """No node's fleet lock outlives a preflight refusal (the held commands release theirs as they end),
-    so there is nothing to warn about: the node not reached never had this run's lock."""
+    """The node preflight could not reach never had this run's lock: it is neither asked to release it nor
+    named in a warning (it was, as "fleet deploy lock not released on: node3"); the others release theirs."""
     live.world.fail("node3", "connect")
     with pytest.raises(UnreachableError):
         live.rollout(2)
     assert [d["message"] for k, d in live.events if k == "warning" and "lock" in d["message"]] == []
-    assert live.world.ran("unlock") == []
+    assert sorted(live.world.ran("unlock")) == OTHERS
     assert all(live.world[n].lock is None for n in NODES), {n: live.world[n].lock for n in NODES}
 
 
