@@ -23,7 +23,7 @@ from deployctl.errors import ConfigError, check_folder
 
 @dataclass(frozen=True)
 class StateDir:
-    """Paths under the controller's state folder (nothing here touches the disk but `token`)."""
+    """Paths under the controller's state folder (only `locate`, which looks, and `token` touch the disk)."""
 
     root: Path
 
