@@ -261,13 +261,13 @@ def test_halt_and_resume_clip_a_nodes_error_text(live):
     with pytest.raises(UnreachableError) as err:
         control.halt(live.ctx)
     raw = '{"error": "' + "x" * (MAX_REASON - 11) + f"... [clipped, {len(HUGE) + 13} characters in all]"
-    assert str(err.value) == f"halt did not reach: node6: NOT HALTED: exit 1: {raw}"  # the agent's line, raw
+    assert str(err.value) == f"halt did not reach 1 of 8 nodes (exit 1: {raw}): node6"  # the agent's line, raw
     assert live.journal()[-1]["nodes"]["node6"] == f"NOT HALTED: exit 1: {raw}"
     live.world["node6"].answers = True
     live.world.fail("node3", "resume", HUGE)
     with pytest.raises(UnreachableError) as err:
         control.resume(live.ctx)
-    assert str(err.value) == f"resume did not reach: node3: HTTP 500: {CLIPPED}"
+    assert str(err.value) == f"resume did not reach 1 of 8 nodes (HTTP 500: {CLIPPED}): node3"
     assert live.journal()[-1]["nodes"]["node3"] == f"HTTP 500: {CLIPPED}"
 
 

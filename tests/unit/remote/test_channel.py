@@ -209,7 +209,7 @@ def test_the_node_cut_off_is_named_in_its_error(tmp_path):
     assert res["node3"].error == TOO_MUCH_STDERR and chans["node3"].closed
     with pytest.raises(UnreachableError) as err:
         ssh.raise_for_unreachable(res, "switch")
-    assert str(err.value) == f"switch: node3: {TOO_MUCH_STDERR}"
+    assert str(err.value) == f"switch: 1 of 2 unreachable ({TOO_MUCH_STDERR}): node3"
 
 
 FLOOD = 200 << 20  # what one node sends in the memory test: 200 MiB
