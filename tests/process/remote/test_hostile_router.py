@@ -172,7 +172,8 @@ def test_halt_against_a_node_answering_deep_json_halts_the_others_and_names_it(a
     assert proc.returncode == 4, proc.stderr
     assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
     assert len(proc.stderr.splitlines()) == 1, proc.stderr
-    assert proc.stderr.startswith("deployctl: error: halt did not reach: node3: NOT HALTED: "), proc.stderr
+    assert proc.stderr.startswith("deployctl: error: halt did not reach 1 of 3 nodes ("), proc.stderr
+    assert proc.stderr.endswith("): node3\n"), proc.stderr
     assert [n.health()["halted"] for n in good] == [True, True]
     record = json.loads((state / "journal.jsonl").read_text().splitlines()[-1])
     assert (record["action"], record["outcome"]) == ("halt", "partial")
