@@ -61,7 +61,7 @@ def build(out_dir: Path | None = typer.Option(None, "--out", help="Where to writ
     if json_out:
         output.dump({"artifact": str(art.path), "name": art.name, "version": art.version, "digest": art.digest})
     else:
-        output.out.print(f"{art.path}\n{art.digest}")
+        output.out.print(f"{art.path}\n{art.digest}", markup=False)
 
 
 @app.command()
@@ -124,7 +124,7 @@ def verify(expect: str | None = typer.Option(None, "--expect", help="Expected re
     ctx = context(json_out)
     warning = api.interrupted(ctx)
     if warning:
-        output.err.print(f"[yellow]! {warning}[/]")
+        output.err.print(f"[yellow]! {output.esc(warning)}[/]")
     report = api.verify(ctx, expect)
     if json_out:
         output.dump(report.to_dict())

@@ -48,9 +48,30 @@ class _Console:
 
 
 def Table(*columns, **options):  # noqa: N802 - stands in for rich's Table, imported on first use
+    """A rich Table whose text cells are never read as markup: node names, reasons, digests and flags
+    come from the nodes, and a `[/x]` in one would raise MarkupError (or restyle the row)."""
     from rich.table import Table as RichTable
+    from rich.text import Text
 
-    return RichTable(*columns, **options)
+    class PlainCells(RichTable):
+        def add_row(self, *cells, **kwargs) -> None:
+            super().add_row(*(Text(c) if isinstance(c, str) else c for c in cells), **kwargs)
+
+    return PlainCells(*columns, **options)
+
+
+def styled(style: str, text: str):
+    """One table cell in `style`, its text taken as it is (no markup)."""
+    from rich.text import Text
+
+    return Text(text, style=style)
+
+
+def esc(value) -> str:
+    """`value` as text for a line that also carries our own markup: its brackets are escaped."""
+    from rich.markup import escape
+
+    return escape(str(value))
 
 
 out = _Console()
@@ -109,11 +130,11 @@ def progress(kind: str, **d) -> None:
         mark = "[red]✗[/]" if d.get("failures") else "[green]✓[/]"
         err.print(f"  {mark} {d['phase']} {d.get('seconds', 0):.2f}s")
     elif kind == "node" and not d["ok"]:
-        err.print(f"    [red]{d['node']}[/]: {d['reason']}")
+        err.print(f"    [red]{esc(d['node'])}[/]: {esc(d['reason'])}")
     elif kind in ("step", "warning"):
-        err.print(("[yellow]! [/]" if kind == "warning" else "• ") + d["message"])
+        err.print(("[yellow]! [/]" if kind == "warning" else "• ") + esc(d["message"]))
     elif kind == "built":
-        err.print(f"• built {d['artifact']} (version {d['version']}, digest {d['digest'][:12]})")
+        err.print(f"• built {esc(d['artifact'])} (version {esc(d['version'])}, digest {d['digest'][:12]})")
 
 
 def short(d) -> str:
@@ -164,7 +185,7 @@ def verify_table(report) -> None:
     t = Table("node", "disk", "running", "gate", "halted", "result", title=f"expected {short(report.expected)}")
     for n in report.nodes:
         t.add_row(n.node, short(n.disk_digest), short(n.running_digest), n.gate, str(n.halted),
-                  "[green]match[/]" if n.ok else "[red]" + "; ".join(n.problems + n.drift) + "[/]")
+                  styled("green", "match") if n.ok else styled("red", "; ".join(n.problems + n.drift)))
     out.print(t)
     groups(g.to_dict() for g in report.groups)
     bad = sum(not n.ok for n in report.nodes)
@@ -174,13 +195,13 @@ def verify_table(report) -> None:
 def groups(docs) -> None:
     """The outlier report: one line per group of nodes, the reference group first."""
     for g in docs:
-        out.print(("  " if g["reference"] else "[red]! [/]") + g["line"], markup=True, highlight=False)
+        out.print(("  " if g["reference"] else "[red]! [/]") + esc(g["line"]), markup=True, highlight=False)
 
 
 def gate_table(answers) -> None:
     t = Table("node", "gate", "halted", "running")
     for n, a in answers.items():
-        t.add_row(n, a.body.get("gate", "unknown") if a.ok else f"[red]{a.reason()}[/]",
+        t.add_row(n, str(a.body.get("gate", "unknown")) if a.ok else styled("red", a.reason()),
                   str(a.body.get("halted", "?")), short(a.body.get("digest")))
     out.print(t)
 
@@ -207,7 +228,7 @@ def status_table(doc) -> None:
 def bare_table(rows, fingerprints=None) -> None:
     t = Table("node", "container", "ssh", "sshd", *(["host key"] if fingerprints else []))
     for r in rows:
-        t.add_row(r["node"], r["container"], r["ssh"], "up" if r["sshd"] else "[red]down[/]",
+        t.add_row(r["node"], r["container"], r["ssh"], "up" if r["sshd"] else styled("red", "down"),
                   *([fingerprints.get(r["node"], "-")] if fingerprints else []))
     out.print(t)
 
@@ -215,7 +236,7 @@ def bare_table(rows, fingerprints=None) -> None:
 def fleet_table(rows) -> None:
     t = Table("node", "container", "ssh", "sshd", "router", "running", "gate", "halted")
     for r in rows:
-        t.add_row(r["node"], r["container"], r["ssh"], "up" if r["sshd"] else "[red]down[/]", r["router"],
+        t.add_row(r["node"], r["container"], r["ssh"], "up" if r["sshd"] else styled("red", "down"), r["router"],
                   short(r["digest"]), str(r["gate"] or r["problem"]), str(r["halted"]))
     out.print(t)
 

@@ -104,3 +104,33 @@ def test_the_watch_screen_takes_a_closed_stdin(monkeypatch):
     with output.WatchScreen() as screen:
         assert screen._fd is None
 
+
+
+def _captured(monkeypatch):
+    """The CLI's two consoles, writing into buffers instead of the terminal."""
+    from rich.console import Console
+
+    bufs = {"out": io.StringIO(), "err": io.StringIO()}
+    for name, buf in bufs.items():
+        monkeypatch.setattr(getattr(output, name), "_console", Console(file=buf, width=200, highlight=False))
+    return bufs
+
+
+HOSTILE = "[/x] [bold]not ours[/bold] [red"  # markup a node or a router could send in any text field
+
+
+def test_node_text_in_tables_and_progress_is_shown_as_sent_never_read_as_markup(monkeypatch):
+    """A router's refusal, a node's reason or digest holding `[/x]` raised MarkupError (rich read it as a
+    closing tag): every table cell and progress line shows what the node sent, brackets and all."""
+    from deployctl.remote.routers import Answer
+
+    bufs = _captured(monkeypatch)
+    output.gate_table({"node1": Answer("node1", 403, {"error": HOSTILE}), "node2": Answer("node2", 200, {
+        "gate": HOSTILE, "halted": False, "digest": HOSTILE})})
+    output.status_table({"nodes": [{"node": "node1", "release": HOSTILE, "running": None, "gate": HOSTILE,
+                                    "halted": False, "errors": 0, "problem": HOSTILE, "last_deploy": None}],
+                         "groups": [{"reference": False, "line": HOSTILE}]})
+    output.progress("node", node="node1", ok=False, reason=HOSTILE)
+    output.progress("warning", message=HOSTILE)
+    shown = bufs["out"].getvalue() + bufs["err"].getvalue()
+    assert shown.count("[/x]") >= 6 and "[bold]not ours[/bold]" in shown, shown
